@@ -1,0 +1,96 @@
+"""Patch embedding and token merging between stages."""
+
+from __future__ import annotations
+
+from typing import Optional, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hilovit.layers.windows import IntOrPair, pad_to_multiple, to_2tuple
+
+__all__ = ["PatchEmbed", "PatchMerging"]
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a ``patch x patch`` stride-``patch`` convolution, then LayerNorm.
+
+    An image whose sides are not multiples of the patch size is zero-padded on the bottom/right
+    first (as the official detection backbones do).
+
+    Args:
+        patch_size: int or pair; in_chans: image channels; embed_dim: token channels C;
+        norm_layer: applied to the tokens (``None`` for none).
+
+    Shape:
+        ``(B, in_chans, H, W) -> (B, ceil(H / p), ceil(W / p), C)`` (channels last).
+    """
+
+    def __init__(
+        self,
+        patch_size: IntOrPair = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        norm_layer: Optional[Type[nn.Module]] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size, "patch_size")
+        self.in_chans, self.embed_dim = in_chans, embed_dim
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"PatchEmbed: expected an image batch (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
+            )
+        ph, pw = self.patch_size
+        H, W = x.shape[2], x.shape[3]
+        if H % ph or W % pw:
+            x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))
+        x = self.proj(x).permute(0, 2, 3, 1)  # (B, H', W', C)
+        return self.norm(x) if self.norm is not None else x
+
+    def flops(self, H: int, W: Optional[int] = None) -> int:
+        """Multiply-adds of the projection for an ``H x W`` image (the norm is counted by the models)."""
+        W = H if W is None else W
+        ph, pw = self.patch_size
+        n = -(-H // ph) * -(-W // pw)
+        return int(n * self.embed_dim * self.in_chans * ph * pw)
+
+
+class PatchMerging(nn.Module):
+    """Swin's patch merging: each 2x2 neighbourhood concatenated to 4C, LayerNorm, linear to 2C.
+
+    Odd sizes are zero-padded on the bottom/right first. The channel order of the 4C vector is
+    ``[x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]]`` as in the official code, so
+    official ``reduction`` weights apply unchanged.
+
+    Args:
+        dim: input channels C; out_dim: default 2C; norm_layer: over 4C.
+
+    Shape:
+        ``(B, H, W, C) -> (B, ceil(H / 2), ceil(W / 2), out_dim)``.
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None, norm_layer: Type[nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim or 2 * dim
+        self.norm = norm_layer(4 * dim)
+        self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f"PatchMerging: expected (B, H, W, {self.dim}), got {tuple(x.shape)}")
+        x, _, _ = pad_to_multiple(x, 2)
+        B, H, W, C = x.shape
+        # (B, H/2, 2[row], W/2, 2[col], C) -> (B, H/2, W/2, col, row, C): [r0c0, r1c0, r0c1, r1c1]
+        x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
+        return self.reduction(self.norm(x))
+
+    def flops(self, H: int, W: Optional[int] = None) -> int:
+        """Multiply-adds of the reduction (official count: ``(H/2)(W/2) 4C 2C``)."""
+        W = H if W is None else W
+        return int(-(-H // 2) * -(-W // 2) * 4 * self.dim * self.out_dim)
