@@ -8,8 +8,10 @@ pooling and normalisation left out, as the official counts do.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Dict, Optional, Tuple
+from collections import OrderedDict
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +25,7 @@ from hilovit.layers.windows import (
     to_2tuple,
 )
 
-__all__ = ["HiLo", "Attention", "SpatialReductionAttention", "WindowAttention"]
+__all__ = ["HiLo", "Attention", "SpatialReductionAttention", "WindowAttention", "WindowPlan"]
 
 
 def _check_dim_heads(dim: int, num_heads: int) -> None:
@@ -73,6 +75,13 @@ def _tokens_to_grid(
 
 def _dropout_p(module: nn.Module, p: float) -> float:
     return p if module.training else 0.0
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the projections of ``x`` come out in (the autocast dtype inside autocast)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.promote_types(x.dtype, weight.dtype)
 
 
 class HiLo(nn.Module):
@@ -154,6 +163,7 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, self.h_dim * 3, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._band_masks: Dict[tuple, torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         return (
@@ -161,49 +171,80 @@ class HiLo(nn.Module):
             f"l_heads={self.l_heads}, h_heads={self.h_heads}"
         )
 
-    def hifi(self, x: torch.Tensor) -> torch.Tensor:
-        """Hi-Fi branch on a padded map ``(B, Hp, Wp, C)`` -> ``(B, Hp, Wp, h_dim)``."""
-        B, Hp, Wp, _ = x.shape
+    # Hi-Fi windows are attended as bands of ``ws`` rows (``ws * Wp`` tokens, a block-diagonal
+    # mask keeping windows apart) when a band holds at most this many windows: q, k, v are then
+    # strided views of the projection with no copy, and SDPA runs on sequences long enough to be
+    # efficient. The masked products it also computes are few at these sizes; wider maps cut the
+    # windows out instead.
+    band_max_windows: int = 16
+
+    def _input_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """``h_qkv`` and ``l_q`` as one matrix product: ``(..., C) -> (..., 3 h_dim + l_dim)``."""
+        if self.h_heads == 0:
+            return self.l_q(x)
+        if self.l_heads == 0:
+            return self.h_qkv(x)
+        weight = torch.cat([self.h_qkv.weight, self.l_q.weight])
+        bias = None if self.h_qkv.bias is None else torch.cat([self.h_qkv.bias, self.l_q.bias])
+        return F.linear(x, weight, bias)
+
+    def _band_mask(self, Wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (Wp, dtype, str(device))
+        mask = self._band_masks.get(key)
+        if mask is None:
+            col = (torch.arange(Wp, device=device) // self.ws).repeat(self.ws)  # window column of each band token
+            blocked = col[:, None] != col[None, :]
+            mask = torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, float("-inf"))
+            mask = mask.view(1, 1, *blocked.shape)
+            if not torch.compiler.is_compiling():
+                self._band_masks[key] = mask
+        return mask
+
+    def hifi(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Hi-Fi attention: ``qkv (B, Hp, Wp, 3 * h_dim)`` (may be a strided view) -> ``(B, Hp, Wp, h_dim)``."""
+        B, Hp, Wp, _ = qkv.shape
         s, nh, hd = self.ws, self.h_heads, self.head_dim
-        hg, wg = Hp // s, Wp // s
-        qkv = self.h_qkv(x).view(B, hg, s, wg, s, 3, nh, hd)
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * hg * wg, nh, s * s, hd)
-        out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
-        )  # (B*hg*wg, nh, s*s, hd)
-        out = out.view(B, hg, wg, nh, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, self.h_dim)
+        drop = _dropout_p(self, self.attn_drop)
+        if Wp // s <= self.band_max_windows:
+            bands = qkv.reshape(B * (Hp // s), s * Wp, 3, nh, hd)
+            q, k, v = (bands[:, :, i].transpose(1, 2) for i in range(3))  # (B*Hp/s, nh, s*Wp, hd) views
+            mask = self._band_mask(Wp, q.dtype, q.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=self.scale)
+            out = out.transpose(1, 2).reshape(B, Hp, Wp, self.h_dim)
+        else:
+            hg, wg = Hp // s, Wp // s
+            win = qkv.reshape(B, hg, s, wg, s, 3, nh, hd).permute(5, 0, 1, 3, 6, 2, 4, 7)
+            win = win.reshape(3, B * hg * wg, nh, s * s, hd)
+            out = F.scaled_dot_product_attention(win[0], win[1], win[2], dropout_p=drop, scale=self.scale)
+            out = out.view(B, hg, wg, nh, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, self.h_dim)
         return self.h_proj(out)
 
-    def lofi(self, x: torch.Tensor, x_pad: torch.Tensor) -> torch.Tensor:
-        """Lo-Fi branch: queries from ``x (B, H, W, C)``, keys/values from the pooled padded map."""
-        B, H, W, C = x.shape
+    def lofi(self, q: torch.Tensor, x_pad: torch.Tensor) -> torch.Tensor:
+        """Lo-Fi attention: queries ``q (B, H, W, l_dim)`` (may be strided) against keys/values of the
+        ``ws x ws`` average-pooled padded map ``x_pad (B, Hp, Wp, C)`` -> ``(B, H, W, l_dim)``."""
+        B, H, W, _ = q.shape
         nh, hd, s = self.l_heads, self.head_dim, self.ws
-        q = self.l_q(x).view(B, H * W, nh, hd).transpose(1, 2)  # (B, nh, N, hd)
-        if s > 1:
-            Hp, Wp = x_pad.shape[1], x_pad.shape[2]
-            pooled = x_pad.view(B, Hp // s, s, Wp // s, s, C).mean(dim=(2, 4))  # average pool, (B, h, w, C)
-            kv = self.l_kv(pooled.view(B, -1, C))
-        else:
-            kv = self.l_kv(x.view(B, H * W, C))
-        kv = kv.view(B, -1, 2, nh, hd).permute(2, 0, 3, 1, 4)  # (2, B, nh, M, hd)
-        out = F.scaled_dot_product_attention(
-            q, kv[0], kv[1], dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
-        )  # (B, nh, N, hd)
-        out = out.transpose(1, 2).reshape(B, H, W, self.l_dim)
-        return self.l_proj(out)
+        q = q.reshape(B, H * W, nh, hd).transpose(1, 2)  # (B, nh, N, hd)
+        src = x_pad
+        if s > 1:  # average pool, channels last in and out
+            src = F.avg_pool2d(x_pad.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
+        kv = self.l_kv(src.reshape(B, -1, self.dim)).view(B, -1, 2, nh, hd)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, nh, M, hd)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale)
+        return self.l_proj(out.transpose(1, 2).reshape(B, H, W, self.l_dim))
 
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
         grid, flat = _tokens_to_grid(self, x, H, W, self.dim)
         B, H, W, _ = grid.shape
         x_pad, pad_h, pad_w = pad_to_multiple(grid, self.ws) if self.ws > 1 else (grid, 0, 0)
+        proj = self._input_projection(x_pad)  # (B, Hp, Wp, 3 h_dim + l_dim)
         outs = []
         if self.h_heads > 0:
-            hi = self.hifi(x_pad)
-            if pad_h or pad_w:
-                hi = hi[:, :H, :W]
-            outs.append(hi)
+            hi = self.hifi(proj[..., : 3 * self.h_dim])
+            outs.append(hi[:, :H, :W] if pad_h or pad_w else hi)
         if self.l_heads > 0:
-            outs.append(self.lofi(grid, x_pad))
+            q = proj[..., 3 * self.h_dim :]
+            outs.append(self.lofi(q[:, :H, :W] if pad_h or pad_w else q, x_pad))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         out = self.proj_drop(out)
         return out.reshape(B, H * W, self.dim) if flat else out
@@ -349,6 +390,43 @@ class SpatialReductionAttention(nn.Module):
         return int(total)
 
 
+class WindowPlan(NamedTuple):
+    """The order in which :class:`WindowAttention` visits the tokens of a ``(B, H, W)`` map.
+
+    The map is padded to ``Hp x Wp`` (multiples of the window), cyclically shifted by
+    ``-shift_size`` and cut into windows. Windows are grouped by the shape of their shifted-window
+    mask (``type``: 0 inside, 1 last window column, 2 last window row, 3 the corner window; W-MSA
+    has only type 0), and the rows ``T = B * nW * N`` of the window order run over
+    ``[type][image][window][token in window]``, so that every group is one contiguous block of rows
+    that shares one ``(heads, N, N)`` mask.
+
+    Attributes:
+        src: ``(T,)`` rows of the flattened ``(B * H * W, C)`` map in window order (padding points
+            at row 0 and is zeroed with ``pad_rows``/``keep``); ``None`` when the window order is the
+            map's own order (one window, no shift, no padding).
+        inv: ``(B * H * W,)`` the window-order row of every token of the map; ``None`` likewise.
+        keep: ``(T, 1)`` float, 0 on padding rows and 1 elsewhere; ``None`` without padding.
+        pad_rows: ``(P,)`` the padding rows; ``None`` without padding.
+        groups: ``((first_row, end_row, type), ...)``.
+    """
+
+    B: int
+    H: int
+    W: int
+    Hp: int
+    Wp: int
+    src: Optional[torch.Tensor]
+    inv: Optional[torch.Tensor]
+    keep: Optional[torch.Tensor]
+    pad_rows: Optional[torch.Tensor]
+    groups: Tuple[Tuple[int, int, int], ...]
+
+    def chunks(self, window_tokens: int, max_rows: int) -> List[Tuple[int, int, int]]:
+        """``(first_row, end_row, type)`` pieces of at most ``max_rows`` rows (whole windows, one type)."""
+        step = max(1, max_rows // window_tokens) * window_tokens
+        return [(s, min(s + step, end), t) for first, end, t in self.groups for s in range(first, end, step)]
+
+
 class WindowAttention(nn.Module):
     r"""Swin's window attention (W-MSA) with relative position bias; SW-MSA when ``shift_size > 0``.
 
@@ -358,8 +436,13 @@ class WindowAttention(nn.Module):
     back and cropped. Parameter and buffer names follow the official Swin code (``qkv``, ``proj``,
     ``relative_position_bias_table``, ``relative_position_index``).
 
-    Masks are built once per padded size; in inference (no autograd) the bias and the mask are
-    folded into one additive mask that is cached until the bias table changes.
+    How it runs: padding, shift and window partition are one row gather of the input (a cached
+    :class:`WindowPlan`), the projections run on the gathered rows, and attention is one
+    :func:`~torch.nn.functional.scaled_dot_product_attention` call per mask shape (one for W-MSA,
+    at most four for SW-MSA) on strided views of the qkv projection, with the relative position
+    bias and the shifted-window mask folded into one additive ``(1, heads, N, N)`` mask; the output
+    is gathered back to the map's order. Plans and masks are built once per size; in inference
+    (no autograd) the folded masks are cached until the bias table changes.
 
     Args:
         dim: channels C; num_heads: heads; window_size: int or (wh, ww);
@@ -369,6 +452,8 @@ class WindowAttention(nn.Module):
     Shape:
         ``forward(x)``: ``(B, H, W, C) -> (B, H, W, C)``, any H, W.
     """
+
+    _PLAN_CACHE_SIZE = 8
 
     def __init__(
         self,
@@ -392,6 +477,7 @@ class WindowAttention(nn.Module):
             raise ValueError(f"shift_size must be in [0, window_size), got {shift_size!r} for window {window_size!r}")
         self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
+        self.window_tokens = wh * ww
         self.scale = qk_scale or self.head_dim**-0.5
         self.attn_drop = attn_drop
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
@@ -400,8 +486,9 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._plan_cache: "OrderedDict[tuple, WindowPlan]" = OrderedDict()
+        self._type_mask_cache: Dict[tuple, torch.Tensor] = {}
         self._mask_cache: Dict[tuple, torch.Tensor] = {}
-        self._bias_cache: Dict[tuple, torch.Tensor] = {}
 
     @property
     def shifted(self) -> bool:
@@ -413,74 +500,154 @@ class WindowAttention(nn.Module):
             f"shift_size={self.shift_size}"
         )
 
+    # ---- sizes -> plans and masks (cached) -------------------------------------------------
+    def padded_size(self, H: int, W: int) -> Tuple[int, int]:
+        wh, ww = self.window_size
+        return wh * math.ceil(H / wh), ww * math.ceil(W / ww)
+
+    def window_plan(self, B: int, H: int, W: int, device: torch.device) -> WindowPlan:
+        """The cached :class:`WindowPlan` for a ``(B, H, W)`` map (built once per size)."""
+        key = (B, H, W, str(device))
+        plan = self._plan_cache.get(key)
+        if plan is None:
+            plan = self._build_plan(B, H, W, torch.device(device))
+            self._plan_cache[key] = plan
+            while len(self._plan_cache) > self._PLAN_CACHE_SIZE:
+                self._plan_cache.popitem(last=False)
+        else:
+            self._plan_cache.move_to_end(key)
+        return plan
+
+    def _window_types(self, hg: int, wg: int, device: torch.device) -> torch.Tensor:
+        """Mask type of each window ``(hg * wg,)``: 2 * (last window row) + (last window column)."""
+        sh, sw = self.shift_size
+        last_row = (torch.arange(hg, device=device) == hg - 1) & (sh > 0)
+        last_col = (torch.arange(wg, device=device) == wg - 1) & (sw > 0)
+        return (2 * last_row.long()[:, None] + last_col.long()[None, :]).flatten()
+
+    def _build_plan(self, B: int, H: int, W: int, device: torch.device) -> WindowPlan:
+        wh, ww = self.window_size
+        sh, sw = self.shift_size
+        Hp, Wp = self.padded_size(H, W)
+        hg, wg, N = Hp // wh, Wp // ww, self.window_tokens
+        if hg == 1 and wg == 1 and Hp == H and Wp == W and not self.shifted:
+            return WindowPlan(B, H, W, Hp, Wp, None, None, None, None, ((0, B * H * W, 0),))
+        ar = functools.partial(torch.arange, device=device)
+        # map position of every (window row, window col, row in window, col in window) after the shift
+        h = (ar(hg).view(hg, 1, 1, 1) * wh + ar(wh).view(1, 1, wh, 1) + sh) % Hp
+        w = (ar(wg).view(1, wg, 1, 1) * ww + ar(ww).view(1, 1, 1, ww) + sw) % Wp
+        h, w = torch.broadcast_tensors(h, w)
+        real = ((h < H) & (w < W)).reshape(hg * wg, N)
+        pos = torch.where(real, (h * W + w).reshape(hg * wg, N), 0)
+        types = self._window_types(hg, wg, device)
+        base = ar(B).view(B, 1, 1) * (H * W)
+        src, is_real, groups, row = [], [], [], 0
+        for t in range(4):
+            sel = (types == t).nonzero().flatten()
+            if sel.numel() == 0:
+                continue
+            src.append((base + pos[sel]).flatten())
+            is_real.append(real[sel].expand(B, -1, -1).flatten())
+            groups.append((row, row + B * sel.numel() * N, t))
+            row += B * sel.numel() * N
+        src_t, is_real_t = torch.cat(src), torch.cat(is_real)
+        inv = torch.empty(B * H * W, dtype=torch.long, device=device)
+        real_rows = is_real_t.nonzero().flatten()
+        inv[src_t[real_rows]] = real_rows
+        keep = pad_rows = None
+        if Hp != H or Wp != W:
+            keep = is_real_t.to(torch.float32).unsqueeze(1)
+            pad_rows = (~is_real_t).nonzero().flatten()
+        return WindowPlan(B, H, W, Hp, Wp, src_t, inv, keep, pad_rows, tuple(groups))
+
     def relative_position_bias(self) -> torch.Tensor:
         """The bias ``(heads, N, N)`` for one window, gathered from the table (differentiable)."""
-        N = self.window_size[0] * self.window_size[1]
+        N = self.window_tokens
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, self.num_heads).permute(2, 0, 1)
 
     def shift_mask(self, Hp: int, Wp: int, device: torch.device) -> torch.Tensor:
-        """The cached shifted-window mask ``(nW, N, N)`` for a padded ``Hp x Wp`` map."""
-        key = (Hp, Wp, str(device))
-        mask = self._mask_cache.get(key)
-        if mask is None:
-            mask = shifted_window_mask(Hp, Wp, self.window_size, self.shift_size, device=device)
-            self._mask_cache[key] = mask
-        return mask
+        """The official shifted-window mask ``(nW, N, N)`` (0 / -100) for a padded ``Hp x Wp`` map."""
+        return shifted_window_mask(Hp, Wp, self.window_size, self.shift_size, device=device)
 
-    def attn_bias(self, Hp: int, Wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Additive mask for SDPA: ``(heads, N, N)`` (W-MSA) or ``(nW * heads, N, N)`` (SW-MSA)."""
+    def type_masks(self, Hp: int, Wp: int, device: torch.device) -> torch.Tensor:
+        """``(4, N, N)``: the shifted-window mask of each window type (zeros for W-MSA); cached."""
+        key = (Hp, Wp, str(device))
+        masks = self._type_mask_cache.get(key)
+        if masks is None:
+            N = self.window_tokens
+            masks = torch.zeros(4, N, N, device=device)
+            if self.shifted:
+                full = self.shift_mask(Hp, Wp, device)  # (nW, N, N), windows row-major
+                types = self._window_types(Hp // self.window_size[0], Wp // self.window_size[1], device)
+                for t in range(4):
+                    sel = (types == t).nonzero().flatten()
+                    if sel.numel():
+                        masks[t] = full[sel[0]]
+            self._type_mask_cache[key] = masks
+        return masks
+
+    def group_masks(self, Hp: int, Wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The additive SDPA masks ``(4, heads, N, N)``: bias + type mask (``[t : t + 1]`` is 4-D).
+
+        Built from the table at every call when autograd needs it; otherwise cached until the
+        table changes (in-place updates included).
+        """
         table = self.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not torch.compiler.is_compiling()
         if cacheable:
             key = (Hp, Wp, dtype, str(device), table._version, table.data_ptr())
-            hit = self._bias_cache.get(key)
+            hit = self._mask_cache.get(key)
             if hit is not None:
                 return hit
         bias = self.relative_position_bias()
         if self.shifted:
-            mask = self.shift_mask(Hp, Wp, device)
-            bias = (mask.unsqueeze(1) + bias.unsqueeze(0)).flatten(0, 1)  # (nW*heads, N, N)
-        bias = bias.to(dtype)
+            masks = bias.unsqueeze(0) + self.type_masks(Hp, Wp, device).unsqueeze(1)
+        else:
+            masks = bias.unsqueeze(0)
+        masks = masks.to(dtype)
         if cacheable:
-            self._bias_cache.clear()
-            self._bias_cache[key] = bias
-        return bias
+            self._mask_cache = {key: masks}
+        return masks
+
+    # ---- compute ------------------------------------------------------------------------------
+    def attend_rows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """qkv projection and attention for rows ``(n * N, C)`` of whole windows sharing one
+        ``(1, heads, N, N)`` mask; returns ``(n * N, C)`` before the output projection."""
+        N, nh, hd = self.window_tokens, self.num_heads, self.head_dim
+        n = x.shape[0] // N
+        q, k, v = self.qkv(x).view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, N, hd) views
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.to(q.dtype), dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
+        )  # (n, nh, N, hd), stored as (n, N, nh, hd)
+        return out.transpose(1, 2).reshape(n * N, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_grid(self, x, self.dim)
         B, H, W, C = x.shape
-        wh, ww = self.window_size
-        x, pad_h, pad_w = pad_to_multiple(x, self.window_size)
-        Hp, Wp = H + pad_h, W + pad_w
-        if self.shifted:
-            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        nh, hd = self.num_heads, self.head_dim
-        hg, wg = Hp // wh, Wp // ww
-        qkv = self.qkv(x).view(B, hg, wh, wg, ww, 3, nh, hd)
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7)  # (3, B, hg, wg, nh, wh, ww, hd)
-        if self.shifted:  # the mask differs per window: heads of all windows side by side
-            qkv = qkv.reshape(3, B, hg * wg * nh, wh * ww, hd)
-        else:
-            qkv = qkv.reshape(3, B * hg * wg, nh, wh * ww, hd)
-        bias = self.attn_bias(Hp, Wp, qkv.dtype, qkv.device)
-        out = F.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], attn_mask=bias, dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
-        )
-        out = out.view(B, hg, wg, nh, wh, ww, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-        if self.shifted:
-            out = torch.roll(out, shifts=self.shift_size, dims=(1, 2))
-        if pad_h or pad_w:
-            out = out[:, :H, :W]
-        return self.proj_drop(self.proj(out))
+        plan = self.window_plan(B, H, W, x.device)
+        rows = x.reshape(B * H * W, C)
+        if plan.src is not None:
+            rows = rows.index_select(0, plan.src)  # pad + shift + window partition in one gather
+        if plan.pad_rows is not None:
+            rows.index_fill_(0, plan.pad_rows, 0.0)  # zero padding (a fresh tensor), as the official code pads
+        masks = self.group_masks(plan.Hp, plan.Wp, _compute_dtype(x, self.qkv.weight), x.device)
+        outs = [self.attend_rows(rows[s:e], masks[t : t + 1]) for s, e, t in plan.groups]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        if plan.inv is not None:
+            out = out.index_select(0, plan.inv)  # back to the map's order; drops the padding
+        return self.proj_drop(self.proj(out)).view(B, H, W, C)
 
     def flops(self, H: int, W: Optional[int] = None) -> int:
-        """Multiply-adds over the padded map: qkv, both attention products, proj (official formula)."""
+        """Multiply-adds over the padded map: qkv, both attention products, proj (official formula).
+
+        What runs projects only the real tokens in ``proj``, so with padding the executed count
+        is a little smaller.
+        """
         W = H if W is None else W
-        wh, ww = self.window_size
-        Hp, Wp = wh * math.ceil(H / wh), ww * math.ceil(W / ww)
-        N = wh * ww
-        nW = (Hp // wh) * (Wp // ww)
+        Hp, Wp = self.padded_size(H, W)
+        N = self.window_tokens
+        nW = (Hp // self.window_size[0]) * (Wp // self.window_size[1])
         C = self.dim
         per_window = N * C * 3 * C + 2 * self.num_heads * N * N * self.head_dim + N * C * C
         return int(nW * per_window)

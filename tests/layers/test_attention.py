@@ -1,0 +1,380 @@
+"""Token mixers against the official fixtures and against plain-math references written here."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from hilovit import Attention, HiLo, SpatialReductionAttention, WindowAttention
+
+# --------------------------------------------------------------------------- plain-math references
+
+
+def ref_attention(q, k, v, scale, bias=None):
+    """softmax(q k^T * scale + bias) v with explicit products, float64."""
+    attn = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        attn = attn + bias
+    return attn.softmax(dim=-1) @ v
+
+
+def heads(x, n):  # (..., L, n*d) -> (..., n, L, d)
+    return x.unflatten(-1, (n, -1)).transpose(-3, -2)
+
+
+def merge(x):  # (..., n, L, d) -> (..., L, n*d)
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def ref_hilo(m: HiLo, x, pool_floor=False):
+    """HiLo on (B, H, W, C) from the definition: windows cut out one by one, pooled keys by a loop."""
+    m = m.double()
+    x = x.double()
+    B, H, W, C = x.shape
+    s = m.ws
+    outs = []
+    if s > 1 and not pool_floor:
+        Hp, Wp = s * math.ceil(H / s), s * math.ceil(W / s)
+        xp = torch.zeros(B, Hp, Wp, C, dtype=x.dtype)
+        xp[:, :H, :W] = x
+    else:
+        Hp, Wp, xp = H, W, x
+    if m.h_heads:
+        hi = torch.zeros(B, Hp, Wp, m.h_dim, dtype=x.dtype)
+        for i in range(0, Hp, s):
+            for j in range(0, Wp, s):
+                win = xp[:, i : i + s, j : j + s].reshape(B, s * s, C)
+                q, k, v = m.h_qkv(win).chunk(3, dim=-1)
+                o = merge(ref_attention(heads(q, m.h_heads), heads(k, m.h_heads), heads(v, m.h_heads), m.scale))
+                hi[:, i : i + s, j : j + s] = o.reshape(B, s, s, m.h_dim)
+        outs.append(m.h_proj(hi)[:, :H, :W])
+    if m.l_heads:
+        if s > 1:
+            cells = [
+                xp[:, i : i + s, j : j + s].mean(dim=(1, 2))
+                for i in range(0, Hp - s + 1, s)
+                for j in range(0, Wp - s + 1, s)
+            ]
+            src = torch.stack(cells, dim=1)
+        else:
+            src = x.reshape(B, H * W, C)
+        q = m.l_q(x.reshape(B, H * W, C))
+        k, v = m.l_kv(src).chunk(2, dim=-1)
+        o = merge(ref_attention(heads(q, m.l_heads), heads(k, m.l_heads), heads(v, m.l_heads), m.scale))
+        outs.append(m.l_proj(o).reshape(B, H, W, m.l_dim))
+    m.float()
+    return torch.cat(outs, dim=-1).float()
+
+
+def ref_msa(m: Attention, x):
+    m = m.double()
+    B, H, W, C = x.shape
+    t = x.double().reshape(B, H * W, C)
+    q, k, v = m.qkv(t).chunk(3, dim=-1)
+    out = m.proj(merge(ref_attention(heads(q, m.num_heads), heads(k, m.num_heads), heads(v, m.num_heads), m.scale)))
+    m.float()
+    return out.reshape(B, H, W, C).float()
+
+
+def ref_sra(m: SpatialReductionAttention, x):
+    m = m.double()
+    B, H, W, C = x.shape
+    xd = x.double()
+    t = xd.reshape(B, H * W, C)
+    r = m.sr_ratio
+    if r > 1:  # the strided conv written as a sum over its taps
+        h, w = H // r, W // r
+        red = torch.zeros(B, h, w, C, dtype=xd.dtype) + m.sr.bias
+        for a in range(r):
+            for b in range(r):
+                patch = xd[:, a : a + h * r : r, b : b + w * r : r]  # (B, h, w, C)
+                red = red + patch @ m.sr.weight[:, :, a, b].t()
+        red = m.norm(red.reshape(B, h * w, C))
+    else:
+        red = t
+    q = m.q(t)
+    k, v = m.kv(red).chunk(2, dim=-1)
+    n = m.num_heads
+    out = m.proj(merge(ref_attention(heads(q, n), heads(k, n), heads(v, n), m.scale)))
+    m.float()
+    return out.reshape(B, H, W, C).float()
+
+
+def ref_region_mask(Hp, Wp, ws, shift):
+    """The shifted-window region ids, built cell by cell (not with slices)."""
+    ids = torch.zeros(Hp, Wp, dtype=torch.long)
+    for i in range(Hp):
+        for j in range(Wp):
+            ri = 0 if i < Hp - ws else (1 if i < Hp - shift else 2)
+            rj = 0 if j < Wp - ws else (1 if j < Wp - shift else 2)
+            ids[i, j] = 3 * ri + rj
+    return ids
+
+
+def ref_window_attention(m: WindowAttention, x):
+    """Swin (S)W-MSA by hand: pad, roll, loop over windows, bias by relative offsets, mask by regions."""
+    m = m.double()
+    B, H, W, C = x.shape
+    ws, shift = m.window_size[0], m.shift_size[0]
+    Hp, Wp = ws * math.ceil(H / ws), ws * math.ceil(W / ws)
+    xp = torch.zeros(B, Hp, Wp, C, dtype=torch.float64)
+    xp[:, :H, :W] = x.double()
+    if shift:
+        xp = torch.roll(xp, (-shift, -shift), (1, 2))
+        region = ref_region_mask(Hp, Wp, ws, shift)
+    table = m.relative_position_bias_table  # ((2ws-1)^2, heads)
+    coords = [(a, b) for a in range(ws) for b in range(ws)]
+    def offset(qa, qb, ka, kb):
+        return (qa - ka + ws - 1) * (2 * ws - 1) + (qb - kb + ws - 1)
+
+    bias = torch.stack(
+        [torch.stack([table[offset(qa, qb, ka, kb)] for (ka, kb) in coords]) for (qa, qb) in coords]
+    ).permute(2, 0, 1)  # (heads, N, N)
+    out = torch.zeros(B, Hp, Wp, C, dtype=torch.float64)
+    n = m.num_heads
+    for i in range(0, Hp, ws):
+        for j in range(0, Wp, ws):
+            win = xp[:, i : i + ws, j : j + ws].reshape(B, ws * ws, C)
+            q, k, v = m.qkv(win).chunk(3, dim=-1)
+            b = bias
+            if shift:
+                r = region[i : i + ws, j : j + ws].reshape(-1)
+                b = b + torch.where(r[:, None] == r[None, :], 0.0, -100.0).double()
+            o = merge(ref_attention(heads(q, n), heads(k, n), heads(v, n), m.scale, b))
+            out[:, i : i + ws, j : j + ws] = m.proj(o).reshape(B, ws, ws, C)
+    if shift:
+        out = torch.roll(out, (shift, shift), (1, 2))
+    m.float()
+    return out[:, :H, :W].float()
+
+
+# --------------------------------------------------------------------------- official HiLo fixtures
+
+
+def hilo_fixture_names(fixtures_dir):
+    return sorted(p.name[: -len(".json")] for p in fixtures_dir.glob("hilo_*.json"))
+
+
+def load_hilo_fixture(fixtures_dir, name):
+    meta = json.loads((fixtures_dir / f"{name}.json").read_text())
+    m = HiLo(**meta["constructor"])
+    m.load_state_dict(load_file(fixtures_dir / f"{name}.state_dict.safetensors"), strict=True)
+    io = load_file(fixtures_dir / f"{name}.io.safetensors")
+    H, W = meta.get("H"), meta.get("W")
+    return m.eval(), io, H, W, meta
+
+
+CLS_TRUNCATION_QUIRK = "hilo_cls_d64_h2_a1.0_ws2_7x7"
+
+
+@pytest.mark.parametrize("band_max_windows", [16, 0], ids=["banded", "windowed"])
+def test_hilo_matches_every_official_fixture(fixtures_dir, band_max_windows):
+    names = hilo_fixture_names(fixtures_dir)
+    assert len(names) == 19
+    checked = 0
+    for name in names:
+        if name == CLS_TRUNCATION_QUIRK:
+            continue
+        m, io, H, W, meta = load_hilo_fixture(fixtures_dir, name)
+        m.band_max_windows = band_max_windows
+        d = meta["derived"]
+        assert (m.l_heads, m.h_heads, m.l_dim, m.h_dim) == (d["l_heads"], d["h_heads"], d["l_dim"], d["h_dim"])
+        with torch.no_grad():
+            out = m(io["x"], H, W)  # the official (B, N, C) call
+            grid = m(io["x"].reshape(2, H, W, -1))  # the models' (B, H, W, C) layout
+        assert out.shape == io["out"].shape
+        torch.testing.assert_close(out, io["out"], atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(grid.reshape_as(out), out, atol=1e-6, rtol=0)
+        checked += 1
+    assert checked == 18
+
+
+def test_hilo_classification_truncation_quirk_is_documented_difference(fixtures_dir):
+    """The official classification HiLo drops the last row/column from the pooled keys when H is odd;
+    hilovit pads like the detection code. Same weights and input: we equal the detection fixture,
+    and a reference with floor pooling reproduces the classification output."""
+    m, io, H, W, _ = load_hilo_fixture(fixtures_dir, CLS_TRUNCATION_QUIRK)
+    det = load_file(fixtures_dir / "hilo_det_d64_h2_a1.0_ws2_7x7.io.safetensors")
+    torch.testing.assert_close(det["x"], io["x"])
+    with torch.no_grad():
+        ours = m(io["x"], H, W)
+        floor = ref_hilo(m, io["x"].reshape(2, H, W, -1), pool_floor=True).reshape_as(ours)
+    torch.testing.assert_close(ours, det["out"], atol=1e-5, rtol=0)
+    assert (ours - io["out"]).abs().max() > 0.1
+    torch.testing.assert_close(floor, io["out"], atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------- against plain math
+
+SIZES = [(8, 8), (7, 7), (6, 10), (5, 9), (14, 3)]
+
+
+@pytest.mark.parametrize("H,W", SIZES)
+@pytest.mark.parametrize(
+    "heads,ws,alpha", [(4, 2, 0.5), (4, 3, 0.75), (3, 2, 0.0), (4, 2, 1.0), (4, 1, 0.5), (6, 4, 0.9)]
+)
+def test_hilo_matches_plain_math(H, W, heads, ws, alpha):
+    torch.manual_seed(H * 100 + W)
+    m = HiLo(48, heads, qkv_bias=True, window_size=ws, alpha=alpha).eval()
+    x = torch.randn(2, H, W, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref_hilo(m, x), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("H,W", SIZES)
+def test_msa_matches_plain_math(H, W):
+    torch.manual_seed(0)
+    m = Attention(32, 4, qkv_bias=True).eval()
+    x = torch.randn(2, H, W, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref_msa(m, x), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("H,W", SIZES)
+@pytest.mark.parametrize("sr", [1, 2, 3])
+def test_sra_matches_plain_math(H, W, sr):
+    torch.manual_seed(1)
+    m = SpatialReductionAttention(32, 4, qkv_bias=True, sr_ratio=sr).eval()
+    x = torch.randn(2, H, W, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref_sra(m, x), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("H,W", [(8, 8), (7, 7), (6, 10), (9, 5), (12, 12)])
+@pytest.mark.parametrize("ws,shift", [(4, 0), (4, 2), (3, 1), (4, 3)])
+def test_window_attention_matches_plain_math(H, W, ws, shift):
+    torch.manual_seed(2)
+    m = WindowAttention(32, 4, window_size=ws, shift_size=shift).eval()
+    with torch.no_grad():
+        m.relative_position_bias_table.normal_(0, 0.5)
+    x = torch.randn(2, H, W, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref_window_attention(m, x), atol=2e-5, rtol=1e-5)
+
+
+def test_window_attention_bias_cache_follows_the_table():
+    torch.manual_seed(3)
+    m = WindowAttention(32, 4, window_size=4, shift_size=2).eval()
+    x = torch.randn(1, 8, 8, 32)
+    with torch.no_grad():
+        first = m(x)
+        m.relative_position_bias_table.add_(1.0)  # in-place update: the cached bias must be rebuilt
+        second = m(x)
+        torch.testing.assert_close(second, ref_window_attention(m, x), atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(first, second)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dim=30, num_heads=4), "divisible by num_heads"),
+        (dict(dim=32, num_heads=4, alpha=1.5), "alpha"),
+        (dict(dim=32, num_heads=4, alpha=-0.1), "alpha"),
+        (dict(dim=32, num_heads=4, window_size=0), "window_size"),
+        (dict(dim=32, num_heads=0), "num_heads"),
+    ],
+)
+def test_hilo_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HiLo(**kwargs)
+
+
+def test_bad_inputs_name_the_shapes():
+    m = HiLo(32, 4)
+    with pytest.raises(ValueError, match=r"N=20 tokens but H\*W = 4\*4 = 16"):
+        m(torch.randn(1, 20, 32), 4, 4)
+    with pytest.raises(ValueError, match="pass H and W"):
+        m(torch.randn(1, 16, 32))
+    with pytest.raises(ValueError, match="C=32"):
+        m(torch.randn(1, 16, 16), 4, 4)
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        m(torch.randn(16, 32))
+    with pytest.raises(ValueError, match="32 channels"):
+        m(torch.randn(1, 4, 4, 31))
+    for other in (Attention(32, 4), SpatialReductionAttention(32, 4, sr_ratio=2), WindowAttention(32, 4, 4, 2)):
+        with pytest.raises(ValueError, match=type(other).__name__):
+            other(torch.randn(1, 16, 32))
+        with pytest.raises(ValueError, match="32 channels"):
+            other(torch.randn(1, 4, 4, 8))
+    with pytest.raises(ValueError, match="shift_size"):
+        WindowAttention(32, 4, window_size=4, shift_size=4)
+    with pytest.raises(ValueError, match="sr_ratio"):
+        SpatialReductionAttention(32, 4, sr_ratio=0)
+
+
+# --------------------------------------------------------------------------- training, precision, compile
+
+
+def test_hilo_backward_gives_finite_gradients_to_every_parameter():
+    torch.manual_seed(4)
+    m = HiLo(48, 6, qkv_bias=True, window_size=2, alpha=0.5, attn_drop=0.1, proj_drop=0.1).train()
+    x = torch.randn(2, 7, 10, 48, requires_grad=True)
+    m(x).square().mean().backward()
+    names = {n for n, _ in m.named_parameters()}
+    assert names == {f"{p}.{t}" for p in ("l_q", "l_kv", "l_proj", "h_qkv", "h_proj") for t in ("weight", "bias")}
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert torch.isfinite(x.grad).all()
+
+
+def test_attn_drop_acts_in_training_only():
+    torch.manual_seed(5)
+    m = HiLo(32, 4, window_size=2, alpha=0.5, attn_drop=0.5)
+    x = torch.randn(2, 8, 8, 32)
+    plain = HiLo(32, 4, window_size=2, alpha=0.5)
+    plain.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m.eval()(x), plain.eval()(x))
+        assert not torch.allclose(m.train()(x), plain.eval()(x), atol=1e-3)
+
+
+def test_hilo_under_bfloat16_autocast():
+    torch.manual_seed(6)
+    m = HiLo(64, 4, qkv_bias=True, window_size=2, alpha=0.5).eval()
+    x = torch.randn(2, 14, 14, 64)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_hilo_torch_compile_matches_eager():
+    torch.manual_seed(7)
+    m = HiLo(32, 4, qkv_bias=True, window_size=2, alpha=0.5).eval()
+    x = torch.randn(2, 6, 10, 32)
+    compiled = torch.compile(m, backend="inductor", dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_kernel_is_fused_on_cpu():
+    """A 3-D additive mask would send SDPA to its slow math path; every mixer must hit the fused kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    for m in (HiLo(32, 4, window_size=2), Attention(32, 4), SpatialReductionAttention(32, 4, sr_ratio=2),
+              WindowAttention(32, 4, 4, 2)):
+        seen.clear()
+        with Spy(), torch.no_grad():
+            m.eval()(torch.randn(1, 8, 8, 32))
+        assert any("flash_attention" in s for s in seen), type(m).__name__
+        assert not any("bmm" in s for s in seen), type(m).__name__
+
+
+def test_functional_sdpa_reference_agrees_with_ref():
+    q, k, v = torch.randn(3, 2, 4, 5, 8).double().unbind(0)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, scale=0.3), ref_attention(q, k, v, 0.3))
