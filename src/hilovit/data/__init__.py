@@ -1,0 +1,55 @@
+"""Data: IDX files (Fashion-MNIST) and image folders as uint8 samples, batch transforms, Mixup/CutMix."""
+
+from hilovit.data.datasets import (
+    DEFAULT_IDX_DIR,
+    ENV_DATA_DIR,
+    FASHION_MNIST_CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IMG_EXTENSIONS,
+    DatasetInfo,
+    IdxDataset,
+    ImageFolderDataset,
+    UnreadableImageError,
+    build_datasets,
+    check_image,
+    compute_mean_std,
+    find_idx_dir,
+    load_image,
+    scan_image_folder,
+    split_indices,
+)
+from hilovit.data.idx import read_idx, write_idx
+from hilovit.data.mixup import MixParams, Mixup, smooth_one_hot, soft_target_cross_entropy
+from hilovit.data.transforms import AugmentConfig, BatchAugment, Normalize, match_channels, to_float_batch
+
+__all__ = [
+    "DEFAULT_IDX_DIR",
+    "ENV_DATA_DIR",
+    "FASHION_MNIST_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "AugmentConfig",
+    "BatchAugment",
+    "DatasetInfo",
+    "IdxDataset",
+    "ImageFolderDataset",
+    "MixParams",
+    "Mixup",
+    "Normalize",
+    "UnreadableImageError",
+    "build_datasets",
+    "check_image",
+    "compute_mean_std",
+    "find_idx_dir",
+    "load_image",
+    "match_channels",
+    "read_idx",
+    "scan_image_folder",
+    "smooth_one_hot",
+    "soft_target_cross_entropy",
+    "split_indices",
+    "to_float_batch",
+    "write_idx",
+]
