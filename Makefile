@@ -26,8 +26,12 @@ lint: $(STAMP)
 test: $(STAMP) data lint
 	$(BIN)/python -m pytest
 
+# Train litv2_nano on all of Fashion-MNIST (recipe src/hilovit/train/recipes/fashion-mnist.yaml), then
+# evaluate it on the 10,000 test images: per-class accuracy and runs/demo/eval/confusion.png.
+DEMO_OUT ?= runs/demo
 demo: $(STAMP) data
-	$(BIN)/hilovit bench attention --repeats 10
+	$(BIN)/hilovit train --config fashion-mnist --output $(DEMO_OUT) --overwrite
+	$(BIN)/hilovit eval --model litv2_nano --checkpoint $(DEMO_OUT) --threads 1 --progress off
 
 bench: $(STAMP)
 	$(BIN)/hilovit bench attention --repeats 15 --output benchmarks/attention

@@ -2,6 +2,9 @@
 
 from hilovit.layers.attention import Attention, HiLo, SpatialReductionAttention, WindowAttention
 from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
+from hilovit.models.litv2 import LITv2, LITv2Backbone
+from hilovit.models.swin import SwinTransformer
+from hilovit.predict import Predictor
 
 __version__ = "0.1.0"
 
@@ -13,7 +16,11 @@ __all__ = [
     "load_checkpoint",
     "register_model",
     "HiLo",
+    "LITv2",
+    "LITv2Backbone",
+    "Predictor",
     "SpatialReductionAttention",
+    "SwinTransformer",
     "WindowAttention",
     "__version__",
 ]

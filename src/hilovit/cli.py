@@ -73,6 +73,363 @@ def _run_bench_attention(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- predict, export, viz
+
+
+def _img_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive image size, got {text!r}")
+    return value
+
+
+def _add_predict(commands) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="classify images with a trained model (top-k classes and probabilities)",
+        description="Classifies each image (any Pillow format and mode), prepared as the model's pretrained_cfg "
+        "says. Unreadable images are reported by name and the others still predicted; the exit status is 1 "
+        "when any image failed.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--model", required=True, help="registered model name (hilovit.list_models())")
+    p.add_argument("--checkpoint", required=True,
+                   help="model.safetensors, last.pt, any state-dict file, or a training output folder")
+    p.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args) -> int:
+    import json
+
+    from hilovit.predict import format_predictions, predict_files
+
+    results = predict_files(args.images, args.model, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
+                            device=args.device)
+    for r in results:
+        if not r.ok:
+            print(f"hilovit predict: {r.source}: {r.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    elif any(r.ok for r in results):
+        print(format_predictions(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export",
+        help="export a model to ONNX and verify it with onnxruntime",
+        description="Exports with torch.onnx (TorchScript tracer), checks the file with onnxruntime against PyTorch "
+        "on random inputs and prints the largest difference. The file is written only when that difference is "
+        "at most --atol (exit status 1 otherwise).",
+    )
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--checkpoint", default=None, help="weights to export (default: random initialisation)")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="symbolic batch dimension (verified at batch 1 and 3); default: batch 1")
+    p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
+                   help="input size fixed in the graph (default: the model's pretrained_cfg input size)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnx - torch| (default 1e-4)")
+    p.add_argument("--no-verify", action="store_true", help="only check the file with onnx.checker")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from hilovit.export import ExportVerificationError, export_model
+
+    if args.img_size is not None and len(args.img_size) > 2:
+        raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
+    try:
+        result = export_model(args.model, args.output, checkpoint=args.checkpoint, format=args.format,
+                              img_size=args.img_size, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                              verify=not args.no_verify, atol=args.atol)
+    except ImportError as e:
+        print(f"hilovit export: {e}", file=sys.stderr)
+        return 2
+    except ExportVerificationError as e:
+        print(f"hilovit export: verification failed: {e}", file=sys.stderr)
+        return 1
+    batch = "batch" if result.dynamic_batch else "1"
+    print(f"wrote {result.path} ({result.size_bytes / 2**20:.1f} MiB, opset {result.opset}, "
+          f"input ({batch}, {', '.join(map(str, result.input_shape))}), {result.seconds:.1f} s)")
+    if result.diffs:
+        per = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.diffs.items())
+        print(f"onnxruntime vs PyTorch: max |diff| = {result.max_abs_diff:.2e} ({per}; tolerance {args.atol:g})")
+    return 0
+
+
+def _add_viz_common(p) -> None:
+    p.add_argument("image", metavar="IMAGE", help="an image file (any Pillow format)")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--checkpoint", default=None, help="trained weights (default: random initialisation)")
+    p.add_argument("--output", required=True, help="the PNG to write")
+    p.add_argument("--layer", type=int, default=None, help="layer index (see the sub-command's help)")
+    p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
+                   help="model input size (default: the model's pretrained_cfg input size)")
+
+
+def _add_viz(commands) -> None:
+    viz = commands.add_parser("viz", help="pictures: HiLo's high/low-frequency branches, attention maps")
+    sub = viz.add_subparsers(dest="viz_command", metavar="PICTURE", required=True)
+    p = sub.add_parser(
+        "hilo",
+        help="Hi-Fi and Lo-Fi branch outputs of a HiLo layer and their Fourier spectra",
+        description="For one HiLo layer: the input image beside the Hi-Fi and Lo-Fi branch outputs (feature energy "
+        "per position) and each branch's 2-D Fourier amplitude spectrum averaged over channels, with the share "
+        "of spectral energy above --cutoff. --layer indexes the model's HiLo layers (default: the first with "
+        "both branches).",
+    )
+    _add_viz_common(p)
+    p.add_argument("--cutoff", type=float, default=0.25, help="high-frequency radius in cycles/token (default 0.25)")
+    p.set_defaults(func=_run_viz_hilo)
+    p = sub.add_parser(
+        "attention",
+        help="one query's Lo-Fi attention (LITv2) or window attention (Swin) over the image",
+        description="LITv2: the Lo-Fi attention of the query over the pooled keys of HiLo layer --layer (default: "
+        "the first with both branches). Swin: the window attention of the query in window-attention layer "
+        "--layer (default 0). Overlaid on the image: the mean over heads and the first --heads heads.",
+    )
+    _add_viz_common(p)
+    p.add_argument("--query", type=float, nargs=2, metavar=("Y", "X"), default=None,
+                   help="query position in pixels of the model input (default: the centre)")
+    p.add_argument("--heads", type=int, default=4, help="single heads to draw besides the mean (default 4)")
+    p.set_defaults(func=_run_viz_attention)
+
+
+def _viz_size(args):
+    if args.img_size is not None and len(args.img_size) > 2:
+        raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
+    return args.img_size
+
+
+def _run_viz_hilo(args) -> int:
+    from hilovit.viz import viz_hilo
+
+    path, branches = viz_hilo(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
+                              img_size=_viz_size(args), cutoff=args.cutoff)
+    print(branches.summary())
+    print(f"wrote {path}")
+    return 0
+
+
+def _run_viz_attention(args) -> int:
+    from hilovit.viz import viz_attention
+
+    path, amap = viz_attention(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
+                               img_size=_viz_size(args), query=args.query, heads=args.heads)
+    print(amap.summary())
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train, eval
+
+
+def _pair(text: str):
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers LOW,HIGH, got {text!r}") from e
+    return [lo, hi]
+
+
+def _add_train(commands) -> None:
+    S = argparse.SUPPRESS  # options not given stay unset, so a --config recipe (or a resumed run) keeps its own
+    p = commands.add_parser(
+        "train",
+        help="train a model on Fashion-MNIST or an image folder (one process, or many under torchrun)",
+        description="Trains a registered model and writes last.pt (every epoch, atomically), model.safetensors, "
+        "metrics.csv, summary.json and curves.png into --output. Precedence: defaults < --config recipe < flags. "
+        "Distributed: torchrun --nproc_per_node=N -m hilovit train ... (--batch-size is the global batch).",
+        argument_default=S,
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--config", default=None, help="recipe: a YAML file or a packaged recipe name (fashion-mnist)")
+    g.add_argument("--model", help="registered model name (default litv2_nano; see hilovit.list_models())")
+    g.add_argument("--data", help="'fashion-mnist' (default) or a folder: DIR/<class>/... or DIR/train + DIR/val")
+    g.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX files (default: HILOVIT_DATA_DIR, then "
+                   "/usr/share/datasets/fashion-mnist)")
+    g.add_argument("--output", help="output folder (default runs/train)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="images per optimiser step, all processes together")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start afresh even if --output holds a run")
+    g.add_argument("--stop-at-epoch", type=int, help="end after this epoch (schedule still planned for --epochs)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--train-subset", type=int, metavar="N", help="use the first N training images")
+    g.add_argument("--eval-subset", type=int, metavar="N", help="evaluate on the first N evaluation images")
+    g.add_argument("--val-split", type=float, help="hold out this fraction of the training data for evaluation")
+    g.add_argument("--img-size", type=int, help="model input side (default: the model's, 28 for the nano models)")
+    g.add_argument("--in-chans", type=int, help="model input channels (default: the data's)")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, help="learning rate itself (default: --base-lr * batch / 512)")
+    g.add_argument("--base-lr", type=float, help="learning rate for a batch of 512, scaled linearly (5e-4)")
+    g.add_argument("--min-lr", type=float, help="final rate of the cosine for a batch of 512 (5e-6)")
+    g.add_argument("--warmup-lr", type=float, help="initial warm-up rate for a batch of 512 (5e-7)")
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (none on norms, biases, position tables)")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"])
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--clip-grad", type=float, help="max gradient norm (0: off; default 5)")
+    g.add_argument("--accum-steps", type=int, help="split each step's batch into this many micro-batches")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=float)
+    g.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the model's)")
+    g.add_argument("--model-ema", action="store_true", help="keep and evaluate an EMA of the weights")
+    g.add_argument("--model-ema-decay", type=float)
+    g = p.add_argument_group("augmentation (on the batch, kornia)")
+    g.add_argument("--no-augment", action="store_true", help="no random augmentation at all")
+    g.add_argument("--no-crop", dest="crop", action="store_false", help="no random resized crop")
+    g.add_argument("--crop-scale", type=_pair, metavar="LO,HI", help="area range of the random crop (0.6,1)")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false", help="no horizontal flips")
+    g.add_argument("--rand-augment", action="store_true", help="RandAugment (2 operations)")
+    g.add_argument("--rand-augment-m", type=int, help="RandAugment magnitude (9)")
+    g.add_argument("--random-erasing", type=float, metavar="P", help="probability of random erasing")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", help="auto (default), cpu, cuda")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="autocast: auto = bfloat16 on CPU, float16 with a gradient scaler on CUDA")
+    g.add_argument("--threads", type=int, help="CPU threads per process")
+    g.add_argument("--workers", type=int, help="DataLoader workers for image folders")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
+    g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm over processes")
+    g.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last)")
+    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--progress", choices=["auto", "bar", "log", "off"],
+                   help="auto: a bar on a terminal, log lines otherwise")
+    g.add_argument("--log-interval", type=int, help="steps between log lines")
+    p.set_defaults(func=_run_train, config=None)
+
+
+def _run_train(args) -> int:
+    from hilovit.train import print_summary, train
+    from hilovit.train.config import options_from_cli
+
+    summary = train(recipe=args.config, **options_from_cli(vars(args)))
+    print_summary(summary, as_json=getattr(args, "json", False))  # rank 0 only under torchrun
+    return 0
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix",
+        description="Evaluates a checkpoint (model.safetensors, last.pt, a training output folder, or any state "
+        "dict) on the evaluation split of the data (Fashion-MNIST: the 10,000 test images).",
+    )
+    p.add_argument("--model", required=True, help="registered model name (must match the checkpoint)")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a training output folder")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or a folder")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--val-split", type=float, default=0.0, help="as in training, for folders without val/")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --val-split hold-out")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--eval-subset", type=int, default=None, metavar="N", help="the first N images only")
+    p.add_argument("--ema", action="store_true", help="the EMA weights of a last.pt")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--output", default=None,
+                   help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint)")
+    p.add_argument("--confusion-png", default=None, help="path of the confusion-matrix picture")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--progress", choices=["auto", "bar", "off"], default="auto")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from hilovit.train import format_eval, run_eval
+
+    result = run_eval(
+        model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
+        batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
+        val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
+        threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
+        progress=args.progress, default_output="eval",
+    )
+    print(json.dumps(result, indent=2) if args.json else format_eval(result))
+    return 0
+
+
+# --------------------------------------------------------------------------- bench models
+
+
+def _add_bench_models(sub) -> None:
+    p = sub.add_parser(
+        "models",
+        help="whole models: params, FLOPs, images/s (inference, training), memory, share of the matmul rate",
+        description="Times registered models side by side with the machine's matrix multiply, in one process.",
+    )
+    p.add_argument("--models", type=_csv_list(), default=None,
+                   help="names or patterns, e.g. swin_t,litv2_s or 'swin_*' (default swin_t,litv2_s)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
+    p.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
+    p.add_argument("--sweep", type=_csv_list(int), default=None,
+                   help="image sides for a backbone sweep, e.g. 224,384,512,768,1024")
+    p.add_argument("--sweep-batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per row (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--output", default="benchmarks/models", help="prefix for .csv/.md/.png ('' for none)")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
+    p.set_defaults(func=_run_bench_models)
+
+
+def _run_bench_models(args) -> int:
+    from hilovit.bench.common import format_table
+    from hilovit.bench.models import run_models_benchmark
+
+    result = run_models_benchmark(
+        models=args.models,
+        batch=args.batch,
+        img_size=args.img_size,
+        dtypes=args.dtype,
+        train=args.train,
+        sweep=args.sweep,
+        sweep_batch=args.sweep_batch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads,
+        device=args.device,
+        output=args.output or None,
+        plot=not args.no_plot,
+        compile=args.compile,
+    )
+    cols = ["model", "mode", "dtype", "params_M", "flops_G", "images_per_s", "ms_per_batch", "peak_memory_MB",
+            "share_of_fp32_matmul", "speedup_vs_first_dtype"]
+    print(format_table(result["rows"], cols))
+    if result["sweep_rows"]:
+        print()
+        print(format_table(result["sweep_rows"], ["model", "img_size", "tokens", "ms_per_image", "peak_memory_MB",
+                                                  "time_growth", "memory_growth", "share_of_matmul"]))
+    print()
+    for note in result["notes"]:
+        print(note)
+    for kind, path in result["files"].items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -85,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _add_bench_attention(bench_sub)
+    _add_bench_models(bench_sub)
+    _add_predict(commands)
+    _add_export(commands)
+    _add_viz(commands)
+    _add_train(commands)
+    _add_eval(commands)
     return parser
 
 
@@ -96,6 +459,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(__version__)
         return 0
+    from hilovit.runtime import tune_allocator
+
+    tune_allocator()  # reuse freed activation memory instead of page-faulting it in every pass
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -1,12 +1,18 @@
-"""Pictures: benchmark plots (and, later, what HiLo's branches see). Matplotlib, PNG, written atomically."""
+"""Pictures: benchmark plots, training curves, and what HiLo's branches see (frequency maps, attention
+maps). Matplotlib, PNG, written atomically."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["save_figure", "plot_attention_benchmark", "plot_bars", "plot_sweep"]
+__all__ = ["save_figure", "plot_attention_benchmark", "plot_bars", "plot_sweep", "plot_training_curves",
+           "plot_confusion_matrix", "hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
+           "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "hilo_branches", "plot_hilo",
+           "lofi_attention", "window_attention", "WindowAttentionInput", "AttentionMap", "attention_map",
+           "plot_attention", "viz_hilo", "viz_attention"]
 
 
 def _pyplot():
@@ -95,3 +101,610 @@ def plot_attention_benchmark(rows: List[dict], path: str | os.PathLike) -> Path:
             lines = {m: [r[key] for r in rows if r["mechanism"] == m and r["dtype"] == d] for m in mechs}
             plot_sweep(tokens, lines, "tokens (H x W)", label, f"{label} vs tokens ({d})", ax=ax)
     return save_figure(fig, path)
+
+
+_CURVE_LABELS = {
+    "train_loss": "train (mixed/smoothed targets, augmented)",
+    "eval_loss": "evaluation",
+    "train_top1": "train (augmented)",
+    "eval_top1": "evaluation",
+    "eval_top1_ema": "evaluation, EMA weights",
+}
+
+
+def plot_training_curves(rows: List[dict], path: str | os.PathLike, title: str = "training") -> Path:
+    """Loss, accuracy and learning rate per epoch, from the rows of a training run's ``metrics.csv``.
+
+    Each row needs ``epoch``, ``train_loss``, ``train_top1``, ``lr``; ``eval_loss`` and
+    ``eval_top1`` are drawn where present (epochs without evaluation are skipped).
+    """
+    plt = _pyplot()
+
+    def series(key):
+        pts = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (keys, label) in zip(axes[:2], ((("train_loss", "eval_loss"), "loss"),
+                                            (("train_top1", "eval_top1", "eval_top1_ema"), "top-1 accuracy (%)"))):
+        for key in keys:
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, marker="o", label=_CURVE_LABELS.get(key, key))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    xs, ys = series("lr")
+    axes[2].plot(xs, ys, marker="o")
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("learning rate (end of epoch)")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes[2].grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion_matrix(confusion: Sequence[Sequence[float]], classes: Sequence[str], path: str | os.PathLike,
+                          title: str = "confusion matrix", normalize: bool = True) -> Path:
+    """Confusion matrix with the class names: rows are true classes, columns predictions.
+
+    Cells are coloured by the share of the row (``normalize``) and labelled with the counts.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    k = len(classes)
+    if cm.shape != (k, k):
+        raise ValueError(f"plot_confusion_matrix: confusion has shape {cm.shape}, expected ({k}, {k}) for the classes")
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    side = max(5.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class" if normalize else "images")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if shown[i, j] > 0.5 * (shown.max() or 1) else "black")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+# =========================================================================== what HiLo sees
+# ``hilovit viz hilo``: the Hi-Fi and Lo-Fi branch outputs of one HiLo layer (feature energy per
+# position) and their 2-D Fourier amplitude spectra; ``hilovit viz attention``: the Lo-Fi attention
+# of a query over the pooled keys (LITv2) or a Swin window attention map, over the image.
+
+
+def hilo_layers(model) -> List[Tuple[str, Any]]:
+    """``[(name, HiLo), ...]`` of every HiLo module in ``model`` (``model`` itself included), in order."""
+    from hilovit.layers.attention import HiLo
+
+    return [(name or type(model).__name__, m) for name, m in model.named_modules() if isinstance(m, HiLo)]
+
+
+def select_hilo(model, layer: Optional[int] = None, need: str = "both") -> Tuple[int, str, Any]:
+    """Pick a HiLo layer: ``(index, name, module)``.
+
+    Args:
+        layer: index into :func:`hilo_layers` (negative counts from the end); None: the first layer
+            that has what ``need`` asks for.
+        need: ``'both'`` (Hi-Fi and Lo-Fi heads) or ``'lofi'`` (Lo-Fi heads).
+    """
+    layers = hilo_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no HiLo layer (choose a LITv2 model)")
+
+    def fits(m) -> bool:
+        return m.l_heads > 0 and (need == "lofi" or m.h_heads > 0)
+
+    what = "Hi-Fi and Lo-Fi heads" if need == "both" else "Lo-Fi heads"
+    if layer is None:
+        for i, (name, m) in enumerate(layers):
+            if fits(m):
+                return i, name, m
+        raise ValueError(f"no HiLo layer of {type(model).__name__} has {what} (alpha is 0 or 1 everywhere)")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
+        raise ValueError(
+            f"--layer {layer!r}: {type(model).__name__} has {len(layers)} HiLo layers (0..{len(layers) - 1})"
+        )
+    index = layer % len(layers)
+    name, m = layers[index]
+    if not fits(m):
+        raise ValueError(
+            f"--layer {layer}: HiLo layer {name} has {m.h_heads} Hi-Fi and {m.l_heads} Lo-Fi heads; it needs {what}"
+        )
+    return index, name, m
+
+
+class HiLoCapture:
+    """Record what one HiLo module computes in the next forward passes (a context manager).
+
+    Wraps the module's ``forward``, ``hifi`` and ``lofi`` methods (instance attributes, removed on
+    exit) and keeps, for the last call, ``hifi`` ``(B, H, W, h_dim)`` and ``lofi``
+    ``(B, H, W, l_dim)`` (each after its output projection, padding cropped), and the Lo-Fi inputs
+    ``lofi_query`` ``(B, H, W, l_dim)`` and ``lofi_source`` (the padded map ``(B, Hp, Wp, C)``).
+
+    Example::
+
+        >>> _, _, hilo = select_hilo(model)
+        >>> with HiLoCapture(hilo) as cap:
+        ...     model(x)
+        >>> cap.hifi.shape, cap.lofi.shape
+    """
+
+    def __init__(self, hilo):
+        self.hilo = hilo
+        self.size: Optional[Tuple[int, int]] = None
+        self._hifi = self.lofi = self.lofi_query = self.lofi_source = None
+
+    def __enter__(self) -> HiLoCapture:
+        m, cls = self.hilo, type(self.hilo)
+
+        def forward(x, H=None, W=None):
+            self.size = (int(x.shape[1]), int(x.shape[2])) if x.dim() == 4 else (int(H), int(W))
+            return cls.forward(m, x, H, W)
+
+        def hifi(qkv):
+            out = cls.hifi(m, qkv)
+            self._hifi = out.detach()
+            return out
+
+        def lofi(q, x_pad):
+            out = cls.lofi(m, q, x_pad)
+            self.lofi, self.lofi_query, self.lofi_source = out.detach(), q.detach(), x_pad.detach()
+            return out
+
+        m.forward, m.hifi, m.lofi = forward, hifi, lofi
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in ("forward", "hifi", "lofi"):
+            self.hilo.__dict__.pop(name, None)
+
+    @property
+    def hifi(self):
+        if self._hifi is None or self.size is None:
+            return self._hifi
+        H, W = self.size
+        return self._hifi[:, :H, :W]
+
+
+def _as_map(feat):
+    """``(H, W, C)`` float64 tensor from ``(B, H, W, C)`` (first image) or ``(H, W, C)``."""
+    import torch
+
+    feat = torch.as_tensor(feat).detach().cpu().double()
+    if feat.dim() == 4:
+        feat = feat[0]
+    if feat.dim() != 3:
+        raise ValueError(f"expected a feature map (H, W, C) or (B, H, W, C), got shape {tuple(feat.shape)}")
+    return feat
+
+
+def _power(feat):
+    """Power spectrum ``|FFT|^2`` per channel of the mean-removed map, ``(C, H, W)``, unshifted."""
+    import torch
+
+    feat = _as_map(feat)
+    centred = feat - feat.mean(dim=(0, 1), keepdim=True)
+    return torch.fft.fft2(centred.permute(2, 0, 1)).abs() ** 2
+
+
+def _radius(H: int, W: int):
+    """Radial frequency ``sqrt(fy^2 + fx^2)`` in cycles per position (Nyquist 0.5), unshifted ``(H, W)``."""
+    import torch
+
+    fy = torch.fft.fftfreq(H, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(W, dtype=torch.float64)[None, :]
+    return (fy**2 + fx**2).sqrt()
+
+
+def amplitude_spectrum(feat):
+    """The 2-D Fourier amplitude spectrum averaged over channels, centred (``fftshift``): ``(H, W)``.
+
+    Each channel's spatial mean is removed first, so the spectrum shows how the features vary
+    over positions, not their constant offset.
+    """
+    import torch
+
+    feat = _as_map(feat)
+    centred = feat - feat.mean(dim=(0, 1), keepdim=True)
+    amp = torch.fft.fft2(centred.permute(2, 0, 1)).abs().mean(dim=0)
+    return torch.fft.fftshift(amp)
+
+
+def high_frequency_share(feat, cutoff: float = 0.25) -> float:
+    """Share of the (mean-removed) spectral energy at radial frequencies above ``cutoff``.
+
+    Frequencies are in cycles per position (Nyquist 0.5; the default ``cutoff`` is half of it),
+    energy is ``|FFT|^2`` summed over channels. 0 for a constant map.
+    """
+    if not 0.0 < cutoff < 0.5 * 2**0.5:
+        raise ValueError(f"cutoff must be in (0, 0.707) cycles per position, got {cutoff!r}")
+    feat = _as_map(feat)
+    power = _power(feat).sum(dim=0)
+    total = float(power.sum())
+    # a map that does not vary (e.g. Lo-Fi with a single pooled key) leaves only rounding noise
+    if total <= 1e-10 * float((feat**2).sum()) * feat.shape[0] * feat.shape[1] or total == 0.0:
+        return 0.0
+    return float(power[_radius(*power.shape) > cutoff].sum()) / total
+
+
+def radial_profile(feat, bins: int = 12):
+    """Mean amplitude (averaged over channels) per radial-frequency bin: ``(centres, values)`` arrays."""
+    import numpy as np
+
+    amp = _power(feat).sqrt().mean(dim=0).numpy()
+    r = _radius(*amp.shape).numpy()
+    edges = np.linspace(0.0, r.max() + 1e-9, bins + 1)
+    idx = np.digitize(r, edges) - 1
+    centres, values = [], []
+    for b in range(bins):
+        sel = (idx == b) & (r > 0)
+        if sel.any():
+            centres.append(0.5 * (edges[b] + edges[b + 1]))
+            values.append(float(amp[sel].mean()))
+    return np.asarray(centres), np.asarray(values)
+
+
+def feature_energy(feat):
+    """Energy per position: mean over channels of the squared deviation from the channel's mean, ``(H, W)``."""
+    feat = _as_map(feat)
+    return ((feat - feat.mean(dim=(0, 1), keepdim=True)) ** 2).mean(dim=-1)
+
+
+@dataclass
+class HiLoBranches:
+    """The two branch outputs of one HiLo layer for one image, and what :func:`plot_hilo` draws."""
+
+    layer: int
+    name: str
+    hifi: Any  # (H, W, h_dim)
+    lofi: Any  # (H, W, l_dim)
+    cutoff: float = 0.25
+
+    @property
+    def hifi_share(self) -> float:
+        return high_frequency_share(self.hifi, self.cutoff)
+
+    @property
+    def lofi_share(self) -> float:
+        return high_frequency_share(self.lofi, self.cutoff)
+
+    def summary(self) -> str:
+        H, W, _ = self.hifi.shape
+        return (
+            f"HiLo layer {self.layer} ({self.name}, {H}x{W} tokens): share of spectral energy above "
+            f"{self.cutoff:g} cycles/token: Hi-Fi {self.hifi_share:.3f}, Lo-Fi {self.lofi_share:.3f}"
+        )
+
+
+def hilo_branches(model, x, layer: Optional[int] = None, cutoff: float = 0.25) -> HiLoBranches:
+    """Run ``model`` on the image batch ``x`` and return the branch outputs of a HiLo layer (first image).
+
+    ``layer`` as in :func:`select_hilo` (default: the first layer with both branches).
+    """
+    import torch
+
+    index, name, hilo = select_hilo(model, layer, need="both")
+    was_training = model.training
+    model.eval()
+    try:
+        with HiLoCapture(hilo) as cap, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    if cap.hifi is None or cap.lofi is None:
+        raise RuntimeError(f"HiLo layer {name} did not run in the forward pass")
+    return HiLoBranches(index, name, cap.hifi[0].cpu(), cap.lofi[0].cpu(), cutoff)
+
+
+def _show_image(ax, image, title: str = "input") -> None:
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_hilo(branches: HiLoBranches, image, path: str | os.PathLike, title: Optional[str] = None) -> Path:
+    """The input image beside each branch's feature energy, their amplitude spectra, and the radial profiles."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+    _show_image(axes[0][0], image)
+    H, W, _ = branches.hifi.shape
+    energies = [feature_energy(branches.hifi).numpy(), feature_energy(branches.lofi).numpy()]
+    energies = [e / (e.max() or 1.0) for e in energies]
+    logs = []
+    for feat in (branches.hifi, branches.lofi):
+        amp = amplitude_spectrum(feat).numpy()
+        amp[H // 2, W // 2] = np.nan  # the DC term, zero once the channel means are removed
+        logs.append(np.log10(np.maximum(amp, 1e-12 * max(np.nanmax(amp), 1e-30))))
+    lo, hi = min(np.nanmin(v) for v in logs), max(np.nanmax(v) for v in logs)
+    shares = [branches.hifi_share, branches.lofi_share]
+    fy = np.fft.fftshift(np.fft.fftfreq(H))
+    fx = np.fft.fftshift(np.fft.fftfreq(W))
+    extent = [fx[0] - 0.5 / W, fx[-1] + 0.5 / W, fy[-1] + 0.5 / H, fy[0] - 0.5 / H]
+    for col, (label, energy, logamp, share) in enumerate(zip(("Hi-Fi", "Lo-Fi"), energies, logs, shares), 1):
+        ax = axes[0][col]
+        im = ax.imshow(energy, cmap="magma")
+        ax.set_title(f"{label} output: feature energy per position\n(channel means removed, / max)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax = axes[1][col]
+        im = ax.imshow(logamp, cmap="viridis", vmin=lo, vmax=hi, extent=extent)
+        ax.add_patch(plt.Circle((0, 0), branches.cutoff, fill=False, color="white", ls="--", lw=1))
+        ax.set_title(f"{label}: log10 |FFT| (channel mean)\nenergy above {branches.cutoff:g}: {share:.0%}",
+                     fontsize=9)
+        ax.set_xlabel("cycles / token", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax = axes[1][0]
+    for label, feat in (("Hi-Fi", branches.hifi), ("Lo-Fi", branches.lofi)):
+        r, v = radial_profile(feat)
+        ax.plot(r, v / max(v.max(), 1e-12), marker="o", label=label)
+    ax.axvline(branches.cutoff, color="grey", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("radial frequency (cycles / token)", fontsize=8)
+    ax.set_ylabel("mean |FFT| (normalised)", fontsize=8)
+    ax.set_title("radial amplitude profile", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title or branches.summary(), fontsize=10, wrap=True)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- attention maps
+def lofi_attention(hilo, query, source, position: Tuple[int, int]):
+    """Lo-Fi attention weights of one query over the pooled keys: ``(l_heads, Hp / s, Wp / s)``.
+
+    Args:
+        hilo: the HiLo module; query, source: what its ``lofi`` received (see :class:`HiLoCapture`):
+            the Lo-Fi queries ``(B, H, W, l_dim)`` and the padded map ``(B, Hp, Wp, C)``.
+        position: the query's ``(row, col)`` on the ``H x W`` token grid (first image).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    s, nh, hd = hilo.ws, hilo.l_heads, hilo.head_dim
+    y, x = position
+    src = source[:1]
+    if s > 1:
+        src = F.avg_pool2d(src.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
+    Hk, Wk = src.shape[1:3]
+    with torch.no_grad():
+        k = hilo.l_kv(src.reshape(1, Hk * Wk, -1))[..., : hilo.l_dim].view(Hk * Wk, nh, hd)
+        q = query[0, y, x].view(nh, hd)
+        logits = torch.einsum("hd,nhd->hn", q.float(), k.float()) * hilo.scale
+    return logits.softmax(dim=-1).view(nh, Hk, Wk)
+
+
+def window_attention(attn, x, position: Tuple[int, int]):
+    """Weights of one query in Swin window attention, on the token map: ``(heads, H, W)``.
+
+    Args:
+        attn: the :class:`~hilovit.layers.attention.WindowAttention` module.
+        x: its input ``(B, H, W, C)`` (first image used).
+        position: the query's ``(row, col)`` on the ``H x W`` map.
+
+    Keys outside the query's (shifted) window get 0. The weights are the module's own: relative
+    position bias and, for shifted windows, the mask that keeps non-adjacent regions apart.
+    """
+    import torch
+
+    from hilovit.layers.windows import pad_to_multiple
+
+    (wh, ww), (sh, sw) = attn.window_size, attn.shift_size
+    H, W = int(x.shape[1]), int(x.shape[2])
+    y, xq = position
+    Hp, Wp = attn.padded_size(H, W)
+    xp, _, _ = pad_to_multiple(x[:1], attn.window_size)
+    ys, xs = (y - sh) % Hp, (xq - sw) % Wp  # the query after the cyclic shift by -shift
+    r0, c0 = ys // wh * wh, xs // ww * ww
+    rows = (torch.arange(r0, r0 + wh) + sh) % Hp  # map rows / cols of the window's tokens
+    cols = (torch.arange(c0, c0 + ww) + sw) % Wp
+    tokens = xp[0][rows][:, cols].reshape(wh * ww, -1)
+    nh, hd = attn.num_heads, attn.head_dim
+    with torch.no_grad():
+        q, k, _ = attn.qkv(tokens).view(wh * ww, 3, nh, hd).unbind(1)
+        logits = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * attn.scale + attn.relative_position_bias().float()
+        if attn.shifted:
+            window = (r0 // wh) * (Wp // ww) + c0 // ww
+            logits = logits + attn.shift_mask(Hp, Wp, logits.device)[window]
+    n = (ys - r0) * ww + (xs - c0)
+    weights = logits[:, n].softmax(dim=-1).view(nh, wh, ww)
+    out = torch.zeros(nh, Hp, Wp)
+    out[:, rows[:, None], cols[None, :]] = weights.cpu()
+    return out[:, :H, :W]
+
+
+class WindowAttentionInput:
+    """Record the input of one :class:`WindowAttention` in the next forward passes (a context manager).
+
+    Swin blocks run inference in chunks that bypass the attention module's ``forward``; inside the
+    block they are switched to the plain path (their ``chunk_rows`` set to 0) and restored on exit.
+    """
+
+    def __init__(self, model, attn):
+        self.model, self.attn, self.input = model, attn, None
+        self._hook = None
+        self._chunked: List[Tuple[Any, int]] = []
+
+    def __enter__(self) -> WindowAttentionInput:
+        for m in self.model.modules():
+            rows = getattr(m, "chunk_rows", None)
+            if isinstance(rows, int) and not isinstance(rows, bool):
+                self._chunked.append((m, rows))
+                m.chunk_rows = 0
+
+        def hook(_module, args):
+            self.input = args[0].detach()
+
+        self._hook = self.attn.register_forward_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
+        for m, rows in self._chunked:
+            m.chunk_rows = rows
+
+
+@dataclass
+class AttentionMap:
+    """Attention weights of one query, for :func:`plot_attention`.
+
+    ``kind``: ``'lofi'`` (weights over the pooled keys, ``grid`` = the pooled grid, each cell
+    ``cell`` tokens wide) or ``'window'`` (weights on the token map, ``cell`` = 1). ``tokens`` is
+    the layer's token grid ``(H, W)``; ``query`` the query's ``(row, col)`` on it.
+    """
+
+    kind: str
+    layer: int
+    name: str
+    weights: Any  # (heads, gh, gw)
+    tokens: Tuple[int, int]
+    query: Tuple[int, int]
+    cell: int = 1
+
+    def summary(self) -> str:
+        what = "Lo-Fi attention over pooled keys" if self.kind == "lofi" else "window attention"
+        return (f"{what}: layer {self.layer} ({self.name}, {self.tokens[0]}x{self.tokens[1]} tokens), "
+                f"query at token {self.query}, {self.weights.shape[0]} heads")
+
+
+def _token_position(query: Optional[Tuple[float, float]], image_hw: Tuple[int, int], tokens: Tuple[int, int]):
+    H, W = image_hw
+    y, x = (H / 2.0, W / 2.0) if query is None else query
+    if not (0 <= y < H and 0 <= x < W):
+        raise ValueError(f"--query {y} {x} lies outside the {H}x{W} model input (row, column in pixels)")
+    return min(int(y * tokens[0] / H), tokens[0] - 1), min(int(x * tokens[1] / W), tokens[1] - 1)
+
+
+def attention_map(model, x, layer: Optional[int] = None, query: Optional[Tuple[float, float]] = None) -> AttentionMap:
+    """The attention of one query for the image batch ``x`` (first image).
+
+    LITv2 (any model with HiLo): the Lo-Fi weights over the pooled keys of HiLo layer ``layer``
+    (default: the first with both branches). Swin: the window attention weights of
+    ``WindowAttention`` number ``layer`` (default 0). ``query``: ``(row, col)`` in pixels of the
+    model input (default: its centre).
+    """
+    import torch
+
+    from hilovit.layers.attention import WindowAttention
+
+    img_hw = (int(x.shape[-2]), int(x.shape[-1]))
+    was_training = model.training
+    model.eval()
+    try:
+        if hilo_layers(model):
+            index, name, hilo = select_hilo(model, layer, need="both" if layer is None else "lofi")
+            with HiLoCapture(hilo) as cap, torch.no_grad():
+                model(x)
+            tokens = tuple(cap.lofi_query.shape[1:3])
+            pos = _token_position(query, img_hw, tokens)
+            weights = lofi_attention(hilo, cap.lofi_query, cap.lofi_source, pos)
+            return AttentionMap("lofi", index, name, weights, tokens, pos, cell=hilo.ws)
+        windows = [(n, m) for n, m in model.named_modules() if isinstance(m, WindowAttention)]
+        if not windows:
+            raise ValueError(f"{type(model).__name__} has neither HiLo nor window attention layers")
+        index = 0 if layer is None else layer
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(windows) <= index < len(windows):
+            raise ValueError(f"--layer {layer!r}: {type(model).__name__} has {len(windows)} window attention layers "
+                             f"(0..{len(windows) - 1})")
+        index %= len(windows)
+        name, attn = windows[index]
+        with WindowAttentionInput(model, attn) as rec, torch.no_grad():
+            model(x)
+        if rec.input is None:
+            raise RuntimeError(f"window attention layer {name} did not run in the forward pass")
+        tokens = tuple(rec.input.shape[1:3])
+        pos = _token_position(query, img_hw, tokens)
+        return AttentionMap("window", index, name, window_attention(attn, rec.input, pos), tokens, pos)
+    finally:
+        model.train(was_training)
+
+
+def plot_attention(amap: AttentionMap, image, path: str | os.PathLike, heads: int = 4,
+                   title: Optional[str] = None) -> Path:
+    """The image with the query marked, the head-averaged attention over it, and a few single heads."""
+    import numpy as np
+
+    plt = _pyplot()
+    H, W = image.shape[:2]
+    th, tw = amap.tokens
+    sy, sx = H / th, W / tw  # pixels per token
+    gh, gw = amap.weights.shape[1:]
+    extent = [0, gw * amap.cell * sx, gh * amap.cell * sy, 0]  # pooled cells may cover padding
+    qy, qx = (amap.query[0] + 0.5) * sy, (amap.query[1] + 0.5) * sx
+    weights = np.asarray(amap.weights, dtype=np.float64)
+    panels = [("mean over heads", weights.mean(axis=0))]
+    panels += [(f"head {h}", weights[h]) for h in range(min(heads, weights.shape[0]))]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.6))
+    _show_image(axes[0], image, "input and query")
+    axes[0].plot(qx, qy, marker="+", color="red", ms=14, mew=2)
+    for ax, (label, w) in zip(axes[1:], panels):
+        _show_image(ax, image, label)
+        ax.imshow(w, cmap="inferno", alpha=0.65, extent=extent, interpolation="nearest", vmin=0.0, vmax=w.max() or 1)
+        ax.plot(qx, qy, marker="+", color="cyan", ms=12, mew=2)
+        ax.set_xlim(0, W)
+        ax.set_ylim(H, 0)
+    fig.suptitle(title or amap.summary(), fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- the viz commands
+def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size=None):
+    """Load ``model`` (sized for ``checkpoint``) and prepare ``image`` as its ``pretrained_cfg`` says
+    (``img_size``: another input size ``H`` or ``(H, W)``). Returns ``(model, x (1, C, H, W), display)``."""
+    import numpy as np
+
+    from hilovit.predict import load_model, open_image, preprocess_image
+
+    net, _ = load_model(model, checkpoint)
+    cfg = dict(net.pretrained_cfg)
+    C = int(cfg["input_size"][0])
+    if img_size is not None:
+        sizes = [img_size] if isinstance(img_size, int) else list(img_size)
+        if len(sizes) not in (1, 2) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"--img-size must be one or two positive ints, got {img_size!r}")
+        cfg["input_size"] = (C, sizes[0], sizes[-1])
+    x = preprocess_image(open_image(image, C), cfg)
+    mean = np.asarray(cfg.get("mean") or (0.0,) * C, dtype=np.float64).reshape(-1, 1, 1)
+    std = np.asarray(cfg.get("std") or (1.0,) * C, dtype=np.float64).reshape(-1, 1, 1)
+    shown = np.clip(x.numpy() * std + mean, 0.0, 1.0)
+    display = shown[0] if C == 1 else shown.transpose(1, 2, 0)
+    return net, x.unsqueeze(0), display
+
+
+def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
+             cutoff: float = 0.25) -> Tuple[Path, HiLoBranches]:
+    """``hilovit viz hilo``: the picture of a HiLo layer's two branches for ``image``; returns (path, branches)."""
+    net, x, display = _model_input(image, model, checkpoint, img_size)
+    branches = hilo_branches(net, x, layer, cutoff)
+    weights = "trained weights" if checkpoint else "random weights"
+    title = f"{model} ({weights})\n{branches.summary()}"
+    return plot_hilo(branches, display, output, title=title), branches
+
+
+def viz_attention(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
+                  query: Optional[Tuple[float, float]] = None, heads: int = 4) -> Tuple[Path, AttentionMap]:
+    """``hilovit viz attention``: one query's attention over ``image``; returns (path, map)."""
+    net, x, display = _model_input(image, model, checkpoint, img_size)
+    amap = attention_map(net, x, layer, query)
+    weights = "trained weights" if checkpoint else "random weights"
+    return plot_attention(amap, display, output, heads=heads, title=f"{model} ({weights})\n{amap.summary()}"), amap

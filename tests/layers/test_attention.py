@@ -378,3 +378,18 @@ def test_sdpa_kernel_is_fused_on_cpu():
 def test_functional_sdpa_reference_agrees_with_ref():
     q, k, v = torch.randn(3, 2, 4, 5, 8).double().unbind(0)
     torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, scale=0.3), ref_attention(q, k, v, 0.3))
+
+
+def test_hilo_fused_projection_cache_follows_the_weights():
+    torch.manual_seed(8)
+    m = HiLo(32, 4, qkv_bias=True, window_size=2, alpha=0.5).eval()
+    x = torch.randn(1, 6, 6, 32)
+    with torch.no_grad():
+        first = m(x)
+        m.l_q.weight.mul_(2.0)  # in place, as an optimiser step or load_state_dict would
+        second = m(x)
+        torch.testing.assert_close(second, ref_hilo(m, x), atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(first, second)
+    m.load_state_dict(HiLo(32, 4, qkv_bias=True, window_size=2, alpha=0.5).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref_hilo(m, x), atol=2e-5, rtol=1e-5)

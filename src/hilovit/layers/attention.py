@@ -79,8 +79,15 @@ def _dropout_p(module: nn.Module, p: float) -> float:
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype the projections of ``x`` come out in (the autocast dtype inside autocast)."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    device = x.device.type
+    try:
+        if torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+    except TypeError:  # torch < 2.4: per-device functions
+        if device == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        if device == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
     return torch.promote_types(x.dtype, weight.dtype)
 
 
@@ -164,6 +171,8 @@ class HiLo(nn.Module):
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self._band_masks: Dict[tuple, torch.Tensor] = {}
+        self._fused: Tuple[torch.Tensor, Optional[torch.Tensor]] = (torch.empty(0), None)
+        self._fused_key: Optional[tuple] = None
 
     def extra_repr(self) -> str:
         return (
@@ -184,9 +193,17 @@ class HiLo(nn.Module):
             return self.l_q(x)
         if self.l_heads == 0:
             return self.h_qkv(x)
-        weight = torch.cat([self.h_qkv.weight, self.l_q.weight])
-        bias = None if self.h_qkv.bias is None else torch.cat([self.h_qkv.bias, self.l_q.bias])
-        return F.linear(x, weight, bias)
+        params = [self.h_qkv.weight, self.l_q.weight]
+        if self.h_qkv.bias is not None:
+            params += [self.h_qkv.bias, self.l_q.bias]
+        frozen = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        key = tuple((p._version, p.data_ptr()) for p in params) if frozen else None
+        if key is None or torch.compiler.is_compiling() or self._fused_key != key:
+            fused = (torch.cat(params[:2]), torch.cat(params[2:]) if len(params) == 4 else None)
+            if key is None or torch.compiler.is_compiling():
+                return F.linear(x, *fused)
+            self._fused, self._fused_key = fused, key  # inference: concatenated once, until the weights change
+        return F.linear(x, *self._fused)
 
     def _band_mask(self, Wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (Wp, dtype, str(device))
@@ -402,11 +419,10 @@ class WindowPlan(NamedTuple):
 
     Attributes:
         src: ``(T,)`` rows of the flattened ``(B * H * W, C)`` map in window order (padding points
-            at row 0 and is zeroed with ``pad_rows``/``keep``); ``None`` when the window order is the
+            at row 0 and is zeroed with ``keep``); ``None`` when the window order is the
             map's own order (one window, no shift, no padding).
         inv: ``(B * H * W,)`` the window-order row of every token of the map; ``None`` likewise.
         keep: ``(T, 1)`` float, 0 on padding rows and 1 elsewhere; ``None`` without padding.
-        pad_rows: ``(P,)`` the padding rows; ``None`` without padding.
         groups: ``((first_row, end_row, type), ...)``.
     """
 
@@ -418,7 +434,6 @@ class WindowPlan(NamedTuple):
     src: Optional[torch.Tensor]
     inv: Optional[torch.Tensor]
     keep: Optional[torch.Tensor]
-    pad_rows: Optional[torch.Tensor]
     groups: Tuple[Tuple[int, int, int], ...]
 
     def chunks(self, window_tokens: int, max_rows: int) -> List[Tuple[int, int, int]]:
@@ -486,13 +501,18 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._plan_cache: "OrderedDict[tuple, WindowPlan]" = OrderedDict()
+        self._plan_cache: OrderedDict[tuple, WindowPlan] = OrderedDict()
         self._type_mask_cache: Dict[tuple, torch.Tensor] = {}
         self._mask_cache: Dict[tuple, torch.Tensor] = {}
 
     @property
     def shifted(self) -> bool:
         return any(self.shift_size)
+
+    def __getstate__(self):  # copies and pickles leave the size caches behind
+        state = self.__dict__.copy()
+        state.update(_plan_cache=OrderedDict(), _type_mask_cache={}, _mask_cache={})
+        return state
 
     def extra_repr(self) -> str:
         return (
@@ -518,20 +538,19 @@ class WindowAttention(nn.Module):
             self._plan_cache.move_to_end(key)
         return plan
 
-    def _window_types(self, hg: int, wg: int, device: torch.device) -> torch.Tensor:
-        """Mask type of each window ``(hg * wg,)``: 2 * (last window row) + (last window column)."""
+    def _window_types(self, hg: int, wg: int) -> List[int]:
+        """Mask type of each window, row-major: 2 * (last window row) + (last window column)."""
         sh, sw = self.shift_size
-        last_row = (torch.arange(hg, device=device) == hg - 1) & (sh > 0)
-        last_col = (torch.arange(wg, device=device) == wg - 1) & (sw > 0)
-        return (2 * last_row.long()[:, None] + last_col.long()[None, :]).flatten()
+        return [2 * int(sh > 0 and a == hg - 1) + int(sw > 0 and c == wg - 1) for a in range(hg) for c in range(wg)]
 
     def _build_plan(self, B: int, H: int, W: int, device: torch.device) -> WindowPlan:
+        # Index arithmetic only (no data-dependent ops), so that tracing and compiling see constants.
         wh, ww = self.window_size
         sh, sw = self.shift_size
         Hp, Wp = self.padded_size(H, W)
         hg, wg, N = Hp // wh, Wp // ww, self.window_tokens
         if hg == 1 and wg == 1 and Hp == H and Wp == W and not self.shifted:
-            return WindowPlan(B, H, W, Hp, Wp, None, None, None, None, ((0, B * H * W, 0),))
+            return WindowPlan(B, H, W, Hp, Wp, None, None, None, ((0, B * H * W, 0),))
         ar = functools.partial(torch.arange, device=device)
         # map position of every (window row, window col, row in window, col in window) after the shift
         h = (ar(hg).view(hg, 1, 1, 1) * wh + ar(wh).view(1, 1, wh, 1) + sh) % Hp
@@ -539,26 +558,40 @@ class WindowAttention(nn.Module):
         h, w = torch.broadcast_tensors(h, w)
         real = ((h < H) & (w < W)).reshape(hg * wg, N)
         pos = torch.where(real, (h * W + w).reshape(hg * wg, N), 0)
-        types = self._window_types(hg, wg, device)
+        types = self._window_types(hg, wg)
+        members: List[List[int]] = [[], [], [], []]
+        rank = []
+        for k, t in enumerate(types):  # windows of each type in row-major order, and each one's rank there
+            rank.append(len(members[t]))
+            members[t].append(k)
         base = ar(B).view(B, 1, 1) * (H * W)
-        src, is_real, groups, row = [], [], [], 0
+        src, is_real, groups, starts, row = [], [], [], [0] * 4, 0
         for t in range(4):
-            sel = (types == t).nonzero().flatten()
-            if sel.numel() == 0:
+            if not members[t]:
                 continue
+            sel = torch.tensor(members[t], device=device)
             src.append((base + pos[sel]).flatten())
             is_real.append(real[sel].expand(B, -1, -1).flatten())
-            groups.append((row, row + B * sel.numel() * N, t))
-            row += B * sel.numel() * N
-        src_t, is_real_t = torch.cat(src), torch.cat(is_real)
-        inv = torch.empty(B * H * W, dtype=torch.long, device=device)
-        real_rows = is_real_t.nonzero().flatten()
-        inv[src_t[real_rows]] = real_rows
-        keep = pad_rows = None
+            starts[t] = row
+            groups.append((row, row + B * len(members[t]) * N, t))
+            row += B * len(members[t]) * N
+        # the window-order row of every map token: its type's rows, then image, window rank, place in window
+        hs = (ar(H).view(H, 1) - sh) % Hp
+        ws = (ar(W).view(1, W) - sw) % Wp
+        win = (hs // wh) * wg + ws // ww  # (H, W)
+        tw = torch.tensor(types, device=device)[win]
+        per_image = torch.tensor([len(m) * N for m in members], device=device)[tw]
+        inv = (
+            torch.tensor(starts, device=device)[tw]
+            + torch.tensor(rank, device=device)[win] * N
+            + (hs % wh) * ww
+            + ws % ww
+        )
+        inv = (inv + ar(B).view(B, 1, 1) * per_image).flatten()
+        keep = None
         if Hp != H or Wp != W:
-            keep = is_real_t.to(torch.float32).unsqueeze(1)
-            pad_rows = (~is_real_t).nonzero().flatten()
-        return WindowPlan(B, H, W, Hp, Wp, src_t, inv, keep, pad_rows, tuple(groups))
+            keep = torch.cat(is_real).to(torch.float32).unsqueeze(1)
+        return WindowPlan(B, H, W, Hp, Wp, torch.cat(src), inv, keep, tuple(groups))
 
     def relative_position_bias(self) -> torch.Tensor:
         """The bias ``(heads, N, N)`` for one window, gathered from the table (differentiable)."""
@@ -579,11 +612,10 @@ class WindowAttention(nn.Module):
             masks = torch.zeros(4, N, N, device=device)
             if self.shifted:
                 full = self.shift_mask(Hp, Wp, device)  # (nW, N, N), windows row-major
-                types = self._window_types(Hp // self.window_size[0], Wp // self.window_size[1], device)
+                types = self._window_types(Hp // self.window_size[0], Wp // self.window_size[1])
                 for t in range(4):
-                    sel = (types == t).nonzero().flatten()
-                    if sel.numel():
-                        masks[t] = full[sel[0]]
+                    if t in types:
+                        masks[t] = full[types.index(t)]
             self._type_mask_cache[key] = masks
         return masks
 
@@ -611,16 +643,21 @@ class WindowAttention(nn.Module):
         return masks
 
     # ---- compute ------------------------------------------------------------------------------
-    def attend_rows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """qkv projection and attention for rows ``(n * N, C)`` of whole windows sharing one
-        ``(1, heads, N, N)`` mask; returns ``(n * N, C)`` before the output projection."""
+    def window_attention(self, qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention within windows: ``qkv (n * N, 3C)`` rows of whole windows sharing one mask
+        ``(1, heads, N, N)`` -> ``(n * N, C)``, before the output projection."""
         N, nh, hd = self.window_tokens, self.num_heads, self.head_dim
-        n = x.shape[0] // N
-        q, k, v = self.qkv(x).view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, N, hd) views
+        n = qkv.shape[0] // N
+        q, k, v = qkv.view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, N, hd) views, no copy
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask.to(q.dtype), dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
         )  # (n, nh, N, hd), stored as (n, N, nh, hd)
         return out.transpose(1, 2).reshape(n * N, self.dim)
+
+    def attend_rows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """qkv projection and attention for rows ``(n * N, C)`` of whole windows sharing one
+        ``(1, heads, N, N)`` mask; returns ``(n * N, C)`` before the output projection."""
+        return self.window_attention(self.qkv(x), mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_grid(self, x, self.dim)
@@ -629,8 +666,8 @@ class WindowAttention(nn.Module):
         rows = x.reshape(B * H * W, C)
         if plan.src is not None:
             rows = rows.index_select(0, plan.src)  # pad + shift + window partition in one gather
-        if plan.pad_rows is not None:
-            rows.index_fill_(0, plan.pad_rows, 0.0)  # zero padding (a fresh tensor), as the official code pads
+        if plan.keep is not None:
+            rows = rows * plan.keep.to(rows.dtype)  # zero padding, as the official code pads
         masks = self.group_masks(plan.Hp, plan.Wp, _compute_dtype(x, self.qkv.weight), x.device)
         outs = [self.attend_rows(rows[s:e], masks[t : t + 1]) for s, e, t in plan.groups]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)

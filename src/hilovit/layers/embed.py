@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.layers.deform_conv import DeformConv2dPack, deform_conv2d
 from hilovit.layers.windows import IntOrPair, pad_to_multiple, to_2tuple
 
-__all__ = ["PatchEmbed", "PatchMerging"]
+__all__ = ["PatchEmbed", "PatchMerging", "DeformableTokenMerging"]
 
 
 class PatchEmbed(nn.Module):
@@ -94,3 +95,83 @@ class PatchMerging(nn.Module):
         """Multiply-adds of the reduction (official count: ``(H/2)(W/2) 4C 2C``)."""
         W = H if W is None else W
         return int(-(-H // 2) * -(-W // 2) * 4 * self.dim * self.out_dim)
+
+
+class DeformableTokenMerging(nn.Module):
+    """LITv2's deformable token merging (DTM): 2x2 stride-2 deformable conv, BatchNorm2d, GELU.
+
+    The offsets of the four kernel taps of every output position come from an ordinary 2x2
+    stride-2 convolution of the input (``dconv.conv_offset``, zero-initialised, so a fresh DTM is
+    a plain strided convolution); the deformable convolution (DCNv1, see
+    :mod:`hilovit.layers.deform_conv`) samples the input bilinearly at the shifted positions.
+    Names follow the official module: ``dconv.{weight,bias}``, ``dconv.conv_offset.{weight,bias}``,
+    ``norm_layer.*`` (BatchNorm2d with running statistics), ``act_layer``.
+
+    Any H, W >= 2: as in the official detection backbone there is no padding, so an odd side is
+    floored (its last row/column is reached only through the offsets).
+
+    Args:
+        dim: input channels C; out_dim: output channels (default 2C);
+        norm_layer: accepted for the official signature and ignored (the official DTM always
+        uses BatchNorm2d).
+
+    Shape:
+        ``(B, H, W, C) -> (B, H // 2, W // 2, out_dim)`` (channels last).
+
+    Example::
+
+        >>> dtm = DeformableTokenMerging(32)
+        >>> dtm(torch.randn(2, 9, 14, 32)).shape
+        torch.Size([2, 4, 7, 64])
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None, norm_layer: Optional[Type[nn.Module]] = None):
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim or 2 * dim
+        self.dconv = DeformConv2dPack(dim, self.out_dim, kernel_size=2, stride=2, padding=0)
+        self.norm_layer = nn.BatchNorm2d(self.out_dim)
+        self.act_layer = nn.GELU()
+
+    def _folded(self):
+        """The deformable conv's weight and bias with the eval-mode BatchNorm folded in."""
+        bn = self.norm_layer
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = self.dconv.weight * scale.view(-1, 1, 1, 1)
+        bias = (self.dconv.bias - bn.running_mean) * scale + bn.bias
+        return weight, bias
+
+    def forward(self, x: torch.Tensor, return_offset: bool = False):
+        if x.dim() != 4 or x.shape[-1] != self.dim:
+            raise ValueError(f"DeformableTokenMerging: expected x of shape (B, H, W, {self.dim}), got {tuple(x.shape)}")
+        if x.shape[1] < 2 or x.shape[2] < 2:
+            raise ValueError(
+                f"DeformableTokenMerging: the map is {x.shape[1]}x{x.shape[2]}, the 2x2 stride-2 merge needs at "
+                f"least 2x2 (give the model a larger image)"
+            )
+        xc = x.permute(0, 3, 1, 2)  # (B, C, H, W) view, channels_last memory format
+        offset = self.dconv.conv_offset(xc)  # (B, 8, H // 2, W // 2)
+        bn = self.norm_layer
+        if not bn.training and bn.track_running_stats and bn.running_mean is not None:
+            weight, bias = self._folded()  # eval: BatchNorm folded into the convolution
+            out = deform_conv2d(xc, offset, weight, bias, stride=2)
+        else:
+            out = bn(deform_conv2d(xc, offset, self.dconv.weight, self.dconv.bias, stride=2))
+        out = self.act_layer(out.permute(0, 2, 3, 1))  # (B, H // 2, W // 2, out_dim)
+        return (out, offset) if return_offset else out
+
+    def flops(self, H: int, W: Optional[int] = None, official: bool = False) -> int:
+        """Multiply-adds for an ``H x W`` map.
+
+        By default what runs: the offset conv (8 output channels) and the deformable conv, each
+        ``(H // 2)(W // 2) Cout C 4``, bilinear sampling and BatchNorm left out. ``official=True``
+        gives the official ``DTM.flops()``: it counts 12 offset channels (the module has 8), the
+        conv biases and the BatchNorm, all on a square ``H x H`` map.
+        """
+        W = H if W is None else W
+        n = (H // 2) * (W // 2)
+        if official:  # conv_flops(k=2, C, 12, stride 2) + conv_flops(2, C, 2C) + norm, square map
+            m = (H // 2) ** 2
+            return int(m * (4 * self.dim * 12 + 12) + m * (4 * self.dim * self.out_dim + self.out_dim)
+                       + n * self.out_dim)
+        return int(n * 4 * self.dim * (8 + self.out_dim))

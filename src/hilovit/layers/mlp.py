@@ -7,7 +7,7 @@ from typing import Optional, Type
 import torch
 import torch.nn as nn
 
-__all__ = ["Mlp"]
+__all__ = ["Mlp", "ConvFFN", "DWConv"]
 
 
 class Mlp(nn.Module):
@@ -39,3 +39,186 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _onednn_op(name: str):
+    try:
+        return getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+# oneDNN kernels that fuse a bias / activation / residual add into a linear layer or convolution
+# (the ones torch.compile's CPU backend emits). Used only for inference, with a fallback.
+_LINEAR_PW = _onednn_op("_linear_pointwise")
+_CONV_PW = _onednn_op("_convolution_pointwise")
+_fused_ok = _LINEAR_PW is not None and _CONV_PW is not None and torch.backends.mkldnn.is_available()
+
+
+def _autocast_dtype() -> Optional[torch.dtype]:
+    try:
+        on = torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        on = torch.is_autocast_cpu_enabled()
+    if not on:
+        return None
+    try:
+        return torch.get_autocast_dtype("cpu")
+    except (AttributeError, TypeError):
+        return torch.get_autocast_cpu_dtype()
+
+
+def _counting_flops() -> bool:
+    """True inside a FLOP counter (it must see the plain aten ops to count them)."""
+    if torch._C._len_torch_dispatch_stack() == 0:
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any("FlopCounter" in type(m).__name__ for m in _get_current_dispatch_mode_stack())
+
+
+def fused_inference_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The compute dtype of the fused CPU inference kernels for ``x``, or ``None`` to run the plain ops.
+
+    Fused kernels run only without autograd (``torch.no_grad`` / ``inference_mode``), on CPU tensors,
+    outside tracing, scripting, ONNX export, ``torch.compile`` and FLOP counting, in float32 or
+    (input or CPU autocast) bfloat16.
+    """
+    if torch.compiler.is_compiling() or getattr(torch.compiler, "is_exporting", bool)():
+        return None
+    if not _fused_ok or torch.is_grad_enabled() or x.device.type != "cpu":
+        return None
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _counting_flops():
+        return None
+    dtype = _autocast_dtype() or x.dtype
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+class DWConv(nn.Module):
+    """Depth-wise 3x3 convolution (stride 1, padding 1, bias) on a channels-last map.
+
+    The convolution runs on the ``(B, C, H, W)`` permuted *view* of the ``(B, H, W, C)`` input,
+    which is in ``channels_last`` memory format, so no copy is made in either direction.
+    The parameters are ``dwconv.{weight,bias}`` as in the official LITv2 ``DWConv``.
+
+    Shape:
+        ``(B, H, W, C) -> (B, H, W, C)``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ConvFFN(nn.Module):
+    """LITv2's feed-forward network: ``fc1 -> depth-wise 3x3 conv -> act -> drop -> fc2 -> drop``.
+
+    The depth-wise convolution between the two linear layers (on the hidden channels) gives the
+    FFN the local positional information that LITv2 uses instead of position embeddings.
+    Parameter names follow the official ``DWMlp`` (``fc1``, ``dwconv.dwconv``, ``fc2``), so official
+    state dicts load unchanged.
+
+    ``shortcut``: a tensor of the output's shape added to the result (the block's residual), which
+    the fused inference path adds inside ``fc2``. On CPU without autograd (GELU activation, no
+    active dropout) the FFN runs as three fused oneDNN kernels: ``fc1`` with its bias, the
+    depth-wise conv with its bias and GELU, ``fc2`` with its bias and the shortcut; under CPU
+    autocast they run in bfloat16 (the result is bfloat16, as autocast's would be). Training and
+    every other case use the plain modules.
+
+    Args:
+        in_features: input channels C; hidden_features: default C; out_features: default C;
+        act_layer: activation class (GELU); drop: dropout probability.
+
+    Shape:
+        ``forward(x)``: ``(B, H, W, C) -> (B, H, W, out_features)``;
+        ``forward(x, H, W)``: ``(B, N = H * W, C) -> (B, N, out_features)`` (the official call).
+
+    Example::
+
+        >>> ffn = ConvFFN(64, 256)
+        >>> ffn(torch.randn(2, 7, 9, 64)).shape
+        torch.Size([2, 7, 9, 64])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: Optional[int] = None,
+        out_features: Optional[int] = None,
+        act_layer: Type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.in_features, self.hidden_features, self.out_features = in_features, hidden_features, out_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.dwconv = DWConv(hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        H: Optional[int] = None,
+        W: Optional[int] = None,
+        shortcut: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        flat = x.dim() == 3
+        if flat:  # the official (B, N, C) call with H, W
+            if H is None or W is None or x.shape[1] != H * W:
+                raise ValueError(
+                    f"ConvFFN: x of shape {tuple(x.shape)} is (B, N, C); pass H and W with H * W == N "
+                    f"(got H={H}, W={W})"
+                )
+            x = x.reshape(x.shape[0], H, W, x.shape[2])
+        elif x.dim() != 4:
+            raise ValueError(f"ConvFFN: expected x of shape (B, H, W, C) or (B, N, C), got {tuple(x.shape)}")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"ConvFFN: expected {self.in_features} channels in the last dim, got {tuple(x.shape)}")
+        if shortcut is not None and flat:
+            shortcut = shortcut.reshape(x.shape[:3] + (shortcut.shape[-1],))
+        out = None
+        dtype = fused_inference_dtype(x)
+        if dtype is not None and (not self.training or self.drop.p == 0.0) and self._fusable():
+            out = self._forward_fused(x, shortcut, dtype)
+        if out is None:
+            out = self.fc1(x)
+            out = self.drop(self.act(self.dwconv(out)))
+            out = self.drop(self.fc2(out))
+            if shortcut is not None:
+                out = shortcut + out
+        return out.flatten(1, 2) if flat else out
+
+    def _fusable(self) -> bool:
+        act = self.act
+        return type(act) is nn.GELU and act.approximate == "none" and self.fc1.bias is not None
+
+    def _forward_fused(self, x: torch.Tensor, shortcut: Optional[torch.Tensor], dtype: torch.dtype):
+        global _fused_ok
+        conv = self.dwconv.dwconv
+        try:
+            h = _LINEAR_PW(x.to(dtype), self.fc1.weight.to(dtype), self.fc1.bias.to(dtype), "none", [], "")
+            h = _CONV_PW(
+                h.permute(0, 3, 1, 2), conv.weight.to(dtype), conv.bias.to(dtype), [1, 1], [1, 1], [1, 1],
+                conv.groups, "gelu", [], "none",
+            ).permute(0, 2, 3, 1)
+            w2, b2 = self.fc2.weight.to(dtype), self.fc2.bias.to(dtype)
+            if shortcut is None:
+                return _LINEAR_PW(h, w2, b2, "none", [], "")
+            out = _LINEAR_PW.binary(h, shortcut.to(dtype), w2, b2, "add")
+            return out.to(torch.promote_types(shortcut.dtype, dtype))  # as ``shortcut + out`` would be
+        except RuntimeError:  # a build whose oneDNN kernels refuse these arguments: plain ops from now on
+            _fused_ok = False
+            return None
+
+    def flops(self, H: int, W: Optional[int] = None) -> int:
+        """Multiply-adds for an ``H x W`` map: ``fc1`` + ``fc2`` + the depth-wise conv (9 per output)."""
+        W = H if W is None else W
+        n = H * W
+        return int(n * self.in_features * self.hidden_features + n * self.hidden_features * self.out_features
+                   + n * self.hidden_features * 9)

@@ -1,6 +1,19 @@
 """Model families; importing this package registers every named config."""
 
+from hilovit.models import swin  # noqa: F401  (registers swin_*)
 from hilovit.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from hilovit.models.litv2 import LITv2, LITv2Backbone  # registers litv2_*
 from hilovit.models.registry import create_model, list_models, register_model
+from hilovit.models.swin import SwinTransformer
 
-__all__ = ["create_model", "list_models", "register_model", "load_checkpoint", "read_checkpoint", "CheckpointError"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "load_checkpoint",
+    "read_checkpoint",
+    "CheckpointError",
+    "LITv2",
+    "LITv2Backbone",
+    "SwinTransformer",
+]

@@ -61,6 +61,58 @@ def _unwrap(obj) -> StateDict:
     return sd
 
 
+class _Placeholder:
+    """Stands in for an object of a class that ``weights_only`` loading does not allow (a training
+    config, a logger's history, numpy values in a run's metadata): it takes any arguments and
+    state and is never called; the tensors beside it load as usual."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _torch_load_tensors(path: Path):
+    """``torch.load(weights_only=True)``, with the checkpoint's non-tensor extras replaced by data.
+
+    Official training scripts save more than weights: LITv2/Swin put the yacs ``config`` in the
+    file, mmdet/mmengine a ``message_hub`` with its own classes and numpy arrays. Those globals
+    are bound to inert placeholders (dict subclasses such as yacs' ``CfgNode`` to ``OrderedDict``)
+    so the safe unpickler still runs no code from the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+        if find is None or not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5
+            raise
+        names = find(path)
+        if not names:
+            raise
+    import collections
+    import re
+
+    as_dict: set = set()
+    while True:
+        bound = []
+        for full in names:
+            module, _, name = full.rpartition(".")
+            cls = collections.OrderedDict if full in as_dict else type(
+                name, (_Placeholder,), {"__module__": module, "__qualname__": name}
+            )
+            bound.append((cls, full))
+        try:
+            with torch.serialization.safe_globals(bound):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            # items set on a placeholder: the class is a dict subclass, load it as an OrderedDict
+            m = re.search(r"but got <class '([\w.]+)'>", str(e))
+            if m is None or m.group(1) not in names or m.group(1) in as_dict:
+                raise
+            as_dict.add(m.group(1))
+
+
 def read_checkpoint(source: Source) -> StateDict:
     """Return the state dict held by ``source``.
 
@@ -86,7 +138,7 @@ def read_checkpoint(source: Source) -> StateDict:
         except Exception as e:  # noqa: BLE001 - reported with the path
             raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load_tensors(path)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     return _unwrap(obj)

@@ -1,0 +1,896 @@
+"""LITv2 (Pan et al., "Fast Vision Transformers with HiLo Attention", NeurIPS 2022).
+
+A four-stage pyramid. Early stages (``has_msa == 0``) hold ConvFFN blocks only (LayerNorm, then an
+MLP with a depth-wise 3x3 convolution between its linear layers); the later ones hold HiLo + ConvFFN
+blocks. Between stages, deformable token merging (DTM) halves the map and doubles the channels.
+
+Inside, token maps are channels last ``(B, H, W, C)``. State dict keys and shapes are those of the
+official code (ziplab/LITv2), so its classification checkpoints (and, for :class:`LITv2Backbone`
+or ``features_only=True``, the ``backbone.*`` part of its mmdet checkpoints) load with
+``strict=True``, BatchNorm statistics included.
+
+Any input size works, with the semantics of the official detection backbone: the image is padded
+on the bottom/right to a multiple of the patch size, HiLo pads each map to a multiple of its
+window and crops back, the depth-wise convolution sees the true H x W, and DTM floors odd sides.
+Where the official classification model accepts an input (square, every stage size even and
+divisible by the HiLo window) both compute the same function.
+
+Speed: on CPU without autograd the FFN runs as fused oneDNN kernels (bias, GELU and the residual
+add inside the linear layers and the depth-wise convolution, see
+:class:`~hilovit.layers.mlp.ConvFFN`) and the DTM's BatchNorm is folded into its convolution; under
+``torch.autocast('cpu', torch.bfloat16)`` every matrix product and convolution runs in bfloat16.
+Training runs the plain modules.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from hilovit.layers.attention import HiLo
+from hilovit.layers.drop import DropPath
+from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
+from hilovit.layers.mlp import ConvFFN
+from hilovit.layers.windows import to_2tuple
+from hilovit.models.registry import register_model
+
+__all__ = ["LITv2", "LITv2Backbone", "ConvFFNBlock", "HiLoBlock", "LITStage", "param_groups"]
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+_RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
+
+
+def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
+    cfg = {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,  # the official evaluation resizes to 256/224 of the size, then centre-crops
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "paper": "https://arxiv.org/abs/2205.13213",
+        "source": "https://github.com/ziplab/LITv2",
+    }
+    cfg.update(kwargs)
+    return cfg
+
+
+def _drop_path(p: float) -> nn.Module:
+    return DropPath(p) if p > 0.0 else nn.Identity()
+
+
+def _ffn_residual(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + drop_path(mlp(norm2(x)))``; without active stochastic depth the FFN adds the residual
+    itself (fused into ``fc2`` on the CPU inference path)."""
+    if blk.training and isinstance(blk.drop_path, DropPath):
+        return x + blk.drop_path(blk.mlp(blk.norm2(x)))
+    return blk.mlp(blk.norm2(x), shortcut=x)
+
+
+class ConvFFNBlock(nn.Module):
+    """``x + drop_path(ConvFFN(norm2(x)))``: the block of the stages without attention.
+
+    Args:
+        dim: channels C; mlp_ratio: hidden channels ``int(C * mlp_ratio)``; drop: dropout in the FFN;
+        drop_path: stochastic depth rate; act_layer, norm_layer: classes.
+
+    Shape:
+        ``(B, H, W, C) -> (B, H, W, C)``. Keys ``norm2.*``, ``mlp.{fc1,dwconv.dwconv,fc2}.*``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.norm2 = norm_layer(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.drop_path = _drop_path(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ffn_residual(self, x)
+
+    def flops(self, H: int, W: int) -> int:
+        """Multiply-adds executed (the FFN's linear layers and depth-wise conv; the norm left out)."""
+        return self.mlp.flops(H, W)
+
+
+class HiLoBlock(nn.Module):
+    """``x + drop_path(HiLo(norm1(x)))``, then ``x + drop_path(ConvFFN(norm2(x)))``.
+
+    Args:
+        dim, num_heads, qkv_bias, qk_scale, attn_drop: as :class:`~hilovit.layers.attention.HiLo`;
+        local_ws: HiLo's window; alpha: share of Lo-Fi heads; mlp_ratio, drop, drop_path,
+        act_layer, norm_layer: as :class:`ConvFFNBlock`.
+
+    Shape:
+        ``(B, H, W, C) -> (B, H, W, C)``, any H, W (HiLo pads to its window and crops back).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        local_ws: int = 1,
+        alpha: float = 0.5,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[..., nn.Module] = nn.GELU,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.norm1 = norm_layer(dim)
+        self.attn = HiLo(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
+            proj_drop=drop, window_size=local_ws, alpha=alpha,
+        )
+        self.drop_path = _drop_path(drop_path)
+        self.norm2 = norm_layer(dim)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return _ffn_residual(self, x)
+
+    def flops(self, H: int, W: int) -> int:
+        """Multiply-adds: HiLo (``HiLo.flops``: the official formula at the padded size) plus the FFN;
+        norms left out."""
+        return self.attn.flops(H, W) + self.mlp.flops(H, W)
+
+
+class LITStage(nn.Module):
+    """One stage: ``depth`` blocks, then (except in the last stage) deformable token merging.
+
+    ``forward(x)`` returns ``(out, next)``: the blocks' output ``(B, H, W, C)`` and the input of the
+    next stage ``(B, H // 2, W // 2, 2C)`` (``out`` itself in the last stage). Keys
+    ``blocks.{b}.*`` and ``downsample.*`` as in the official ``LITLayer``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        has_msa: bool,
+        local_ws: int,
+        alpha: float,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: Optional[float],
+        drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        norm_layer: Callable[..., nn.Module],
+        downsample: bool,
+    ):
+        super().__init__()
+        self.dim, self.depth, self.has_msa, self.local_ws = dim, depth, has_msa, local_ws
+        if has_msa:
+            blocks = [
+                HiLoBlock(dim, num_heads, local_ws, alpha, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop,
+                          drop_path[i], norm_layer=norm_layer)
+                for i in range(depth)
+            ]
+        else:
+            blocks = [ConvFFNBlock(dim, mlp_ratio, drop, drop_path[i], norm_layer=norm_layer) for i in range(depth)]
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = DeformableTokenMerging(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x, (self.downsample(x) if self.downsample is not None else x)
+
+    def flops(self, H: int, W: int) -> int:
+        total = sum(blk.flops(H, W) for blk in self.blocks)
+        if self.downsample is not None:
+            total += self.downsample.flops(H, W)
+        return total
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, depth={self.depth}, has_msa={self.has_msa}, local_ws={self.local_ws}"
+
+
+def _as_list(value, name: str, n: Optional[int] = None) -> List:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list, got {value!r}")
+    value = list(value)
+    if n is not None and len(value) != n:
+        raise ValueError(f"{name} must have one entry per stage (len(depths) = {n}), got {value!r}")
+    return value
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_rate(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+    return float(value)
+
+
+class LITv2(nn.Module):
+    r"""LITv2: HiLo attention in a four-stage pyramid with deformable token merging.
+
+    Args (the official ones, with the official defaults):
+        img_size: the training size (int or pair); only sets ``pretrained_cfg`` and the default of
+            :meth:`flops`: any input size is accepted.
+        patch_size: patch size of the stem convolution.
+        in_chans: image channels.
+        num_classes: classes of the linear head (0: no head, ``forward`` returns pooled features).
+        embed_dim: channels of stage 0; stage i has ``embed_dim * 2**i``.
+        depths: blocks per stage.
+        num_heads: attention heads per stage (used in the ``has_msa`` stages).
+        mlp_ratio: FFN hidden channels / channels.
+        qkv_bias, qk_scale: HiLo's.
+        drop_rate: dropout after the patch embedding, in the FFNs and after HiLo's projections.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, rising linearly from 0 over all blocks.
+        norm_layer: the LayerNorm class.
+        ape: accepted for the official signature; the official model builds no absolute position
+            embedding whatever its value, and neither does this one (``True`` warns).
+        patch_norm: LayerNorm after the patch embedding.
+        use_checkpoint: gradient checkpointing of every block (see :meth:`set_grad_checkpointing`).
+        has_msa: per stage, 1 for HiLo + ConvFFN blocks, 0 for ConvFFN blocks only.
+        alpha: share of Lo-Fi heads in HiLo (``int(num_heads * alpha)`` heads).
+        local_ws: per stage, HiLo's window (ignored where ``has_msa == 0``); ``None`` gives 2 in the
+            attention stages and 1 in the last (``[0, 0, 2, 1]`` for the defaults).
+
+    Beyond the official ones:
+        features_only: build the multi-scale feature extractor instead of the classifier: no final
+            norm and head, LayerNorms ``norm{i}`` on the outputs of the stages in ``out_indices``
+            except stage 0, ``forward`` returns the maps ``(B, C_i, H_i, W_i)``. State dict equal to
+            the official detection backbone's (see :class:`LITv2Backbone`).
+        out_indices: stages whose outputs ``features_only`` returns.
+        global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
+
+    Shape:
+        ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, any ``H, W`` at least
+        :attr:`min_input_size`; ``forward_features``: ``-> (B, H / 32, W / 32, num_features)`` (for
+        patch 4, four stages; sides rounded as the padding and the merges do).
+
+    Example::
+
+        >>> model = LITv2(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], alpha=0.9,
+        ...               local_ws=[0, 0, 2, 1], num_classes=10)
+        >>> model(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+        >>> [f.shape[-2:] for f in LITv2(embed_dim=48, features_only=True)(torch.randn(1, 3, 70, 102))]
+        [torch.Size([18, 26]), torch.Size([9, 13]), torch.Size([4, 6]), torch.Size([2, 3])]
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        has_msa: Sequence[int] = (0, 0, 1, 1),
+        alpha: float = 0.5,
+        local_ws: Optional[Sequence[int]] = None,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        self.img_size = to_2tuple(img_size, "img_size")
+        if min(self.img_size) < 1:
+            raise ValueError(f"img_size must be positive, got {img_size!r}")
+        self.patch_size = _check_int(patch_size, "patch_size", 1)
+        self.in_chans = _check_int(in_chans, "in_chans", 1)
+        self.num_classes = _check_int(num_classes, "num_classes", 0)
+        self.embed_dim = _check_int(embed_dim, "embed_dim", 1)
+        depths = [_check_int(d, "depths[i]", 1) for d in _as_list(depths, "depths")]
+        n = len(depths)
+        if n < 1:
+            raise ValueError("depths must name at least one stage, got []")
+        num_heads = _as_list(num_heads, "num_heads", n)
+        has_msa = [int(bool(m)) for m in _as_list(has_msa, "has_msa", n)]
+        if local_ws is None:
+            local_ws = [0 if not m else (1 if i == n - 1 else 2) for i, m in enumerate(has_msa)]
+        local_ws = _as_list(local_ws, "local_ws", n)
+        for i in range(n):
+            dim = embed_dim * 2**i
+            if has_msa[i]:
+                _check_int(local_ws[i], f"local_ws[{i}] (HiLo window of attention stage {i})", 1)
+                h = _check_int(num_heads[i], f"num_heads[{i}]", 1)
+                if dim % h:
+                    raise ValueError(f"num_heads[{i}] = {h} must divide the channels of stage {i} ({dim})")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+        drop_rate = _check_rate(drop_rate, "drop_rate")
+        attn_drop_rate = _check_rate(attn_drop_rate, "attn_drop_rate")
+        drop_path_rate = _check_rate(drop_path_rate, "drop_path_rate")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if ape:
+            warnings.warn("LITv2: ape=True is ignored, as in the official code (no absolute position embedding)",
+                          stacklevel=2)
+        out_indices = tuple(_as_list(out_indices, "out_indices"))
+        if features_only and all(isinstance(i, int) for i in out_indices):
+            out_indices = tuple(sorted(set(out_indices)))  # returned in stage order, as the official backbone
+        if features_only and (not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices)):
+            raise ValueError(f"out_indices must be stage indices in [0, {n}), got {out_indices!r}")
+
+        self.depths, self.num_heads, self.has_msa, self.local_ws = depths, list(num_heads), has_msa, local_ws
+        self.alpha, self.mlp_ratio, self.ape, self.patch_norm = alpha, mlp_ratio, ape, patch_norm
+        self.num_layers = n
+        self.features_only = bool(features_only)
+        self.out_indices = out_indices
+        self.global_pool = global_pool
+        self.stage_dims = [embed_dim * 2**i for i in range(n)]
+        self.num_features = self.stage_dims[-1]
+        self.head_hidden_size = self.num_features
+
+        self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        for i in range(n):
+            self.layers.append(LITStage(
+                dim=self.stage_dims[i], depth=depths[i], num_heads=num_heads[i], has_msa=bool(has_msa[i]),
+                local_ws=local_ws[i], alpha=alpha, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
+                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                norm_layer=norm_layer, downsample=i < n - 1,
+            ))
+        reduction = [self.patch_size * 2**i for i in range(n)]
+        if self.features_only:
+            for i in out_indices:  # the official detection backbone's output norms (none on stage 0)
+                if i != 0:
+                    self.add_module(f"norm{i}", norm_layer(self.stage_dims[i]))
+            self.feature_info = [
+                {"num_chs": self.stage_dims[i], "reduction": reduction[i], "module": f"layers.{i}", "stage": i}
+                for i in out_indices
+            ]
+        else:
+            self.norm = norm_layer(self.num_features)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.feature_info = [
+                {"num_chs": self.stage_dims[i], "reduction": reduction[i], "module": f"layers.{i}", "stage": i}
+                for i in range(n)
+            ]
+        self.apply(self._init_weights)
+        self.pretrained_cfg = _cfg(num_classes=num_classes, input_size=(in_chans, *self.img_size),
+                                   pool_size=tuple(-(-s // reduction[-1]) for s in self.img_size))
+        if use_checkpoint:
+            self.set_grad_checkpointing(True)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # The official init: truncated normal (std 0.02) linear weights, zero biases, unit LayerNorms,
+        # the depth-wise convs N(0, 2 / fan_out) with fan_out = 9; the DTM keeps its own init
+        # (Kaiming-uniform deformable conv, zero offset predictor).
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, ConvFFN):
+            conv = m.dwconv.dwconv
+            fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+            nn.init.zeros_(conv.bias)
+
+    # ----------------------------------------------------------------- timm-style API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Parameter names kept out of weight decay beyond norms and biases (none in LITv2)."""
+        return set()
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every block in the backward pass instead of storing its activations."""
+        for stage in self.layers:
+            stage.grad_checkpointing = bool(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        if self.features_only:
+            raise ValueError("a features_only LITv2 has no classifier")
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: none)."""
+        if self.features_only:
+            raise ValueError("a features_only LITv2 has no classifier to reset")
+        _check_int(num_classes, "num_classes", 0)
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = next(self.parameters())
+        self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                     if num_classes > 0 else nn.Identity())
+        self.head.apply(self._init_weights)
+
+    def param_groups(self, lr: float, weight_decay: float = 0.05, offset_lr_scale: float = 0.01,
+                     **kwargs) -> List[Dict[str, Any]]:
+        """Optimiser parameter groups as the official recipe; see :func:`param_groups`."""
+        return param_groups(self, lr, weight_decay, offset_lr_scale, **kwargs)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side: every merge needs a map of at least 2 x 2."""
+        return (2 ** (self.num_layers - 1) - 1) * self.patch_size + 1
+
+    def feature_sizes(self, H: int, W: Optional[int] = None) -> List[Tuple[int, int]]:
+        """The map size ``(H_i, W_i)`` of every stage for an ``H x W`` image."""
+        W = H if W is None else W
+        h, w = -(-H // self.patch_size), -(-W // self.patch_size)
+        sizes = []
+        for i in range(self.num_layers):
+            sizes.append((h, w))
+            if i < self.num_layers - 1:
+                if h < 2 or w < 2:
+                    raise ValueError(
+                        f"LITv2: an image of {H}x{W} is too small: stage {i} would be {h}x{w} and its token "
+                        f"merging needs at least 2x2; the smallest side for patch_size {self.patch_size} and "
+                        f"{self.num_layers} stages is {self.min_input_size}"
+                    )
+                h, w = h // 2, w // 2
+        return sizes
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"LITv2: expected an image tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"LITv2: expected x of shape (B, in_chans={self.in_chans}, H, W), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"LITv2: expected a floating-point image, got dtype {x.dtype}")
+        self.feature_sizes(x.shape[2], x.shape[3])  # raises when too small
+
+    # ----------------------------------------------------------------- forward
+    def _stages(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None, stop_early: bool = False):
+        """Stem and stages: return the last stage's output and the outputs of the stages in ``indices``
+        (before their merges); ``stop_early`` stops after the last stage in ``indices``."""
+        self._check_input(x)
+        x = self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, C)
+        outs = []
+        last = max(indices) if (stop_early and indices) else self.num_layers - 1
+        out = x
+        for i, stage in enumerate(self.layers):
+            out, x = stage(x)
+            if indices is not None and i in indices:
+                outs.append(out)
+            if i == last:
+                break
+        return out, outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, h, w, num_features)``: the last stage after the final norm.
+
+        (The official ``forward_features`` also pools; here, as in timm, :meth:`forward_head` does.)
+        """
+        if self.features_only:
+            raise ValueError("a features_only LITv2 has no final norm; call the model to get its feature maps")
+        x, _ = self._stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the ``(B, h, w, C)`` map (``global_pool='avg'``) and classify; ``pre_logits``: pooled features."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_feature_maps(x)
+        return self.forward_head(self.forward_features(x))
+
+    def forward_feature_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The maps ``(B, C_i, H_i, W_i)`` of the stages in ``out_indices`` (features_only models).
+
+        As the official detection backbone: stage 0's output as is, the others through ``norm{i}``.
+        The maps are ``(B, C, H, W)`` views of channels-last data (``channels_last`` memory format).
+        """
+        _, outs = self._stages(x, self.out_indices, stop_early=True)
+        maps = []
+        for i, out in zip(self.out_indices, outs):
+            if i != 0:
+                out = getattr(self, f"norm{i}")(out)
+            maps.append(out.permute(0, 3, 1, 2))
+        return maps
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm-style intermediates.
+
+        Returns the outputs ``(B, C_i, H_i, W_i)`` (``output_fmt='NCHW'``, views) or
+        ``(B, H_i, W_i, C_i)`` (``'NHWC'``) of the stages in ``indices`` (default all; an int ``n``:
+        the last ``n``), taken before the merges and without output norms (``norm=True`` applies the
+        final norm to the last stage's output of a classification model). Unless
+        ``intermediates_only`` (which stops after the last stage needed), returns
+        ``(final, intermediates)`` with ``final`` the ``(B, h, w, C)`` map after the final norm
+        (of a classification model).
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        n = self.num_layers
+        if indices is None:
+            indices = list(range(n))
+        elif isinstance(indices, int):
+            if not 1 <= indices <= n:
+                raise ValueError(f"indices (an int) must be in [1, {n}], got {indices}")
+            indices = list(range(n - indices, n))
+        else:
+            indices = sorted(i + n if isinstance(i, int) and i < 0 else i for i in indices)
+            if not indices or any(not isinstance(i, int) or not 0 <= i < n for i in indices):
+                raise ValueError(f"indices must be stage indices in [0, {n}), got {indices!r}")
+        last, inter = self._stages(x, indices, stop_early=intermediates_only)
+        has_norm = not self.features_only
+        if norm and has_norm and indices[-1] == n - 1:
+            inter[-1] = self.norm(inter[-1])
+        if output_fmt == "NCHW":
+            inter = [t.permute(0, 3, 1, 2) for t in inter]
+        if intermediates_only:
+            return inter
+        return (self.norm(last) if has_norm else last), inter
+
+    # ----------------------------------------------------------------- FLOPs
+    def flops(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, official: bool = False) -> int:
+        """Multiply-adds of one forward pass at ``img_size`` (default: the model's ``img_size``).
+
+        Default: what actually runs and :func:`hilovit.flops.count_flops` counts: the patch
+        projection, every linear layer, the depth-wise convs (9 per output), HiLo (the official
+        formula, exact when the maps divide the windows), the DTM offset conv (8 output channels)
+        and deformable conv, and the head; norms, activations, pooling, biases and the bilinear
+        sampling are left out.
+
+        ``official=True``: the official ``LITv2.flops()`` formula (square ``img_size`` only): it adds
+        the norms, the conv biases and a pooling term and counts 12 offset channels in every DTM.
+        For LITv2-S at 224 it gives 3,734,401,596 against 3,723,626,496 here (0.29% less).
+        """
+        H, W = to_2tuple(self.img_size if img_size is None else img_size, "img_size")
+        if official:
+            return self._official_flops(H, W)
+        sizes = self.feature_sizes(H, W)
+        total = self.patch_embed.flops(H, W)
+        for stage, (h, w) in zip(self.layers, sizes):
+            total += stage.flops(h, w)
+        if not self.features_only and self.num_classes > 0:
+            total += self.num_features * self.num_classes
+        return int(total)
+
+    def _official_flops(self, H: int, W: int) -> int:
+        if H != W:
+            raise ValueError(f"official=True: the official flops() assumes a square image, got {H}x{W}")
+        p = self.patch_size
+        r = H // p  # patches_resolution
+        total = r * r * self.embed_dim * self.in_chans * p * p
+        if self.patch_norm:
+            total += r * r * self.embed_dim
+        for i, stage in enumerate(self.layers):
+            h = r // 2**i
+            dim = self.stage_dims[i]
+            hid = dim * self.mlp_ratio
+            for blk in stage.blocks:
+                total += int(10 * hid * h * h)  # depth-wise conv: 9 taps + bias per output
+                total += 2 * h * h * dim * hid  # fc1, fc2
+                total += dim * h * h  # norm2
+                if isinstance(blk, HiLoBlock):
+                    total += dim * h * h + blk.attn.flops(h, h)  # norm1, HiLo
+            if stage.downsample is not None:
+                m = ((h - 2) // 2 + 1) ** 2
+                total += m * (4 * dim * 12 + 12) + m * (4 * dim * 2 * dim + 2 * dim) + (h // 2) * (h // 2) * 2 * dim
+        total += self.num_features * r * r // 2**self.num_layers
+        total += self.num_features * self.num_classes
+        return int(total)
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Adapt official checkpoints for :func:`hilovit.load_checkpoint`.
+
+        * an mmdet checkpoint (keys under ``backbone.``): its backbone part, prefix removed;
+        * a classification checkpoint loaded into a ``features_only`` model: ``norm``/``head`` are
+          dropped and the output norms ``norm{i}`` (absent from it) keep their fresh
+          initialisation, with a warning, as the official detection training starts.
+        """
+        sd = dict(state_dict)
+        if any(k.startswith("backbone.") for k in sd):
+            sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        if self.features_only:
+            dropped = [k for k in sd if k.startswith(("head.", "norm."))]
+            for k in dropped:
+                del sd[k]
+            own = self.state_dict()
+            fresh = [k for k in own if re.match(r"norm\d+\.", k) and k not in sd]
+            if dropped and fresh:
+                warnings.warn(
+                    "classification checkpoint loaded into a feature extractor: its norm/head are dropped and "
+                    f"the output norms keep their initialisation ({', '.join(sorted(fresh))})",
+                    stacklevel=3,
+                )
+                for k in fresh:
+                    sd[k] = own[k]
+        return sd
+
+
+
+class LITv2Backbone(LITv2):
+    r"""The official LITv2 detection backbone (``detection/mmdet/models/backbones/litv2.py``).
+
+    A :class:`LITv2` with ``features_only=True`` under the official backbone's arguments: the
+    stages in ``out_indices`` are returned as a tuple of ``(B, C_i, H_i, W_i)`` maps, stage 0 as is
+    and the others through the LayerNorms ``norm1``..``norm3``; no final norm, no head. Its state
+    dict is the official backbone's, so the ``backbone.*`` weights of the official mmdet
+    checkpoints load with :func:`hilovit.load_checkpoint` (the prefix is removed), and ImageNet
+    classification checkpoints load too (their ``norm``/``head`` dropped, ``norm1``..``norm3``
+    left fresh, as the official detection training starts).
+
+    Args:
+        pretrain_img_size: recorded in ``pretrained_cfg`` (any input size works).
+        window_size: accepted and unused, as in the official backbone.
+        frozen_stages: -1 none; >= 0 freezes the patch embedding; >= 2 also stages
+            ``0 .. frozen_stages - 2`` (the official numbering), kept in eval mode by :meth:`train`.
+        init_cfg: ``{'checkpoint': path}`` loaded by :meth:`init_weights` (``strict=False``).
+        The others: as :class:`LITv2` (defaults of the official backbone: ``drop_path_rate=0.2``,
+        ``alpha=0.5``, ``local_ws=[0, 0, 2, 1]``).
+
+    Example::
+
+        >>> bb = LITv2Backbone(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
+        ...                    alpha=0.9, local_ws=[0, 0, 4, 2])
+        >>> [tuple(o.shape) for o in bb(torch.randn(2, 3, 70, 102))]
+        [(2, 16, 18, 26), (2, 32, 9, 13), (2, 64, 4, 6), (2, 128, 2, 3)]
+    """
+
+    def __init__(
+        self,
+        pretrain_img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.2,
+        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+        ape: bool = False,
+        patch_norm: bool = True,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        use_checkpoint: bool = False,
+        has_msa: Sequence[int] = (0, 0, 1, 1),
+        alpha: float = 0.5,
+        local_ws: Sequence[int] = (0, 0, 2, 1),
+        init_cfg: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__(
+            img_size=pretrain_img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
+            embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            norm_layer=norm_layer, ape=ape, patch_norm=patch_norm, use_checkpoint=use_checkpoint, has_msa=has_msa,
+            alpha=alpha, local_ws=local_ws, features_only=True, out_indices=out_indices,
+        )
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < -1:
+            raise ValueError(f"frozen_stages must be an int >= -1, got {frozen_stages!r}")
+        if init_cfg is not None and not (isinstance(init_cfg, dict) and "checkpoint" in init_cfg):
+            raise ValueError(f"init_cfg must be None or a dict with a 'checkpoint' path, got {init_cfg!r}")
+        self.pretrain_img_size = self.img_size
+        self.window_size = window_size
+        self.frozen_stages = frozen_stages
+        self.init_cfg = init_cfg
+        self._freeze_stages()
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        mods: List[nn.Module] = []
+        if self.frozen_stages >= 0:
+            mods.append(self.patch_embed)
+        if self.frozen_stages >= 2:
+            mods.extend(self.layers[i] for i in range(min(self.frozen_stages - 1, self.num_layers)))
+        return mods
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> LITv2Backbone:
+        """Switch mode, keeping the frozen stages in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg['checkpoint']`` (non-strict), as the official backbone does."""
+        if self.init_cfg is not None:
+            from hilovit.models.checkpoint import load_checkpoint
+
+            load_checkpoint(self, self.init_cfg["checkpoint"], strict=False)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.forward_feature_maps(x))
+
+
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    offset_lr_scale: float = 0.01,
+    no_weight_decay: Sequence[str] = (),
+    scale_offset_bias: bool = False,
+) -> List[Dict[str, Any]]:
+    """Optimiser parameter groups as the official LITv2 recipe builds them.
+
+    * ``'decay'``: every other trainable parameter, ``weight_decay``;
+    * ``'no_decay'``: 1-D parameters (norms, biases), ``*.bias`` and the names in
+      ``model.no_weight_decay()`` or ``no_weight_decay``, weight decay 0;
+    * ``'offset'``: the DTM offset predictors' weights (``*conv_offset.weight``), with
+      ``lr * offset_lr_scale`` (the official ``OFFSET_LR_MULTI = 0.01``) and ``weight_decay``. As in
+      the official code their biases fall in ``'no_decay'`` at the full rate, unless
+      ``scale_offset_bias`` (then they join the offset rate, still without decay).
+
+    Frozen parameters are left out, as are empty groups. Each group carries ``name`` and
+    ``lr_scale`` (for schedulers that rescale per group).
+
+    Example::
+
+        >>> model = create_model("litv2_nano")
+        >>> [g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.05)]
+        ['decay', 'no_decay', 'offset']
+        >>> opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05))
+    """
+    if lr <= 0 or offset_lr_scale < 0 or weight_decay < 0:
+        raise ValueError(
+            f"expected lr > 0, weight_decay >= 0, offset_lr_scale >= 0; got lr={lr}, weight_decay={weight_decay}, "
+            f"offset_lr_scale={offset_lr_scale}"
+        )
+    skip = set(no_weight_decay)
+    if hasattr(model, "no_weight_decay"):
+        skip |= set(model.no_weight_decay())
+    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
+    decay, no_decay, offset, offset_no_decay = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_offset = "conv_offset" in name and offset_lr_scale != 1.0
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
+            (offset_no_decay if is_offset and scale_offset_bias else no_decay).append(p)
+        elif is_offset:
+            offset.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"name": "offset", "params": offset, "lr": lr * offset_lr_scale, "weight_decay": weight_decay,
+         "lr_scale": offset_lr_scale},
+        {"name": "offset_no_decay", "params": offset_no_decay, "lr": lr * offset_lr_scale, "weight_decay": 0.0,
+         "lr_scale": offset_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+# --------------------------------------------------------------------------- registry
+def _create(cfg_overrides: Dict[str, Any], defaults: Dict[str, Any], **kwargs) -> LITv2:
+    args = dict(defaults)
+    args.update(kwargs)
+    model = LITv2(**args)
+    cfg = dict(model.pretrained_cfg)
+    cfg.update(cfg_overrides)
+    cfg["num_classes"] = model.num_classes
+    cfg["input_size"] = (model.in_chans, *model.img_size)
+    model.pretrained_cfg = cfg
+    return model
+
+
+_SMALL = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], alpha=0.9, local_ws=[0, 0, 2, 1])
+_MEDIUM = dict(embed_dim=96, depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], alpha=0.9, local_ws=[0, 0, 2, 1])
+_BASE = dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], alpha=0.9, local_ws=[0, 0, 2, 1])
+
+
+@register_model
+def litv2_s(**kwargs) -> LITv2:
+    """LITv2-S (ImageNet-1k, 224): 27,844,000 parameters, 3.72 GMACs (official count 3.73 G), 82.0% top-1.
+
+    ``alpha`` and ``local_ws`` can be overridden (the official release has LITv2-S for alpha 0 to 1).
+    """
+    return _create({"url": _RELEASE + "litv2_s.pth"}, dict(_SMALL, drop_path_rate=0.2), **kwargs)
+
+
+@register_model
+def litv2_m(**kwargs) -> LITv2:
+    """LITv2-M (ImageNet-1k, 224): 48,830,368 parameters, 7.5 GMACs, 83.3% top-1."""
+    return _create({"url": _RELEASE + "litv2_m.pth"}, dict(_MEDIUM, drop_path_rate=0.3), **kwargs)
+
+
+@register_model
+def litv2_b(**kwargs) -> LITv2:
+    """LITv2-B (ImageNet-1k, 224): 86,520,704 parameters, 13.2 GMACs, 83.6% top-1."""
+    return _create({"url": _RELEASE + "litv2_b.pth"}, dict(_BASE, drop_path_rate=0.5), **kwargs)
+
+
+@register_model
+def litv2_b_384(**kwargs) -> LITv2:
+    """LITv2-B fine-tuned at 384 (no centre crop): 86,520,704 parameters, 39.7 GMACs, 84.7% top-1."""
+    return _create(
+        {"url": _RELEASE + "litv2_b_384.pth", "crop_pct": 1.0, "pool_size": (12, 12)},
+        dict(_BASE, drop_path_rate=0.5, img_size=384),
+        **kwargs,
+    )
+
+
+@register_model
+def litv2_nano(**kwargs) -> LITv2:
+    """A small LITv2 for 28-32 px images (Fashion-MNIST, CIFAR): no pretrained weights.
+
+    Patch 2, ``embed_dim=32``, ``depths=[1, 1, 2, 1]``, ``num_heads=[1, 2, 4, 8]``, alpha 0.9,
+    ``local_ws=[0, 0, 3, 1]``, 10 classes, drop path 0.1. A 28 x 28 image gives maps of 14, 7, 3 and
+    1: stage 2's HiLo window of 3 covers its 3 x 3 map (Hi-Fi: one window; Lo-Fi: one pooled token)
+    and stage 3 is plain attention. 1,424,098 parameters (1,423,842 with ``in_chans=1``); at 28 x 28
+    8.46 M multiply-adds per image (``model.flops()``; 8.41 M with ``in_chans=1``). Use ``in_chans=1``
+    for grey images (``pretrained_cfg`` then has one mean/std value).
+    """
+    defaults = dict(img_size=28, patch_size=2, num_classes=10, embed_dim=32, depths=[1, 1, 2, 1],
+                    num_heads=[1, 2, 4, 8], alpha=0.9, local_ws=[0, 0, 3, 1], drop_path_rate=0.1)
+    chans = kwargs.get("in_chans", 3)
+    stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
+    return _create({"url": "", "crop_pct": 1.0, "mean": stats, "std": stats}, defaults, **kwargs)

@@ -1,0 +1,935 @@
+"""Swin Transformer (Liu et al., ICCV 2021), exact to the official checkpoints, at any input size.
+
+Parameter and buffer names and shapes are those of microsoft/Swin-Transformer, so its ``.pth``
+files load with every key checked (:func:`hilovit.load_checkpoint`); timm's layout (merging at the
+start of a stage, ``head.fc``) is converted on load. Inside the model a token grid is channels-last
+``(B, H, W, C)``.
+
+Sizes. The official classification model runs only at ``img_size``. This one runs at any size, in
+inference and in training, the way the official detection backbone does: the image is zero-padded
+to a multiple of the patch size, each block zero-pads its (normalised) map to a multiple of its
+window and computes the shifted-window mask for the padded map, and odd maps are zero-padded
+before patch merging. Window sizes and shifts are fixed at construction from ``img_size`` by the
+official rule (a stage not larger than the window gets the stage's size as window and no shift);
+where the official model accepts the input, the result is the same.
+
+Registered names: ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` (window 7, 224),
+``swin_b_384``, ``swin_l_384`` (window 12, 384), with timm's long names as aliases, and
+``swin_nano`` (28 px, for Fashion-MNIST-sized inputs).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from hilovit.layers.attention import WindowAttention, _compute_dtype
+from hilovit.layers.drop import DropPath
+from hilovit.layers.embed import PatchEmbed, PatchMerging
+from hilovit.layers.mlp import Mlp
+from hilovit.layers.windows import shifted_window_mask, to_2tuple
+from hilovit.models.checkpoint import CheckpointError
+from hilovit.models.registry import register_model
+
+__all__ = ["SwinTransformer", "SwinTransformerBlock", "BasicLayer"]
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+_RELEASES = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _effective_window(resolution: Tuple[int, int], window_size: int, shift_size: int) -> Tuple[int, int]:
+    """The official rule: a map not larger than the window is one window, without shift."""
+    if min(resolution) <= window_size:
+        return min(resolution), 0
+    return window_size, shift_size
+
+
+class SwinTransformerBlock(nn.Module):
+    r"""One Swin block: ``x + drop_path(W-MSA(norm1(x)))``, then ``x + drop_path(mlp(norm2(x)))``.
+
+    W-MSA when ``shift_size == 0``, SW-MSA (cyclic shift by ``-shift_size`` plus a mask) otherwise.
+    The window and shift given are clamped for ``input_resolution`` by the official rule; blocks
+    that shift keep the official ``attn_mask`` buffer ``(nW, w*w, w*w)`` for that resolution (so
+    the state dict is the official one). The attention builds and caches its own mask for each
+    padded size it meets; the buffer is the same function of the size (checked on load).
+
+    Shape:
+        ``(B, H, W, dim) -> (B, H, W, dim)``, any H, W.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        num_heads: int,
+        window_size: int = 7,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Type[nn.Module] = nn.GELU,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = tuple(input_resolution)
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
+        self.window_size, self.shift_size = _effective_window(self.input_resolution, window_size, shift_size)
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(
+            dim,
+            num_heads,
+            window_size=self.window_size,
+            shift_size=self.shift_size,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            proj_drop=drop,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        # tokens per chunk in inference (about 16 MB of float32 MLP activations); 0 turns chunking off
+        self.chunk_rows = max(1024, (16 << 20) // (4 * int(dim * mlp_ratio)))
+        self._linears_cache: Dict[tuple, tuple] = {}
+        if self.shift_size > 0:
+            self.register_buffer("attn_mask", self.build_attn_mask())
+        else:
+            self.attn_mask = None
+
+    def __getstate__(self):  # copies and pickles leave the inference caches behind
+        state = self.__dict__.copy()
+        state["_linears_cache"] = {}
+        return state
+
+    def build_attn_mask(self, device: Optional[torch.device] = None) -> torch.Tensor:
+        """The official ``attn_mask`` for ``input_resolution`` (padded to the window), -100 / 0."""
+        w = self.window_size
+        Hp, Wp = (w * _ceil_div(s, w) for s in self.input_resolution)
+        return shifted_window_mask(Hp, Wp, w, self.shift_size, device=device)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
+            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.chunk_rows
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not self.training
+            and not torch.compiler.is_compiling()
+        ):
+            return self._forward_chunked(x)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the whole block on the rows of the window order, a few hundred windows at a time.
+
+        Norms, projections, attention and the MLP only see the tokens of a window, so after one
+        gather into window order the block runs on chunks of whole windows that stay in cache (no
+        large temporaries), and one gather brings the result back to the map's order. Padding
+        rows are zeroed after ``norm1`` (the official code pads the normalised map) and dropped.
+        On CPU the projections use oneDNN kernels with the bias, the GELU and the residual
+        addition fused in, when they are available and agree with ``F.linear``.
+        """
+        B, H, W, C = x.shape
+        attn = self.attn
+        plan = attn.window_plan(B, H, W, x.device)
+        cd = _compute_dtype(x, attn.qkv.weight)
+        rows = x.reshape(B * H * W, C).to(cd)
+        xw = rows if plan.src is None else rows.index_select(0, plan.src)
+        out = torch.empty_like(xw)
+        masks = attn.group_masks(plan.Hp, plan.Wp, cd, x.device)
+        lin = self._inference_linears(cd, x.device)
+        for s, e, t in plan.chunks(attn.window_tokens, self.chunk_rows):
+            xc = xw[s:e]
+            h = self.norm1(xc).to(cd)
+            if plan.keep is not None:
+                h = h.mul_(plan.keep[s:e])
+            y = lin.proj_add(attn.window_attention(lin.qkv(h), masks[t : t + 1]), xc)
+            out[s:e] = lin.fc2_add(lin.fc1_act(self.norm2(y).to(cd)), y)
+        if plan.inv is not None:
+            out = out.index_select(0, plan.inv)  # back to the map's order, without the padding
+        return out.view(B, H, W, C)
+
+    def _inference_linears(self, cd: torch.dtype, device: torch.device) -> _InferenceLinears:
+        """The projections in dtype ``cd``; weights cast to a lower precision are kept until they change."""
+        params = [p for m in (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2) for p in m.parameters()]
+        stamp = tuple((p._version, p.data_ptr()) for p in params)
+        fused = _fused_linear_ok(device, cd)
+        pack = self.chunk_rows if fused and cd == torch.bfloat16 and _packing_ok() else 0
+        key = (cd, str(device), pack)
+        hit = self._linears_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            weights = hit[1]
+        else:
+            weights = _InferenceLinears.cast_weights(self, cd, pack)
+            if not torch.compiler.is_compiling():
+                self._linears_cache = {key: (stamp, weights)}
+        return _InferenceLinears(self, weights, fused)
+
+    def flops(self, H: int, W: int) -> int:
+        """Multiply-adds: norms ``H W C`` each, attention at the padded size, the MLP."""
+        C = self.dim
+        hidden = int(C * self.mlp_ratio)
+        return int(2 * H * W * C + self.attn.flops(H, W) + 2 * H * W * C * hidden)
+
+
+class BasicLayer(nn.Module):
+    """One stage: ``depth`` blocks alternating W-MSA and SW-MSA, then (optionally) patch merging.
+
+    The official layout (``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``): the merging that
+    leads into stage ``i + 1`` belongs to stage ``i``.
+
+    Shape:
+        ``(B, H, W, dim) -> (B, H, W, dim)`` without downsample, ``(B, ceil(H/2), ceil(W/2), 2 dim)`` with.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Union[float, Sequence[float]] = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        downsample: Optional[Type[nn.Module]] = None,
+        use_checkpoint: bool = False,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = tuple(input_resolution)
+        self.depth = depth
+        self.grad_checkpointing = use_checkpoint
+        dpr = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            SwinTransformerBlock(
+                dim,
+                self.input_resolution,
+                num_heads,
+                window_size=window_size,
+                shift_size=0 if i % 2 == 0 else window_size // 2,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop,
+                attn_drop=attn_drop,
+                drop_path=dpr[i],
+                norm_layer=norm_layer,
+            )
+            for i in range(depth)
+        )
+        self.downsample = downsample(dim, norm_layer=norm_layer) if downsample is not None else None
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks only (the stage's feature map, before merging)."""
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_blocks(x)
+        return self.downsample(x) if self.downsample is not None else x
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
+
+    def flops(self, H: int, W: int) -> int:
+        """Blocks at ``H x W``; merging: its LayerNorm as ``H W C`` (official) plus the reduction."""
+        total = sum(blk.flops(H, W) for blk in self.blocks)
+        if self.downsample is not None:
+            total += H * W * self.dim + self.downsample.flops(H, W)
+        return int(total)
+
+
+class SwinTransformer(nn.Module):
+    r"""Swin Transformer: patch embedding, four stages of (shifted-)window attention, pool, head.
+
+    Constructor arguments, defaults, and parameter names are the official ones
+    (microsoft/Swin-Transformer ``models/swin_transformer.py``).
+
+    Args:
+        img_size: the size the model is built for (int or (H, W)); it sets the windows (the
+            official rule clamps a window to a stage not larger than it, without shift), the
+            ``attn_mask`` buffers and ``absolute_pos_embed``. Other input sizes run too (padding).
+        patch_size: side of the square patches of the embedding (4).
+        in_chans: image channels (3).
+        num_classes: classifier outputs; 0 for no head (``forward`` returns pooled features).
+        embed_dim: channels of stage 1; stage ``i`` has ``embed_dim * 2**i``.
+        depths: blocks per stage (any number of stages); num_heads: heads per stage.
+        window_size: attention window side (7).
+        mlp_ratio: MLP hidden size / channels (4).
+        qkv_bias, qk_scale: bias of the qkv projection; attention scale (default head_dim ** -0.5).
+        drop_rate: dropout after the embedding, the attention projection and in the MLP.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic depth, rising linearly over the blocks from 0 to this value.
+        norm_layer: normalisation class (``nn.LayerNorm``).
+        ape: learned absolute position embedding (resized bicubically for other input sizes).
+        patch_norm: LayerNorm after the patch embedding.
+        use_checkpoint: gradient checkpointing of each block in training.
+        features_only: build a backbone whose ``forward`` returns the stage maps ``(B, C_i, H_i,
+            W_i)`` of ``out_indices`` (no final norm, no head); see ``feature_info``.
+        out_indices: stages returned by a ``features_only`` model (default: all).
+
+    Shape:
+        ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, any H, W not smaller than the patch;
+        ``forward_features``: ``-> (B, H/32, W/32, num_features)`` (channels last, unpooled, after the
+        final norm; sides rounded up).
+
+    Example::
+
+        >>> model = SwinTransformer(img_size=64, embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+        ...                         window_size=4, num_classes=10)
+        >>> model(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 10])
+        >>> [f.shape[1:] for f in model.forward_intermediates(torch.randn(1, 3, 100, 150), intermediates_only=True)]
+        [torch.Size([24, 25, 38]), torch.Size([48, 13, 19]), torch.Size([96, 7, 10]), torch.Size([192, 4, 5])]
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        features_only: bool = False,
+        out_indices: Optional[Sequence[int]] = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        kwargs.pop("fused_window_process", None)  # official option with no effect on the function
+        if kwargs:
+            raise TypeError(f"SwinTransformer got unexpected arguments: {', '.join(sorted(kwargs))}")
+        img_size = to_2tuple(img_size, "img_size")
+        depths, num_heads = list(depths), list(num_heads)
+        _check_args(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, window_size)
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.num_classes = 0 if features_only else num_classes
+        self.num_layers = len(depths)
+        self.embed_dim = embed_dim
+        self.ape = ape
+        self.patch_norm = patch_norm
+        self.mlp_ratio = mlp_ratio
+        self.window_size = window_size
+        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
+        self.features_only = features_only
+        self.grad_checkpointing = use_checkpoint
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer=norm_layer if patch_norm else None)
+        res = (_ceil_div(img_size[0], patch_size), _ceil_div(img_size[1], patch_size))
+        self.patches_resolution = list(res)
+        if ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, res[0] * res[1], embed_dim))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # the official float32 steps
+        self.layers = nn.ModuleList()
+        self.feature_info: List[Dict[str, Any]] = []
+        for i in range(self.num_layers):
+            dim = int(embed_dim * 2**i)
+            layer = BasicLayer(
+                dim=dim,
+                input_resolution=res,
+                depth=depths[i],
+                num_heads=num_heads[i],
+                window_size=window_size,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                norm_layer=norm_layer,
+                downsample=PatchMerging if i < self.num_layers - 1 else None,
+                use_checkpoint=use_checkpoint,
+            )
+            self.layers.append(layer)
+            self.feature_info.append({"num_chs": dim, "reduction": patch_size * 2**i, "module": f"layers.{i}"})
+            res = (_ceil_div(res[0], 2), _ceil_div(res[1], 2))
+
+        if out_indices is None:
+            out_indices = tuple(range(self.num_layers))
+        out_indices = tuple(i % self.num_layers if isinstance(i, int) else i for i in out_indices)
+        if not all(isinstance(i, int) and 0 <= i < self.num_layers for i in out_indices):
+            raise ValueError(f"out_indices must be stage numbers in [0, {self.num_layers}), got {out_indices!r}")
+        self.out_indices = out_indices
+        if features_only:
+            self.feature_info = [self.feature_info[i] for i in out_indices]
+            self.norm = nn.Identity()
+            self.head = nn.Identity()
+        else:
+            self.norm = norm_layer(self.num_features)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        self.pretrained_cfg: Dict[str, Any] = _default_cfg(img_size, num_classes, in_chans)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm's model API -------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        """Parameter names excluded from weight decay (as the official model)."""
+        return {"absolute_pos_embed"}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set:
+        """Name fragments excluded from weight decay (as the official model)."""
+        return {"relative_position_bias_table"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations."""
+        self.grad_checkpointing = enable
+        for layer in self.layers:
+            layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a new ``Linear(num_features, num_classes)`` (0: no head)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool must be 'avg' (the only pooling), got {global_pool!r}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+
+    # ---- forward ----------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor (B, {self.in_chans}, H, W), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be an image batch (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"x has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model was built with "
+                f"in_chans={self.in_chans}"
+            )
+        H, W = x.shape[2], x.shape[3]
+        if H < self.patch_size or W < self.patch_size:
+            raise ValueError(
+                f"image of {H}x{W} pixels is smaller than patch_size={self.patch_size}; "
+                f"expected H and W >= {self.patch_size}"
+            )
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        H0, W0 = self.patches_resolution
+        pos = self.absolute_pos_embed.reshape(1, H0, W0, self.embed_dim)
+        if x.shape[1:3] != (H0, W0):  # resized as the official detection backbone does
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=x.shape[1:3], mode="bicubic", align_corners=False)
+            pos = pos.permute(0, 2, 3, 1)
+        return x + pos
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        # channels-last image: the convolution then writes (B, H/4, W/4, C) rows directly (no copy before the norm)
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # (B, H/4, W/4, C)
+        if self.ape:
+            x = self._pos_embed(x)
+        return self.pos_drop(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, H/32, W/32, num_features)``: unpooled, after the final norm."""
+        x = self._stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool ``(B, H, W, C)`` and classify; ``pre_logits`` returns the pooled ``(B, C)``."""
+        x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """The stage maps (after each stage's blocks, before merging) at strides 4, 8, 16, 32.
+
+        Args:
+            indices: stages to return (default all; an int ``n`` means the last ``n``).
+            norm: apply the final norm to the last stage's map when it is returned.
+            stop_early: stop after the last requested stage (with ``intermediates_only``).
+            output_fmt: ``'NCHW'`` (``(B, C_i, H_i, W_i)``) or ``'NHWC'``.
+            intermediates_only: return only the list.
+
+        Returns:
+            the list of maps, or ``(forward_features(x), list)``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        n = self.num_layers
+        if indices is None:
+            take = list(range(n))
+        elif isinstance(indices, int):
+            take = list(range(n - indices, n))
+        else:
+            take = [i % n for i in indices]
+        if not take or not all(0 <= i < n for i in take):
+            raise ValueError(f"indices must select stages in [0, {n}), got {indices!r}")
+        last = max(take) if (stop_early or intermediates_only) else n - 1
+        feats = []
+        x = self._stem(x)
+        for i, layer in enumerate(self.layers[: last + 1]):
+            x = layer.forward_blocks(x)
+            if i in take:
+                y = self.norm(x) if (norm and i == n - 1) else x
+                feats.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        if intermediates_only:
+            return feats
+        return self.norm(x), feats
+
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
+        return self.forward_head(self.forward_features(x))
+
+    # ---- FLOPs ------------------------------------------------------------------------------
+    def flops_breakdown(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> Dict[str, int]:
+        """Multiply-adds per part for one image of ``img_size`` (default: the construction size).
+
+        Keys: ``patch_embed`` (projection), ``attention`` (qkv, both products and proj, counted
+        at each block's padded size), ``mlp``, ``merging`` (reductions), ``head``, and ``norms``
+        (each LayerNorm counted as ``H W C``, as the official code does). Everything but
+        ``norms`` is a matrix product; :func:`hilovit.flops.count_flops` counts exactly those.
+        """
+        H, W = to_2tuple(img_size, "img_size") if img_size is not None else self.img_size
+        H, W = _ceil_div(H, self.patch_size), _ceil_div(W, self.patch_size)
+        out = {"patch_embed": self.patch_embed.flops(H * self.patch_size, W * self.patch_size)}
+        norms = H * W * self.embed_dim if self.patch_embed.norm is not None else 0
+        attn = mlp = merging = 0
+        for layer in self.layers:
+            C = layer.dim
+            for blk in layer.blocks:
+                attn += blk.attn.flops(H, W)
+                mlp += 2 * H * W * C * int(C * blk.mlp_ratio)
+                norms += 2 * H * W * C
+            if layer.downsample is not None:
+                merging += layer.downsample.flops(H, W)
+                norms += H * W * C  # the official count of the merging LayerNorm over 4C
+                H, W = _ceil_div(H, 2), _ceil_div(W, 2)
+        head = 0
+        if not self.features_only:
+            norms += H * W * self.num_features
+            head = self.num_features * self.num_classes
+        out.update(attention=attn, mlp=mlp, merging=merging, head=head, norms=norms)
+        return {k: int(v) for k, v in out.items()}
+
+    def flops(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> int:
+        """Analytic multiply-adds for one image (the official ``flops()`` convention).
+
+        Counts the patch projection, every block's attention at its padded size (qkv, ``q k^T``,
+        ``attn v``, proj) and MLP, the mergings, the head, and each LayerNorm as ``H W C``.
+        Differences from the official count: other sizes than ``img_size`` are counted at the
+        padded sizes the model really runs; the final norm is counted as ``H W C`` at the last
+        stage (the official code counts ``C * H0 * W0 / 2**num_layers``, a 0.003% difference for
+        Swin-T). The executed count of :func:`hilovit.flops.count_flops` equals this total minus
+        the ``norms`` entry of :meth:`flops_breakdown` (norms, softmax, bias and mask additions are
+        not matrix products).
+        """
+        return int(sum(self.flops_breakdown(img_size).values()))
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Adapt an official or timm state dict to this model (called by :func:`hilovit.load_checkpoint`).
+
+        - timm's layout (merging at the start of stage ``i + 1``, ``head.fc``) is renamed to the
+          official one; a ``backbone.`` prefix (detection checkpoints) is dropped.
+        - ``relative_position_index`` is checked against the rebuilt index (an error if it holds
+          other values at the same shape) and rebuilt when absent or of another window size.
+        - ``attn_mask`` is checked against the rebuilt mask (a warning if it differs) and rebuilt
+          when absent or made for another size.
+        - ``relative_position_bias_table`` of another window size is resized by bicubic
+          interpolation, and ``absolute_pos_embed`` of another size likewise, as the official
+          fine-tuning does.
+        - a ``features_only`` model drops ``norm.*`` and ``head.*``.
+        """
+        sd = dict(state_dict)
+        if sd and all(k.startswith("backbone.") for k in sd):
+            sd = {k[len("backbone.") :]: v for k, v in sd.items()}
+        if _is_timm_layout(sd, self.num_layers):
+            sd = {_timm_to_official(k): v for k, v in sd.items()}
+        own = self.state_dict()
+        for key in list(sd):
+            if key.endswith("attn_mask") or key.endswith("relative_position_index"):
+                value = sd.pop(key)
+                if key in own:
+                    _verify_buffer(key, value, own[key])
+            elif key.endswith("relative_position_bias_table") and key in own:
+                sd[key] = _resize_bias_table(key, sd[key], own[key])
+            elif key == "absolute_pos_embed" and key in own:
+                sd[key] = _resize_pos_embed(sd[key], own[key], self.patches_resolution)
+        for key, value in own.items():  # derived buffers: always the model's own
+            if key.endswith("attn_mask") or key.endswith("relative_position_index"):
+                sd[key] = value
+        if self.features_only:
+            sd = {k: v for k, v in sd.items() if not (k.startswith("norm.") or k.startswith("head."))}
+        return sd
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _check_args(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, window_size) -> None:
+    def pos_int(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+    pos_int("patch_size", patch_size)
+    pos_int("in_chans", in_chans)
+    pos_int("embed_dim", embed_dim)
+    pos_int("window_size", window_size)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if min(img_size) < patch_size:
+        raise ValueError(f"img_size {img_size} is smaller than patch_size={patch_size}")
+    if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
+        raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
+    if len(num_heads) != len(depths):
+        raise ValueError(f"num_heads {num_heads!r} must have one entry per stage of depths {depths!r}")
+    for i, h in enumerate(num_heads):
+        dim = embed_dim * 2**i
+        if not isinstance(h, int) or h < 1 or dim % h:
+            raise ValueError(f"num_heads[{i}]={h!r} must be a positive int dividing the stage's {dim} channels")
+
+
+def _default_cfg(img_size: Tuple[int, int], num_classes: int, in_chans: int) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": num_classes,
+        "input_size": (in_chans, img_size[0], img_size[1]),
+        "crop_pct": 0.9 if max(img_size) <= 224 else 1.0,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "fixed_input_size": False,
+    }
+
+
+_TIMM_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
+
+
+def _is_timm_layout(sd: Dict[str, torch.Tensor], num_layers: int) -> bool:
+    if "head.fc.weight" in sd or "head.fc.bias" in sd:
+        return True
+    stages = {int(m.group(1)) for k in sd if (m := _TIMM_DOWNSAMPLE.match(k))}
+    return bool(stages) and 0 not in stages and max(stages) == num_layers - 1 and num_layers > 1
+
+
+def _timm_to_official(key: str) -> str:
+    key = _TIMM_DOWNSAMPLE.sub(lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)
+    if key.startswith("head.fc."):
+        key = "head." + key[len("head.fc.") :]
+    return key
+
+
+def _verify_buffer(key: str, value: torch.Tensor, own: torch.Tensor) -> None:
+    if tuple(value.shape) != tuple(own.shape):
+        return  # made for another window or size: rebuilt
+    if key.endswith("relative_position_index"):
+        if not torch.equal(value.to(own.device, own.dtype), own):
+            raise CheckpointError(f"{key}: the checkpoint's relative position index differs from the official one")
+    elif not torch.allclose(value.to(own.device, own.dtype), own):
+        warnings.warn(f"{key}: the checkpoint's shifted-window mask differs from the rebuilt one; rebuilt",
+                      stacklevel=3)
+
+
+def _resize_bias_table(key: str, table: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    if table.shape == own.shape or table.dim() != 2 or own.dim() != 2 or table.shape[1] != own.shape[1]:
+        return table  # equal, or heads differ: reported as a shape mismatch
+    L1, heads = table.shape
+    s1 = math.isqrt(L1)
+    s2 = math.isqrt(own.shape[0])
+    if s1 * s1 != L1 or s2 * s2 != own.shape[0]:
+        raise CheckpointError(f"{key}: cannot resize a non-square table {tuple(table.shape)} to {tuple(own.shape)}")
+    grid = table.float().t().reshape(1, heads, s1, s1)
+    grid = F.interpolate(grid, size=(s2, s2), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, s2 * s2).t().to(table.dtype)
+
+
+def _resize_pos_embed(pos: torch.Tensor, own: torch.Tensor, resolution: List[int]) -> torch.Tensor:
+    if pos.dim() == 4:  # timm keeps (1, H, W, C)
+        h, w = pos.shape[1:3]
+        if [h, w] != list(resolution) and pos.shape[-1] == own.shape[-1]:
+            grid = F.interpolate(pos.float().permute(0, 3, 1, 2), size=tuple(resolution), mode="bicubic",
+                                 align_corners=False)
+            pos = grid.permute(0, 2, 3, 1).to(pos.dtype)
+        return pos.flatten(1, 2)
+    if pos.shape == own.shape or pos.dim() != 3 or pos.shape[-1] != own.shape[-1]:
+        return pos
+    s1 = math.isqrt(pos.shape[1])
+    if s1 * s1 != pos.shape[1]:
+        raise CheckpointError(
+            f"absolute_pos_embed: cannot resize a non-square {tuple(pos.shape)} to {tuple(own.shape)}"
+        )
+    grid = pos.float().reshape(1, s1, s1, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(resolution), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]).to(pos.dtype)
+
+
+# ---- inference kernels ----------------------------------------------------------------------
+
+_FUSED_LINEAR: Dict[Tuple[str, torch.dtype], bool] = {}
+
+
+def _fused_linear_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's fused linear kernels (bias + GELU / + residual) run here and agree with
+    ``F.linear``; checked once per dtype on a small problem, and never under a dispatch mode
+    (FLOP counting, tracing) or compilation, which see only the plain ops."""
+    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+        return False
+    key = (device.type, dtype)
+    if key not in _FUSED_LINEAR:
+        _FUSED_LINEAR[key] = _check_fused_linear(dtype)
+    return _FUSED_LINEAR[key]
+
+
+def _check_fused_linear(dtype: torch.dtype) -> bool:
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w, b, o = (torch.randn(*s, generator=g).to(dtype) for s in ((37, 24), (40, 24), (40,), (37, 40)))
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
+            ref = F.linear(x.float(), w.float(), b.float())
+            got = (op(x, w, b, "none", [], ""), op(x, w, b, "gelu", [], "none"), op.binary(x, o, w, b, "add"))
+        want = (ref, F.gelu(ref), ref + o.float())
+        return all(torch.allclose(g_.float(), w_, atol=tol * 10, rtol=tol) for g_, w_ in zip(got, want))
+    except Exception:  # noqa: BLE001 - any failure means: use the plain ops
+        return False
+
+
+_PACKING: List[bool] = []
+
+
+def _packing_ok() -> bool:
+    """Whether bfloat16 weights pre-packed by oneDNN give the same results as plain ones (checked once)."""
+    if not _PACKING:
+        try:
+            g = torch.Generator().manual_seed(1)
+            x, w, b = (torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((64, 32), (48, 32), (48,)))
+            op = torch.ops.mkldnn._linear_pointwise
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+                same = torch.allclose(op(x, packed, b, "none", [], "").float(), op(x, w, b, "none", [], "").float(),
+                                      atol=1e-2, rtol=1e-2)
+            _PACKING.append(bool(same))
+        except Exception:  # noqa: BLE001 - no packing then
+            _PACKING.append(False)
+    return _PACKING[0]
+
+
+def _current_dispatch_mode():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode()
+
+
+class _InferenceLinears:
+    """A block's four projections for inference in dtype ``cd``: fused oneDNN kernels when they
+    work here (bias, GELU and residual addition inside the matrix product), plain ops otherwise.
+    In bfloat16 the weights are also pre-packed into oneDNN's blocked layout (once, cached)."""
+
+    def __init__(self, blk: SwinTransformerBlock, weights: tuple, fused: bool):
+        self.qkv_w, self.proj_w, self.fc1_w, self.fc2_w = weights  # each (weight, bias, packed weight or None)
+        act = blk.mlp.act
+        self.exact_gelu = type(act) is nn.GELU and act.approximate == "none"
+        self.act = act
+        self.fused = fused
+
+    @staticmethod
+    def cast_weights(blk: SwinTransformerBlock, cd: torch.dtype, pack_rows: int = 0) -> tuple:
+        def wb(layer: nn.Linear):
+            w = layer.weight.detach().to(cd)
+            packed = None
+            if pack_rows:
+                try:
+                    packed = torch.ops.mkldnn._reorder_linear_weight(w, pack_rows)
+                except Exception:  # noqa: BLE001 - packing is only an optimisation
+                    packed = None
+            return w, None if layer.bias is None else layer.bias.detach().to(cd), packed
+
+        return wb(blk.attn.qkv), wb(blk.attn.proj), wb(blk.mlp.fc1), wb(blk.mlp.fc2)
+
+    @staticmethod
+    def _fused_args(wbp: tuple) -> tuple:
+        w, b, packed = wbp
+        return (w if packed is None else packed), b
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.qkv_w), "none", [], "")
+        return F.linear(x, *self.qkv_w[:2])
+
+    def proj_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self._fused_args(self.proj_w), "add")
+        return F.linear(x, *self.proj_w[:2]).add_(residual)
+
+    def fc1_act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and self.exact_gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.fc1_w), "gelu", [], "none")
+        if self.fused:
+            return self.act(torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.fc1_w), "none", [], ""))
+        return self.act(F.linear(x, *self.fc1_w[:2]))
+
+    def fc2_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self._fused_args(self.fc2_w), "add")
+        return F.linear(x, *self.fc2_w[:2]).add_(residual)
+
+
+# ---- registry -------------------------------------------------------------------------------
+
+
+def _create_swin(variant: str, defaults: Dict[str, Any], overrides: Dict[str, Any], **cfg: Any) -> SwinTransformer:
+    model = SwinTransformer(**{**defaults, **overrides})
+    model.pretrained_cfg.update(cfg)
+    model.pretrained_cfg["architecture"] = variant
+    model.pretrained_cfg["input_size"] = (model.in_chans, *model.img_size)
+    model.pretrained_cfg["num_classes"] = model.num_classes
+    return model
+
+
+@register_model(aliases=("swin_tiny_patch4_window7_224",))
+def swin_t(**kwargs: Any) -> SwinTransformer:
+    """Swin-T: 28.3M parameters, 4.49 GFLOPs (multiply-adds) at 224, window 7."""
+    defaults = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.2)
+    return _create_swin("swin_t", defaults, kwargs, url=_RELEASES + "swin_tiny_patch4_window7_224.pth")
+
+
+@register_model(aliases=("swin_small_patch4_window7_224",))
+def swin_s(**kwargs: Any) -> SwinTransformer:
+    """Swin-S: 49.6M parameters, 8.75 GFLOPs at 224, window 7."""
+    defaults = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.3)
+    return _create_swin("swin_s", defaults, kwargs, url=_RELEASES + "swin_small_patch4_window7_224.pth")
+
+
+@register_model(aliases=("swin_base_patch4_window7_224",))
+def swin_b(**kwargs: Any) -> SwinTransformer:
+    """Swin-B: 87.8M parameters, 15.4 GFLOPs at 224, window 7 (ImageNet-1k weights)."""
+    defaults = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7, drop_path_rate=0.5)
+    return _create_swin("swin_b", defaults, kwargs, url=_RELEASES + "swin_base_patch4_window7_224.pth")
+
+
+@register_model(aliases=("swin_large_patch4_window7_224",))
+def swin_l(**kwargs: Any) -> SwinTransformer:
+    """Swin-L: 196.5M parameters, 34.5 GFLOPs at 224, window 7 (ImageNet-22k pre-trained, 1k fine-tuned)."""
+    defaults = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=7, drop_path_rate=0.2)
+    return _create_swin("swin_l", defaults, kwargs, url=_RELEASES + "swin_large_patch4_window7_224_22kto1k.pth")
+
+
+@register_model(aliases=("swin_base_patch4_window12_384",))
+def swin_b_384(**kwargs: Any) -> SwinTransformer:
+    """Swin-B at 384, window 12: 87.9M parameters, 47.1 GFLOPs (ImageNet-22k pre-trained, 1k fine-tuned)."""
+    defaults = dict(
+        img_size=384, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12,
+        drop_path_rate=0.2,
+    )
+    return _create_swin(
+        "swin_b_384", defaults, kwargs, url=_RELEASES + "swin_base_patch4_window12_384_22kto1k.pth", crop_pct=1.0
+    )
+
+
+@register_model(aliases=("swin_large_patch4_window12_384",))
+def swin_l_384(**kwargs: Any) -> SwinTransformer:
+    """Swin-L at 384, window 12: 197.2M parameters, 104 GFLOPs (ImageNet-22k pre-trained, 1k fine-tuned)."""
+    defaults = dict(
+        img_size=384, embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12,
+        drop_path_rate=0.2,
+    )
+    return _create_swin(
+        "swin_l_384", defaults, kwargs, url=_RELEASES + "swin_large_patch4_window12_384_22kto1k.pth", crop_pct=1.0
+    )
+
+
+@register_model
+def swin_nano(**kwargs: Any) -> SwinTransformer:
+    """A small Swin for 28-32 px images (Fashion-MNIST, CIFAR); no published weights.
+
+    ``img_size=28, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), window_size=7,
+    num_classes=10, drop_path_rate=0.1``: three stages of 14x14 (windows of 7, shifted by 3), 7x7 (one
+    window) and 4x4 (one window). 1,270,516 parameters (1,270,132 with ``in_chans=1``); 41.09 M multiply-adds
+    per 28x28 image (``model.flops()``; 41.01 M with ``in_chans=1``). Use ``in_chans=1`` for grey images
+    (``pretrained_cfg`` then has one mean/std value, 0.5); for 32 px inputs ``img_size=32, window_size=4``
+    avoids padding.
+    """
+    defaults = dict(
+        img_size=28, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), window_size=7,
+        num_classes=10, drop_path_rate=0.1,
+    )
+    chans = kwargs.get("in_chans", 3)
+    stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
+    return _create_swin("swin_nano", defaults, kwargs, crop_pct=1.0, mean=stats, std=stats)

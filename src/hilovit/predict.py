@@ -1,0 +1,484 @@
+"""Classifying images with a (trained) model: :class:`Predictor` and ``hilovit predict``.
+
+Images are decoded with Pillow in any mode (grey, RGBA, palette, 16-bit ...), made RGB (or grey
+for ``in_chans=1`` models; transparency composited on white) and prepared as the model's
+``pretrained_cfg`` says, the way timm evaluates: resize to ``input_size / crop_pct`` (the shorter
+side, for square inputs) with its ``interpolation``, centre crop to ``input_size``, scale to
+[0, 1], normalise with ``mean``/``std``.
+
+A checkpoint sizes the model it is loaded into: the number of classes comes from its classifier,
+the image channels from its first convolution, and what the training engine stored beside the
+weights (``model.safetensors`` metadata, or the ``metadata``/``classes`` entries of a ``last.pt``)
+gives the class names, the image size and the normalisation. Without class names the classes
+are called by their indices.
+
+Example::
+
+    >>> from hilovit import Predictor
+    >>> predictor = Predictor.from_checkpoint("litv2_nano", "runs/fmnist/model.safetensors")
+    >>> predictor.predict("shoe.png", topk=3)
+    [('Sneaker', 0.91), ('Sandal', 0.06), ('Ankle boot', 0.02)]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "Prediction",
+    "Predictor",
+    "load_model",
+    "read_checkpoint_metadata",
+    "resolve_checkpoint",
+    "open_image",
+    "preprocess_image",
+    "predict_files",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ImageLike = Union[PathLike, "Image.Image", np.ndarray]  # noqa: F821 - PIL imported lazily
+
+_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}  # PIL's codes
+
+
+# --------------------------------------------------------------------------- checkpoints
+def resolve_checkpoint(path: PathLike) -> Path:
+    """A checkpoint file, or a training output folder (its ``model.safetensors``, else ``last.pt``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("model.safetensors", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"checkpoint folder {str(p)!r} holds neither model.safetensors nor last.pt")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    return p
+
+
+def read_checkpoint_metadata(path: PathLike) -> Dict[str, Any]:
+    """What a checkpoint stores beside its weights: the safetensors header's ``__metadata__``, or
+    the ``metadata`` dict and the ``classes`` entry of a ``torch.save`` dict (``last.pt``).
+
+    Returns ``{}`` when there is none (or the file cannot be read: loading reports that).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return {}
+    if path.suffix == ".safetensors" or head[8:9] == b"{":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return dict(f.metadata() or {})
+        except Exception:  # noqa: BLE001 - not readable as safetensors: read_checkpoint says why
+            return {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        return {}
+    if not isinstance(obj, Mapping):
+        return {}
+    meta = dict(obj["metadata"]) if isinstance(obj.get("metadata"), Mapping) else {}
+    for key in ("classes", "class_names"):
+        if key in obj and "classes" not in meta:
+            meta["classes"] = obj[key]
+    return meta
+
+
+def _parse_classes(value: Any) -> Optional[List[str]]:
+    """Class names from metadata: a list, a JSON list, or newline/comma separated text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, str):
+            value = text.split("\n") if "\n" in text else text.split(",")
+    if isinstance(value, Mapping):  # {index: name}
+        try:
+            value = [value[k] for k in sorted(value, key=int)]
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, (list, tuple)) and value:
+        return [str(v).strip() for v in value]
+    return None
+
+
+def _floats(value: Any) -> Optional[Tuple[float, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        value = [v for v in text.replace(" ", ",").split(",") if v]
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out or None
+
+
+def _size(value: Any) -> Optional[Tuple[int, int]]:
+    sizes = _floats(value)
+    if not sizes:
+        return None
+    if len(sizes) == 1:
+        return int(sizes[0]), int(sizes[0])
+    return int(sizes[-2]), int(sizes[-1])
+
+
+def load_model(
+    name: str,
+    checkpoint: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    **overrides,
+) -> Tuple[nn.Module, Optional[List[str]]]:
+    """Build the registered model ``name`` to fit ``checkpoint``, load it, and put it in eval mode.
+
+    The number of classes, the input channels, the image size and the normalisation follow the
+    checkpoint (its classifier and stem shapes and stored metadata) unless ``overrides`` name
+    them; without a checkpoint the model keeps its random initialisation.
+
+    Returns:
+        ``(model, classes)``: classes are the names stored with the checkpoint, or None.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        hilovit.CheckpointError: it does not fit ``name`` (the message lists the keys), or it was
+            trained as another model.
+    """
+    from hilovit.models import create_model, load_checkpoint
+    from hilovit.models.checkpoint import CheckpointError, read_checkpoint
+    from hilovit.models.registry import model_entrypoint
+
+    model_entrypoint(name)  # an unknown name: ValueError listing the registered ones
+    classes = None
+    kwargs = dict(overrides)
+    state_dict = meta = None
+    if checkpoint is not None:
+        path = resolve_checkpoint(checkpoint)
+        state_dict = read_checkpoint(path)
+        meta = read_checkpoint_metadata(path)
+        trained_as = meta.get("model")
+        if isinstance(trained_as, str) and trained_as and trained_as != name:
+            try:
+                same = model_entrypoint(trained_as) is model_entrypoint(name)  # an alias of the same model
+            except ValueError:
+                same = False
+            if not same:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} holds a {trained_as!r} model, not {name!r}; use --model {trained_as}"
+                )
+        classes = _parse_classes(meta.get("classes"))
+        head = state_dict.get("head.weight", state_dict.get("head.fc.weight"))
+        if head is not None and head.dim() == 2:
+            kwargs.setdefault("num_classes", int(head.shape[0]))
+        stem = state_dict.get("patch_embed.proj.weight")
+        if stem is not None and stem.dim() == 4:
+            kwargs.setdefault("in_chans", int(stem.shape[1]))
+        if meta.get("img_size") is not None and _size(meta["img_size"]) is not None:
+            kwargs.setdefault("img_size", _size(meta["img_size"]))
+    model = create_model(name, **kwargs)
+    if state_dict is not None:
+        load_checkpoint(model, state_dict)
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        for key in ("mean", "std"):
+            stats = _floats(meta.get(key))
+            if stats is not None:
+                cfg[key] = stats
+        model.pretrained_cfg = cfg
+    if classes is not None and getattr(model, "num_classes", len(classes)) != len(classes):
+        classes = None  # names that do not match the classifier are not trusted
+    return model.eval().to(device), classes
+
+
+# --------------------------------------------------------------------------- images
+def open_image(image: ImageLike, in_chans: int = 3):
+    """Decode ``image`` (a path, a PIL image or a uint8 array) to a PIL image in RGB (``L`` for 1 channel).
+
+    Any Pillow mode works: palette and grey images are expanded, transparency is composited on
+    white, 16-bit and float images are scaled to 8 bits; animated files give their first frame.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a readable image (names the file and the reason).
+    """
+    from PIL import Image
+
+    from hilovit.data.datasets import _to_rgb
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        rgb = _to_rgb(image)
+    else:
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"image {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"image {str(path)!r} is a directory, not an image file")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = _to_rgb(im)
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types
+            raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: {e}") from e
+    if in_chans == 1:
+        return rgb.convert("L")
+    if in_chans != 3:
+        raise ValueError(f"images can be prepared for 1 or 3 channels, the model has in_chans={in_chans}")
+    return rgb
+
+
+def _cfg_value(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """A PIL image -> the normalised ``(C, H, W)`` float tensor that ``cfg`` (a ``pretrained_cfg``) asks for.
+
+    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (for a square input size the
+    shorter side, keeping the aspect ratio; else both sides) with ``cfg['interpolation']``, centre
+    crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
+    """
+    C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
+    crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
+    interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
+    if interp not in _RESAMPLE:
+        raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
+    resample = _RESAMPLE[interp]
+    w, h = image.size
+    if H == W:
+        short = math.floor(H / crop_pct)
+        if w <= h:
+            size = (short, max(1, int(short * h / w)))
+        else:
+            size = (max(1, int(short * w / h)), short)
+    else:
+        size = (math.floor(W / crop_pct), math.floor(H / crop_pct))
+    if size != (w, h):
+        image = image.resize(size, resample)
+    w, h = image.size
+    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
+    image = image.crop((left, top, left + W, top + H))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr.copy())
+    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+    if x.shape[0] != C:
+        raise ValueError(f"prepared image has {x.shape[0]} channels but the model expects {C}")
+    return (x - _stats(cfg, "mean", 0.0, C)) / _stats(cfg, "std", 1.0, C)
+
+
+def _stats(cfg: Mapping[str, Any], key: str, default: float, C: int) -> torch.Tensor:
+    """``cfg[key]`` as a ``(C, 1, 1)`` tensor; RGB statistics for a grey model are averaged."""
+    values = [float(v) for v in _cfg_value(cfg, key, (default,) * C)]
+    if len(values) != C:
+        if C == 1 or len(values) == 1:
+            values = [sum(values) / len(values)] * C
+        else:
+            raise ValueError(f"pretrained_cfg[{key!r}] has {len(values)} values for a {C}-channel model")
+    return torch.tensor(values, dtype=torch.float32).view(C, 1, 1)
+
+
+# --------------------------------------------------------------------------- predictions
+@dataclass
+class Prediction:
+    """The top classes of one image (``error`` set and the lists empty when it could not be read)."""
+
+    source: str
+    labels: List[str] = field(default_factory=list)
+    indices: List[int] = field(default_factory=list)
+    probs: List[float] = field(default_factory=list)
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def top(self) -> List[Tuple[str, float]]:
+        """``[(label, probability), ...]``, most probable first."""
+        return list(zip(self.labels, self.probs))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "image": self.source,
+            "predictions": [
+                {"rank": r + 1, "index": i, "label": lab, "probability": p}
+                for r, (i, lab, p) in enumerate(zip(self.indices, self.labels, self.probs))
+            ],
+            "error": self.error,
+        }
+
+
+class Predictor:
+    """Classify images with ``model``: preprocessing from its ``pretrained_cfg``, top-k with class names.
+
+    Args:
+        model: a classifier with a ``pretrained_cfg`` (any hilovit model); put in eval mode.
+        classes: class names in label order; None names classes by their indices.
+        device: where to run (default: where the model is).
+
+    Example::
+
+        >>> predictor = Predictor.from_checkpoint("litv2_nano", "runs/fmnist")   # folder or file
+        >>> predictor.predict("shirt.png")                                      # [(label, prob), ...]
+        >>> results = predictor.predict_many(["a.png", "missing.png"])           # Prediction objects
+        >>> [r.error for r in results]
+        [None, "image 'missing.png' does not exist"]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Optional[Sequence[str]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        cfg = getattr(model, "pretrained_cfg", None)
+        if not cfg or "input_size" not in cfg:
+            raise ValueError(f"{type(model).__name__} has no pretrained_cfg with an input_size to prepare images for")
+        if device is None:
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else "cpu"
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        num_classes = getattr(model, "num_classes", None)
+        if classes is not None:
+            classes = [str(c) for c in classes]
+            if num_classes is not None and len(classes) != num_classes:
+                raise ValueError(f"{len(classes)} class names given for a model with {num_classes} classes")
+        self.classes = classes
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        model: str,
+        checkpoint: Optional[PathLike] = None,
+        classes: Optional[Sequence[str]] = None,
+        device: Union[str, torch.device] = "cpu",
+        **overrides,
+    ) -> Predictor:
+        """Build the registered ``model`` sized for ``checkpoint`` and load it (see :func:`load_model`).
+
+        ``classes`` overrides the names stored in the checkpoint.
+        """
+        net, stored = load_model(model, checkpoint, device=device, **overrides)
+        return cls(net, classes if classes is not None else stored, device=device)
+
+    @property
+    def cfg(self) -> Dict[str, Any]:
+        return dict(self.model.pretrained_cfg)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.cfg["input_size"][0])
+
+    def label(self, index: int) -> str:
+        return self.classes[index] if self.classes is not None else str(index)
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """Decode and prepare one image: ``(C, H, W)`` float tensor, normalised."""
+        return preprocess_image(open_image(image, self.in_chans), self.cfg)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes for a prepared ``(B, C, H, W)`` batch."""
+        logits = self.model(batch.to(self.device))
+        if logits.dim() != 2:
+            raise ValueError(f"the model returned {tuple(logits.shape)}, not class scores (B, num_classes)")
+        return logits.float().softmax(dim=-1).cpu()
+
+    def predict(self, image: ImageLike, topk: int = 5) -> List[Tuple[str, float]]:
+        """The ``topk`` most probable ``(label, probability)`` pairs for one image (errors raise)."""
+        result = self.predict_many([image], topk=topk, raise_errors=True)[0]
+        return result.top
+
+    def predict_many(
+        self, images: Iterable[ImageLike], topk: int = 5, batch_size: int = 16, raise_errors: bool = False
+    ) -> List[Prediction]:
+        """One :class:`Prediction` per image, in order. An image that cannot be read gets its
+        ``error`` set (unless ``raise_errors``) and the others are still predicted."""
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk must be a positive int, got {topk!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        results: List[Prediction] = []
+        pending: List[Tuple[Prediction, torch.Tensor]] = []
+        for image in images:
+            name = str(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"
+            result = Prediction(source=name)
+            results.append(result)
+            try:
+                pending.append((result, self.preprocess(image)))
+            except (OSError, ValueError) as e:
+                if raise_errors:
+                    raise
+                result.error = str(e)
+                continue
+            if len(pending) == batch_size:
+                self._fill(pending, topk)
+                pending = []
+        if pending:
+            self._fill(pending, topk)
+        return results
+
+    def _fill(self, pending: List[Tuple[Prediction, torch.Tensor]], topk: int) -> None:
+        probs = self.probabilities(torch.stack([x for _, x in pending]))
+        k = min(topk, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        for (result, _), v, i in zip(pending, values.tolist(), indices.tolist()):
+            result.indices = [int(j) for j in i]
+            result.labels = [self.label(j) for j in i]
+            result.probs = [float(p) for p in v]
+
+    __call__ = predict
+
+
+def format_predictions(results: Sequence[Prediction]) -> str:
+    """Plain-text listing: the image, then one line per class (rank, probability, label)."""
+    lines: List[str] = []
+    for r in results:
+        if not r.ok:
+            continue
+        lines.append(r.source)
+        for rank, (label, p, i) in enumerate(zip(r.labels, r.probs, r.indices), 1):
+            tag = f"  [{i}]" if label != str(i) else ""
+            lines.append(f"  {rank:>2}. {p:8.4f}  {label}{tag}")
+    return "\n".join(lines)
+
+
+def predict_files(
+    images: Sequence[PathLike],
+    model: str,
+    checkpoint: Optional[PathLike] = None,
+    topk: int = 5,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> List[Prediction]:
+    """``hilovit predict``: load ``model`` from ``checkpoint`` and predict every image (errors per image)."""
+    if not images:
+        raise ValueError("no images given")
+    predictor = Predictor.from_checkpoint(model, checkpoint, device=device)
+    return predictor.predict_many(images, topk=topk, batch_size=batch_size)

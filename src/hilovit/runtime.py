@@ -1,0 +1,39 @@
+"""Process-level settings that make CPU inference and training faster.
+
+glibc serves every large allocation (a stage-1 activation of a batch is tens of MB) with a
+fresh ``mmap`` and returns it on free, so each forward pass pays page faults for all of its
+activations again. :func:`tune_allocator` tells glibc to keep freed memory for reuse instead
+(the effect jemalloc/tcmalloc give). The ``hilovit`` command calls it at start; library users
+may call it once themselves. Set ``HILOVIT_NO_MALLOPT=1`` to leave the allocator alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+__all__ = ["tune_allocator"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_done = None
+
+
+def tune_allocator() -> bool:
+    """Keep freed heap memory for reuse (glibc ``mallopt``); True when applied. Idempotent."""
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if os.environ.get("HILOVIT_NO_MALLOPT") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _done

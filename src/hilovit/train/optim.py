@@ -1,0 +1,143 @@
+"""Optimiser, parameter groups and the learning-rate schedule of the official recipes.
+
+* Parameter groups: no weight decay on 1-D parameters (norms), biases and the names a model lists
+  in ``no_weight_decay()`` / ``no_weight_decay_keywords()`` (position tables); a model that has
+  ``param_groups(lr, weight_decay, ...)`` (LITv2: the deformable token merging's offset
+  predictors at 0.01x the learning rate) builds its own.
+* Learning rate: linear scaling, ``lr = base_lr * global_batch / 512`` (as the official LITv2 and
+  Swin code, whose ``BASE_LR`` is for 512 images).
+* Schedule: linear warm-up from ``warmup_lr`` then cosine decay to ``min_lr``, updated every
+  optimiser step; each group's rate is multiplied by its ``lr_scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["scale_lr", "build_param_groups", "build_optimizer", "CosineWarmupSchedule"]
+
+REFERENCE_BATCH = 512
+
+
+def scale_lr(base_lr: float, batch_size: int, reference: int = REFERENCE_BATCH) -> float:
+    """Linear scaling rule: ``base_lr * batch_size / reference``."""
+    return float(base_lr) * batch_size / reference
+
+
+def build_param_groups(
+    model: nn.Module, lr: float, weight_decay: float, offset_lr_scale: float = 0.01
+) -> List[Dict[str, Any]]:
+    """Parameter groups with and without weight decay (each carrying ``lr_scale``).
+
+    Uses ``model.param_groups(lr, weight_decay, offset_lr_scale)`` when the model defines it
+    (LITv2), else: ``'decay'`` for weights, ``'no_decay'`` for 1-D parameters, ``*.bias`` and
+    the names in ``no_weight_decay()`` or containing a ``no_weight_decay_keywords()`` entry.
+    """
+    if hasattr(model, "param_groups") and callable(model.param_groups):
+        groups = model.param_groups(lr, weight_decay=weight_decay, offset_lr_scale=offset_lr_scale)
+        for g in groups:
+            g.setdefault("lr_scale", 1.0)
+        return groups
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(
+    model: nn.Module,
+    name: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    offset_lr_scale: float = 0.01,
+) -> torch.optim.Optimizer:
+    """AdamW (the official recipe) or SGD with Nesterov momentum over :func:`build_param_groups`."""
+    groups = build_param_groups(model, lr, weight_decay, offset_lr_scale)
+    name = name.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r} is not known; choose one of: adamw, sgd")
+
+
+class CosineWarmupSchedule:
+    """Per-step learning rate: linear warm-up, then half a cosine down to ``min_lr``.
+
+    ``lr(step)`` for ``step`` optimiser steps already taken::
+
+        step < warmup_steps:  warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+        otherwise:            min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2,
+                              t = (step - warmup_steps) / (total_steps - warmup_steps)
+
+    :meth:`step` sets every group's ``lr`` to ``lr(step) * group['lr_scale']``. The state is the
+    step count alone, so the rate is a function of the step and resumes exactly.
+
+    Args:
+        optimizer: its groups may carry ``lr_scale`` (default 1).
+        base_lr, min_lr, warmup_lr: the rates (already scaled to the batch).
+        total_steps: optimiser steps in the whole run (>= 1).
+        warmup_steps: steps of warm-up (0 = none).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int,
+                 warmup_steps: int = 0, min_lr: float = 0.0, warmup_lr: float = 0.0) -> None:
+        if total_steps < 1:
+            raise ValueError(f"CosineWarmupSchedule: total_steps={total_steps}, expected >= 1")
+        if not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"CosineWarmupSchedule: warmup_steps={warmup_steps} must lie in [0, {total_steps}]")
+        self.optimizer = optimizer
+        self.base_lr, self.min_lr, self.warmup_lr = float(base_lr), float(min_lr), float(warmup_lr)
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.last_step = 0
+        self._apply(0)
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.warmup_lr + (self.base_lr - self.warmup_lr) * step / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
+
+    def _apply(self, step: int) -> None:
+        lr = self.lr_at(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+
+    def step(self, step: Optional[int] = None) -> None:
+        """Advance one step (or jump to ``step``) and set the groups' rates."""
+        self.last_step = self.last_step + 1 if step is None else int(step)
+        self._apply(self.last_step)
+
+    def get_last_lr(self) -> float:
+        """The base rate (before ``lr_scale``) in force now."""
+        return self.lr_at(self.last_step)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"last_step": self.last_step, "base_lr": self.base_lr, "min_lr": self.min_lr,
+                "warmup_lr": self.warmup_lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for key in ("base_lr", "min_lr", "warmup_lr"):
+            setattr(self, key, float(state[key]))
+        self.total_steps, self.warmup_steps = int(state["total_steps"]), int(state["warmup_steps"])
+        self.last_step = int(state["last_step"])
+        self._apply(self.last_step)

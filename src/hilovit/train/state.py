@@ -1,0 +1,129 @@
+"""Training state on disk: atomic writes, random-number-generator states, ``last.pt``.
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed over
+the destination (``os.replace`` is atomic on POSIX and Windows), so a kill at any moment leaves
+either the previous file or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable, Dict, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_write",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "write_json",
+    "get_rng_state",
+    "set_rng_state",
+    "load_training_state",
+    "check_writable_dir",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = True) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+
+    On any error (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """The states of torch's CPU (and CUDA) generators, numpy's and Python's global generators.
+
+    Stored as tensors, ints and tuples only, so ``torch.load(..., weights_only=True)`` reads them.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        states = state["cuda"]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def load_training_state(path: PathLike) -> Dict[str, Any]:
+    """Read a ``last.pt`` written by the engine (``weights_only``: no code runs on load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {str(path)!r} does not exist (the output folder holds no training run to continue)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - reported with the path
+        raise ValueError(f"cannot resume: {str(path)!r} is not a readable training checkpoint ({e})") from e
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise ValueError(f"cannot resume: {str(path)!r} is not a training checkpoint written by `hilovit train` "
+                         "(it has no 'model' and 'epoch' entries)")
+    return state
+
+
+def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove it writable by writing and removing a probe file.
+
+    Raises:
+        ValueError: it cannot be created or written (names the folder and the reason).
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} is not writable: {e.strerror or e}") from e
+    return path

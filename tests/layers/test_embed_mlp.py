@@ -1,0 +1,242 @@
+"""Tests for the patch embedding / token merging layers and the feed-forward blocks.
+
+References are written here in the official (B, N, C) style with explicit NCHW tensors, padding
+and ``grid_sample`` (``align_corners=True``, zeros), run in float64.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
+from hilovit.layers.mlp import ConvFFN, Mlp
+
+
+def _ref_deform_conv(x, offset, weight, bias, stride=2):
+    """DCNv1 through grid_sample (align_corners=True, zeros): x (B, C, H, W), 2x2 kernel, no padding."""
+    B, C, H, W = x.shape
+    Cout, _, kh, kw = weight.shape
+    Ho, Wo = offset.shape[-2:]
+    ho = torch.arange(Ho, dtype=x.dtype).view(Ho, 1) * stride
+    wo = torch.arange(Wo, dtype=x.dtype).view(1, Wo) * stride
+    cols = []
+    for r in range(kh):
+        for c in range(kw):
+            k = r * kw + c
+            y = ho + r + offset[:, 2 * k]  # (B, Ho, Wo)
+            xx = wo + c + offset[:, 2 * k + 1]
+            grid = torch.stack([2 * xx / (W - 1) - 1, 2 * y / (H - 1) - 1], dim=-1)
+            cols.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
+    cols = torch.stack(cols, 2)  # (B, C, K, Ho, Wo)
+    out = torch.einsum("bckhw,ock->bohw", cols, weight.reshape(Cout, C, kh * kw))
+    return out + bias.view(1, -1, 1, 1)
+
+
+def ref_dtm(dtm: DeformableTokenMerging, t: torch.Tensor, H: int, W: int):
+    """Official detection DTM on tokens (B, H*W, C): returns (B, H//2 * W//2, 2C), H//2, W//2."""
+    B, _, C = t.shape
+    x = t.transpose(1, 2).reshape(B, C, H, W)
+    off = F.conv2d(x, dtm.dconv.conv_offset.weight, dtm.dconv.conv_offset.bias, stride=2)
+    y = _ref_deform_conv(x, off, dtm.dconv.weight, dtm.dconv.bias)
+    bn = dtm.norm_layer
+    y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    y = F.gelu(y)
+    return y.flatten(2).transpose(1, 2), y.shape[2], y.shape[3]
+
+
+def ref_conv_ffn(ffn: ConvFFN, t: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Official DWMlp on tokens (B, N, C) with the true H, W."""
+    x = F.linear(t, ffn.fc1.weight, ffn.fc1.bias)
+    B, N, C = x.shape
+    x = x.transpose(1, 2).reshape(B, C, H, W)
+    conv = ffn.dwconv.dwconv
+    x = F.conv2d(x, conv.weight, conv.bias, padding=1, groups=C).flatten(2).transpose(1, 2)
+    return F.linear(F.gelu(x), ffn.fc2.weight, ffn.fc2.bias)
+
+
+def _randomize(module: nn.Module, seed: int = 0, offset_std: float = 1.0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "conv_offset" in name:
+                std = 0.5 if name.endswith("bias") else offset_std / (p[0].numel() ** 0.5)
+            else:
+                std = 0.05 if p.dim() == 1 else 1.0 / (p[0].numel() ** 0.5)
+            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if "norm" in name and "weight" in name else 0.0))
+        for name, b in module.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+    return module
+
+
+# ---------------------------------------------------------------------------------------- ConvFFN
+def test_conv_ffn_matches_official_math_non_square():
+    ffn = _randomize(ConvFFN(8, 32)).double().eval()
+    x = torch.randn(2, 5, 7, 8, dtype=torch.float64)
+    out = ffn(x)
+    ref = ref_conv_ffn(ffn, x.flatten(1, 2), 5, 7).reshape(2, 5, 7, 8)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    # official call form (B, N, C) with H, W
+    torch.testing.assert_close(ffn(x.flatten(1, 2), 5, 7), ref.flatten(1, 2), rtol=0, atol=1e-12)
+
+
+def test_conv_ffn_keys_channels_last_and_grad():
+    ffn = ConvFFN(16, 64)
+    assert set(ffn.state_dict()) == {
+        "fc1.weight", "fc1.bias", "dwconv.dwconv.weight", "dwconv.dwconv.bias", "fc2.weight", "fc2.bias",
+    }
+    assert ffn.dwconv.dwconv.weight.shape == (64, 1, 3, 3)
+    x = torch.randn(2, 6, 4, 16, requires_grad=True)
+    y = ffn(x)
+    assert y.shape == x.shape and y.is_contiguous()  # the conv runs on a channels_last view: no copies
+    y.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in ffn.parameters())
+    assert ffn.flops(6, 4) == 24 * (16 * 64 * 2 + 64 * 9)
+
+
+def test_conv_ffn_fused_inference_path_matches_plain():
+    from hilovit.layers import mlp as mlp_mod
+
+    ffn = _randomize(ConvFFN(16, 64)).eval()
+    x, r = torch.randn(2, 9, 7, 16), torch.randn(2, 9, 7, 16)
+    plain = ffn(x, shortcut=r)  # autograd on: the plain modules
+    with torch.no_grad():
+        assert mlp_mod.fused_inference_dtype(x) in (torch.float32, None)
+        fused = ffn(x, shortcut=r)
+        torch.testing.assert_close(ffn(x), plain - r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rb = r.bfloat16()  # the residual stream is bfloat16 under autocast
+        ref, ref32 = ffn(x, shortcut=rb), ffn(x, shortcut=r)
+        with torch.no_grad():
+            out, out32 = ffn(x, shortcut=rb), ffn(x, shortcut=r)
+            assert mlp_mod.fused_inference_dtype(x) in (torch.bfloat16, None)
+    assert out.dtype == ref.dtype == torch.bfloat16 and out32.dtype == ref32.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
+    # inside a FLOP counter the plain ops run (and are counted)
+    from hilovit.flops import count_flops
+
+    assert count_flops(ffn, x[:1]) == ffn.flops(9, 7)
+    # dropout active in training: plain path even without autograd
+    ffn.drop.p = 0.5
+    ffn.train()
+    with torch.no_grad():
+        assert not torch.allclose(ffn(x), ffn.eval()(x))
+
+
+def test_conv_ffn_bad_input():
+    ffn = ConvFFN(8, 16)
+    with pytest.raises(ValueError, match="channels"):
+        ffn(torch.randn(1, 4, 4, 9))
+    with pytest.raises(ValueError, match="pass H and W"):
+        ffn(torch.randn(1, 16, 8))
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        ffn(torch.randn(16, 8))
+
+
+def test_mlp_shapes():
+    mlp = Mlp(8, 24, 6)
+    assert mlp(torch.randn(2, 3, 5, 8)).shape == (2, 3, 5, 6)
+
+
+# ---------------------------------------------------------------------------------------- PatchEmbed
+def test_patch_embed_pads_like_explicit_zero_padding():
+    pe = PatchEmbed(4, 3, 8).eval()
+    x = torch.randn(2, 3, 13, 10)
+    ref = pe(F.pad(x, (0, 2, 0, 3)))
+    out = pe(x)
+    assert out.shape == (2, 4, 3, 8)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="in_chans|3, H, W"):
+        pe(torch.randn(2, 1, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------- DTM
+@pytest.mark.parametrize("H,W", [(8, 8), (7, 9), (5, 2), (2, 3)])
+def test_dtm_matches_reference_any_size(H, W):
+    dtm = _randomize(DeformableTokenMerging(6), offset_std=2.0).double().eval()
+    x = torch.randn(2, H, W, 6, dtype=torch.float64)
+    out, offset = dtm(x, return_offset=True)
+    ref, h, w = ref_dtm(dtm, x.flatten(1, 2), H, W)
+    assert out.shape == (2, H // 2, W // 2, 12) == (2, h, w, 12)
+    assert offset.shape == (2, 8, H // 2, W // 2) and offset.abs().max() > 0.5  # really deformed
+    torch.testing.assert_close(out.flatten(1, 2), ref, rtol=0, atol=1e-10)
+
+
+def test_dtm_eval_folding_equals_batchnorm_and_train_mode_uses_batch_stats():
+    dtm = _randomize(DeformableTokenMerging(4)).eval()
+    x = torch.randn(3, 6, 8, 4)
+    folded = dtm(x)
+    dtm.norm_layer.train()  # unfolded path, batch statistics
+    dtm.norm_layer.track_running_stats = True
+    with torch.no_grad():
+        before = dtm.norm_layer.running_mean.clone()
+        dtm(x)
+        assert not torch.equal(before, dtm.norm_layer.running_mean)  # running stats updated in training
+    dtm.eval()
+    # eval through the module BatchNorm (no folding) for comparison
+    bn = dtm.norm_layer
+    from hilovit.layers.deform_conv import deform_conv2d
+
+    xc = x.permute(0, 3, 1, 2)
+    y = deform_conv2d(xc, dtm.dconv.conv_offset(xc), dtm.dconv.weight, dtm.dconv.bias, stride=2)
+    ref = F.gelu(bn(y)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(dtm(x), ref, rtol=1e-5, atol=1e-5)
+    assert folded.shape == ref.shape
+
+
+def test_dtm_zero_offsets_is_strided_conv_and_keys():
+    dtm = DeformableTokenMerging(4).eval()  # fresh: zero offset predictor
+    x = torch.randn(2, 6, 6, 4)
+    bn = dtm.norm_layer
+    ref = F.gelu(bn(F.conv2d(x.permute(0, 3, 1, 2), dtm.dconv.weight, dtm.dconv.bias, stride=2)))
+    torch.testing.assert_close(dtm(x), ref.permute(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+    assert set(dtm.state_dict()) == {
+        "dconv.weight", "dconv.bias", "dconv.conv_offset.weight", "dconv.conv_offset.bias", "norm_layer.weight",
+        "norm_layer.bias", "norm_layer.running_mean", "norm_layer.running_var", "norm_layer.num_batches_tracked",
+    }
+    # flops: offset conv (8 channels) + deformable conv; official count has 12 offset channels
+    assert dtm.flops(6, 6) == 9 * 4 * 4 * (8 + 8)
+    assert dtm.flops(6, 6, official=True) == 9 * (16 * 12 + 12) + 9 * (16 * 8 + 8) + 9 * 8
+
+
+def test_dtm_gradients_reach_offsets():
+    dtm = _randomize(DeformableTokenMerging(4)).train()
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    dtm(x).pow(2).sum().backward()
+    assert dtm.dconv.conv_offset.weight.grad.abs().sum() > 0
+    assert x.grad is not None
+
+
+def test_dtm_bad_input():
+    dtm = DeformableTokenMerging(4)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        dtm(torch.randn(1, 1, 5, 4))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 4\)"):
+        dtm(torch.randn(1, 4, 4, 5))
+
+
+def test_dtm_matches_fixture_stage(fixtures_dir):
+    from safetensors.torch import load_file
+
+    name = "litv2_e32_img64_a0.9_ws0021"
+    sd = load_file(str(fixtures_dir / f"{name}.state_dict.safetensors"))
+    io = load_file(str(fixtures_dir / f"{name}.io.safetensors"))
+    meta = json.loads((fixtures_dir / f"{name}.json").read_text())
+    for st in meta["stages"][:3]:
+        i, dim, (H, W) = st["stage"], st["dim"], st["input_resolution"]
+        dtm = DeformableTokenMerging(dim).eval()
+        prefix = f"layers.{i}.downsample."
+        dtm.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, strict=True)
+        x = io[f"stage{i}.blocks_out"].reshape(2, H, W, dim)
+        with torch.no_grad():
+            out, offset = dtm(x, return_offset=True)
+        torch.testing.assert_close(offset, io[f"stage{i}.dtm_offset"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.flatten(1, 2), io[f"stage{i}.downsample_out"], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,140 @@
+"""Tests for hilovit.export: ONNX export of LITv2 (deformable token merging included) and Swin,
+dynamic batch, verification with onnxruntime, atomic writing, and ``hilovit export``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hilovit import WindowAttention, create_model
+from hilovit.cli import main
+from hilovit.export import (
+    ExportVerificationError,
+    _window_attention_forward,
+    export_onnx,
+    onnx_export_mode,
+    verify_onnx,
+)
+from hilovit.models.checkpoint import save_safetensors
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+# small enough to trace in seconds; every kind of layer is still there
+SMALL_LITV2 = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8])
+SMALL_SWIN = dict(embed_dim=16, depths=[2, 2], num_heads=[1, 2])  # W-MSA and SW-MSA in both stages
+
+
+def _run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def _batch_dim(path):
+    dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_param or dim.dim_value
+
+
+@pytest.mark.parametrize(
+    "name, overrides, img_size",
+    [
+        # LITv2: HiLo windows that need padding (stage maps 17x25, 8x12, 4x6, 2x3), DTM on odd sides
+        pytest.param("litv2_s", SMALL_LITV2, (70, 102), marks=pytest.mark.slow),
+        # Swin: padding to the window (25 -> 28, 13 -> 14 tokens) and shifted windows with their mask
+        ("swin_t", SMALL_SWIN, (100, 100)),
+    ],
+)
+def test_export_dynamic_batch_matches_pytorch(tmp_path, name, overrides, img_size):
+    model = create_model(name, **overrides).eval()
+    out = tmp_path / f"{name}.onnx"
+    result = export_onnx(model, out, img_size=img_size, dynamic_batch=True)
+    assert out.is_file() and result.path == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary file left
+    assert result.input_shape == (3, *img_size)
+    assert set(result.diffs) == {1, 3} and result.max_abs_diff <= 1e-4
+    assert _batch_dim(out) == "batch"
+    # independently of verify_onnx: another batch size, other inputs
+    x = torch.randn(4, 3, *img_size)
+    with torch.no_grad():
+        ref = model(x)
+    assert (_run(out, x) - ref).abs().max() <= 1e-4
+    # the model is left as it was
+    assert not any("forward" in vars(m) for m in model.modules())
+    torch.testing.assert_close(model(x[:1]), ref[:1], atol=1e-5, rtol=0)
+
+
+def test_window_attention_export_form_equals_the_module():
+    torch.manual_seed(0)
+    for window, shift, (H, W) in [(7, 3, (14, 14)), (7, 3, (10, 17)), (4, 0, (9, 8)), ((3, 5), (1, 2), (6, 11))]:
+        attn = WindowAttention(24, 3, window_size=window, shift_size=shift).eval()
+        x = torch.randn(2, H, W, 24)
+        with torch.no_grad():
+            torch.testing.assert_close(_window_attention_forward(attn, x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_mode_is_restored():
+    model = create_model("swin_nano").eval()
+    blocks = [m for m in model.modules() if hasattr(m, "chunk_rows")]
+    before = [b.chunk_rows for b in blocks]
+    with onnx_export_mode(model):
+        assert all(b.chunk_rows == 0 for b in blocks)
+        assert all("forward" in vars(m) for m in model.modules() if isinstance(m, WindowAttention))
+    assert [b.chunk_rows for b in blocks] == before
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_static_batch_and_failed_verification(tmp_path):
+    model = create_model("swin_nano", depths=(2,), num_heads=(3,), num_classes=5).eval()
+    out = tmp_path / "model.onnx"
+    result = export_onnx(model, out, dynamic_batch=False)
+    assert set(result.diffs) == {1} and result.max_abs_diff <= 1e-4
+    assert _batch_dim(out) == 1
+    assert verify_onnx(out, model, (3, 28, 28), batch_sizes=(1,))[1] <= 1e-4
+    # a failed verification leaves the previous file as it was and no temporary file
+    before = out.read_bytes()
+    with pytest.raises(ExportVerificationError, match="does not match PyTorch"):
+        export_onnx(model, out, dynamic_batch=False, atol=-1.0)  # nothing passes a negative tolerance
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_export_rejects_bad_arguments(tmp_path):
+    model = create_model("litv2_nano")
+    with pytest.raises(ValueError, match="directory"):
+        export_onnx(model, tmp_path)
+    with pytest.raises(ValueError, match="img_size"):
+        export_onnx(model, tmp_path / "m.onnx", img_size=(0, 28))
+
+
+def test_cli_export_with_checkpoint(tmp_path, capsys):
+    torch.manual_seed(1)
+    trained = create_model("litv2_nano", num_classes=3, in_chans=1).eval()
+    ckpt = tmp_path / "model.safetensors"
+    save_safetensors(trained.state_dict(), ckpt, metadata={"model": "litv2_nano", "classes": json.dumps("abc")})
+    out = tmp_path / "out" / "nano.onnx"
+    # odd sizes: maps of 18x21, 9x10, 4x5 (HiLo window 3: padded), 2x2; deformable merging on odd sides
+    rc = main(["export", "--model", "litv2_nano", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out),
+               "--dynamic-batch", "--img-size", "35", "41"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "max |diff|" in text and f"wrote {out}" in text
+    assert float(text.split("max |diff| = ")[1].split()[0]) <= 1e-4
+    # the file holds the checkpoint's weights: its outputs are those of the trained model
+    x = torch.randn(2, 1, 35, 41)
+    with torch.no_grad():
+        torch.testing.assert_close(_run(out, x), trained(x), atol=1e-4, rtol=0)
+    assert main(["export", "--model", "litv2_nano", "--output", str(out), "--img-size", "1", "2", "3"]) == 2
+
+
+def test_cli_export_failure_exit_status(monkeypatch, tmp_path, capsys):
+    import hilovit.export
+
+    def fail(*args, **kwargs):
+        raise ExportVerificationError("max |onnx - torch| = 1 > 0.0001")
+
+    monkeypatch.setattr(hilovit.export, "export_model", fail)
+    assert main(["export", "--model", "litv2_nano", "--output", str(tmp_path / "x.onnx")]) == 1
+    assert "verification failed" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

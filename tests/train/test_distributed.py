@@ -1,0 +1,68 @@
+"""Two processes (torchrun, Gloo on CPU) give the weights of one process with the same global batch.
+
+What would make them differ is switched off or synchronised, as documented in the README:
+augmentation, Mixup/CutMix and drop path draw per-process random numbers (``--no-augment
+--mixup 0 --cutmix 0 --drop-path 0``), and LITv2's deformable token merging has BatchNorm, whose
+statistics are per process unless ``--sync-bn`` (SyncBatchNormCPU on CPU).
+
+The optimiser is SGD: with AdamW, a parameter whose true gradient is zero (LITv2's deformable-conv
+bias, which the BatchNorm after it cancels) gets updates of about +-lr from the sign of float
+rounding noise, which differs with the summation order of one or two processes, so those few
+parameters drift apart by ~lr per step while every other one agrees.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hilovit import create_model
+from hilovit.train import train
+
+ARGS = dict(model="litv2_nano", epochs=1, batch_size=16, train_subset=64, eval_subset=16, mixup=0.0, cutmix=0.0,
+            drop_path=0.0, amp="off", seed=3, warmup_epochs=0.0, base_lr=0.2, label_smoothing=0.1, optimizer="sgd")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _flags(options: dict) -> list:
+    out = []
+    for key, value in options.items():
+        out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_two_processes_match_one(idx_dir, tmp_path):
+    one = tmp_path / "one"
+    train(data=str(idx_dir), output=str(one), augment="none", progress="off", threads=1, **ARGS)
+
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "-m", "hilovit", "train", "--data", str(idx_dir), "--output", str(two), "--no-augment", "--sync-bn",
+           "--progress", "log", "--log-interval", "1", *_flags(ARGS)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # rank 0 alone prints and writes
+    assert proc.stdout.count("epoch 1/1: train loss") == 1, proc.stdout
+    assert "2 processes" in proc.stdout
+
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-5, worst
+    # the weights did move (the engine seeds torch with --seed before building the model)
+    torch.manual_seed(ARGS["seed"])
+    init = create_model("litv2_nano", num_classes=10, in_chans=1, drop_path_rate=0.0).state_dict()
+    moved = max(float((init[k].double() - a[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert moved > 100 * 1e-5, moved
