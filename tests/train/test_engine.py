@@ -228,3 +228,27 @@ def test_accumulation_and_checkpointing_keep_the_result(idx_dir, tmp_path):
     a = load_file(str(tmp_path / "plain" / "model.safetensors"))
     b = load_file(str(tmp_path / "accum" / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point()) < 1e-5
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for k, c in enumerate(("cat", "dog", "owl")):
+        (folder / c).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40, 36), (80 * k, 20 * i, 120)).save(folder / c / f"{i}.jpg")
+    out = tmp_path / "run"
+    summary = train(model="litv2_nano", data=str(folder), val_split=0.34, img_size=32, epochs=1, batch_size=4,
+                    workers=1, progress="off", threads=1, output=str(out))
+    assert summary["eval_images"] == 6 and summary["train_images"] == 12
+    assert list(summary["per_class_accuracy"]) == ["cat", "dog", "owl"]
+    meta = json.loads(load_file_metadata(out / "model.safetensors")["classes"])
+    assert meta == ["cat", "dog", "owl"]
+
+
+def load_file_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()

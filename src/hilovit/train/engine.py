@@ -155,15 +155,16 @@ def _resolve_config(config: Optional[TrainConfig], recipe, overrides: Dict[str, 
         if recipe is not None or overrides:
             raise TypeError("train: pass either a TrainConfig or recipe/keyword options, not both")
         explicit = config.to_dict()
-        cfg = config
     else:
         from hilovit.train.config import load_recipe
 
         explicit = merge_options(load_recipe(recipe) if recipe is not None else {}, overrides)
-        cfg = TrainConfig.from_dict(explicit)
-    if not cfg.resume:
-        return cfg, {}
-    out = Path(cfg.output).expanduser()
+    if not explicit.get("resume"):
+        return (config if config is not None else TrainConfig.from_dict(explicit)), {}
+    if explicit.get("overwrite"):
+        raise ValueError("--resume and --overwrite contradict each other; choose one")
+    output = str(explicit.get("output", TrainConfig.output))
+    out = Path(output).expanduser()
     state = load_training_state(out / "last.pt")
     saved = dict(state.get("config") or {})
     differing = []
@@ -175,7 +176,7 @@ def _resolve_config(config: Optional[TrainConfig], recipe, overrides: Dict[str, 
         raise ValueError("cannot resume with other settings than the run being continued: " + "; ".join(differing)
                          + ". Leave them out to keep the run's own, or train into another --output.")
     merged = merge_options(saved, {k: v for k, v in explicit.items() if k not in _IDENTITY or k not in saved})
-    merged.update(resume=True, overwrite=False, output=cfg.output)
+    merged.update(resume=True, overwrite=False, output=output)
     if "stop_at_epoch" not in explicit:
         merged["stop_at_epoch"] = None
     return TrainConfig.from_dict(merged), state
@@ -401,7 +402,7 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
         if done.is_file():
             import json
 
-            return json.loads(done.read_text(encoding="utf-8"))
+            return {**json.loads(done.read_text(encoding="utf-8")), "rank": env.rank}
     _seed_everything(cfg.seed)
     model, img_size = _build_model(cfg, info.num_classes, in_chans)
     if cfg.grad_checkpointing:
