@@ -20,6 +20,16 @@ def _csv_list(cast=str):
     return parse
 
 
+def _add_timing_options(p, default_output: str) -> None:
+    """Options every benchmark shares: runs, device, threads and where the results go."""
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per row (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--output", default=default_output, help="prefix for .csv/.md/.png ('' for none)")
+    p.add_argument("--no-plot", action="store_true")
+
+
 # --------------------------------------------------------------------------- bench attention
 
 
@@ -34,13 +44,8 @@ def _add_bench_attention(sub) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per row (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--mechanisms", type=_csv_list(), default=None, help="subset of rows, e.g. HiLo,MSA")
-    p.add_argument("--output", default="benchmarks/attention", help="prefix for .csv/.md/.png ('' for none)")
-    p.add_argument("--no-plot", action="store_true")
+    _add_timing_options(p, "benchmarks/attention")
     p.set_defaults(func=_run_bench_attention)
 
 
@@ -384,12 +389,7 @@ def _add_bench_models(sub) -> None:
     p.add_argument("--sweep", type=_csv_list(int), default=None,
                    help="image sides for a backbone sweep, e.g. 224,384,512,768,1024")
     p.add_argument("--sweep-batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per row (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--output", default="benchmarks/models", help="prefix for .csv/.md/.png ('' for none)")
-    p.add_argument("--no-plot", action="store_true")
+    _add_timing_options(p, "benchmarks/models")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
     p.set_defaults(func=_run_bench_models)

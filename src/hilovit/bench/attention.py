@@ -26,6 +26,7 @@ from hilovit.bench.common import (
     matmul_rate,
     parse_dtype,
     peak_memory_bytes,
+    set_threads,
     write_table,
 )
 from hilovit.flops import count_flops
@@ -151,10 +152,7 @@ def run_attention_benchmark(
     images/s in inference mode (median of ``repeats`` runs after ``warmup``). ``bfloat16`` and
     ``float16`` rows run the float32 module under ``torch.autocast``.
     """
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not sizes or any(s < 1 for s in sizes):

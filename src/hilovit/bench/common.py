@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_flatten
 __all__ = [
     "DTYPES",
     "parse_dtype",
+    "set_threads",
     "synchronize",
     "autocast_context",
     "matmul_rate",
@@ -46,6 +47,15 @@ def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """``torch.set_num_threads(threads)`` when given, with a clear error for a non-positive count."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 def synchronize(device: torch.device | str) -> None:

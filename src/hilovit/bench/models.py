@@ -31,6 +31,7 @@ from hilovit.bench.common import (
     machine_info,
     parse_dtype,
     peak_memory_bytes,
+    set_threads,
     synchronize,
     write_table,
 )
@@ -153,10 +154,7 @@ def run_models_benchmark(
             the notes give its speed-up over eager per model and dtype.
         matmul_n: side of the reference matrix multiply (2048).
     """
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if repeats < 1:
