@@ -34,7 +34,9 @@ demo: $(STAMP) data
 	$(BIN)/hilovit eval --model litv2_nano --checkpoint $(DEMO_OUT) --threads 1 --progress off
 
 bench: $(STAMP)
-	$(BIN)/hilovit bench attention --repeats 15 --output benchmarks/attention
+	$(BIN)/hilovit bench attention --repeats 10 --output benchmarks/attention
+	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype float32,bfloat16 \
+		--train --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
