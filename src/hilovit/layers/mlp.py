@@ -113,7 +113,7 @@ class DWConv(nn.Module):
         return self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class ConvFFN(nn.Module):
+class ConvFFN(Mlp):
     """LITv2's feed-forward network: ``fc1 -> depth-wise 3x3 conv -> act -> drop -> fc2 -> drop``.
 
     The depth-wise convolution between the two linear layers (on the hidden channels) gives the
@@ -151,15 +151,11 @@ class ConvFFN(nn.Module):
         act_layer: Type[nn.Module] = nn.GELU,
         drop: float = 0.0,
     ):
-        super().__init__()
-        hidden_features = hidden_features or in_features
-        out_features = out_features or in_features
-        self.in_features, self.hidden_features, self.out_features = in_features, hidden_features, out_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.dwconv = DWConv(hidden_features)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
+        super().__init__(in_features, hidden_features, out_features, act_layer, drop)
+        self.in_features, self.hidden_features, self.out_features = (
+            in_features, self.fc1.out_features, self.fc2.out_features
+        )
+        self.dwconv = DWConv(self.hidden_features)
 
     def forward(
         self,
