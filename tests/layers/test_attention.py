@@ -393,3 +393,65 @@ def test_hilo_fused_projection_cache_follows_the_weights():
     m.load_state_dict(HiLo(32, 4, qkv_bias=True, window_size=2, alpha=0.5).state_dict())
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref_hilo(m, x), atol=2e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- bfloat16 CPU inference path
+
+
+def _strided_qkv(n, nh, N, hd, scale_in=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(n * N, 3 * nh * hd, generator=g) * scale_in).bfloat16()
+    return qkv.view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as the modules make them
+
+
+def test_short_key_bfloat16_path_is_the_softmax_and_skips_the_fused_kernel(monkeypatch):
+    from hilovit.layers import attention as attn_mod
+
+    q, k, v = _strided_qkv(5, 3, 49, 16)
+    g = torch.Generator().manual_seed(1)
+    mask = (torch.randn(1, 3, 49, 49, generator=g) - 100.0 * (torch.rand(1, 1, 49, 49, generator=g) < 0.3)).bfloat16()
+    ref = ref_attention(q.double(), k.double(), v.double(), 0.25, mask.double())
+
+    def refuse(*a, **kw):
+        raise AssertionError("the fused kernel was called")
+
+    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", refuse)
+    with torch.inference_mode():
+        out = attn_mod._attention(q, k, v, mask, 0.25, 0.0)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    assert out.transpose(1, 2).is_contiguous()  # stored (n, N, heads, hd) like the fused kernel's output
+    err = (out.double() - ref).abs().max().item()
+    # bfloat16 logits, weights and output: a few units of bfloat16 rounding of the output's scale
+    assert err < 0.03 * ref.abs().max().item(), err
+    # without a mask, and under autograd the fused kernel is used (the refusal shows it is reached)
+    with torch.inference_mode():
+        plain = attn_mod._attention(q, k, v, None, 0.25, 0.0)
+    assert (plain.double() - ref_attention(q.double(), k.double(), v.double(), 0.25)).abs().max() < 0.03
+    with pytest.raises(AssertionError, match="fused kernel"):
+        attn_mod._attention(q.float(), k.float(), v.float(), mask.float(), 0.25, 0.0)
+
+
+def test_short_key_path_hands_overflowing_rows_to_the_fused_kernel():
+    from hilovit.layers import attention as attn_mod
+
+    q, k, v = _strided_qkv(2, 2, 49, 32, scale_in=4.0)  # logits far beyond exp's float range
+    with torch.inference_mode():
+        s = (q.float() @ k.float().transpose(-1, -2)).abs().max()
+        assert s > 200  # exp would overflow without the guard
+        out = attn_mod._attention(q, k, v, None, 1.0, 0.0)
+        fused = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, fused, atol=0, rtol=0)
+
+
+def test_window_attention_bfloat16_inference_matches_float64_reference():
+    torch.manual_seed(11)
+    m = WindowAttention(48, 3, window_size=7, shift_size=3).eval()
+    x = torch.randn(2, 21, 19, 48)  # padded, shifted
+    with torch.no_grad():
+        ref = m.double()(x.double())
+        m.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.double() - ref).abs().max() < 0.03 * ref.abs().max()

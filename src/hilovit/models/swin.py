@@ -163,11 +163,11 @@ class SwinTransformerBlock(nn.Module):
         lin = self._inference_linears(cd, x.device)
         for s, e, t in plan.chunks(attn.window_tokens, self.chunk_rows):
             xc = xw[s:e]
-            h = self.norm1(xc).to(cd)
+            h = _norm_to(self.norm1, xc, cd)
             if plan.keep is not None:
                 h = h.mul_(plan.keep[s:e])
             y = lin.proj_add(attn.window_attention(lin.qkv(h), masks[t : t + 1]), xc)
-            out[s:e] = lin.fc2_add(lin.fc1_act(self.norm2(y).to(cd)), y)
+            out[s:e] = lin.fc2_add(lin.fc1_act(_norm_to(self.norm2, y, cd)), y)
         if plan.inv is not None:
             out = out.index_select(0, plan.inv)  # back to the map's order, without the padding
         return out.view(B, H, W, C)
@@ -736,6 +736,15 @@ def _resize_pos_embed(pos: torch.Tensor, own: torch.Tensor, resolution: List[int
 
 
 # ---- inference kernels ----------------------------------------------------------------------
+
+def _norm_to(norm: nn.Module, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    """``norm(x)`` in dtype ``cd``. A LayerNorm of bfloat16 rows runs straight to bfloat16 (statistics
+    in float32 inside the kernel) instead of autocast's float32 copy in and cast out."""
+    if type(norm) is nn.LayerNorm and x.dtype == cd == torch.bfloat16:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return norm(x).to(cd)
+
 
 _FUSED_LINEAR: Dict[Tuple[str, torch.dtype], bool] = {}
 
