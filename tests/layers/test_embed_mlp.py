@@ -182,3 +182,33 @@ def test_dtm_matches_fixture_stage(fixtures_dir):
             out, offset = dtm(x, return_offset=True)
         torch.testing.assert_close(offset, io[f"stage{i}.dtm_offset"], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(out.flatten(1, 2), io[f"stage{i}.downsample_out"], rtol=1e-4, atol=1e-4)
+
+
+def test_cached_low_precision_weights_follow_parameter_updates():
+    """Fused bfloat16 inference keeps cast (and oneDNN-packed) weights; any change to a parameter
+    (in place, as optimisers and load_state_dict do) must be seen by the next call."""
+    from hilovit import HiLo
+    from hilovit.layers import mlp as mlp_mod
+
+    torch.manual_seed(3)
+    ffn = _randomize(ConvFFN(16, 64)).eval()
+    hilo = HiLo(32, 4, qkv_bias=True, window_size=2, alpha=0.5).eval()
+    cases = [(ffn, torch.randn(2, 6, 8, 16), ffn.fc1.weight), (hilo, torch.randn(2, 6, 8, 32), hilo.l_q.weight)]
+    for module, x, param in cases:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                before = module(x)
+                assert len(mlp_mod._LOWP_WEIGHTS) > 0
+                param.mul_(-1.5)  # in place: the version counter moves
+                after = module(x)
+            ref = module(x)  # autograd on: the plain modules, weights cast by autocast
+        assert after.dtype == torch.bfloat16
+        assert not torch.allclose(before.float(), after.float(), atol=1e-2)
+        torch.testing.assert_close(after.float(), ref.float(), rtol=0.05, atol=0.05)
+    # the cache holds no module alive
+    import gc
+
+    n = len(mlp_mod._LOWP_WEIGHTS)
+    del cases, ffn, hilo, module, param
+    gc.collect()
+    assert len(mlp_mod._LOWP_WEIGHTS) < n

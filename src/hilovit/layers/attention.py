@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.layers.mlp import fused_inference_dtype, inference_weights, linear_pointwise
 from hilovit.layers.windows import (
     IntOrPair,
     pad_to_multiple,
@@ -152,6 +153,10 @@ class HiLo(nn.Module):
     ``AvgPool2d`` drop the last ``H mod window_size`` rows/columns from the keys; for sizes
     divisible by the window both agree.
 
+    In bfloat16 CPU inference (autocast or bfloat16 input, no autograd) the projections run on
+    oneDNN with bfloat16 weights cast and pre-packed once (until the parameters change), and both
+    branches attend through the short-key path of :func:`_attention`.
+
     Args:
         dim: channels C.
         num_heads: total heads; ``dim`` must be divisible by it.
@@ -232,8 +237,18 @@ class HiLo(nn.Module):
     # windows out instead.
     band_max_windows: int = 16
 
+    def _project(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)``; in bfloat16 CPU inference with a cached, oneDNN-packed bfloat16 weight."""
+        if fused_inference_dtype(x) == torch.bfloat16:
+            return linear_pointwise(x, inference_weights((layer,), torch.bfloat16, pack=True))
+        return layer(x)
+
     def _input_projection(self, x: torch.Tensor) -> torch.Tensor:
         """``h_qkv`` and ``l_q`` as one matrix product: ``(..., C) -> (..., 3 h_dim + l_dim)``."""
+        if fused_inference_dtype(x) == torch.bfloat16:
+            layers = (self.h_qkv,) if self.h_heads > 0 else ()
+            layers += (self.l_q,) if self.l_heads > 0 else ()
+            return linear_pointwise(x, inference_weights(layers, torch.bfloat16, pack=True, owner=self))
         if self.h_heads == 0:
             return self.l_q(x)
         if self.l_heads == 0:
@@ -271,7 +286,7 @@ class HiLo(nn.Module):
             bands = qkv.reshape(B * (Hp // s), s * Wp, 3, nh, hd)
             q, k, v = (bands[:, :, i].transpose(1, 2) for i in range(3))  # (B*Hp/s, nh, s*Wp, hd) views
             mask = self._band_mask(Wp, q.dtype, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, scale=self.scale)
+            out = _attention(q, k, v, mask, self.scale, drop)
             out = out.transpose(1, 2).reshape(B, Hp, Wp, self.h_dim)
         else:
             hg, wg = Hp // s, Wp // s
@@ -279,7 +294,7 @@ class HiLo(nn.Module):
             win = win.reshape(3, B * hg * wg, nh, s * s, hd)
             out = F.scaled_dot_product_attention(win[0], win[1], win[2], dropout_p=drop, scale=self.scale)
             out = out.view(B, hg, wg, nh, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, self.h_dim)
-        return self.h_proj(out)
+        return self._project(self.h_proj, out)
 
     def lofi(self, q: torch.Tensor, x_pad: torch.Tensor) -> torch.Tensor:
         """Lo-Fi attention: queries ``q (B, H, W, l_dim)`` (may be strided) against keys/values of the
@@ -290,10 +305,10 @@ class HiLo(nn.Module):
         src = x_pad
         if s > 1:  # average pool, channels last in and out
             src = F.avg_pool2d(x_pad.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
-        kv = self.l_kv(src.reshape(B, -1, self.dim)).view(B, -1, 2, nh, hd)
+        kv = self._project(self.l_kv, src.reshape(B, -1, self.dim)).view(B, -1, 2, nh, hd)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # (B, nh, M, hd)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale)
-        return self.l_proj(out.transpose(1, 2).reshape(B, H, W, self.l_dim))
+        out = _attention(q, k, v, None, self.scale, _dropout_p(self, self.attn_drop))
+        return self._project(self.l_proj, out.transpose(1, 2).reshape(B, H, W, self.l_dim))
 
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
         grid, flat = _tokens_to_grid(self, x, H, W, self.dim)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional, Type
+import weakref
+from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -92,6 +93,71 @@ def fused_inference_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
         return None
     dtype = _autocast_dtype() or x.dtype
     return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+_PACKING: List[bool] = []
+
+
+def packing_ok() -> bool:
+    """Whether bfloat16 weights pre-packed by oneDNN give the same results as plain ones (checked once)."""
+    if not _PACKING:
+        try:
+            g = torch.Generator().manual_seed(1)
+            x, w, b = (torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((64, 32), (48, 32), (48,)))
+            with torch.no_grad(), torch.autocast("cpu", enabled=False):
+                packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+                same = torch.allclose(
+                    _LINEAR_PW(x, packed, b, "none", [], "").float(),
+                    _LINEAR_PW(x, w, b, "none", [], "").float(),
+                    atol=1e-2,
+                    rtol=1e-2,
+                )
+            _PACKING.append(bool(same))
+        except Exception:  # noqa: BLE001 - no packing then
+            _PACKING.append(False)
+    return _PACKING[0]
+
+
+# inference copies of weights in a lower precision, per module, dropped with the module
+_LOWP_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_PACK_ROWS = 1024  # oneDNN's layout hint; any number of rows runs with the packed weight
+
+
+def inference_weights(
+    layers: Tuple[nn.Module, ...], dtype: torch.dtype, pack: bool = False, owner: Optional[nn.Module] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The weights and biases of ``layers`` (linear or conv, concatenated along the output channels
+    when several) in ``dtype`` for fused inference, kept (one entry per ``owner``, default the first
+    layer) until any of them changes, in-place updates and reloads included. ``pack``: bfloat16
+    linear weights pre-packed into oneDNN's blocked layout for
+    :func:`torch.ops.mkldnn._linear_pointwise`, where that works here. float32 weights of a single
+    layer are the parameters themselves (no copy)."""
+    owner = layers[0] if owner is None else owner
+    params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
+    stamp = (dtype, pack, tuple(map(id, layers)), tuple((p._version, p.data_ptr()) for p in params))
+    hit = _LOWP_WEIGHTS.get(owner)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.no_grad():
+        w = torch.cat([m.weight for m in layers]) if len(layers) > 1 else layers[0].weight
+        w = w.detach().to(dtype)
+        has_bias = [m.bias is not None for m in layers]
+        b = None
+        if all(has_bias):
+            b = (torch.cat([m.bias for m in layers]) if len(layers) > 1 else layers[0].bias).detach().to(dtype)
+        elif any(has_bias):
+            raise ValueError("inference_weights: either all layers have a bias or none")
+        if pack and dtype == torch.bfloat16 and packing_ok():
+            w = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
+    if not torch.compiler.is_compiling():
+        _LOWP_WEIGHTS[owner] = (stamp, (w, b))
+    return w, b
+
+
+def linear_pointwise(x: torch.Tensor, weights: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> torch.Tensor:
+    """``F.linear`` through oneDNN's linear kernel (which takes pre-packed weights), in the weights' dtype."""
+    w, b = weights
+    return _LINEAR_PW(x.to(w.dtype), w, b, "none", [], "")
 
 
 class DWConv(nn.Module):
@@ -198,12 +264,12 @@ class ConvFFN(Mlp):
         global _fused_ok
         conv = self.dwconv.dwconv
         try:
-            h = _LINEAR_PW(x.to(dtype), self.fc1.weight.to(dtype), self.fc1.bias.to(dtype), "none", [], "")
+            h = _LINEAR_PW(x.to(dtype), *inference_weights((self.fc1,), dtype, pack=True), "none", [], "")
             h = _CONV_PW(
-                h.permute(0, 3, 1, 2), conv.weight.to(dtype), conv.bias.to(dtype), [1, 1], [1, 1], [1, 1],
+                h.permute(0, 3, 1, 2), *inference_weights((conv,), dtype), [1, 1], [1, 1], [1, 1],
                 conv.groups, "gelu", [], "none",
             ).permute(0, 2, 3, 1)
-            w2, b2 = self.fc2.weight.to(dtype), self.fc2.bias.to(dtype)
+            w2, b2 = inference_weights((self.fc2,), dtype, pack=True)
             if shortcut is None:
                 return _LINEAR_PW(h, w2, b2, "none", [], "")
             out = _LINEAR_PW.binary(h, shortcut.to(dtype), w2, b2, "add")

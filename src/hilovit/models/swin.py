@@ -33,7 +33,7 @@ import torch.utils.checkpoint
 from hilovit.layers.attention import WindowAttention, _compute_dtype
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
-from hilovit.layers.mlp import Mlp
+from hilovit.layers.mlp import Mlp, packing_ok
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
 from hilovit.models.checkpoint import CheckpointError
 from hilovit.models.registry import register_model
@@ -177,7 +177,7 @@ class SwinTransformerBlock(nn.Module):
         params = [p for m in (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2) for p in m.parameters()]
         stamp = tuple((p._version, p.data_ptr()) for p in params)
         fused = _fused_linear_ok(device, cd)
-        pack = self.chunk_rows if fused and cd == torch.bfloat16 and _packing_ok() else 0
+        pack = self.chunk_rows if fused and cd == torch.bfloat16 and packing_ok() else 0
         key = (cd, str(device), pack)
         hit = self._linears_cache.get(key)
         if hit is not None and hit[0] == stamp:
@@ -778,26 +778,6 @@ def _check_fused_linear(dtype: torch.dtype) -> bool:
         return all(torch.allclose(g_.float(), w_, atol=tol * 10, rtol=tol) for g_, w_ in zip(got, want))
     except Exception:  # noqa: BLE001 - any failure means: use the plain ops
         return False
-
-
-_PACKING: List[bool] = []
-
-
-def _packing_ok() -> bool:
-    """Whether bfloat16 weights pre-packed by oneDNN give the same results as plain ones (checked once)."""
-    if not _PACKING:
-        try:
-            g = torch.Generator().manual_seed(1)
-            x, w, b = (torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((64, 32), (48, 32), (48,)))
-            op = torch.ops.mkldnn._linear_pointwise
-            with torch.no_grad(), torch.autocast("cpu", enabled=False):
-                packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
-                same = torch.allclose(op(x, packed, b, "none", [], "").float(), op(x, w, b, "none", [], "").float(),
-                                      atol=1e-2, rtol=1e-2)
-            _PACKING.append(bool(same))
-        except Exception:  # noqa: BLE001 - no packing then
-            _PACKING.append(False)
-    return _PACKING[0]
 
 
 def _current_dispatch_mode():
