@@ -455,3 +455,18 @@ def test_window_attention_bfloat16_inference_matches_float64_reference():
             low = m(x)
     assert low.dtype == torch.bfloat16
     assert (low.double() - ref).abs().max() < 0.03 * ref.abs().max()
+
+
+def test_window_plan_chunks_cover_each_group_in_balanced_pieces():
+    m = WindowAttention(16, 2, window_size=4, shift_size=2)
+    plan = m.window_plan(3, 22, 30, torch.device("cpu"))  # padded, four window types
+    N = m.window_tokens
+    for max_rows in (N, 5 * N, 7 * N + 3, 10**6):
+        pieces = plan.chunks(N, max_rows)
+        for first, end, t in plan.groups:
+            mine = [(a, b) for a, b, u in pieces if u == t]
+            assert mine[0][0] == first and mine[-1][1] == end
+            assert all(b0 == a1 for (_, b0), (a1, _) in zip(mine[:-1], mine[1:]))  # contiguous, in order
+            sizes = [(b - a) // N for a, b in mine]
+            assert all((b - a) % N == 0 for a, b in mine) and max(sizes) <= max(1, max_rows // N)
+            assert max(sizes) - min(sizes) <= 1

@@ -497,9 +497,16 @@ class WindowPlan(NamedTuple):
     groups: Tuple[Tuple[int, int, int], ...]
 
     def chunks(self, window_tokens: int, max_rows: int) -> List[Tuple[int, int, int]]:
-        """``(first_row, end_row, type)`` pieces of at most ``max_rows`` rows (whole windows, one type)."""
-        step = max(1, max_rows // window_tokens) * window_tokens
-        return [(s, min(s + step, end), t) for first, end, t in self.groups for s in range(first, end, step)]
+        """``(first_row, end_row, type)`` pieces of at most ``max_rows`` rows (whole windows, one type;
+        a group is cut into pieces of equal size, so that no small remainder runs on its own)."""
+        most = max(1, max_rows // window_tokens)
+        pieces = []
+        for first, end, t in self.groups:
+            windows = (end - first) // window_tokens
+            n = -(-windows // most)
+            bounds = [first + (windows * i // n) * window_tokens for i in range(n + 1)]
+            pieces += [(a, b, t) for a, b in zip(bounds[:-1], bounds[1:])]
+        return pieces
 
 
 class WindowAttention(nn.Module):
