@@ -229,6 +229,36 @@ def test_masks_and_plans_are_cached_per_size():
         assert len(attn._plan_cache) == 2
 
 
+def test_float32_and_bfloat16_inference_keep_their_own_cached_weights_and_masks():
+    """Alternating dtypes (as a benchmark or a precision comparison does) must not rebuild the casts."""
+    model = small_model().eval()
+    blk = model.layers[0].blocks[1]
+    img = torch.randn(1, 3, 64, 64)
+
+    def held():
+        return {k: v[1][0][0] for k, v in blk._linears_cache.items()}, {
+            k: v[1] for k, v in blk.attn._mask_cache.items()
+        }
+
+    with torch.no_grad():
+        model(img)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(img)
+        weights, masks = held()
+        assert {k[0] for k in weights} == {torch.float32, torch.bfloat16} and len(masks) == 2
+        model(img)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(img)
+        again = held()
+    assert all(again[0][k] is v for k, v in weights.items()) and all(again[1][k] is v for k, v in masks.items())
+    with torch.no_grad():  # a changed parameter is still seen
+        blk.attn.qkv.weight.mul_(0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(img)
+    low = next(k for k in weights if k[0] == torch.bfloat16)
+    assert held()[0][low] is not weights[low]
+
+
 @pytest.mark.parametrize("H,W,ws,shift", [(14, 14, 7, 3), (10, 13, 4, 2), (5, 5, 7, 3), (8, 8, 8, 0), (9, 6, 3, 0)])
 def test_window_plan_is_a_permutation_with_padding(H, W, ws, shift):
     from hilovit import WindowAttention

@@ -129,7 +129,8 @@ def _attention(
         s = torch.matmul(q, k.transpose(-1, -2))
         e = (s.mul_(scale) if mask is None else torch.add(mask, s, alpha=scale)).exp_()
         den = e.sum(-1, keepdim=True)  # accumulated in float32 inside, rounded like the output
-        if bool(((den > _TINY) & (den < math.inf)).all()):
+        lo, hi = torch.aminmax(den)  # NaN in either fails both tests
+        if bool(lo > _TINY) and bool(hi < math.inf):
             o = torch.matmul(e, v)
             shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
             out = torch.empty(shape, dtype=o.dtype, device=o.device).transpose(-2, -3)
@@ -696,11 +697,11 @@ class WindowAttention(nn.Module):
         """
         table = self.relative_position_bias_table
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not torch.compiler.is_compiling()
-        if cacheable:
-            key = (Hp, Wp, dtype, str(device), table._version, table.data_ptr())
-            hit = self._mask_cache.get(key)
-            if hit is not None:
-                return hit
+        if cacheable:  # the latest size per dtype and device (float32 and bfloat16 runs do not evict each other)
+            slot, key = (dtype, str(device)), (Hp, Wp, table._version, table.data_ptr())
+            hit = self._mask_cache.get(slot)
+            if hit is not None and hit[0] == key:
+                return hit[1]
         bias = self.relative_position_bias()
         if self.shifted:
             masks = bias.unsqueeze(0) + self.type_masks(Hp, Wp, device).unsqueeze(1)
@@ -708,7 +709,7 @@ class WindowAttention(nn.Module):
             masks = bias.unsqueeze(0)
         masks = masks.to(dtype, memory_format=torch.contiguous_format)  # the bias gather leaves heads innermost
         if cacheable:
-            self._mask_cache = {key: masks}
+            self._mask_cache[slot] = (key, masks)
         return masks
 
     # ---- compute ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["Mlp", "ConvFFN", "DWConv"]
 
@@ -119,7 +120,7 @@ def packing_ok() -> bool:
 
 
 # inference copies of weights in a lower precision, per module, dropped with the module
-_LOWP_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_LOWP_WEIGHTS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 _PACK_ROWS = 1024  # oneDNN's layout hint; any number of rows runs with the packed weight
 
 
@@ -134,8 +135,9 @@ def inference_weights(
     layer are the parameters themselves (no copy)."""
     owner = layers[0] if owner is None else owner
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
-    stamp = (dtype, pack, tuple(map(id, layers)), tuple((p._version, p.data_ptr()) for p in params))
-    hit = _LOWP_WEIGHTS.get(owner)
+    stamp = (tuple(map(id, layers)), tuple((p._version, p.data_ptr()) for p in params))
+    slots = _LOWP_WEIGHTS.setdefault(owner, {})  # one entry per (dtype, pack): runs in both dtypes keep theirs
+    hit = slots.get((dtype, pack))
     if hit is not None and hit[0] == stamp:
         return hit[1]
     with torch.no_grad():
@@ -150,7 +152,7 @@ def inference_weights(
         if pack and dtype == torch.bfloat16 and packing_ok():
             w = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
     if not torch.compiler.is_compiling():
-        _LOWP_WEIGHTS[owner] = (stamp, (w, b))
+        slots[(dtype, pack)] = (stamp, (w, b))
     return w, b
 
 
@@ -158,6 +160,15 @@ def linear_pointwise(x: torch.Tensor, weights: Tuple[torch.Tensor, Optional[torc
     """``F.linear`` through oneDNN's linear kernel (which takes pre-packed weights), in the weights' dtype."""
     w, b = weights
     return _LINEAR_PW(x.to(w.dtype), w, b, "none", [], "")
+
+
+def norm_to(norm: nn.Module, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    """``norm(x)`` in dtype ``cd``. A LayerNorm of bfloat16 rows runs straight to bfloat16 (statistics
+    in float32 inside the kernel) instead of autocast's float32 copy in and cast out."""
+    if type(norm) is nn.LayerNorm and x.dtype == cd == torch.bfloat16:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return norm(x).to(cd)
 
 
 class DWConv(nn.Module):

@@ -36,7 +36,7 @@ import torch.utils.checkpoint
 from hilovit.layers.attention import HiLo
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
-from hilovit.layers.mlp import ConvFFN
+from hilovit.layers.mlp import ConvFFN, fused_inference_dtype, norm_to
 from hilovit.layers.windows import to_2tuple
 from hilovit.models.registry import register_model
 
@@ -76,7 +76,16 @@ def _ffn_residual(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     itself (fused into ``fc2`` on the CPU inference path)."""
     if blk.training and isinstance(blk.drop_path, DropPath):
         return x + blk.drop_path(blk.mlp(blk.norm2(x)))
+    if _lowp_inference(blk, x):
+        x = x.to(torch.bfloat16)
+        return blk.mlp(norm_to(blk.norm2, x, torch.bfloat16), shortcut=x)
     return blk.mlp(blk.norm2(x), shortcut=x)
+
+
+def _lowp_inference(blk: nn.Module, x: torch.Tensor) -> bool:
+    """bfloat16 CPU inference (autocast or bfloat16 input, no autograd, eval): the block then keeps
+    the residual stream in bfloat16 and normalises straight to bfloat16, with no float32 round trips."""
+    return not blk.training and fused_inference_dtype(x) == torch.bfloat16
 
 
 class ConvFFNBlock(nn.Module):
@@ -152,7 +161,11 @@ class HiLoBlock(nn.Module):
         self.mlp = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+        if _lowp_inference(self, x):
+            x = x.to(torch.bfloat16)
+            x = x + self.attn(norm_to(self.norm1, x, torch.bfloat16))
+        else:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
         return _ffn_residual(self, x)
 
     def flops(self, H: int, W: int) -> int:

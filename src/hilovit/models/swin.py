@@ -33,7 +33,7 @@ import torch.utils.checkpoint
 from hilovit.layers.attention import WindowAttention, _compute_dtype
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
-from hilovit.layers.mlp import Mlp, packing_ok
+from hilovit.layers.mlp import Mlp, norm_to, packing_ok
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
 from hilovit.models.checkpoint import CheckpointError
 from hilovit.models.registry import register_model
@@ -163,11 +163,11 @@ class SwinTransformerBlock(nn.Module):
         lin = self._inference_linears(cd, x.device)
         for s, e, t in plan.chunks(attn.window_tokens, self.chunk_rows):
             xc = xw[s:e]
-            h = _norm_to(self.norm1, xc, cd)
+            h = norm_to(self.norm1, xc, cd)
             if plan.keep is not None:
                 h = h.mul_(plan.keep[s:e])
             y = lin.proj_add(attn.window_attention(lin.qkv(h), masks[t : t + 1]), xc)
-            out[s:e] = lin.fc2_add(lin.fc1_act(_norm_to(self.norm2, y, cd)), y)
+            out[s:e] = lin.fc2_add(lin.fc1_act(norm_to(self.norm2, y, cd)), y)
         if plan.inv is not None:
             out = out.index_select(0, plan.inv)  # back to the map's order, without the padding
         return out.view(B, H, W, C)
@@ -184,8 +184,8 @@ class SwinTransformerBlock(nn.Module):
             weights = hit[1]
         else:
             weights = _InferenceLinears.cast_weights(self, cd, pack)
-            if not torch.compiler.is_compiling():
-                self._linears_cache = {key: (stamp, weights)}
+            if not torch.compiler.is_compiling():  # one entry per dtype: runs in both keep theirs
+                self._linears_cache[key] = (stamp, weights)
         return _InferenceLinears(self, weights, fused)
 
     def flops(self, H: int, W: int) -> int:
@@ -736,15 +736,6 @@ def _resize_pos_embed(pos: torch.Tensor, own: torch.Tensor, resolution: List[int
 
 
 # ---- inference kernels ----------------------------------------------------------------------
-
-def _norm_to(norm: nn.Module, x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-    """``norm(x)`` in dtype ``cd``. A LayerNorm of bfloat16 rows runs straight to bfloat16 (statistics
-    in float32 inside the kernel) instead of autocast's float32 copy in and cast out."""
-    if type(norm) is nn.LayerNorm and x.dtype == cd == torch.bfloat16:
-        with torch.autocast(x.device.type, enabled=False):
-            return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    return norm(x).to(cd)
-
 
 _FUSED_LINEAR: Dict[Tuple[str, torch.dtype], bool] = {}
 
