@@ -149,6 +149,36 @@ def test_dtm_zero_offsets_is_strided_conv_and_keys():
     assert dtm.flops(6, 6, official=True) == 9 * (16 * 12 + 12) + 9 * (16 * 8 + 8) + 9 * 8
 
 
+def test_dtm_bfloat16_inference_path_matches_float64_reference_and_follows_updates():
+    """bfloat16 inference runs bfloat16 samples and one fused product (GELU inside) with a cached
+    folded weight; it must agree with the float64 reference and see BatchNorm statistic updates."""
+    from hilovit.layers import embed as embed_mod
+
+    dtm = _randomize(DeformableTokenMerging(16), offset_std=2.0).eval()
+    x = torch.randn(2, 9, 12, 16)
+    ref64 = dtm.double()(x.double())
+    dtm.float()
+    calls = []
+    orig = embed_mod.deform_columns
+    embed_mod.deform_columns = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = dtm(x)
+            low_b = dtm(x.bfloat16())
+            dtm.norm_layer.running_mean.add_(0.5)  # in place: the folded weight must be rebuilt
+            shifted = dtm(x)
+    finally:
+        embed_mod.deform_columns = orig
+    assert len(calls) == 3 and low.dtype == torch.bfloat16 and low.shape == ref64.shape
+    scale = ref64.abs().max()
+    assert (low.double() - ref64).abs().max() < 0.03 * scale
+    assert (low_b.double() - ref64).abs().max() < 0.03 * scale
+    with torch.no_grad():
+        ref_shifted = dtm(x)  # float32 path
+    assert (shifted.float() - ref_shifted).abs().max() < 0.03 * scale
+    assert (shifted.float() - low.float()).abs().max() > 0.05 * scale
+
+
 def test_dtm_gradients_reach_offsets():
     dtm = _randomize(DeformableTokenMerging(4)).train()
     x = torch.randn(2, 5, 6, 4, requires_grad=True)

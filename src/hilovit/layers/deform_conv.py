@@ -133,8 +133,29 @@ def _deform_conv2d_pytorch(
     out_hw: Tuple[int, int],
 ) -> Tensor:
     """The pure-PyTorch kernel: channels-last row gathers, bilinear mix, one matmul."""
-    B, C, H, W = input.shape
     Cout, _, kh, kw = weight.shape
+    B, Ho, Wo = input.shape[0], out_hw[0], out_hw[1]
+    cols = deform_columns(input, offset, (kh, kw), stride, padding, dilation, out_hw)
+    w2d = weight.permute(0, 2, 3, 1).reshape(Cout, -1)  # (Cout, K*Cin), the columns' order
+    out = F.linear(cols, w2d, bias)  # (B, Ho*Wo, Cout); may run in the autocast dtype
+    # (B, Cout, Ho, Wo) as a view in channels_last memory format.
+    return out.reshape(B, Ho, Wo, Cout).permute(0, 3, 1, 2)
+
+
+def deform_columns(
+    input: Tensor,
+    offset: Tensor,
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    out_hw: Tuple[int, int],
+) -> Tensor:
+    """The deformable samples as columns ``(B, Ho * Wo, kh * kw * Cin)`` (tap-major, then channel),
+    in ``input``'s dtype: :func:`deform_conv2d` is ``F.linear`` of them with the weight permuted to
+    ``(Cout, kh, kw, Cin)`` and flattened. Arguments as :func:`deform_conv2d`, as pairs, already checked."""
+    B, C, H, W = input.shape
+    kh, kw = kernel_size
     Ho, Wo = out_hw
     K = kh * kw
     # Sampling positions and bilinear weights in float32 at least (float64 stays float64).
@@ -180,7 +201,10 @@ def _deform_conv2d_pytorch(
     wts = (lo_hi[..., 0, :, None] * lo_hi[..., 1, None, :]).reshape(B * Ho * Wo * K, 4)
 
     img = F.pad(input.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, Hp, Wp, C), channels last
-    img = img.reshape(B * Hp * Wp, C).to(cdtype)  # one row per pixel
+    # bfloat16 images are gathered and mixed in bfloat16 (about 3x faster than a float32 copy on CPU;
+    # positions and weights are computed in float32 above, the weights rounded once here)
+    sdtype = input.dtype if input.dtype == torch.bfloat16 else cdtype
+    img = img.reshape(B * Hp * Wp, C).to(sdtype)  # one row per pixel
 
     if torch.onnx.is_in_onnx_export():
         # Plain gathers (ONNX Gather) and a weighted sum.
@@ -188,14 +212,10 @@ def _deform_conv2d_pytorch(
         cols = (cols * wts.unsqueeze(-1)).sum(1)  # (B*Ho*Wo*K, C)
     else:
         # The same weighted sum of 4 gathered rows, fused (several times faster on CPU).
-        cols = F.embedding_bag(rows, img, per_sample_weights=wts, mode="sum")  # (B*Ho*Wo*K, C)
+        cols = F.embedding_bag(rows, img, per_sample_weights=wts.to(sdtype), mode="sum")  # (B*Ho*Wo*K, C)
 
-    # Columns (B, Ho*Wo, K*C), tap-major then channel; the weight is put in the same order.
-    cols = cols.reshape(B, Ho * Wo, K * C).to(input.dtype)
-    w2d = weight.permute(0, 2, 3, 1).reshape(Cout, K * C)  # (Cout, K*Cin)
-    out = F.linear(cols, w2d, bias)  # (B, Ho*Wo, Cout); may run in the autocast dtype
-    # (B, Cout, Ho, Wo) as a view in channels_last memory format.
-    return out.reshape(B, Ho, Wo, Cout).permute(0, 3, 1, 2)
+    # Columns (B, Ho*Wo, K*C), tap-major then channel.
+    return cols.reshape(B, Ho * Wo, K * C).to(input.dtype)
 
 
 def deform_conv2d(

@@ -135,25 +135,43 @@ def inference_weights(
     layer are the parameters themselves (no copy)."""
     owner = layers[0] if owner is None else owner
     params = [p for m in layers for p in (m.weight, m.bias) if p is not None]
-    stamp = (tuple(map(id, layers)), tuple((p._version, p.data_ptr()) for p in params))
-    slots = _LOWP_WEIGHTS.setdefault(owner, {})  # one entry per (dtype, pack): runs in both dtypes keep theirs
-    hit = slots.get((dtype, pack))
+    # one entry per (dtype, pack): runs in both dtypes keep theirs
+    return cached_for_inference(owner, (dtype, pack, tuple(map(id, layers))), params,
+                                lambda: _cast_weights(layers, dtype, pack))
+
+
+def cached_for_inference(owner: nn.Module, slot: tuple, tensors, build):
+    """``build()`` (run without autograd), kept per ``(owner, slot)`` until any of ``tensors``
+    changes (version counter or storage: in-place updates and reloads); dropped with ``owner``."""
+    stamp = tuple((t._version, t.data_ptr()) for t in tensors if t is not None)
+    slots = _LOWP_WEIGHTS.setdefault(owner, {})
+    hit = slots.get(slot)
     if hit is not None and hit[0] == stamp:
         return hit[1]
     with torch.no_grad():
-        w = torch.cat([m.weight for m in layers]) if len(layers) > 1 else layers[0].weight
-        w = w.detach().to(dtype)
-        has_bias = [m.bias is not None for m in layers]
-        b = None
-        if all(has_bias):
-            b = (torch.cat([m.bias for m in layers]) if len(layers) > 1 else layers[0].bias).detach().to(dtype)
-        elif any(has_bias):
-            raise ValueError("inference_weights: either all layers have a bias or none")
-        if pack and dtype == torch.bfloat16 and packing_ok():
-            w = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
+        value = build()
     if not torch.compiler.is_compiling():
-        slots[(dtype, pack)] = (stamp, (w, b))
-    return w, b
+        slots[slot] = (stamp, value)
+    return value
+
+
+def pack_linear_weight(w: torch.Tensor) -> torch.Tensor:
+    """A bfloat16 linear weight pre-packed for oneDNN where that works here (else ``w``)."""
+    if w.dtype == torch.bfloat16 and packing_ok():
+        return torch.ops.mkldnn._reorder_linear_weight(w, _PACK_ROWS)
+    return w
+
+
+def _cast_weights(layers: Tuple[nn.Module, ...], dtype: torch.dtype, pack: bool):
+    w = torch.cat([m.weight for m in layers]) if len(layers) > 1 else layers[0].weight
+    w = w.detach().to(dtype)
+    has_bias = [m.bias is not None for m in layers]
+    b = None
+    if all(has_bias):
+        b = (torch.cat([m.bias for m in layers]) if len(layers) > 1 else layers[0].bias).detach().to(dtype)
+    elif any(has_bias):
+        raise ValueError("inference_weights: either all layers have a bias or none")
+    return (pack_linear_weight(w) if pack else w), b
 
 
 def linear_pointwise(x: torch.Tensor, weights: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> torch.Tensor:
