@@ -81,3 +81,17 @@ def test_peak_memory_sees_what_is_allocated_and_freed():
 
     peak = peak_memory_bytes(work)
     assert 6_000_000 <= peak < 6_100_000
+
+
+def test_peak_memory_does_not_count_views_of_existing_tensors():
+    weight = torch.randn(1000, 1000)  # 4 MB that exist before the call
+    x = torch.randn(10, 1000)
+
+    def work():
+        wt = weight.t()  # a view: no new memory
+        same = weight.to(torch.float32)  # the tensor itself
+        y = torch.nn.functional.linear(x, weight)  # 40 KB output (its transpose of the weight is a view)
+        return wt, same, y.mul_(2)  # in place: nothing new
+
+    peak = peak_memory_bytes(work)
+    assert 40_000 <= peak < 100_000, peak

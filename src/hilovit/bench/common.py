@@ -139,11 +139,18 @@ class _StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # outputs that share an input's storage (views such as a weight's transpose, in-place
+        # results, `.to` of the same dtype) allocate nothing
+        given = {
+            a.untyped_storage().data_ptr()
+            for a in tree_flatten((args, kwargs))[0]
+            if isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.is_mkldnn
+        }
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_mkldnn:
                 st = t.untyped_storage()
                 key = id(st)
-                if key in self._seen or st.nbytes() == 0:
+                if key in self._seen or st.nbytes() == 0 or st.data_ptr() in given:
                     continue
                 self._seen[key] = st.nbytes()
                 self.live += st.nbytes()
