@@ -134,3 +134,28 @@ def test_checkpoint_files_pth_and_wrapped(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint(build_small("swin_t"), tmp_path / "missing.pth")
     assert hilovit.SwinTransformer is type(src)
+
+
+@pytest.mark.parametrize("name", ["swin_nano", "litv2_nano"])
+def test_size_caches_built_under_inference_mode_serve_autograd_later(name):
+    """Plans, masks and fused weights are cached per size; when the first call of a size comes
+    under torch.inference_mode they must still work in a later training step, and for a frozen
+    model whose input needs a gradient (saliency)."""
+    model = hilovit.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        first = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+    model.train()
+    model(x).square().mean().backward()  # training step at the cached size
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval().requires_grad_(False)
+    with torch.inference_mode():
+        again = model(x)  # (the training step moved BatchNorm statistics, so not `first`)
+    assert again.shape == first.shape
+    xi = x.clone().requires_grad_()
+    out = model(xi)
+    out[:, 0].sum().backward()
+    assert xi.grad is not None and xi.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), again, atol=1e-5, rtol=1e-5)

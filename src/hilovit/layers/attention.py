@@ -8,6 +8,7 @@ pooling and normalisation left out, as the official counts do.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections import OrderedDict
@@ -72,6 +73,17 @@ def _tokens_to_grid(
         _check_grid(module, x, dim)
         return x, False
     raise ValueError(f"{name}: expected x of shape (B, N, C) or (B, H, W, C), got {tuple(x.shape)}")
+
+
+@contextlib.contextmanager
+def _outside_inference_mode():
+    """Cached tensors (index plans, masks, fused weights) must also serve later calls under
+    autograd, so under ``torch.inference_mode`` they are built as normal tensors (without grad)."""
+    if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+        yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def _dropout_p(module: nn.Module, p: float) -> float:
@@ -259,21 +271,24 @@ class HiLo(nn.Module):
             params += [self.h_qkv.bias, self.l_q.bias]
         frozen = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
         key = tuple((p._version, p.data_ptr()) for p in params) if frozen else None
-        if key is None or torch.compiler.is_compiling() or self._fused_key != key:
+        if key is None or torch.compiler.is_compiling():
             fused = (torch.cat(params[:2]), torch.cat(params[2:]) if len(params) == 4 else None)
-            if key is None or torch.compiler.is_compiling():
-                return F.linear(x, *fused)
-            self._fused, self._fused_key = fused, key  # inference: concatenated once, until the weights change
+            return F.linear(x, *fused)
+        if self._fused_key != key:
+            with _outside_inference_mode():
+                fused = (torch.cat(params[:2]), torch.cat(params[2:]) if len(params) == 4 else None)
+            self._fused, self._fused_key = fused, key  # frozen: concatenated once, until the weights change
         return F.linear(x, *self._fused)
 
     def _band_mask(self, Wp: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (Wp, dtype, str(device))
         mask = self._band_masks.get(key)
         if mask is None:
-            col = (torch.arange(Wp, device=device) // self.ws).repeat(self.ws)  # window column of each band token
-            blocked = col[:, None] != col[None, :]
-            mask = torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, float("-inf"))
-            mask = mask.view(1, 1, *blocked.shape)
+            with _outside_inference_mode():  # the cache serves training too
+                col = (torch.arange(Wp, device=device) // self.ws).repeat(self.ws)  # window column of each token
+                blocked = col[:, None] != col[None, :]
+                mask = torch.zeros(blocked.shape, dtype=dtype, device=device).masked_fill_(blocked, float("-inf"))
+                mask = mask.view(1, 1, *blocked.shape)
             if not torch.compiler.is_compiling():
                 self._band_masks[key] = mask
         return mask
@@ -600,7 +615,8 @@ class WindowAttention(nn.Module):
         key = (B, H, W, str(device))
         plan = self._plan_cache.get(key)
         if plan is None:
-            plan = self._build_plan(B, H, W, torch.device(device))
+            with _outside_inference_mode():  # the cache serves training too
+                plan = self._build_plan(B, H, W, torch.device(device))
             self._plan_cache[key] = plan
             while len(self._plan_cache) > self._PLAN_CACHE_SIZE:
                 self._plan_cache.popitem(last=False)
@@ -679,13 +695,14 @@ class WindowAttention(nn.Module):
         masks = self._type_mask_cache.get(key)
         if masks is None:
             N = self.window_tokens
-            masks = torch.zeros(4, N, N, device=device)
-            if self.shifted:
-                full = self.shift_mask(Hp, Wp, device)  # (nW, N, N), windows row-major
-                types = self._window_types(Hp // self.window_size[0], Wp // self.window_size[1])
-                for t in range(4):
-                    if t in types:
-                        masks[t] = full[types.index(t)]
+            with _outside_inference_mode():  # the cache serves training too
+                masks = torch.zeros(4, N, N, device=device)
+                if self.shifted:
+                    full = self.shift_mask(Hp, Wp, device)  # (nW, N, N), windows row-major
+                    types = self._window_types(Hp // self.window_size[0], Wp // self.window_size[1])
+                    for t in range(4):
+                        if t in types:
+                            masks[t] = full[types.index(t)]
             self._type_mask_cache[key] = masks
         return masks
 
@@ -702,12 +719,13 @@ class WindowAttention(nn.Module):
             hit = self._mask_cache.get(slot)
             if hit is not None and hit[0] == key:
                 return hit[1]
-        bias = self.relative_position_bias()
-        if self.shifted:
-            masks = bias.unsqueeze(0) + self.type_masks(Hp, Wp, device).unsqueeze(1)
-        else:
-            masks = bias.unsqueeze(0)
-        masks = masks.to(dtype, memory_format=torch.contiguous_format)  # the bias gather leaves heads innermost
+        with _outside_inference_mode() if cacheable else contextlib.nullcontext():
+            bias = self.relative_position_bias()
+            if self.shifted:
+                masks = bias.unsqueeze(0) + self.type_masks(Hp, Wp, device).unsqueeze(1)
+            else:
+                masks = bias.unsqueeze(0)
+            masks = masks.to(dtype, memory_format=torch.contiguous_format)  # the gather leaves heads innermost
         if cacheable:
             self._mask_cache[slot] = (key, masks)
         return masks
