@@ -68,3 +68,15 @@ def randomize(module: nn.Module, seed: int = 0, offset_std: float = 1.0) -> nn.M
             elif name.endswith("running_var"):
                 b.copy_(torch.rand(b.shape, generator=g) + 0.5)
     return module
+
+
+def region_ids(Hp, Wp, ws, shift):
+    """The official shifted-window region ids of a padded ``Hp x Wp`` map, built cell by cell (not
+    with slices): 0 / 1 / 2 along each axis, ``3 * row_region + col_region``."""
+    ids = torch.zeros(Hp, Wp, dtype=torch.long)
+    for i in range(Hp):
+        for j in range(Wp):
+            ri = 0 if i < Hp - ws else (1 if i < Hp - shift else 2)
+            rj = 0 if j < Wp - ws else (1 if j < Wp - shift else 2)
+            ids[i, j] = 3 * ri + rj
+    return ids

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hilovit import Attention, HiLo, SpatialReductionAttention, WindowAttention
+from references import region_ids
 
 # --------------------------------------------------------------------------- plain-math references
 
@@ -103,17 +104,6 @@ def ref_sra(m: SpatialReductionAttention, x):
     return out.reshape(B, H, W, C).float()
 
 
-def ref_region_mask(Hp, Wp, ws, shift):
-    """The shifted-window region ids, built cell by cell (not with slices)."""
-    ids = torch.zeros(Hp, Wp, dtype=torch.long)
-    for i in range(Hp):
-        for j in range(Wp):
-            ri = 0 if i < Hp - ws else (1 if i < Hp - shift else 2)
-            rj = 0 if j < Wp - ws else (1 if j < Wp - shift else 2)
-            ids[i, j] = 3 * ri + rj
-    return ids
-
-
 def ref_window_attention(m: WindowAttention, x):
     """Swin (S)W-MSA by hand: pad, roll, loop over windows, bias by relative offsets, mask by regions."""
     m = m.double()
@@ -124,7 +114,7 @@ def ref_window_attention(m: WindowAttention, x):
     xp[:, :H, :W] = x.double()
     if shift:
         xp = torch.roll(xp, (-shift, -shift), (1, 2))
-        region = ref_region_mask(Hp, Wp, ws, shift)
+        region = region_ids(Hp, Wp, ws, shift)
     table = m.relative_position_bias_table  # ((2ws-1)^2, heads)
     coords = [(a, b) for a in range(ws) for b in range(ws)]
     def offset(qa, qb, ka, kb):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 import hilovit
 from hilovit import CheckpointError, SwinTransformer, create_model, load_checkpoint
 from hilovit.flops import count_flops
+from references import region_ids
 
 FIXTURE = "swin_e24_img64_w4"
 SMALL = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4, num_classes=7)
@@ -37,17 +38,6 @@ def small_model(seed=0, **overrides):
 
 
 # --------------------------------------------------------------------------- plain-math reference
-
-
-def region_ids(Hp, Wp, ws, shift):
-    """The official shifted-window regions, cell by cell: 0 / 1 / 2 along each axis."""
-    ids = torch.zeros(Hp, Wp, dtype=torch.long)
-    for i in range(Hp):
-        for j in range(Wp):
-            ri = 0 if i < Hp - ws else (1 if i < Hp - shift else 2)
-            rj = 0 if j < Wp - ws else (1 if j < Wp - shift else 2)
-            ids[i, j] = 3 * ri + rj
-    return ids
 
 
 def ref_block(blk, x):
@@ -235,8 +225,10 @@ def test_float32_and_bfloat16_inference_keep_their_own_cached_weights_and_masks(
     blk = model.layers[0].blocks[1]
     img = torch.randn(1, 3, 64, 64)
 
-    def held():
-        return {k: v[1][0][0] for k, v in blk._linears_cache.items()}, {
+    from hilovit.layers import mlp as mlp_mod
+
+    def held():  # the qkv weight per (dtype, packed, ...) slot of the shared inference cache, the masks
+        return {k: v[1][0] for k, v in mlp_mod._LOWP_WEIGHTS[blk.attn.qkv].items()}, {
             k: v[1] for k, v in blk.attn._mask_cache.items()
         }
 

@@ -110,15 +110,8 @@ _TINY = 1e-30
 
 
 def _lowp_cpu_inference(q: torch.Tensor) -> bool:
-    """bfloat16 on CPU without autograd, outside compilation, tracing and dispatch modes."""
-    return (
-        q.dtype == torch.bfloat16
-        and q.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and torch._C._len_torch_dispatch_stack() == 0
-    )
+    """bfloat16 on the fused CPU inference path (see :func:`~hilovit.layers.mlp.fused_inference_dtype`)."""
+    return q.dtype == torch.bfloat16 and fused_inference_dtype(q) == torch.bfloat16
 
 
 def _attention(

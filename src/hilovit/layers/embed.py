@@ -162,7 +162,6 @@ class DeformableTokenMerging(nn.Module):
             fused_inference_dtype(x) == torch.bfloat16
             and type(act) is nn.GELU
             and act.approximate == "none"
-            and self.dconv.bias is not None
         )
 
     def _lowp_weights(self):

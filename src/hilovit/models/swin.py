@@ -33,7 +33,7 @@ import torch.utils.checkpoint
 from hilovit.layers.attention import WindowAttention, _compute_dtype
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
-from hilovit.layers.mlp import Mlp, norm_to, packing_ok
+from hilovit.layers.mlp import Mlp, inference_weights, norm_to
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
 from hilovit.models.checkpoint import CheckpointError
 from hilovit.models.registry import register_model
@@ -107,16 +107,10 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         # tokens per chunk in inference (about 16 MB of float32 MLP activations); 0 turns chunking off
         self.chunk_rows = max(1024, (16 << 20) // (4 * int(dim * mlp_ratio)))
-        self._linears_cache: Dict[tuple, tuple] = {}
         if self.shift_size > 0:
             self.register_buffer("attn_mask", self.build_attn_mask())
         else:
             self.attn_mask = None
-
-    def __getstate__(self):  # copies and pickles leave the inference caches behind
-        state = self.__dict__.copy()
-        state["_linears_cache"] = {}
-        return state
 
     def build_attn_mask(self, device: Optional[torch.device] = None) -> torch.Tensor:
         """The official ``attn_mask`` for ``input_resolution`` (padded to the window), -100 / 0."""
@@ -173,20 +167,11 @@ class SwinTransformerBlock(nn.Module):
         return out.view(B, H, W, C)
 
     def _inference_linears(self, cd: torch.dtype, device: torch.device) -> _InferenceLinears:
-        """The projections in dtype ``cd``; weights cast to a lower precision are kept until they change."""
-        params = [p for m in (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2) for p in m.parameters()]
-        stamp = tuple((p._version, p.data_ptr()) for p in params)
+        """The projections in dtype ``cd``; cast (and, for the fused kernels, packed) weights are
+        kept per dtype until the parameters change (:func:`~hilovit.layers.mlp.inference_weights`)."""
         fused = _fused_linear_ok(device, cd)
-        pack = self.chunk_rows if fused and cd == torch.bfloat16 and packing_ok() else 0
-        key = (cd, str(device), pack)
-        hit = self._linears_cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            weights = hit[1]
-        else:
-            weights = _InferenceLinears.cast_weights(self, cd, pack)
-            if not torch.compiler.is_compiling():  # one entry per dtype: runs in both keep theirs
-                self._linears_cache[key] = (stamp, weights)
-        return _InferenceLinears(self, weights, fused)
+        layers = (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2)
+        return _InferenceLinears(self, tuple(inference_weights((m,), cd, pack=fused) for m in layers), fused)
 
     def flops(self, H: int, W: int) -> int:
         """Multiply-adds: norms ``H W C`` each, attention at the padded size, the MLP."""
@@ -780,55 +765,36 @@ def _current_dispatch_mode():
 class _InferenceLinears:
     """A block's four projections for inference in dtype ``cd``: fused oneDNN kernels when they
     work here (bias, GELU and residual addition inside the matrix product), plain ops otherwise.
-    In bfloat16 the weights are also pre-packed into oneDNN's blocked layout (once, cached)."""
+    For the fused kernels bfloat16 weights come pre-packed into oneDNN's blocked layout."""
 
     def __init__(self, blk: SwinTransformerBlock, weights: tuple, fused: bool):
-        self.qkv_w, self.proj_w, self.fc1_w, self.fc2_w = weights  # each (weight, bias, packed weight or None)
+        self.qkv_w, self.proj_w, self.fc1_w, self.fc2_w = weights  # each (weight, bias); packed when fused
         act = blk.mlp.act
         self.exact_gelu = type(act) is nn.GELU and act.approximate == "none"
         self.act = act
         self.fused = fused
 
-    @staticmethod
-    def cast_weights(blk: SwinTransformerBlock, cd: torch.dtype, pack_rows: int = 0) -> tuple:
-        def wb(layer: nn.Linear):
-            w = layer.weight.detach().to(cd)
-            packed = None
-            if pack_rows:
-                try:
-                    packed = torch.ops.mkldnn._reorder_linear_weight(w, pack_rows)
-                except Exception:  # noqa: BLE001 - packing is only an optimisation
-                    packed = None
-            return w, None if layer.bias is None else layer.bias.detach().to(cd), packed
-
-        return wb(blk.attn.qkv), wb(blk.attn.proj), wb(blk.mlp.fc1), wb(blk.mlp.fc2)
-
-    @staticmethod
-    def _fused_args(wbp: tuple) -> tuple:
-        w, b, packed = wbp
-        return (w if packed is None else packed), b
-
     def qkv(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.qkv_w), "none", [], "")
-        return F.linear(x, *self.qkv_w[:2])
+            return torch.ops.mkldnn._linear_pointwise(x, *self.qkv_w, "none", [], "")
+        return F.linear(x, *self.qkv_w)
 
     def proj_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self._fused_args(self.proj_w), "add")
-        return F.linear(x, *self.proj_w[:2]).add_(residual)
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self.proj_w, "add")
+        return F.linear(x, *self.proj_w).add_(residual)
 
     def fc1_act(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and self.exact_gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.fc1_w), "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(x, *self.fc1_w, "gelu", [], "none")
         if self.fused:
-            return self.act(torch.ops.mkldnn._linear_pointwise(x, *self._fused_args(self.fc1_w), "none", [], ""))
-        return self.act(F.linear(x, *self.fc1_w[:2]))
+            return self.act(torch.ops.mkldnn._linear_pointwise(x, *self.fc1_w, "none", [], ""))
+        return self.act(F.linear(x, *self.fc1_w))
 
     def fc2_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self._fused_args(self.fc2_w), "add")
-        return F.linear(x, *self.fc2_w[:2]).add_(residual)
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self.fc2_w, "add")
+        return F.linear(x, *self.fc2_w).add_(residual)
 
 
 # ---- registry -------------------------------------------------------------------------------

@@ -194,18 +194,6 @@ def _same_entrypoint(a: str, b: str) -> bool:
         return False
 
 
-def _resolve_checkpoint(path) -> Path:
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("model.safetensors", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"checkpoint folder {str(path)!r} holds neither model.safetensors nor last.pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return path
-
-
 def run_eval(
     model: str,
     checkpoint,
@@ -253,6 +241,7 @@ def run_eval(
     from hilovit.models import create_model
     from hilovit.models.checkpoint import read_checkpoint
     from hilovit.models.registry import model_entrypoint
+    from hilovit.predict import resolve_checkpoint
     from hilovit.train.distributed import resolve_device
     from hilovit.train.loaders import BatchPipeline, EvalBatches
     from hilovit.train.state import check_writable_dir
@@ -260,7 +249,7 @@ def run_eval(
     model_entrypoint(model)  # unknown name: ValueError listing the choices
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"--batch-size={batch_size!r}: expected a positive integer")
-    ckpt_path = _resolve_checkpoint(checkpoint)
+    ckpt_path = resolve_checkpoint(checkpoint)
     if output is None and confusion_png is None and default_output:
         output = str(ckpt_path.parent / default_output)
     out_dir = check_writable_dir(output) if output else None
