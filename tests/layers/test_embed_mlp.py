@@ -100,6 +100,36 @@ def test_patch_embed_pads_like_explicit_zero_padding():
         pe(torch.randn(2, 1, 8, 8))
 
 
+def test_patch_embed_inference_path_matches_plain_modules_and_follows_updates():
+    """Inference converts the image to channels-last (and bfloat16 under autocast) before the
+    convolution: float32 must equal the plain conv + norm exactly, bfloat16 must stay within
+    bfloat16 rounding of a float64 reference, and both must see weight updates."""
+    pe = PatchEmbed(4, 3, 16).eval()
+    with torch.no_grad():
+        pe.norm.weight.uniform_(0.5, 1.5)
+        pe.norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 18, 13)
+
+    def plain(m, img):
+        img = F.pad(img, (0, 3, 0, 2))
+        return m.norm(m.proj(img).permute(0, 2, 3, 1))
+
+    with torch.no_grad():
+        fp32 = pe(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = pe(x)
+    ref64 = plain(pe.double(), x.double())
+    pe.float()
+    torch.testing.assert_close(fp32, plain(pe, x).detach(), rtol=0, atol=0)
+    assert fp32.is_contiguous() and fp32.shape == (2, 5, 4, 16)
+    assert low.dtype == torch.bfloat16 and (low.double() - ref64).abs().max() < 0.03 * ref64.abs().max()
+    with torch.no_grad():
+        pe.proj.weight.mul_(-1.0)  # in place: the cached bfloat16 weight must be rebuilt
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            flipped = pe(x)
+        torch.testing.assert_close(flipped.float(), plain(pe, x), rtol=0.05, atol=0.05)
+
+
 # ---------------------------------------------------------------------------------------- DTM
 @pytest.mark.parametrize("H,W", [(8, 8), (7, 9), (5, 2), (2, 3)])
 def test_dtm_matches_reference_any_size(H, W):
