@@ -36,7 +36,7 @@ demo: $(STAMP) data
 bench: $(STAMP)
 	$(BIN)/hilovit bench attention --repeats 10 --output benchmarks/attention
 	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype float32,bfloat16 \
-		--train --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
+		--train --breakdown --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

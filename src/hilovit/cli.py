@@ -392,6 +392,9 @@ def _add_bench_models(sub) -> None:
     _add_timing_options(p, "benchmarks/models")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also split inference time by kind of operation (matrix products, attention, convolutions, "
+                   "norms, other) with the profiler, per dtype")
     p.set_defaults(func=_run_bench_models)
 
 
@@ -414,6 +417,7 @@ def _run_bench_models(args) -> int:
         output=args.output or None,
         plot=not args.no_plot,
         compile=args.compile,
+        breakdown=args.breakdown,
     )
     cols = ["model", "mode", "dtype", "params_M", "flops_G", "images_per_s", "ms_per_batch", "peak_memory_MB",
             "share_of_fp32_matmul", "speedup_vs_first_dtype"]
@@ -422,6 +426,10 @@ def _run_bench_models(args) -> int:
         print()
         print(format_table(result["sweep_rows"], ["model", "img_size", "tokens", "ms_per_image", "peak_memory_MB",
                                                   "time_growth", "memory_growth", "share_of_matmul"]))
+    if result["breakdown_rows"]:
+        print()
+        print(format_table(result["breakdown_rows"], ["model", "dtype", "kind", "ms_per_batch", "share_of_total",
+                                                      "speedup_vs_first_dtype"]))
     print()
     for note in result["notes"]:
         print(note)

@@ -50,3 +50,39 @@ def test_cli_bench_models(tmp_path, capsys):
     assert "swin_nano" in printed and "share_of_fp32_matmul" in printed
     assert (tmp_path / "m.csv").exists() and not (tmp_path / "m.png").exists()
     assert main(["bench", "models", "--models", "nope*", "--output", ""]) == 2
+
+
+def test_op_time_breakdown_sorts_ops_by_kind():
+    import torch
+    import torch.nn.functional as F
+
+    from hilovit.bench.models import OP_KINDS, interleaved_breakdown, op_time_breakdown
+
+    a, x = torch.randn(256, 256), torch.randn(4096, 64)
+    w = torch.ones(64)
+    parts = op_time_breakdown(lambda: (torch.mm(a, a), F.layer_norm(x, (64,), w, w), torch.exp(x)))
+    assert set(parts) == set(OP_KINDS) | {"other", "total"}
+    assert parts["linear layers"] > 0 and parts["norms"] > 0 and parts["other"] > 0
+    assert parts["fused attention"] == parts["convolutions"] == parts["attention products"] == 0
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    med = interleaved_breakdown({"mm": lambda: torch.mm(a, a), "bmm": lambda: torch.bmm(a[None], a[None])}, runs=2)
+    assert med["mm"]["linear layers"] > 0 and med["mm"]["attention products"] == 0
+    assert med["bmm"]["attention products"] > 0 and med["bmm"]["linear layers"] == 0
+    with pytest.raises(ValueError, match="runs"):
+        interleaved_breakdown({"mm": lambda: None}, runs=0)
+
+
+def test_cli_bench_models_breakdown(tmp_path, capsys):
+    """float32 windows go through PyTorch's fused attention, bfloat16 ones through the short-key
+    products: the breakdown must show the attention moving from one kind to the other."""
+    rc = main(["bench", "models", "--models", "swin_nano", "--batch", "2", "--img-size", "56", "--repeats", "1",
+               "--warmup", "0", "--breakdown", "--output", str(tmp_path / "m"), "--no-plot"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "linear layers" in printed and "bfloat16 vs float32 by kind" in printed
+    with open(tmp_path / "m_breakdown.csv") as f:
+        rows = {(r["dtype"], r["kind"]): float(r["ms_per_batch"]) for r in csv.DictReader(f)}
+    assert rows[("float32", "fused attention")] > 0 and rows[("float32", "attention products")] == 0
+    assert rows[("bfloat16", "fused attention")] == 0 and rows[("bfloat16", "attention products")] > 0
+    assert rows[("float32", "linear layers")] > 0 and rows[("bfloat16", "linear layers")] > 0
+    assert "whole call" in (tmp_path / "m_breakdown.md").read_text()

@@ -38,7 +38,15 @@ from hilovit.bench.common import (
 from hilovit.flops import count_flops
 from hilovit.models.registry import list_models
 
-__all__ = ["DEFAULT_MODELS", "resolve_models", "build_model", "model_flops", "run_models_benchmark"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "resolve_models",
+    "build_model",
+    "model_flops",
+    "run_models_benchmark",
+    "op_time_breakdown",
+    "interleaved_breakdown",
+]
 
 DEFAULT_MODELS = ("swin_t", "litv2_s")
 MATMUL_N = 2048
@@ -117,6 +125,96 @@ def _backbone_fn(model: nn.Module) -> Callable[[torch.Tensor], Any]:
     return getattr(model, "forward_features", model)
 
 
+# kinds of operation, by the profiler's op names (self time, so composite ops never count twice)
+OP_KINDS: Dict[str, Tuple[str, ...]] = {
+    "linear layers": ("mkldnn::_linear_pointwise", "aten::addmm", "aten::mm", "aten::_addmm_activation"),
+    "attention products": ("aten::bmm", "aten::baddbmm"),
+    "fused attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                        "aten::_scaled_dot_product_attention_math", "aten::_scaled_dot_product_flash_attention",
+                        "aten::_scaled_dot_product_efficient_attention"),
+    "convolutions": ("mkldnn::_convolution_pointwise", "aten::mkldnn_convolution", "aten::_slow_conv2d_forward",
+                     "aten::thnn_conv2d", "aten::cudnn_convolution"),
+    "norms": ("aten::native_layer_norm", "aten::native_batch_norm",
+              "aten::_native_batch_norm_legit_no_training"),
+}
+BREAKDOWN_PROTOCOL = (
+    "protocol: one profiled inference call per run (torch.profiler, CPU self time of every op, so nested ops "
+    "count once), the dtypes interleaved, median over runs per kind; 'fused attention' is PyTorch's "
+    "attention kernel (float32), 'attention products' the two batched products of the bfloat16 short-key "
+    "attention, whose exp, sums and division fall in 'other' with every remaining op (element-wise, "
+    "copies, reductions, sampling); the profiler adds a little time per op, so totals sit slightly above "
+    "the timed rows"
+)
+
+
+def op_time_breakdown(fn: Callable[[], Any]) -> Dict[str, float]:
+    """Milliseconds of one call of ``fn`` by kind of operation (:data:`OP_KINDS`, plus ``'other'``
+    and ``'total'``), from the profiler's self CPU time of each op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    kind_of = {op: kind for kind, ops in OP_KINDS.items() for op in ops}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    parts = {kind: 0.0 for kind in OP_KINDS}
+    parts["other"] = 0.0
+    for event in prof.key_averages():
+        parts[kind_of.get(event.key, "other")] += event.self_cpu_time_total / 1e3
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def interleaved_breakdown(fns: Dict[str, Callable[[], Any]], runs: int = 3) -> Dict[str, Dict[str, float]]:
+    """:func:`op_time_breakdown` of each function, ``runs`` rounds interleaved (after one untimed
+    call each), the median per kind."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for fn in fns.values():
+        fn()
+    seen: Dict[str, List[Dict[str, float]]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            seen[name].append(op_time_breakdown(fn))
+    return {name: {k: _median([p[k] for p in parts]) for k in parts[0]} for name, parts in seen.items()}
+
+
+def _breakdown_rows(model: str, dtypes: Sequence[str], parts: Sequence[Dict[str, float]]) -> List[Dict[str, Any]]:
+    rows = []
+    for dname, p in zip(dtypes, parts):
+        for kind, ms in p.items():
+            base = parts[0][kind]
+            rows.append({
+                "model": model,
+                "dtype": dname,
+                "kind": kind,
+                "ms_per_batch": ms,
+                "share_of_total": ms / p["total"] if p["total"] else float("nan"),
+                "speedup_vs_first_dtype": base / ms if ms > 0 else float("nan"),
+            })
+    return rows
+
+
+def _breakdown_notes(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """One line per model and low-precision dtype: each kind's speed-up over the first dtype and its share."""
+    notes = []
+    first = {r["model"]: r["dtype"] for r in reversed(rows)}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for dname in dict.fromkeys(r["dtype"] for r in rows if r["model"] == model and r["dtype"] != first[model]):
+            mine = {r["kind"]: r for r in rows if r["model"] == model and r["dtype"] == dname}
+            base = {r["kind"]: r for r in rows if r["model"] == model and r["dtype"] == first[model]}
+            pieces = []
+            for kind, r in mine.items():
+                was, now = base[kind]["ms_per_batch"], r["ms_per_batch"]
+                if kind == "total" or (was <= 0 and now <= 0):
+                    continue
+                if was > 0 and now > 0:
+                    pieces.append(f"{kind} {was / now:.2f}x ({base[kind]['share_of_total']:.0%} of {first[model]})")
+                else:
+                    pieces.append(f"{kind} {was:.0f} -> {now:.0f} ms")
+            notes.append(f"{model} inference, {dname} vs {first[model]} by kind: " + "; ".join(pieces)
+                         + f"; whole call {mine['total']['speedup_vs_first_dtype']:.2f}x")
+    return notes
+
+
 def run_models_benchmark(
     models: Optional[Sequence[str]] = None,
     batch: int = 16,
@@ -134,6 +232,7 @@ def run_models_benchmark(
     quiet: bool = False,
     overrides: Optional[Dict[str, Any]] = None,
     compile: bool = False,
+    breakdown: bool = False,
     matmul_n: int = MATMUL_N,
 ) -> Dict[str, Any]:
     """Benchmark whole models; return ``{'rows', 'sweep_rows', 'matmul_gflops', 'notes', 'files'}``.
@@ -152,6 +251,9 @@ def run_models_benchmark(
         compile: also time ``torch.compile(model)`` (default inductor backend) in inference, rows
             of mode ``'compiled'`` interleaved with the eager ones (compiled before the timings);
             the notes give its speed-up over eager per model and dtype.
+        breakdown: also split each model's inference time by kind of operation (matrix products,
+            fused attention, convolutions, norms, the rest) with the profiler, for every dtype
+            (:func:`op_time_breakdown`); rows in ``result['breakdown_rows']``, file ``PREFIX_breakdown``.
         matmul_n: side of the reference matrix multiply (2048).
     """
     set_threads(threads)
@@ -321,6 +423,14 @@ def run_models_benchmark(
                 r["time_growth"] = r["ms_per_image"] / mine[0]["ms_per_image"]
                 r["memory_growth"] = r["peak_memory_MB"] / max(mine[0]["peak_memory_MB"], 1e-9)
 
+    breakdown_rows: List[Dict[str, Any]] = []
+    if breakdown:
+        for name in names:
+            keys = [f"{name}|{d}|inference" for d, _ in dts]
+            log(f"profiling {name} inference by kind of operation ({len(keys)} dtypes)")
+            parts = interleaved_breakdown({k: fns[k] for k in keys}, runs=min(repeats, 3))
+            breakdown_rows += _breakdown_rows(name, [d for d, _ in dts], [parts[k] for k in keys])
+
     synchronize(dev)
     notes = [
         f"machine: {machine_info(dev)}",
@@ -354,14 +464,19 @@ def run_models_benchmark(
         ]
         notes.append(f"torch.compile (inductor) speed-up over eager inference on {dev.type}, measured side by side: "
                      + "; ".join(speedups))
-    result: Dict[str, Any] = {"rows": rows, "sweep_rows": sweep_rows, "matmul_gflops": rates, "notes": notes,
-                              "files": {}}
+    notes += _breakdown_notes(breakdown_rows)
+    result: Dict[str, Any] = {"rows": rows, "sweep_rows": sweep_rows, "breakdown_rows": breakdown_rows,
+                              "matmul_gflops": rates, "notes": notes, "files": {}}
     if output:
         cmd = command_line()
         files = write_table(rows, output, "Model benchmark", cmd, notes=notes)
         if sweep_rows:
             sw = write_table(sweep_rows, f"{output}_sweep", "Backbone resolution sweep", cmd, notes=notes[:2])
             files.update({f"sweep_{k}": v for k, v in sw.items()})
+        if breakdown_rows:
+            bd = write_table(breakdown_rows, f"{output}_breakdown", "Inference time by kind of operation", cmd,
+                             notes=notes[:1] + [BREAKDOWN_PROTOCOL] + _breakdown_notes(breakdown_rows))
+            files.update({f"breakdown_{k}": v for k, v in bd.items()})
         if plot:
             files["png"] = plot_models_benchmark(rows, sweep_rows, Path(f"{output}.png"))
         result["files"] = files
