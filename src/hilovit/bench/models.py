@@ -188,7 +188,7 @@ def _breakdown_rows(model: str, dtypes: Sequence[str], parts: Sequence[Dict[str,
                 "kind": kind,
                 "ms_per_batch": ms,
                 "share_of_total": ms / p["total"] if p["total"] else float("nan"),
-                "speedup_vs_first_dtype": base / ms if ms > 0 else float("nan"),
+                "speedup_vs_first_dtype": base / ms if ms > 0 and base > 0 else float("nan"),
             })
     return rows
 
