@@ -30,6 +30,16 @@ def _add_timing_options(p, default_output: str) -> None:
     p.add_argument("--no-plot", action="store_true")
 
 
+def _print_notes_and_files(result) -> int:
+    """A benchmark's closing notes and the files it wrote, after its tables."""
+    print()
+    for note in result["notes"]:
+        print(note)
+    for kind, path in result["files"].items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- bench attention
 
 
@@ -70,12 +80,7 @@ def _run_bench_attention(args) -> int:
     cols = ["tokens", "mechanism", "dtype", "params_M", "flops_M", "images_per_s", "ms_per_batch",
             "peak_memory_MB", "share_of_fp32_matmul", "speedup_vs_naive_fp32"]
     print(format_table(result["rows"], cols))
-    print()
-    for note in result["notes"]:
-        print(note)
-    for kind, path in result["files"].items():
-        print(f"wrote {kind}: {path}")
-    return 0
+    return _print_notes_and_files(result)
 
 
 # --------------------------------------------------------------------------- predict, export, viz
@@ -393,8 +398,8 @@ def _add_bench_models(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
     p.add_argument("--breakdown", action="store_true",
-                   help="also split inference time by kind of operation (matrix products, attention, convolutions, "
-                   "norms, other) with the profiler, per dtype")
+                   help="also split inference time by kind of operation (linear layers, attention products, fused "
+                   "attention, convolutions, norms, other) with the profiler, per dtype")
     p.set_defaults(func=_run_bench_models)
 
 
@@ -430,12 +435,7 @@ def _run_bench_models(args) -> int:
         print()
         print(format_table(result["breakdown_rows"], ["model", "dtype", "kind", "ms_per_batch", "share_of_total",
                                                       "speedup_vs_first_dtype"]))
-    print()
-    for note in result["notes"]:
-        print(note)
-    for kind, path in result["files"].items():
-        print(f"wrote {kind}: {path}")
-    return 0
+    return _print_notes_and_files(result)
 
 
 # --------------------------------------------------------------------------- entry point

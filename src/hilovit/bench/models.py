@@ -251,8 +251,9 @@ def run_models_benchmark(
         compile: also time ``torch.compile(model)`` (default inductor backend) in inference, rows
             of mode ``'compiled'`` interleaved with the eager ones (compiled before the timings);
             the notes give its speed-up over eager per model and dtype.
-        breakdown: also split each model's inference time by kind of operation (matrix products,
-            fused attention, convolutions, norms, the rest) with the profiler, for every dtype
+        breakdown: also split each model's inference time by kind of operation (:data:`OP_KINDS`:
+            linear layers, attention products, fused attention, convolutions, norms; and the rest)
+            with the profiler, for every dtype
             (:func:`op_time_breakdown`); rows in ``result['breakdown_rows']``, file ``PREFIX_breakdown``.
         matmul_n: side of the reference matrix multiply (2048).
     """
@@ -464,7 +465,8 @@ def run_models_benchmark(
         ]
         notes.append(f"torch.compile (inductor) speed-up over eager inference on {dev.type}, measured side by side: "
                      + "; ".join(speedups))
-    notes += _breakdown_notes(breakdown_rows)
+    breakdown_notes = _breakdown_notes(breakdown_rows)
+    notes += breakdown_notes
     result: Dict[str, Any] = {"rows": rows, "sweep_rows": sweep_rows, "breakdown_rows": breakdown_rows,
                               "matmul_gflops": rates, "notes": notes, "files": {}}
     if output:
@@ -475,7 +477,7 @@ def run_models_benchmark(
             files.update({f"sweep_{k}": v for k, v in sw.items()})
         if breakdown_rows:
             bd = write_table(breakdown_rows, f"{output}_breakdown", "Inference time by kind of operation", cmd,
-                             notes=notes[:1] + [BREAKDOWN_PROTOCOL] + _breakdown_notes(breakdown_rows))
+                             notes=notes[:1] + [BREAKDOWN_PROTOCOL] + breakdown_notes)
             files.update({f"breakdown_{k}": v for k, v in bd.items()})
         if plot:
             files["png"] = plot_models_benchmark(rows, sweep_rows, Path(f"{output}.png"))
