@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hilovit-installed
 # The CPU wheel; anything newer pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: install data demo test lint bench clean
+.PHONY: install data demo demo-results test lint bench clean
 
 install: $(STAMP)
 
@@ -33,10 +33,17 @@ demo: $(STAMP) data
 	$(BIN)/hilovit train --config fashion-mnist --output $(DEMO_OUT) --overwrite
 	$(BIN)/hilovit eval --model litv2_nano --checkpoint $(DEMO_OUT) --threads 1 --progress off
 
+# The demo once more, its results recorded in benchmarks/demo/ and the README's figures refreshed from them.
+demo-results: demo
+	mkdir -p benchmarks/demo
+	cp $(DEMO_OUT)/summary.json $(DEMO_OUT)/metrics.csv benchmarks/demo/
+	$(BIN)/python scripts/readme_figures.py
+
 bench: $(STAMP)
 	$(BIN)/hilovit bench attention --repeats 10 --output benchmarks/attention
 	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype float32,bfloat16 \
 		--train --breakdown --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
+	$(BIN)/python scripts/readme_figures.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

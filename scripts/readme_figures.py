@@ -1,0 +1,165 @@
+"""Fill the README's measured figures from the committed result files.
+
+Every measured figure in README.md is written as ``<!--fig:NAME-->VALUE<!--/fig-->``; VALUE is
+recomputed here from ``benchmarks/*.csv`` and ``benchmarks/demo/summary.json``, so the README
+cannot drift from what was measured.
+
+    python scripts/readme_figures.py           # rewrite README.md in place
+    python scripts/readme_figures.py --check   # exit 1 and list the figures that are stale
+
+``tests/test_readme.py`` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+MARK = re.compile(r"<!--fig:([\w.-]+)-->(.*?)<!--/fig-->", re.S)
+
+
+class Results:
+    """The committed result files, read lazily."""
+
+    def __init__(self, root: Path = BENCH):
+        self.root = root
+        self._cache: Dict[str, object] = {}
+
+    def csv(self, name: str) -> List[dict]:
+        if name not in self._cache:
+            with open(self.root / f"{name}.csv", newline="") as f:
+                self._cache[name] = list(csv.DictReader(f))
+        return self._cache[name]  # type: ignore[return-value]
+
+    def json(self, name: str) -> dict:
+        if name not in self._cache:
+            self._cache[name] = json.loads((self.root / name).read_text())
+        return self._cache[name]  # type: ignore[return-value]
+
+    def row(self, name: str, **match: str) -> dict:
+        rows = [r for r in self.csv(name) if all(r[k] == v for k, v in match.items())]
+        if len(rows) != 1:
+            raise KeyError(f"{name}.csv: {len(rows)} rows match {match}")
+        return rows[0]
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def _pct(v: float, digits: int = 0) -> str:
+    return f"{100 * v:.{digits}f}%"
+
+
+def _attn(r: Results, mechanism: str, dtype: str = "float32") -> float:
+    return float(r.row("attention", mechanism=mechanism, dtype=dtype)["images_per_s"])
+
+
+def _model(r: Results, model: str, mode: str, dtype: str) -> dict:
+    return r.row("models", model=model, mode=mode, dtype=dtype)
+
+
+def _kind(r: Results, model: str, dtype: str, kind: str) -> dict:
+    return r.row("models_breakdown", model=model, dtype=dtype, kind=kind)
+
+
+def _figures() -> Dict[str, Callable[[Results], str]]:
+    f: Dict[str, Callable[[Results], str]] = {}
+    # attention benchmark (benchmarks/attention.csv)
+    f["attn.hilo_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="float32")[
+        "speedup_vs_naive_fp32"]))
+    f["attn.hilo_bf16_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="bfloat16")[
+        "speedup_vs_naive_fp32"]))
+    f["attn.hilo_vs_msa"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "MSA"))
+    f["attn.hilo_vs_sra"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "SRA (sr=2)"))
+    f["attn.hilo_vs_window"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "Local window (7)"))
+    # model benchmark (benchmarks/models.csv)
+    for model in ("swin_t", "litv2_s"):
+        for mode in ("inference", "train"):
+            f[f"models.{model}.{mode}.fp32_share"] = (
+                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "float32")["share_of_fp32_matmul"])))
+            f[f"models.{model}.{mode}.bf16_share"] = (
+                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "bfloat16")["share_of_dtype_matmul"])))
+            f[f"models.{model}.{mode}.bf16_speedup"] = (
+                lambda r, m=model, o=mode: _x(float(_model(r, m, o, "bfloat16")["speedup_vs_first_dtype"])))
+    f["models.litv2_vs_swin.fp32"] = lambda r: _x(
+        float(_model(r, "litv2_s", "inference", "float32")["images_per_s"])
+        / float(_model(r, "swin_t", "inference", "float32")["images_per_s"]))
+    # inference breakdown (benchmarks/models_breakdown.csv)
+    for model in ("swin_t", "litv2_s"):
+        for kind in ("linear layers", "convolutions", "norms", "total"):
+            key = kind.split()[0]
+            f[f"breakdown.{model}.{key}.speedup"] = (
+                lambda r, m=model, k=kind: _x(float(_kind(r, m, "bfloat16", k)["speedup_vs_first_dtype"])))
+            f[f"breakdown.{model}.{key}.share"] = (
+                lambda r, m=model, k=kind: _pct(float(_kind(r, m, "float32", k)["share_of_total"])))
+        f[f"breakdown.{model}.attention_fp32_ms"] = (
+            lambda r, m=model: f"{float(_kind(r, m, 'float32', 'fused attention')['ms_per_batch']):.0f} ms")
+        f[f"breakdown.{model}.attention_bf16_ms"] = (
+            lambda r, m=model: f"{float(_kind(r, m, 'bfloat16', 'attention products')['ms_per_batch']):.0f} ms")
+    # resolution sweep (benchmarks/models_sweep.csv)
+    for model in ("swin_t", "litv2_s"):
+        f[f"sweep.{model}.memory_growth_1024"] = (
+            lambda r, m=model: f"{float(r.row('models_sweep', model=m, img_size='1024')['memory_growth']):.1f}x")
+    # the classification demo (benchmarks/demo/summary.json, copied by `make demo-results`)
+    f["demo.top1"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top1"]) / 100, 2)
+    f["demo.top5"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top5"]) / 100, 2)
+    f["demo.images_per_s"] = lambda r: f"{float(r.json('demo/summary.json')['train_images_per_second']):.0f}"
+    f["demo.minutes"] = lambda r: f"{float(r.json('demo/summary.json')['wall_seconds']) / 60:.1f} min"
+    return f
+
+
+FIGURES = _figures()
+
+
+def render(text: str, results: Results) -> str:
+    """``text`` with every marked figure recomputed; an unknown name raises KeyError."""
+
+    def fill(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in FIGURES:
+            raise KeyError(f"README marks an unknown figure {name!r}")
+        return f"<!--fig:{name}-->{FIGURES[name](results)}<!--/fig-->"
+
+    return MARK.sub(fill, text)
+
+
+def stale(text: str, results: Results) -> List[str]:
+    """``'NAME: README VALUE, files VALUE'`` for every marked figure that disagrees."""
+    out = []
+    for m in MARK.finditer(text):
+        want = FIGURES[m.group(1)](results) if m.group(1) in FIGURES else "<unknown figure>"
+        if m.group(2) != want:
+            out.append(f"{m.group(1)}: README says {m.group(2)!r}, the result files give {want!r}")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="list stale figures and exit 1 if any")
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = p.parse_args(argv)
+    text = args.readme.read_text()
+    results = Results()
+    if args.check:
+        problems = stale(text, results)
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1 if problems else 0
+    new = render(text, results)
+    if new != text:
+        tmp = args.readme.with_name(f".{args.readme.name}.tmp")
+        tmp.write_text(new)
+        tmp.replace(args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
