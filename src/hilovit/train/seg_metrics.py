@@ -43,16 +43,25 @@ def _check_pair(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignor
         raise ValueError(f"pred {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
     pred, label = pred.reshape(-1).long(), label.reshape(-1).long()
     keep = label != ignore_index
-    pred, label = pred[keep], label[keep]
-    if label.numel():
-        bad = (label < 0) | (label >= num_classes)
-        if bad.any():
-            raise ValueError(f"label holds value {int(label[bad][0])} outside [0, {num_classes}) and not the "
-                             f"ignore index {ignore_index}")
-        bad = (pred < 0) | (pred >= num_classes)
-        if bad.any():
-            raise ValueError(f"pred holds class {int(pred[bad][0])} outside [0, {num_classes})")
-    return pred, label
+    if bool(((label < 0) | (label >= num_classes)).logical_and_(keep).any()):
+        bad = label[keep & ((label < 0) | (label >= num_classes))]
+        raise ValueError(f"label holds value {int(bad[0])} outside [0, {num_classes}) and not the "
+                         f"ignore index {ignore_index}")
+    if bool(((pred < 0) | (pred >= num_classes)).logical_and_(keep).any()):
+        bad = pred[keep & ((pred < 0) | (pred >= num_classes))]
+        raise ValueError(f"pred holds class {int(bad[0])} outside [0, {num_classes})")
+    return pred, label, keep
+
+
+def _pair_counts(pred: torch.Tensor, label: torch.Tensor, keep: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The (label, pred) confusion counts of the kept pixels, (num_classes, num_classes) int64.
+
+    Ignored pixels go to one extra bin that is dropped (no boolean indexing of whole maps, which is
+    slow on CPUs with many threads).
+    """
+    k = num_classes
+    index = torch.where(keep, label * k + pred, torch.full_like(label, k * k))
+    return torch.bincount(index, minlength=k * k + 1)[: k * k].view(k, k)
 
 
 def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -68,11 +77,9 @@ def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: in
     Returns:
         dict of int64 tensors (num_classes,): ``intersect``, ``union``, ``pred``, ``label``.
     """
-    pred, label = _check_pair(pred, label, num_classes, ignore_index)
-    k = num_classes
-    intersect = torch.bincount(label[pred == label], minlength=k)
-    area_pred = torch.bincount(pred, minlength=k)
-    area_label = torch.bincount(label, minlength=k)
+    pred, label, keep = _check_pair(pred, label, num_classes, ignore_index)
+    counts = _pair_counts(pred, label, keep, num_classes)
+    intersect, area_label, area_pred = counts.diagonal().clone(), counts.sum(1), counts.sum(0)
     return {"intersect": intersect, "union": area_pred + area_label - intersect, "pred": area_pred,
             "label": area_label}
 
@@ -145,10 +152,8 @@ class SegMetric:
     @torch.no_grad()
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """Add a batch: ``pred`` classes (B, H, W) or scores (B, num_classes, H, W), ``label`` (B, H, W)."""
-        pred, label = _check_pair(pred, label.to(pred.device), self.num_classes, self.ignore_index)
-        k = self.num_classes
-        counts = torch.bincount(label * k + pred, minlength=k * k).view(k, k)
-        self.confusion += counts.to(self.confusion.device)
+        pred, label, keep = _check_pair(pred, label.to(pred.device), self.num_classes, self.ignore_index)
+        self.confusion += _pair_counts(pred, label, keep, self.num_classes).to(self.confusion.device)
 
     def merge(self, other: SegMetric) -> SegMetric:
         """Add another accumulator's counts (same classes and ignore index) to this one; returns self."""
