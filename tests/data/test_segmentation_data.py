@@ -15,6 +15,7 @@ from hilovit.data.seg_transforms import (
     SegTrainTransform,
     photometric_distortion,
     random_crop_box,
+    rescale_for_eval,
     rescale_size,
 )
 from hilovit.data.segmentation import (
@@ -377,6 +378,13 @@ def test_rescale_size_as_mmcv():
     assert rescale_size(512, 683, (1024, 256)) == (256, 342)  # 683 * 0.5 + 0.5 -> 342
     assert rescale_size(300, 2000, (2048, 512)) == (307, 2048)  # the long edge binds: 2048 / 2000
     assert rescale_size(128, 128, (768, 192)) == (192, 192)
+
+
+def test_rescale_for_eval_keeps_the_aspect_ratio():
+    image = torch.full((3, 100, 150), 77, dtype=torch.uint8)
+    out = rescale_for_eval(image, (300, 50))  # factor min(300 / 150, 50 / 100) = 0.5
+    assert out.shape == (3, 50, 75) and (out == 77).all()
+    assert rescale_for_eval(image, (150, 100)) is image
 
 
 def test_photometric_distortion():

@@ -126,9 +126,9 @@ class FashionScenes(Dataset):
         self.item_scale = (s_lo, s_hi)
         self.threshold = float(threshold)
         self.images = source.images  # uint8 (N, 1, h, w)
-        self._pixels = source.images[:, 0].numpy()  # uint8 (N, h, w), a view of the same memory
         self._matrices: dict = {}
         self.targets = source.targets
+        self._classes_of = source.targets.tolist()  # plain ints: indexing a tensor per garment is slow
         self.root = source.root
         base = FASHION_MNIST_CLASSES if source.is_fashion_mnist else source.classes
         self.classes = ["background", *base]
@@ -137,6 +137,10 @@ class FashionScenes(Dataset):
 
     def __len__(self) -> int:
         return self.num_scenes
+
+    @property
+    def _pixels(self) -> np.ndarray:
+        return self.images[:, 0].numpy()  # uint8 (N, h, w), a view (not stored: pickling would copy it)
 
     def _generator(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
@@ -155,7 +159,7 @@ class FashionScenes(Dataset):
         for src, side, (u, v) in zip(sources.tolist(), sizes.tolist(), corners.tolist()):
             room = self.canvas - side
             top, left = int(u * (room + 1)), int(v * (room + 1))
-            out.append(Placement(src, int(self.targets[src]), top, left, side))
+            out.append(Placement(src, self._classes_of[src], top, left, side))
         return out
 
     def _check_index(self, index: int) -> int:
