@@ -261,6 +261,13 @@ def test_fashion_scenes_bad_arguments(split_marked_idx):
             FashionScenes(root=split_marked_idx, **kw)
     with pytest.raises(IndexError):
         FashionScenes("test", num_scenes=3, root=split_marked_idx)[3]
+    with pytest.raises(ValueError, match="val_split=0.2 must be 0"):
+        build_seg_datasets("fashion-scenes", val_split=0.2, data_dir=split_marked_idx)
+    train, test, info = build_seg_datasets("fashion-scenes", data_dir=split_marked_idx, num_train=20, num_test=5)
+    assert (len(train), len(test), info.num_classes, info.in_chans) == (20, 5, 11, 1)
+    assert train.split == "train" and test.split == "test" and 0 < info.mean[0] < 0.5
+    with pytest.raises(ValueError, match="neither a known dataset nor an existing folder"):
+        build_seg_datasets("no-such-data")
 
 
 @pytest.fixture(scope="module")

@@ -434,6 +434,9 @@ def build_seg_datasets(
     if key in ("fashion-scenes", "fashion_scenes", "fashionscenes"):
         from hilovit.data.fashion_scenes import FashionScenes
 
+        if val_split > 0:
+            raise ValueError(f"build_seg_datasets: fashion-scenes has its own test scenes; val_split={val_split} "
+                             "must be 0")
         train_ds = FashionScenes("train", num_scenes=num_train, seed=seed, root=data_dir)
         eval_ds = FashionScenes("test", num_scenes=num_test, seed=seed, root=data_dir)
         mean, std = train_ds.mean_std()
