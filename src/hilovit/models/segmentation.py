@@ -181,6 +181,14 @@ def _pair(value, name: str) -> Tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def _check_windows(crop_size, stride) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(f"sliding windows: stride {step} must not exceed crop_size {crop} (the windows would leave "
+                         "pixels uncovered)")
+    return crop, step
+
+
 def _check_test_cfg(test_cfg: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     cfg = dict(mode="whole") if test_cfg is None else dict(test_cfg)
     extra = set(cfg) - {"mode", "crop_size", "stride"}
@@ -190,7 +198,7 @@ def _check_test_cfg(test_cfg: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     if mode == "slide":
         if "crop_size" not in cfg or "stride" not in cfg:
             raise ValueError(f"test_cfg mode='slide' needs crop_size and stride, got {cfg!r}")
-        cfg["crop_size"], cfg["stride"] = _pair(cfg["crop_size"], "crop_size"), _pair(cfg["stride"], "stride")
+        cfg["crop_size"], cfg["stride"] = _check_windows(cfg["crop_size"], cfg["stride"])
     elif mode != "whole":
         raise ValueError(f"test_cfg mode must be 'whole' or 'slide', got {mode!r}")
     return cfg
@@ -262,7 +270,7 @@ class EncoderDecoder(nn.Module):
         row or column is moved back to end at the border; a crop larger than the image is cut to
         it): each crop through :meth:`encode_decode`, the logits summed and divided by the number of
         windows covering each pixel, as mmseg's ``slide_inference``."""
-        (hc, wc), (hs, ws) = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+        (hc, wc), (hs, ws) = _check_windows(crop_size, stride)
         self._check_input(images)
         B, _, H, W = images.shape
         rows = max(H - hc + hs - 1, 0) // hs + 1
@@ -488,7 +496,7 @@ def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> 
     size = kwargs.get("img_size") or pcfg["input_size"][1:]
     size = (size, size) if isinstance(size, int) else tuple(size)
     chans = model.in_chans
-    if chans != 3 and len(pcfg["mean"]) != chans:
+    if len(pcfg["mean"]) != chans:
         pcfg["mean"], pcfg["std"] = (0.5,) * chans, (0.5,) * chans
     pcfg.update(num_classes=model.num_classes, input_size=(chans, *size))
     model.pretrained_cfg = pcfg
