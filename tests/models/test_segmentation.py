@@ -129,6 +129,9 @@ def test_ade20k_models_equal_the_official_manifests(fixtures_dir, size):
     assert model.param_count_by_part() == manifest["param_count_by_part"]
     assert sum(p.numel() for p in model.parameters()) == manifest["param_count"]
     assert model.config == manifest["config"]  # the official config dict, as merged by mmcv
+    # the official tools/get_flops.py number at 512 x 512, part by part
+    assert model.flops(512, breakdown=True) == dict(manifest["flops_breakdown"], total=manifest["flops"])
+    assert model.flops((512, 512)) == manifest["flops"]
     cfg = model.pretrained_cfg
     assert cfg["url"] == f"https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_{size}_fpn_r50_512x512_80k_ade20k.pth"
     assert cfg["num_classes"] == 150 and cfg["classifier"] == "decode_head.conv_seg"
@@ -153,6 +156,8 @@ def test_swin_models_have_the_official_segmentation_backbone_keys():
     assert model.param_count_by_part()["backbone"] == 28_288_354 - 768 * 2 - (768 * 1000 + 1000) + norms
     assert all(blk.window_size == 7 and blk.shift_size == 3 * (b % 2)
                for layer in model.backbone.layers for b, blk in enumerate(layer.blocks))
+    with pytest.raises(ValueError, match="defined for LITv2 backbones"):
+        model.flops()
 
 
 # --------------------------------------------------------------------------- plain-math references

@@ -83,6 +83,7 @@ class ConvModule(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                               bias=(norm_cfg is None) if bias == "auto" else bias)
         self.norm_name = None
+        self.norm_type = None if norm_cfg is None else norm_cfg.get("type")
         if norm_cfg is not None:
             self.norm_name, norm = build_norm(norm_cfg, out_channels)
             self.add_module(self.norm_name, norm)

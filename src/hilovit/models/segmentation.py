@@ -177,7 +177,7 @@ def _pair(value, name: str) -> Tuple[int, int]:
         value = (value, value)
     if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-        raise ValueError(f"test_cfg {name} must be a positive int or an (h, w) pair, got {value!r}")
+        raise ValueError(f"{name} must be a positive int or an (h, w) pair, got {value!r}")
     return int(value[0]), int(value[1])
 
 
@@ -329,6 +329,15 @@ class EncoderDecoder(nn.Module):
         out = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
         out.update({"backbone." + k: v for k, v in fn(part).items()})
         return out
+
+    def flops(self, img_size: Union[int, Tuple[int, int]] = 512, breakdown: bool = False):
+        """The official ``tools/get_flops.py`` count for one image (LITv2 backbones): mmcv's hooks
+        plus the script's attention terms; see :func:`hilovit.models.segmentation_flops.official_flops`.
+        41,292,310,528 for ``semfpn_litv2_s`` at 512 x 512. ``breakdown``: the dict of parts."""
+        from hilovit.models.segmentation_flops import official_flops
+
+        counts = official_flops(self, _pair(img_size, "img_size"))
+        return counts if breakdown else counts["total"]
 
     def param_count_by_part(self) -> Dict[str, int]:
         """Parameters of ``backbone``, ``neck`` and ``decode_head``."""
