@@ -113,6 +113,18 @@ def test_official_mmseg_checkpoint_loads_strictly(fixtures_dir, tmp_path):
         load_checkpoint(fresh, {"state_dict": sd, "meta": {}})
 
 
+def test_checkpoint_with_another_number_of_classes_keeps_all_but_the_classifier(fixtures_dir):
+    model, io, meta = fixture_model(fixtures_dir)
+    cfg = copy.deepcopy(meta["constructor"])
+    cfg["decode_head"]["num_classes"] = 3
+    fresh = build_segmentor(cfg).eval()
+    with pytest.warns(UserWarning, match="decode_head.conv_seg.bias, decode_head.conv_seg.weight"):
+        result = load_checkpoint(fresh, fixtures_dir / f"{FIXTURE}.state_dict.safetensors")
+    assert sorted(result.reinitialised) == ["decode_head.conv_seg.bias", "decode_head.conv_seg.weight"]
+    assert torch.equal(fresh.neck.fpn_convs[0].conv.weight, model.neck.fpn_convs[0].conv.weight)
+    assert fresh(io["input"][:1]).shape == (1, 3, 70, 102)
+
+
 # --------------------------------------------------------------------------- full-size manifests
 
 

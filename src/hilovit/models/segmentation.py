@@ -409,7 +409,7 @@ def build_segmentor(cfg: Mapping[str, Any]) -> EncoderDecoder:
         >>> build_segmentor(cfg).eval()(torch.randn(1, 3, 70, 102)).shape
         torch.Size([1, 5, 70, 102])
     """
-    kind, top = _split_type(cfg, "model", ["EncoderDecoder"])
+    _, top = _split_type(cfg, "model", ["EncoderDecoder"])
     top = copy.deepcopy(top)
     unknown = sorted(set(top) - {"backbone", "neck", "decode_head", "auxiliary_head", "pretrained", "train_cfg",
                                  "test_cfg", "init_cfg"})
@@ -452,7 +452,7 @@ def build_segmentor(cfg: Mapping[str, Any]) -> EncoderDecoder:
             from hilovit.models.checkpoint import load_checkpoint
 
             load_checkpoint(model.backbone, path, strict=False)
-    model.config = dict(cfg)
+    model.config = copy.deepcopy(dict(cfg))  # the config it was built from, as given
     return model
 
 
