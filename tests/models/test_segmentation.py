@@ -80,6 +80,13 @@ def test_fixture_every_stage_matches_the_official_model(fixtures_dir):
     assert pred.dtype == torch.int64 and torch.equal(pred, io["pred"])
 
 
+def test_fixture_in_float64_agrees_with_the_official_float64_run(fixtures_dir):
+    model, io, _ = fixture_model(fixtures_dir)
+    got = run(model.double(), io["input"].double())
+    for name, t in got.items():  # observed <= 4e-14: the float32 differences are rounding only
+        torch.testing.assert_close(t, io[f"{name}_float64"], atol=1e-10, rtol=0, msg=name)
+
+
 def test_fixture_stage0_is_normalised_and_the_final_resize_stretches_the_padded_grid(fixtures_dir):
     model, io, _ = fixture_model(fixtures_dir)
     x = io["input"]
