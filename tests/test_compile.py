@@ -50,7 +50,9 @@ def _compare(model: torch.nn.Module, backend: str, fullgraph: bool = False) -> N
 
 
 def _names():
-    return [n if n.endswith("_nano") else pytest.param(n, marks=pytest.mark.slow) for n in list_models()]
+    seg = [pytest.param("semfpn_litv2_nano", marks=pytest.mark.slow)]  # the segmenter: one, slow (tens of s)
+    return [n if n.endswith("_nano") else pytest.param(n, marks=pytest.mark.slow)
+            for n in list_models() if not n.startswith("semfpn_")] + seg
 
 
 @pytest.mark.parametrize("name", _names())

@@ -3,6 +3,7 @@
 from hilovit.layers.attention import Attention, HiLo, SpatialReductionAttention, WindowAttention
 from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
 from hilovit.models.litv2 import LITv2, LITv2Backbone
+from hilovit.models.segmentation import EncoderDecoder, build_segmentor
 from hilovit.models.swin import SwinTransformer
 from hilovit.predict import Predictor
 
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attention",
+    "build_segmentor", "EncoderDecoder",
     "CheckpointError",
     "create_model",
     "list_models",
