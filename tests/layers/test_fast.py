@@ -77,7 +77,7 @@ def test_why_not_fast_names_each_reason():
 
         with FlopCounterMode(display=False):
             assert "dispatch mode" in fast.why_not_fast(x)
-        torch.jit.trace(probe, x)
+        torch.jit.trace(probe, x, check_trace=False)
         assert "tracing" in probe.reason
     assert "autograd" in fast.why_not_fast(x, probe)
     with torch.inference_mode():
@@ -174,7 +174,7 @@ def test_every_model_fast_on_equals_fast_off(name):
     the logits' scale."""
     torch.manual_seed(0)
     model = hilovit.create_model(name, num_classes=10).eval()
-    x = torch.randn(2, model.in_chans, 64, 64)
+    x = torch.randn(1, model.in_chans, 32, 32)
     with torch.inference_mode():
         on = model(x)
         with hilovit.fast_inference(False):
@@ -183,7 +183,7 @@ def test_every_model_fast_on_equals_fast_off(name):
             on16 = model(x)
             with hilovit.fast_inference(False):
                 off16 = model(x)
-    assert on.dtype == off.dtype == torch.float32 and on.shape == off.shape == (2, 10)
+    assert on.dtype == off.dtype == torch.float32 and on.shape == off.shape == (1, 10)
     torch.testing.assert_close(on, off, atol=1e-5, rtol=1e-5)
     err_fast, err_plain = _relative_error(on16, off, off), _relative_error(off16, off, off)
     assert err_fast <= 3 * err_plain + 0.01, (err_fast, err_plain)
