@@ -150,12 +150,12 @@ def why_not_fast(x: torch.Tensor, module: Optional[nn.Module] = None, *, trainin
             return "autograd is on (the fast path runs under torch.no_grad or torch.inference_mode)"
         if module is not None and module.training:
             return f"{type(module).__name__} is in training mode"
-    if _under_dispatch_mode():
-        return "a dispatch mode is active (FLOP counting or op tracking sees the plain ops)"
+    if _compiling():  # first: the checks below are not traceable by dynamo
+        return "torch.compile or torch.export"
     if tracing():
         return "TorchScript tracing or ONNX export"
-    if _compiling():
-        return "torch.compile or torch.export"
+    if _under_dispatch_mode():
+        return "a dispatch mode is active (FLOP counting or op tracking sees the plain ops)"
     if training:
         return ""
     if x.device.type != "cpu":
