@@ -10,13 +10,7 @@ import torch
 
 from hilovit import WindowAttention, create_model
 from hilovit.cli import main
-from hilovit.export import (
-    ExportVerificationError,
-    _window_attention_forward,
-    export_onnx,
-    onnx_export_mode,
-    verify_onnx,
-)
+from hilovit.export import ExportVerificationError, export_onnx, verify_onnx
 from hilovit.models.checkpoint import save_safetensors
 
 onnx = pytest.importorskip("onnx")
@@ -66,22 +60,30 @@ def test_export_dynamic_batch_matches_pytorch(tmp_path, name, overrides, img_siz
 
 
 def test_window_attention_export_form_equals_the_module():
+    """The documented export form (reshapes, no index plan) computes the module's function, and
+    the module takes it by itself while tracing."""
     torch.manual_seed(0)
     for window, shift, (H, W) in [(7, 3, (14, 14)), (7, 3, (10, 17)), (4, 0, (9, 8)), ((3, 5), (1, 2), (6, 11))]:
         attn = WindowAttention(24, 3, window_size=window, shift_size=shift).eval()
         x = torch.randn(2, H, W, 24)
         with torch.no_grad():
-            torch.testing.assert_close(_window_attention_forward(attn, x), attn(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(attn.forward_windows(x), attn(x), atol=1e-5, rtol=1e-5)
+            traced = torch.jit.trace(attn, x)
+        assert "index_select" not in str(traced.graph)  # the export form, not the plan's row gather
+        with torch.no_grad():
+            torch.testing.assert_close(traced(torch.randn(3, H, W, 24)).shape, torch.Size([3, H, W, 24]))
 
 
-def test_export_mode_is_restored():
+def test_export_leaves_the_modules_unpatched():
     model = create_model("swin_nano").eval()
-    blocks = [m for m in model.modules() if hasattr(m, "chunk_rows")]
-    before = [b.chunk_rows for b in blocks]
-    with onnx_export_mode(model):
-        assert all(b.chunk_rows == 0 for b in blocks)
-        assert all("forward" in vars(m) for m in model.modules() if isinstance(m, WindowAttention))
-    assert [b.chunk_rows for b in blocks] == before
+    seen = []
+    attn = model.layers[0].blocks[1].attn
+    handle = attn.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        model(x)  # the inference fast path runs inside the module: its hooks fire
+    assert seen == [(2, 14, 14, 48)]
+    handle.remove()
     assert not any("forward" in vars(m) for m in model.modules())
 
 

@@ -28,16 +28,11 @@ def test_hilo_flops_equal_the_official_formula(H, heads, ws, alpha):
     assert m.flops(H, H) == official_hilo_flops(m, H)
 
 
-def windowed(m):
-    m.band_max_windows = 0
-    return m
-
-
 CASES = [
-    (windowed(HiLo(64, 4, window_size=2, alpha=0.5)), 14, 14),
-    (windowed(HiLo(96, 3, window_size=2, alpha=0.9)), 14, 20),
+    (HiLo(64, 4, window_size=2, alpha=0.5), 14, 14),
+    (HiLo(96, 3, window_size=2, alpha=0.9), 14, 20),
     (HiLo(64, 4, window_size=1), 8, 8),
-    (windowed(HiLo(64, 4, window_size=4, alpha=0.0)), 8, 12),
+    (HiLo(64, 4, window_size=4, alpha=0.0), 8, 12),
     (Attention(64, 4), 7, 9),
     (SpatialReductionAttention(64, 4, sr_ratio=2), 14, 14),
     (SpatialReductionAttention(64, 4, sr_ratio=4), 16, 8),
@@ -60,23 +55,44 @@ def test_counted_attention_is_counted_on_cpu():
     assert attn and attn[0] == 2 * 49 * 49 * 64
 
 
-def test_banded_hifi_executes_a_few_masked_products_more():
-    """HiLo's banded Hi-Fi path computes the masked cross-window products too: counted >= analytic,
-    and the excess is exactly the masked part (band of 2 rows x W tokens vs 2x2 windows)."""
-    m = HiLo(768, 12, window_size=2, alpha=0.9)
-    counted, analytic = count_flops(m, torch.randn(1, 14, 14, 768)), m.flops(14, 14)
-    extra = 196 * (2 * 14 - 4) * m.h_dim * 2  # every query also meets the 24 masked keys of its band
-    assert counted == analytic + extra
-    assert counted / analytic < 1.01
+def test_flop_counting_sees_the_plain_windows_and_inference_the_bands():
+    """Under a FLOP counter the fast path stands aside, so HiLo's Hi-Fi branch cuts its windows out
+    (counted == analytic); in inference a narrow map is attended a band of rows at a time, which also
+    computes the masked cross-window products (band of 2 rows x W tokens vs 2x2 windows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hilovit.layers import fast
+
+    m = HiLo(768, 12, window_size=2, alpha=0.9).eval()
+    x = torch.randn(1, 14, 14, 768)
+    assert count_flops(m, x) == m.flops(14, 14)
+    with FlopCounterMode(display=False), torch.no_grad():
+        assert "dispatch mode" in fast.why_not_fast(x)
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(tuple(k.shape[-2:]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(fast.F, "scaled_dot_product_attention", spy), torch.no_grad():
+        m(x)
+    assert (2 * 14, 64) in seen  # the Hi-Fi keys: one band of 2 rows x 14 columns
+    seen.clear()
+    with unittest.mock.patch.object(fast.F, "scaled_dot_product_attention", spy), torch.no_grad(), \
+            fast.fast_inference(False):
+        m(x)
+    assert (4, 64) in seen and (28, 64) not in seen  # windows of 2x2 tokens
 
 
 def test_padding_counts():
-    """With padding, the analytic count is the official one at the padded size; the executed count is
-    smaller because the Lo-Fi attention and the output projections of padded tokens are never computed."""
+    """With padding, HiLo runs both branches on the padded map and crops, as the official detection
+    code does: the executed count is the analytic one at the padded size. Window attention projects
+    only the real tokens in ``proj``, so there the executed count is smaller."""
     m = HiLo(64, 4, window_size=4, alpha=0.5)
-    m.band_max_windows = 0
-    counted, analytic = count_flops(m, torch.randn(1, 5, 7, 64)), m.flops(5, 7)
-    assert counted < analytic
+    assert count_flops(m, torch.randn(1, 5, 7, 64)) == m.flops(5, 7) == m.flops(8, 8)
     w = WindowAttention(64, 4, 7, 3)
     assert count_flops(w, torch.randn(1, 10, 10, 64)) < w.flops(10, 10)
 

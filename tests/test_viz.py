@@ -142,7 +142,7 @@ def test_lofi_attention_reproduces_the_lofi_output():
     with HiLoCapture(hilo) as cap, torch.no_grad():
         model(torch.randn(1, 3, 72, 88))  # stage 2: 4 x 5 tokens, padded to 4 x 6, 2 x 3 pooled keys
     pos = (3, 4)
-    w = lofi_attention(hilo, cap.lofi_query, cap.lofi_source, pos)
+    w = lofi_attention(hilo, cap.lofi_source, pos)
     assert w.shape == (hilo.l_heads, 2, 3)
     torch.testing.assert_close(w.sum(dim=(1, 2)), torch.ones(hilo.l_heads))
     # weights times the pooled values, through l_proj, is what the branch computed at that position
@@ -176,7 +176,7 @@ def test_attention_map_per_family():
     swin = create_model("swin_nano")
     amap = attention_map(swin, x, layer=1)
     assert amap.kind == "window" and amap.tokens == (28, 28) and amap.query == (14, 14)
-    assert all(b.chunk_rows for b in swin.modules() if hasattr(b, "chunk_rows"))  # restored
+    assert not any(m._forward_pre_hooks for m in swin.modules())  # the recording hook is removed
     with pytest.raises(ValueError, match="outside"):
         attention_map(swin, x, query=(56, 0))
 

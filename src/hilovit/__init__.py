@@ -1,6 +1,9 @@
 """hilovit: fast hierarchical vision transformers (HiLo attention, LITv2, Swin Transformer)."""
 
-from hilovit.layers.attention import Attention, HiLo, SpatialReductionAttention, WindowAttention
+from hilovit.layers.attention import Attention, SpatialReductionAttention
+from hilovit.layers.fast import fast_inference, set_fast_inference, why_not_fast
+from hilovit.layers.hilo import HiLo
+from hilovit.layers.window_attention import WindowAttention
 from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
 from hilovit.models.litv2 import LITv2, LITv2Backbone
 from hilovit.models.segmentation import EncoderDecoder, build_segmentor
@@ -14,9 +17,11 @@ __all__ = [
     "build_segmentor", "EncoderDecoder",
     "CheckpointError",
     "create_model",
+    "fast_inference",
     "list_models",
     "load_checkpoint",
     "register_model",
+    "set_fast_inference",
     "HiLo",
     "LITv2",
     "LITv2Backbone",
@@ -24,5 +29,6 @@ __all__ = [
     "SpatialReductionAttention",
     "SwinTransformer",
     "WindowAttention",
+    "why_not_fast",
     "__version__",
 ]

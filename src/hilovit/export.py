@@ -8,13 +8,11 @@ exporter handles both families with nothing beyond ``onnx`` and ``onnxruntime`` 
 extra), and LITv2's deformable convolution (plain PyTorch ops: grid arithmetic, gathers, a matmul)
 exports as ordinary ONNX operators.
 
-Export mode. Two inference shortcuts are swapped out while tracing (:func:`onnx_export_mode`),
-because a trace records them with the batch size fixed: Swin's window attention gathers rows
-with an index plan built for one batch size, and its blocks run inference in chunks of windows.
-During export every :class:`WindowAttention` runs the textbook form instead (pad, cyclic shift,
-window partition by reshapes, one attention call with bias and mask, reverse), which computes the
-same function with the batch left symbolic, and the chunking is turned off. The model is restored
-afterwards, and the verification compares the ONNX file against the unmodified model.
+Export form. While tracing, every :class:`~hilovit.layers.window_attention.WindowAttention` runs
+its documented export formulation (:meth:`~hilovit.layers.window_attention.WindowAttention.forward_windows`:
+pad, cyclic shift, window partition by reshapes, one attention call with bias and mask, reverse),
+which computes the same function as its index-plan path with the batch left symbolic, and the
+inference fast path stands aside (:func:`hilovit.layers.fast.why_not_fast`); nothing is patched.
 
 Verification. The file is checked with ``onnx.checker`` and run with onnxruntime (CPU) on random
 inputs: at batch sizes 1 and 3 when the batch is dynamic (the trace used 2), else at the traced
@@ -26,17 +24,15 @@ only ever holds a verified export; on failure nothing is left behind and
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "ExportResult",
@@ -44,7 +40,6 @@ __all__ = [
     "export_onnx",
     "export_model",
     "verify_onnx",
-    "onnx_export_mode",
     "DEFAULT_ATOL",
 ]
 
@@ -83,83 +78,6 @@ def _require_onnx():
             f"ONNX export needs onnx and onnxruntime ({e.name} is missing): pip install 'hilovit[export]'"
         ) from e
     return onnx, onnxruntime
-
-
-# --------------------------------------------------------------------------- export mode
-def _window_attention_forward(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """:class:`WindowAttention` as reshapes (the official formulation), batch-size agnostic.
-
-    Same function as ``WindowAttention.forward``: zero-pad to the window, shift by ``-shift``,
-    attend within windows with the relative position bias (+ the shifted-window mask), reverse.
-    """
-    from hilovit.layers.windows import pad_to_multiple, window_partition, window_reverse
-
-    H, W, C = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
-    (wh, ww), (sh, sw) = attn.window_size, attn.shift_size
-    Hp, Wp = attn.padded_size(H, W)
-    nW, N, nh, hd = (Hp // wh) * (Wp // ww), wh * ww, attn.num_heads, attn.head_dim
-    x, _, _ = pad_to_multiple(x, attn.window_size)
-    if attn.shifted:
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-    win = window_partition(x, attn.window_size).reshape(-1, nW, N, C)  # (B, nW, N, C)
-    qkv = attn.qkv(win).reshape(-1, nW, N, 3, nh, hd).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, nh, N, hd)
-    q, k, v = (t.reshape(-1, nW * nh, N, hd) for t in qkv.unbind(0))
-    mask = attn.relative_position_bias().unsqueeze(0)  # (1, nh, N, N)
-    if attn.shifted:
-        # Built eagerly by the warm-up pass of export_onnx, so the trace records a constant
-        # (tracing the mask's slice assignments trips the ONNX shape inference).
-        cache = attn.__dict__.setdefault("_export_shift_masks", {})
-        if (Hp, Wp) not in cache:
-            cache[(Hp, Wp)] = attn.shift_mask(Hp, Wp, x.device)
-        mask = mask + cache[(Hp, Wp)].unsqueeze(1)  # (nW, nh, N, N)
-    mask = mask.expand(nW, nh, N, N).reshape(1, nW * nh, N, N).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)  # (B, nW*nh, N, hd)
-    out = out.reshape(-1, nW, nh, N, hd).transpose(2, 3).reshape(-1, wh, ww, C)
-    x = window_reverse(out, attn.window_size, Hp, Wp)
-    if attn.shifted:
-        x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
-    if Hp != H or Wp != W:
-        x = x[:, :H, :W]
-    return attn.proj_drop(attn.proj(x))
-
-
-@contextlib.contextmanager
-def onnx_export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, ``model`` runs its export-friendly form (see the module docstring).
-
-    Every :class:`~hilovit.layers.attention.WindowAttention` gets the reshape formulation as an
-    instance ``forward``, modules with a ``chunk_rows`` setting (Swin blocks) run unchunked, and
-    the attention modules' caches are restored on exit (a trace would fill them with traced
-    values).
-    """
-    from hilovit.layers.attention import HiLo, WindowAttention
-
-    patched: List[nn.Module] = []
-    chunked: List[Tuple[nn.Module, int]] = []
-    caches: List[Tuple[nn.Module, str, dict]] = []
-    try:
-        for m in model.modules():
-            if isinstance(m, WindowAttention):
-                m.forward = _window_attention_forward.__get__(m)
-                patched.append(m)
-            if isinstance(getattr(m, "chunk_rows", None), int) and not isinstance(m.chunk_rows, bool):
-                chunked.append((m, m.chunk_rows))
-                m.chunk_rows = 0
-            if isinstance(m, (HiLo, WindowAttention)):
-                for name in ("_band_masks", "_plan_cache", "_type_mask_cache", "_mask_cache"):
-                    cache = getattr(m, name, None)
-                    if isinstance(cache, dict):
-                        caches.append((m, name, cache))
-                        setattr(m, name, type(cache)())
-        yield model
-    finally:
-        for m in patched:
-            del m.forward
-            m.__dict__.pop("_export_shift_masks", None)
-        for m, rows in chunked:
-            m.chunk_rows = rows
-        for m, name, cache in caches:
-            setattr(m, name, cache)
 
 
 # --------------------------------------------------------------------------- verification
@@ -263,9 +181,8 @@ def export_onnx(
     model.eval()
     start = time.perf_counter()
     try:
-        with onnx_export_mode(model), torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes (sizes are fixed)
-            model(dummy)  # eager warm-up: builds the constant masks the trace then records
             torch.onnx.export(
                 model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
                 output_names=[output_name], dynamic_axes=axes, do_constant_folding=True,

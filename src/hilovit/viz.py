@@ -189,7 +189,7 @@ def plot_confusion_matrix(confusion: Sequence[Sequence[float]], classes: Sequenc
 
 def hilo_layers(model) -> List[Tuple[str, Any]]:
     """``[(name, HiLo), ...]`` of every HiLo module in ``model`` (``model`` itself included), in order."""
-    from hilovit.layers.attention import HiLo
+    from hilovit.layers.hilo import HiLo
 
     return [(name or type(model).__name__, m) for name, m in model.named_modules() if isinstance(m, HiLo)]
 
@@ -231,10 +231,11 @@ def select_hilo(model, layer: Optional[int] = None, need: str = "both") -> Tuple
 class HiLoCapture:
     """Record what one HiLo module computes in the next forward passes (a context manager).
 
-    Wraps the module's ``forward``, ``hifi`` and ``lofi`` methods (instance attributes, removed on
-    exit) and keeps, for the last call, ``hifi`` ``(B, H, W, h_dim)`` and ``lofi``
-    ``(B, H, W, l_dim)`` (each after its output projection, padding cropped), and the Lo-Fi inputs
-    ``lofi_query`` ``(B, H, W, l_dim)`` and ``lofi_source`` (the padded map ``(B, Hp, Wp, C)``).
+    Forward hooks on the module and on its branch methods' projections are not enough to tell the
+    branches apart, so the capture wraps the module's ``hifi`` and ``lofi`` methods (instance
+    attributes, removed on exit) and keeps, for the last call, ``hifi`` ``(B, H, W, h_dim)`` and
+    ``lofi`` ``(B, H, W, l_dim)`` (each after its output projection, padding cropped), and
+    ``lofi_source``, the padded map ``(B, Hp, Wp, C)`` both branches received.
 
     Example::
 
@@ -247,38 +248,49 @@ class HiLoCapture:
     def __init__(self, hilo):
         self.hilo = hilo
         self.size: Optional[Tuple[int, int]] = None
-        self._hifi = self.lofi = self.lofi_query = self.lofi_source = None
+        self._hifi = self._lofi = self.lofi_source = None
+        self._hook = None
 
     def __enter__(self) -> HiLoCapture:
         m, cls = self.hilo, type(self.hilo)
 
-        def forward(x, H=None, W=None):
+        def size_hook(_module, args, kwargs):
+            x = args[0]
+            H, W = (args[1:3] if len(args) >= 3 else (kwargs.get("H"), kwargs.get("W")))
             self.size = (int(x.shape[1]), int(x.shape[2])) if x.dim() == 4 else (int(H), int(W))
-            return cls.forward(m, x, H, W)
 
-        def hifi(qkv):
-            out = cls.hifi(m, qkv)
+        def hifi(x):
+            out = cls.hifi(m, x)
             self._hifi = out.detach()
             return out
 
-        def lofi(q, x_pad):
-            out = cls.lofi(m, q, x_pad)
-            self.lofi, self.lofi_query, self.lofi_source = out.detach(), q.detach(), x_pad.detach()
+        def lofi(x):
+            out = cls.lofi(m, x)
+            self._lofi, self.lofi_source = out.detach(), x.detach()
             return out
 
-        m.forward, m.hifi, m.lofi = forward, hifi, lofi
+        self._hook = m.register_forward_pre_hook(size_hook, with_kwargs=True)
+        m.hifi, m.lofi = hifi, lofi
         return self
 
     def __exit__(self, *exc) -> None:
-        for name in ("forward", "hifi", "lofi"):
+        self._hook.remove()
+        for name in ("hifi", "lofi"):
             self.hilo.__dict__.pop(name, None)
+
+    def _crop(self, t):
+        if t is None or self.size is None:
+            return t
+        H, W = self.size
+        return t[:, :H, :W]
 
     @property
     def hifi(self):
-        if self._hifi is None or self.size is None:
-            return self._hifi
-        H, W = self.size
-        return self._hifi[:, :H, :W]
+        return self._crop(self._hifi)
+
+    @property
+    def lofi(self):
+        return self._crop(self._lofi)
 
 
 def _as_map(feat):
@@ -469,88 +481,35 @@ def plot_hilo(branches: HiLoBranches, image, path: str | os.PathLike, title: Opt
 
 
 # --------------------------------------------------------------------------- attention maps
-def lofi_attention(hilo, query, source, position: Tuple[int, int]):
+def lofi_attention(hilo, source, position: Tuple[int, int]):
     """Lo-Fi attention weights of one query over the pooled keys: ``(l_heads, Hp / s, Wp / s)``.
 
-    Args:
-        hilo: the HiLo module; query, source: what its ``lofi`` received (see :class:`HiLoCapture`):
-            the Lo-Fi queries ``(B, H, W, l_dim)`` and the padded map ``(B, Hp, Wp, C)``.
-        position: the query's ``(row, col)`` on the ``H x W`` token grid (first image).
+    ``source``: what the HiLo module's ``lofi`` received (the padded map ``(B, Hp, Wp, C)``, see
+    :class:`HiLoCapture`); ``position``: the query's ``(row, col)`` on the token grid (first image).
+    The weights are the module's own (:meth:`~hilovit.layers.hilo.HiLo.lofi_attention_weights`).
     """
-    import torch
-    import torch.nn.functional as F
-
-    s, nh, hd = hilo.ws, hilo.l_heads, hilo.head_dim
-    y, x = position
-    src = source[:1]
-    if s > 1:
-        src = F.avg_pool2d(src.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1)
-    Hk, Wk = src.shape[1:3]
-    with torch.no_grad():
-        k = hilo.l_kv(src.reshape(1, Hk * Wk, -1))[..., : hilo.l_dim].view(Hk * Wk, nh, hd)
-        q = query[0, y, x].view(nh, hd)
-        logits = torch.einsum("hd,nhd->hn", q.float(), k.float()) * hilo.scale
-    return logits.softmax(dim=-1).view(nh, Hk, Wk)
+    return hilo.lofi_attention_weights(source, position)
 
 
 def window_attention(attn, x, position: Tuple[int, int]):
     """Weights of one query in Swin window attention, on the token map: ``(heads, H, W)``.
 
-    Args:
-        attn: the :class:`~hilovit.layers.attention.WindowAttention` module.
-        x: its input ``(B, H, W, C)`` (first image used).
-        position: the query's ``(row, col)`` on the ``H x W`` map.
-
-    Keys outside the query's (shifted) window get 0. The weights are the module's own: relative
-    position bias and, for shifted windows, the mask that keeps non-adjacent regions apart.
+    ``attn``: the :class:`~hilovit.layers.window_attention.WindowAttention`; ``x``: its input
+    ``(B, H, W, C)`` (first image); ``position``: the query's ``(row, col)``. Keys outside the
+    query's (shifted) window get 0 (:meth:`~hilovit.layers.window_attention.WindowAttention.attention_weights`).
     """
-    import torch
-
-    from hilovit.layers.windows import pad_to_multiple
-
-    (wh, ww), (sh, sw) = attn.window_size, attn.shift_size
-    H, W = int(x.shape[1]), int(x.shape[2])
-    y, xq = position
-    Hp, Wp = attn.padded_size(H, W)
-    xp, _, _ = pad_to_multiple(x[:1], attn.window_size)
-    ys, xs = (y - sh) % Hp, (xq - sw) % Wp  # the query after the cyclic shift by -shift
-    r0, c0 = ys // wh * wh, xs // ww * ww
-    rows = (torch.arange(r0, r0 + wh) + sh) % Hp  # map rows / cols of the window's tokens
-    cols = (torch.arange(c0, c0 + ww) + sw) % Wp
-    tokens = xp[0][rows][:, cols].reshape(wh * ww, -1)
-    nh, hd = attn.num_heads, attn.head_dim
-    with torch.no_grad():
-        q, k, _ = attn.qkv(tokens).view(wh * ww, 3, nh, hd).unbind(1)
-        logits = torch.einsum("nhd,mhd->hnm", q.float(), k.float()) * attn.scale + attn.relative_position_bias().float()
-        if attn.shifted:
-            window = (r0 // wh) * (Wp // ww) + c0 // ww
-            logits = logits + attn.shift_mask(Hp, Wp, logits.device)[window]
-    n = (ys - r0) * ww + (xs - c0)
-    weights = logits[:, n].softmax(dim=-1).view(nh, wh, ww)
-    out = torch.zeros(nh, Hp, Wp)
-    out[:, rows[:, None], cols[None, :]] = weights.cpu()
-    return out[:, :H, :W]
+    return attn.attention_weights(x, position)
 
 
 class WindowAttentionInput:
-    """Record the input of one :class:`WindowAttention` in the next forward passes (a context manager).
-
-    Swin blocks run inference in chunks that bypass the attention module's ``forward``; inside the
-    block they are switched to the plain path (their ``chunk_rows`` set to 0) and restored on exit.
-    """
+    """Record the input of one :class:`WindowAttention` in the next forward passes (a context
+    manager around a forward pre-hook: the module runs its own forward in training and inference)."""
 
     def __init__(self, model, attn):
         self.model, self.attn, self.input = model, attn, None
         self._hook = None
-        self._chunked: List[Tuple[Any, int]] = []
 
     def __enter__(self) -> WindowAttentionInput:
-        for m in self.model.modules():
-            rows = getattr(m, "chunk_rows", None)
-            if isinstance(rows, int) and not isinstance(rows, bool):
-                self._chunked.append((m, rows))
-                m.chunk_rows = 0
-
         def hook(_module, args):
             self.input = args[0].detach()
 
@@ -559,8 +518,6 @@ class WindowAttentionInput:
 
     def __exit__(self, *exc) -> None:
         self._hook.remove()
-        for m, rows in self._chunked:
-            m.chunk_rows = rows
 
 
 @dataclass
@@ -604,7 +561,7 @@ def attention_map(model, x, layer: Optional[int] = None, query: Optional[Tuple[f
     """
     import torch
 
-    from hilovit.layers.attention import WindowAttention
+    from hilovit.layers.window_attention import WindowAttention
 
     img_hw = (int(x.shape[-2]), int(x.shape[-1]))
     was_training = model.training
@@ -614,9 +571,9 @@ def attention_map(model, x, layer: Optional[int] = None, query: Optional[Tuple[f
             index, name, hilo = select_hilo(model, layer, need="both" if layer is None else "lofi")
             with HiLoCapture(hilo) as cap, torch.no_grad():
                 model(x)
-            tokens = tuple(cap.lofi_query.shape[1:3])
+            tokens = tuple(cap.lofi.shape[1:3])
             pos = _token_position(query, img_hw, tokens)
-            weights = lofi_attention(hilo, cap.lofi_query, cap.lofi_source, pos)
+            weights = lofi_attention(hilo, cap.lofi_source, pos)
             return AttentionMap("lofi", index, name, weights, tokens, pos, cell=hilo.ws)
         windows = [(n, m) for n, m in model.named_modules() if isinstance(m, WindowAttention)]
         if not windows:

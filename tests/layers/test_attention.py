@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hilovit import Attention, HiLo, SpatialReductionAttention, WindowAttention
+from hilovit.layers import fast
 from references import region_ids
 
 # --------------------------------------------------------------------------- plain-math references
@@ -160,8 +161,10 @@ def load_hilo_fixture(fixtures_dir, name):
 CLS_TRUNCATION_QUIRK = "hilo_cls_d64_h2_a1.0_ws2_7x7"
 
 
-@pytest.mark.parametrize("band_max_windows", [16, 0], ids=["banded", "windowed"])
-def test_hilo_matches_every_official_fixture(fixtures_dir, band_max_windows):
+@pytest.mark.parametrize("fast_on", [True, False], ids=["fast", "plain"])
+def test_hilo_matches_every_official_fixture(fixtures_dir, fast_on):
+    """Fast path on: the Hi-Fi windows of these narrow maps are attended a band at a time; off: cut
+    out one by one. Both equal the official outputs."""
     names = hilo_fixture_names(fixtures_dir)
     assert len(names) == 19
     checked = 0
@@ -169,10 +172,9 @@ def test_hilo_matches_every_official_fixture(fixtures_dir, band_max_windows):
         if name == CLS_TRUNCATION_QUIRK:
             continue
         m, io, H, W, meta = load_hilo_fixture(fixtures_dir, name)
-        m.band_max_windows = band_max_windows
         d = meta["derived"]
         assert (m.l_heads, m.h_heads, m.l_dim, m.h_dim) == (d["l_heads"], d["h_heads"], d["l_dim"], d["h_dim"])
-        with torch.no_grad():
+        with torch.no_grad(), fast.fast_inference(fast_on):
             out = m(io["x"], H, W)  # the official (B, N, C) call
             grid = m(io["x"].reshape(2, H, W, -1))  # the models' (B, H, W, C) layout
         assert out.shape == io["out"].shape
@@ -395,8 +397,6 @@ def _strided_qkv(n, nh, N, hd, scale_in=1.0, seed=0):
 
 
 def test_short_key_bfloat16_path_is_the_softmax_and_skips_the_fused_kernel(monkeypatch):
-    from hilovit.layers import attention as attn_mod
-
     q, k, v = _strided_qkv(5, 3, 49, 16)
     g = torch.Generator().manual_seed(1)
     mask = (torch.randn(1, 3, 49, 49, generator=g) - 100.0 * (torch.rand(1, 1, 49, 49, generator=g) < 0.3)).bfloat16()
@@ -405,9 +405,9 @@ def test_short_key_bfloat16_path_is_the_softmax_and_skips_the_fused_kernel(monke
     def refuse(*a, **kw):
         raise AssertionError("the fused kernel was called")
 
-    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention", refuse)
+    monkeypatch.setattr(fast.F, "scaled_dot_product_attention", refuse)
     with torch.inference_mode():
-        out = attn_mod._attention(q, k, v, mask, 0.25, 0.0)
+        out = fast.attention(q, k, v, mask, 0.25, 0.0)
     assert out.dtype == torch.bfloat16 and out.shape == q.shape
     assert out.transpose(1, 2).is_contiguous()  # stored (n, N, heads, hd) like the fused kernel's output
     err = (out.double() - ref).abs().max().item()
@@ -415,20 +415,18 @@ def test_short_key_bfloat16_path_is_the_softmax_and_skips_the_fused_kernel(monke
     assert err < 0.03 * ref.abs().max().item(), err
     # without a mask the short path still runs; in float32 the fused kernel is used (the refusal shows it)
     with torch.inference_mode():
-        plain = attn_mod._attention(q, k, v, None, 0.25, 0.0)
+        plain = fast.attention(q, k, v, None, 0.25, 0.0)
     assert (plain.double() - ref_attention(q.double(), k.double(), v.double(), 0.25)).abs().max() < 0.03
     with pytest.raises(AssertionError, match="fused kernel"):
-        attn_mod._attention(q.float(), k.float(), v.float(), mask.float(), 0.25, 0.0)
+        fast.attention(q.float(), k.float(), v.float(), mask.float(), 0.25, 0.0)
 
 
 def test_short_key_path_hands_overflowing_rows_to_the_fused_kernel():
-    from hilovit.layers import attention as attn_mod
-
     q, k, v = _strided_qkv(2, 2, 49, 32, scale_in=4.0)  # logits far beyond exp's float range
     with torch.inference_mode():
         s = (q.float() @ k.float().transpose(-1, -2)).abs().max()
         assert s > 200  # exp would overflow without the guard
-        out = attn_mod._attention(q, k, v, None, 1.0, 0.0)
+        out = fast.attention(q, k, v, None, 1.0, 0.0)
         fused = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, fused, atol=0, rtol=0)

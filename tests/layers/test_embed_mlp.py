@@ -44,13 +44,13 @@ def test_conv_ffn_keys_channels_last_and_grad():
 
 
 def test_conv_ffn_fused_inference_path_matches_plain():
-    from hilovit.layers import mlp as mlp_mod
+    from hilovit.layers import fast
 
     ffn = _randomize(ConvFFN(16, 64)).eval()
     x, r = torch.randn(2, 9, 7, 16), torch.randn(2, 9, 7, 16)
     plain = ffn(x, shortcut=r)  # autograd on: the plain modules
     with torch.no_grad():
-        assert mlp_mod.fused_inference_dtype(x) in (torch.float32, None)
+        assert fast.inference_dtype(x, ffn) == torch.float32
         fused = ffn(x, shortcut=r)
         torch.testing.assert_close(ffn(x), plain - r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
@@ -59,7 +59,7 @@ def test_conv_ffn_fused_inference_path_matches_plain():
         ref, ref32 = ffn(x, shortcut=rb), ffn(x, shortcut=r)
         with torch.no_grad():
             out, out32 = ffn(x, shortcut=rb), ffn(x, shortcut=r)
-            assert mlp_mod.fused_inference_dtype(x) in (torch.bfloat16, None)
+            assert fast.inference_dtype(x, ffn) == torch.bfloat16
     assert out.dtype == ref.dtype == torch.bfloat16 and out32.dtype == ref32.dtype == torch.float32
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
     # inside a FLOP counter the plain ops run (and are counted)
@@ -102,7 +102,7 @@ def test_patch_embed_pads_like_explicit_zero_padding():
 
 def test_patch_embed_inference_path_matches_plain_modules_and_follows_updates():
     """Inference converts the image to channels-last (and bfloat16 under autocast) before the
-    convolution: float32 must equal the plain conv + norm exactly, bfloat16 must stay within
+    convolution: float32 must equal the plain conv + norm up to float32 rounding, bfloat16 must stay within
     bfloat16 rounding of a float64 reference, and both must see weight updates."""
     pe = PatchEmbed(4, 3, 16).eval()
     with torch.no_grad():
@@ -120,7 +120,8 @@ def test_patch_embed_inference_path_matches_plain_modules_and_follows_updates():
             low = pe(x)
     ref64 = plain(pe.double(), x.double())
     pe.float()
-    torch.testing.assert_close(fp32, plain(pe, x).detach(), rtol=0, atol=0)
+    # the channels-last convolution sums in another order: float32 rounding apart
+    torch.testing.assert_close(fp32, plain(pe, x).detach(), rtol=1e-5, atol=2e-6)
     assert fp32.is_contiguous() and fp32.shape == (2, 5, 4, 16)
     assert low.dtype == torch.bfloat16 and (low.double() - ref64).abs().max() < 0.03 * ref64.abs().max()
     with torch.no_grad():
@@ -248,7 +249,7 @@ def test_cached_low_precision_weights_follow_parameter_updates():
     """Fused bfloat16 inference keeps cast (and oneDNN-packed) weights; any change to a parameter
     (in place, as optimisers and load_state_dict do) must be seen by the next call."""
     from hilovit import HiLo
-    from hilovit.layers import mlp as mlp_mod
+    from hilovit.layers import fast
 
     torch.manual_seed(3)
     ffn = _randomize(ConvFFN(16, 64)).eval()
@@ -258,7 +259,7 @@ def test_cached_low_precision_weights_follow_parameter_updates():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
                 before = module(x)
-                assert len(mlp_mod._LOWP_WEIGHTS) > 0
+                assert len(fast._CACHE) > 0
                 param.mul_(-1.5)  # in place: the version counter moves
                 after = module(x)
             ref = module(x)  # autograd on: the plain modules, weights cast by autocast
@@ -268,7 +269,7 @@ def test_cached_low_precision_weights_follow_parameter_updates():
     # the cache holds no module alive
     import gc
 
-    n = len(mlp_mod._LOWP_WEIGHTS)
+    n = len(fast._CACHE)
     del cases, ffn, hilo, module, param
     gc.collect()
-    assert len(mlp_mod._LOWP_WEIGHTS) < n
+    assert len(fast._CACHE) < n

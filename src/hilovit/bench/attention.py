@@ -30,7 +30,9 @@ from hilovit.bench.common import (
     write_table,
 )
 from hilovit.flops import count_flops
-from hilovit.layers.attention import Attention, HiLo, SpatialReductionAttention, WindowAttention
+from hilovit.layers.attention import Attention, SpatialReductionAttention
+from hilovit.layers.hilo import HiLo
+from hilovit.layers.window_attention import WindowAttention
 
 __all__ = ["NaiveHiLo", "MECHANISMS", "build_mechanism", "run_attention_benchmark", "PAPER_CPU_RATIOS"]
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.layers import fast
 from hilovit.layers.deform_conv import DeformConv2dPack, deform_columns, deform_conv2d
-from hilovit.layers.mlp import (
-    cached_for_inference,
-    fused_inference_dtype,
-    inference_weights,
-    linear_pointwise,
-    norm_to,
-    pack_linear_weight,
-)
 from hilovit.layers.windows import IntOrPair, pad_to_multiple, to_2tuple
 
 __all__ = ["PatchEmbed", "PatchMerging", "DeformableTokenMerging"]
@@ -58,23 +51,17 @@ class PatchEmbed(nn.Module):
         H, W = x.shape[2], x.shape[3]
         if H % ph or W % pw:
             x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))
-        lowp = fused_inference_dtype(x)
-        if lowp is not None:
-            # CPU inference: a channels-last image makes the convolution write (B, H', W', C) rows, so
-            # the permute below is free and the norm reads contiguous rows (16x224: 8.2 -> 5.8 ms in
-            # float32, the same result)
-            x = x.to(lowp, memory_format=torch.channels_last)
-            w, b = inference_weights((self.proj,), lowp)
-            with torch.autocast(x.device.type, enabled=False):
-                x = F.conv2d(x, w, b, self.proj.stride, self.proj.padding)
+        cd = fast.inference_dtype(x, self)
+        if cd is not None:
+            # a channels-last image makes the convolution write (B, H', W', C) rows, so the permute
+            # below is free and the norm reads contiguous rows (16x224: 8.2 -> 5.8 ms in float32)
+            x = fast.conv2d(x.to(cd, memory_format=torch.channels_last), self.proj)
         else:
             x = self.proj(x)
         x = x.permute(0, 2, 3, 1)  # (B, H', W', C)
         if self.norm is None:
             return x
-        if lowp == torch.bfloat16:  # bfloat16 inference: no float32 round trip
-            return norm_to(self.norm, x.to(torch.bfloat16), torch.bfloat16)
-        return self.norm(x)
+        return self.norm(x) if cd is None else fast.norm(self.norm, x, cd)
 
     def flops(self, H: int, W: Optional[int] = None) -> int:
         """Multiply-adds of the projection for an ``H x W`` image (the norm is counted by the models)."""
@@ -112,9 +99,8 @@ class PatchMerging(nn.Module):
         B, H, W, C = x.shape
         # (B, H/2, 2[row], W/2, 2[col], C) -> (B, H/2, W/2, col, row, C): [r0c0, r1c0, r0c1, r1c1]
         x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
-        if fused_inference_dtype(x) == torch.bfloat16:  # bfloat16 inference: cached packed weight, no round trip
-            h = norm_to(self.norm, x.to(torch.bfloat16), torch.bfloat16)
-            return linear_pointwise(h, inference_weights((self.reduction,), torch.bfloat16, pack=True))
+        if fast.inference_dtype(x, self) == torch.bfloat16:  # no float32 round trip, packed weight
+            return fast.linear(fast.norm(self.norm, x.to(torch.bfloat16), torch.bfloat16), self.reduction)
         return self.reduction(self.norm(x))
 
     def flops(self, H: int, W: Optional[int] = None) -> int:
@@ -167,25 +153,11 @@ class DeformableTokenMerging(nn.Module):
         bias = (self.dconv.bias - bn.running_mean) * scale + bn.bias
         return weight, bias
 
-    def _lowp_fusable(self, x: torch.Tensor) -> bool:
-        act = self.act_layer
-        return (
-            fused_inference_dtype(x) == torch.bfloat16
-            and type(act) is nn.GELU
-            and act.approximate == "none"
-        )
-
-    def _lowp_weights(self):
-        """The folded weight as ``(Cout, kh * kw * Cin)`` bfloat16 (packed for oneDNN) and bias."""
-        dc, bn = self.dconv, self.norm_layer
-
-        def build():
-            weight, bias = self._folded()
-            w2d = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).to(torch.bfloat16)
-            return pack_linear_weight(w2d), bias.to(torch.bfloat16)
-
-        tensors = (dc.weight, dc.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return cached_for_inference(self, ("folded", torch.bfloat16), tensors, build)
+    def _folded_2d(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The folded weight as a ``(Cout, kh * kw * Cin)`` matrix and the bias: the deformable conv
+        as one linear layer over the sampled columns."""
+        weight, bias = self._folded()
+        return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1), bias
 
     def forward(self, x: torch.Tensor, return_offset: bool = False):
         if x.dim() != 4 or x.shape[-1] != self.dim:
@@ -199,15 +171,18 @@ class DeformableTokenMerging(nn.Module):
         offset = self.dconv.conv_offset(xc)  # (B, 8, H // 2, W // 2)
         bn = self.norm_layer
         folded = not bn.training and bn.track_running_stats and bn.running_mean is not None
-        if folded and self._lowp_fusable(x):
-            # bfloat16 inference: bfloat16 samples, one oneDNN product with the folded weight (cast and
-            # packed once per parameter version) and the GELU inside
+        if folded and fast.inference_dtype(x, self) == torch.bfloat16:
+            # bfloat16 inference: bfloat16 samples, one product with the folded weight (kept by the
+            # fast path's cache until a parameter or a running statistic changes) and the GELU inside
             dc = self.dconv
             B, Ho, Wo = offset.shape[0], offset.shape[2], offset.shape[3]
             cols = deform_columns(xc.to(torch.bfloat16), offset, dc.kernel_size, dc.stride, dc.padding,
                                   dc.dilation, (Ho, Wo))
-            w, b = self._lowp_weights()
-            out = torch.ops.mkldnn._linear_pointwise(cols, w, b, "gelu", [], "none").view(B, Ho, Wo, -1)
+            bn = self.norm_layer
+            sources = (dc.weight, dc.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+            weights = fast.cached(self, ("folded", torch.bfloat16), sources,
+                                  lambda: fast.cast_weights(*self._folded_2d(), torch.bfloat16, pack=True))
+            out = fast.linear_with(cols, weights, act=self.act_layer).view(B, Ho, Wo, -1)
             return (out, offset) if return_offset else out
         if folded:
             weight, bias = self._folded()  # eval: BatchNorm folded into the convolution

@@ -19,7 +19,8 @@ Speed: on CPU without autograd the FFN runs as fused oneDNN kernels (bias, GELU 
 add inside the linear layers and the depth-wise convolution, see
 :class:`~hilovit.layers.mlp.ConvFFN`) and the DTM's BatchNorm is folded into its convolution; under
 ``torch.autocast('cpu', torch.bfloat16)`` every matrix product and convolution runs in bfloat16.
-Training runs the plain modules.
+Training runs the plain modules; :mod:`hilovit.layers.fast` decides (and ``hilovit.fast_inference(False)``
+turns it off).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from hilovit.layers.attention import HiLo
+from hilovit.layers import fast
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
-from hilovit.layers.mlp import ConvFFN, fused_inference_dtype, norm_to
+from hilovit.layers.hilo import HiLo
+from hilovit.layers.mlp import ConvFFN
 from hilovit.layers.windows import to_2tuple
 from hilovit.models.registry import register_model
 
@@ -73,19 +75,19 @@ def _drop_path(p: float) -> nn.Module:
 
 def _ffn_residual(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + drop_path(mlp(norm2(x)))``; without active stochastic depth the FFN adds the residual
-    itself (fused into ``fc2`` on the CPU inference path)."""
+    itself (fused into ``fc2`` on the fast inference path)."""
     if blk.training and isinstance(blk.drop_path, DropPath):
         return x + blk.drop_path(blk.mlp(blk.norm2(x)))
     if _lowp_inference(blk, x):
         x = x.to(torch.bfloat16)
-        return blk.mlp(norm_to(blk.norm2, x, torch.bfloat16), shortcut=x)
+        return blk.mlp(fast.norm(blk.norm2, x, torch.bfloat16), shortcut=x)
     return blk.mlp(blk.norm2(x), shortcut=x)
 
 
 def _lowp_inference(blk: nn.Module, x: torch.Tensor) -> bool:
-    """bfloat16 CPU inference (autocast or bfloat16 input, no autograd, eval): the block then keeps
-    the residual stream in bfloat16 and normalises straight to bfloat16, with no float32 round trips."""
-    return not blk.training and fused_inference_dtype(x) == torch.bfloat16
+    """bfloat16 on the fast inference path: the block then keeps the residual stream in bfloat16
+    and normalises straight to bfloat16, with no float32 round trips."""
+    return fast.inference_dtype(x, blk) == torch.bfloat16
 
 
 class ConvFFNBlock(nn.Module):
@@ -163,7 +165,7 @@ class HiLoBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _lowp_inference(self, x):
             x = x.to(torch.bfloat16)
-            x = x + self.attn(norm_to(self.norm1, x, torch.bfloat16))
+            x = x + self.attn(fast.norm(self.norm1, x, torch.bfloat16))
         else:
             x = x + self.drop_path(self.attn(self.norm1(x)))
         return _ffn_residual(self, x)

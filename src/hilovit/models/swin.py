@@ -30,10 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from hilovit.layers.attention import WindowAttention, _compute_dtype
+from hilovit.layers import fast
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
-from hilovit.layers.mlp import Mlp, inference_weights, norm_to
+from hilovit.layers.mlp import Mlp
+from hilovit.layers.window_attention import WindowAttention
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
 from hilovit.models.checkpoint import CheckpointError
 from hilovit.models.registry import register_model
@@ -105,8 +106,6 @@ class SwinTransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-        # tokens per chunk in inference (about 16 MB of float32 MLP activations); 0 turns chunking off
-        self.chunk_rows = max(1024, (16 << 20) // (4 * int(dim * mlp_ratio)))
         if self.shift_size > 0:
             self.register_buffer("attn_mask", self.build_attn_mask())
         else:
@@ -125,53 +124,13 @@ class SwinTransformerBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.chunk_rows
-            and x.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and not self.training
-            and not torch.compiler.is_compiling()
-        ):
-            return self._forward_chunked(x)
+        cd = fast.inference_dtype(x, self)
+        if cd is not None:  # CPU inference: the residual stream in the compute dtype, the MLP adds it itself
+            x = x.to(cd)
+            x = x + self.attn(fast.norm(self.norm1, x, cd))
+            return self.mlp(fast.norm(self.norm2, x, cd), shortcut=x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _forward_chunked(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: the whole block on the rows of the window order, a few hundred windows at a time.
-
-        Norms, projections, attention and the MLP only see the tokens of a window, so after one
-        gather into window order the block runs on chunks of whole windows that stay in cache (no
-        large temporaries), and one gather brings the result back to the map's order. Padding
-        rows are zeroed after ``norm1`` (the official code pads the normalised map) and dropped.
-        On CPU the projections use oneDNN kernels with the bias, the GELU and the residual
-        addition fused in, when they are available and agree with ``F.linear``.
-        """
-        B, H, W, C = x.shape
-        attn = self.attn
-        plan = attn.window_plan(B, H, W, x.device)
-        cd = _compute_dtype(x, attn.qkv.weight)
-        rows = x.reshape(B * H * W, C).to(cd)
-        xw = rows if plan.src is None else rows.index_select(0, plan.src)
-        out = torch.empty_like(xw)
-        masks = attn.group_masks(plan.Hp, plan.Wp, cd, x.device)
-        lin = self._inference_linears(cd, x.device)
-        for s, e, t in plan.chunks(attn.window_tokens, self.chunk_rows):
-            xc = xw[s:e]
-            h = norm_to(self.norm1, xc, cd)
-            if plan.keep is not None:
-                h = h.mul_(plan.keep[s:e])
-            y = lin.proj_add(attn.window_attention(lin.qkv(h), masks[t : t + 1]), xc)
-            out[s:e] = lin.fc2_add(lin.fc1_act(norm_to(self.norm2, y, cd)), y)
-        if plan.inv is not None:
-            out = out.index_select(0, plan.inv)  # back to the map's order, without the padding
-        return out.view(B, H, W, C)
-
-    def _inference_linears(self, cd: torch.dtype, device: torch.device) -> _InferenceLinears:
-        """The projections in dtype ``cd``; cast (and, for the fused kernels, packed) weights are
-        kept per dtype until the parameters change (:func:`~hilovit.layers.mlp.inference_weights`)."""
-        fused = _fused_linear_ok(device, cd)
-        layers = (self.attn.qkv, self.attn.proj, self.mlp.fc1, self.mlp.fc2)
-        return _InferenceLinears(self, tuple(inference_weights((m,), cd, pack=fused) for m in layers), fused)
 
     def flops(self, H: int, W: int) -> int:
         """Multiply-adds: norms ``H W C`` each, attention at the padded size, the MLP."""
@@ -718,83 +677,6 @@ def _resize_pos_embed(pos: torch.Tensor, own: torch.Tensor, resolution: List[int
     grid = pos.float().reshape(1, s1, s1, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(resolution), mode="bicubic", align_corners=False)
     return grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]).to(pos.dtype)
-
-
-# ---- inference kernels ----------------------------------------------------------------------
-
-_FUSED_LINEAR: Dict[Tuple[str, torch.dtype], bool] = {}
-
-
-def _fused_linear_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether oneDNN's fused linear kernels (bias + GELU / + residual) run here and agree with
-    ``F.linear``; checked once per dtype on a small problem, and never under a dispatch mode
-    (FLOP counting, tracing) or compilation, which see only the plain ops."""
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
-        return False
-    key = (device.type, dtype)
-    if key not in _FUSED_LINEAR:
-        _FUSED_LINEAR[key] = _check_fused_linear(dtype)
-    return _FUSED_LINEAR[key]
-
-
-def _check_fused_linear(dtype: torch.dtype) -> bool:
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available():
-            return False
-        g = torch.Generator().manual_seed(0)
-        x, w, b, o = (torch.randn(*s, generator=g).to(dtype) for s in ((37, 24), (40, 24), (40,), (37, 40)))
-        tol = 1e-4 if dtype == torch.float32 else 5e-2
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            ref = F.linear(x.float(), w.float(), b.float())
-            got = (op(x, w, b, "none", [], ""), op(x, w, b, "gelu", [], "none"), op.binary(x, o, w, b, "add"))
-        want = (ref, F.gelu(ref), ref + o.float())
-        return all(torch.allclose(g_.float(), w_, atol=tol * 10, rtol=tol) for g_, w_ in zip(got, want))
-    except Exception:  # noqa: BLE001 - any failure means: use the plain ops
-        return False
-
-
-def _current_dispatch_mode():
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return _get_current_dispatch_mode()
-
-
-class _InferenceLinears:
-    """A block's four projections for inference in dtype ``cd``: fused oneDNN kernels when they
-    work here (bias, GELU and residual addition inside the matrix product), plain ops otherwise.
-    For the fused kernels bfloat16 weights come pre-packed into oneDNN's blocked layout."""
-
-    def __init__(self, blk: SwinTransformerBlock, weights: tuple, fused: bool):
-        self.qkv_w, self.proj_w, self.fc1_w, self.fc2_w = weights  # each (weight, bias); packed when fused
-        act = blk.mlp.act
-        self.exact_gelu = type(act) is nn.GELU and act.approximate == "none"
-        self.act = act
-        self.fused = fused
-
-    def qkv(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return torch.ops.mkldnn._linear_pointwise(x, *self.qkv_w, "none", [], "")
-        return F.linear(x, *self.qkv_w)
-
-    def proj_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self.proj_w, "add")
-        return F.linear(x, *self.proj_w).add_(residual)
-
-    def fc1_act(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and self.exact_gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, *self.fc1_w, "gelu", [], "none")
-        if self.fused:
-            return self.act(torch.ops.mkldnn._linear_pointwise(x, *self.fc1_w, "none", [], ""))
-        return self.act(F.linear(x, *self.fc1_w))
-
-    def fc2_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, *self.fc2_w, "add")
-        return F.linear(x, *self.fc2_w).add_(residual)
 
 
 # ---- registry -------------------------------------------------------------------------------
