@@ -351,7 +351,11 @@ def load_checkpoint(
         :class:`LoadResult` naming the re-initialised and ignored keys.
     """
     sd, _ = read_checkpoint(source)
-    where = _source_name(source)
+    return _load_into(model, sd, strict, allow_new_classifier, _source_name(source), type(model).__name__)
+
+
+def _load_into(model: nn.Module, sd: StateDict, strict: bool, allow_new_classifier: bool, where: str,
+               model_name: str) -> LoadResult:
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is not None:
         family = _family_of(sd)
@@ -361,7 +365,7 @@ def load_checkpoint(
             raise
         except (ValueError, RuntimeError, KeyError, IndexError) as e:  # a foreign layout
             made = f" (it looks like {family} checkpoint)" if family else ""
-            raise CheckpointError(f"checkpoint {where} does not fit {type(model).__name__}{made}: {e}") from e
+            raise CheckpointError(f"checkpoint {where} does not fit {model_name}{made}: {e}") from e
     own = model.state_dict()
     result = LoadResult()
     heads = _classifier_prefixes(model)
@@ -386,7 +390,7 @@ def load_checkpoint(
         family, own_family = _family_of(sd), _family_of(own)
         made = f" (it looks like {family} checkpoint)" if family and family != own_family else ""
         raise CheckpointError(
-            f"checkpoint {where} does not fit {type(model).__name__}{made}:\n  " + "\n  ".join(problems)
+            f"checkpoint {where} does not fit {model_name}{made}:\n  " + "\n  ".join(problems)
         )
     if not strict:
         result.ignored = unexpected
@@ -497,7 +501,7 @@ def load_model(
         net = create_model(model, **kwargs)
     else:
         net = model
-    load_checkpoint(net, sd, strict=strict, allow_new_classifier=False)
+    _load_into(net, sd, strict, False, where, model if isinstance(model, str) else type(net).__name__)
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     if given:
