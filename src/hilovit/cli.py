@@ -109,16 +109,49 @@ def _add_predict(commands) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--norm", choices=sorted(_NORMS),
+                   help="normalisation when the checkpoint records none (default: the model's own, with a notice): "
+                   "imagenet, half (mean 0.5, std 0.5) or none (mean 0, std 1)")
+    p.add_argument("--mean", type=_floats_arg, help="normalisation mean, comma-separated (with --std)")
+    p.add_argument("--std", type=_floats_arg, help="normalisation std, comma-separated (with --mean)")
     p.set_defaults(func=_run_predict)
+
+
+_NORMS = {"imagenet": None, "half": ((0.5,), (0.5,)), "none": ((0.0,), (1.0,))}  # imagenet: data/constants.py
+
+
+def _floats_arg(text: str):
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
 
 
 def _run_predict(args) -> int:
     import json
+    import warnings
 
     from hilovit.predict import format_predictions, predict_files
 
-    results = predict_files(args.images, args.model, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
-                            device=args.device)
+    if args.norm and (args.mean or args.std):
+        raise ValueError("--norm and --mean/--std choose the same thing: give one of them")
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("--mean and --std go together: give both")
+    mean, std = _NORMS[args.norm] if args.norm else (args.mean, args.std)
+    if args.norm == "imagenet":
+        from hilovit.data import constants
+
+        mean, std = constants.IMAGENET_DEFAULT_MEAN, constants.IMAGENET_DEFAULT_STD
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        results = predict_files(args.images, args.model, args.checkpoint, topk=args.topk,
+                                batch_size=args.batch_size, device=args.device, mean=mean, std=std)
+    for note in (n for n in notes if issubclass(n.category, UserWarning)):
+        text = str(note.message).replace("pass mean= and std=", "use --norm or --mean/--std")
+        print(f"hilovit predict: note: {text}", file=sys.stderr)
     for r in results:
         if not r.ok:
             print(f"hilovit predict: {r.source}: {r.error}", file=sys.stderr)
@@ -335,14 +368,18 @@ def _add_eval(commands) -> None:
         "eval",
         help="evaluate a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix",
         description="Evaluates a checkpoint (model.safetensors, last.pt, a training output folder, or any state "
-        "dict) on the evaluation split of the data (Fashion-MNIST: the 10,000 test images).",
+        "dict) on the evaluation split of the data it was trained on (as recorded beside it) or of --data "
+        "(Fashion-MNIST: the 10,000 test images). An earlier eval.json is kept: the new report gets the next "
+        "free name (eval-2.json, ...) unless --overwrite.",
     )
     p.add_argument("--model", required=True, help="registered model name (must match the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a training output folder")
-    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or a folder")
+    p.add_argument("--data", default=None,
+                   help="'fashion-mnist' or a folder (default: the data the checkpoint records)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--val-split", type=float, default=0.0, help="as in training, for folders without val/")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --val-split hold-out")
+    p.add_argument("--val-split", type=float, default=None,
+                   help="as in training, for folders without val/ (default: as recorded, else 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the --val-split hold-out (default: as recorded)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--in-chans", type=int, default=None)
@@ -355,6 +392,7 @@ def _add_eval(commands) -> None:
     p.add_argument("--output", default=None,
                    help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint)")
     p.add_argument("--confusion-png", default=None, help="path of the confusion-matrix picture")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json and confusion.png")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--progress", choices=["auto", "bar", "off"], default="auto")
     p.set_defaults(func=_run_eval)
@@ -370,7 +408,7 @@ def _run_eval(args) -> int:
         batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
         val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
         threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
-        progress=args.progress, default_output="eval",
+        progress=args.progress, default_output="eval", overwrite=args.overwrite,
     )
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,11 +32,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hilovit.models.checkpoint import resolve_checkpoint  # noqa: F401  (its home; importable here too)
+
 __all__ = [
     "Prediction",
     "Predictor",
     "load_model",
     "read_checkpoint_metadata",
+    "format_predictions",
     "resolve_checkpoint",
     "open_image",
     "preprocess_image",
@@ -51,110 +53,28 @@ _RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, 
 
 
 # --------------------------------------------------------------------------- checkpoints
-def resolve_checkpoint(path: PathLike) -> Path:
-    """A checkpoint file, or a training output folder (its ``model.safetensors``, else ``last.pt``)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        for name in ("model.safetensors", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise FileNotFoundError(f"checkpoint folder {str(p)!r} holds neither model.safetensors nor last.pt")
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
-    return p
-
-
 def read_checkpoint_metadata(path: PathLike) -> Dict[str, Any]:
-    """What a checkpoint stores beside its weights: the safetensors header's ``__metadata__``, or
-    the ``metadata`` dict and the ``classes`` entry of a ``torch.save`` dict (``last.pt``).
+    """What a checkpoint stores beside its weights (:func:`hilovit.models.checkpoint.read_metadata`)."""
+    from hilovit.models.checkpoint import read_metadata
 
-    Returns ``{}`` when there is none (or the file cannot be read: loading reports that).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return {}
-    if path.suffix == ".safetensors" or head[8:9] == b"{":
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return dict(f.metadata() or {})
-        except Exception:  # noqa: BLE001 - not readable as safetensors: read_checkpoint says why
-            return {}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001
-        return {}
-    if not isinstance(obj, Mapping):
-        return {}
-    meta = dict(obj["metadata"]) if isinstance(obj.get("metadata"), Mapping) else {}
-    for key in ("classes", "class_names"):
-        if key in obj and "classes" not in meta:
-            meta["classes"] = obj[key]
-    return meta
-
-
-def _parse_classes(value: Any) -> Optional[List[str]]:
-    """Class names from metadata: a list, a JSON list, or newline/comma separated text."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                pass
-        if isinstance(value, str):
-            value = text.split("\n") if "\n" in text else text.split(",")
-    if isinstance(value, Mapping):  # {index: name}
-        try:
-            value = [value[k] for k in sorted(value, key=int)]
-        except (TypeError, ValueError):
-            return None
-    if isinstance(value, (list, tuple)) and value:
-        return [str(v).strip() for v in value]
-    return None
-
-
-def _floats(value: Any) -> Optional[Tuple[float, ...]]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        value = [v for v in text.replace(" ", ",").split(",") if v]
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out or None
-
-
-def _size(value: Any) -> Optional[Tuple[int, int]]:
-    sizes = _floats(value)
-    if not sizes:
-        return None
-    if len(sizes) == 1:
-        return int(sizes[0]), int(sizes[0])
-    return int(sizes[-2]), int(sizes[-1])
+    return read_metadata(path)
 
 
 def load_model(
     name: str,
     checkpoint: Optional[PathLike] = None,
     device: Union[str, torch.device] = "cpu",
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
     **overrides,
 ) -> Tuple[nn.Module, Optional[List[str]]]:
     """Build the registered model ``name`` to fit ``checkpoint``, load it, and put it in eval mode.
 
-    The number of classes, the input channels, the image size and the normalisation follow the
-    checkpoint (its classifier and stem shapes and stored metadata) unless ``overrides`` name
-    them; without a checkpoint the model keeps its random initialisation.
+    The loading is :func:`hilovit.models.checkpoint.load_model`'s: the number of classes, the input
+    channels, the image size and the normalisation follow the checkpoint (its classifier and stem
+    shapes and stored metadata) unless ``overrides`` (or ``mean``/``std``) name them, and a
+    checkpoint that does not fit, the classifier included, is refused. Without a checkpoint the
+    model keeps its random initialisation.
 
     Returns:
         ``(model, classes)``: classes are the names stored with the checkpoint, or None.
@@ -164,49 +84,17 @@ def load_model(
         hilovit.CheckpointError: it does not fit ``name`` (the message lists the keys), or it was
             trained as another model.
     """
-    from hilovit.models import create_model, load_checkpoint
-    from hilovit.models.checkpoint import CheckpointError, read_checkpoint
-    from hilovit.models.registry import model_entrypoint
+    from hilovit.models import create_model
+    from hilovit.models.checkpoint import load_model as _load
 
-    model_entrypoint(name)  # an unknown name: ValueError listing the registered ones
-    classes = None
-    kwargs = dict(overrides)
-    state_dict = meta = None
-    if checkpoint is not None:
-        path = resolve_checkpoint(checkpoint)
-        state_dict = read_checkpoint(path)
-        meta = read_checkpoint_metadata(path)
-        trained_as = meta.get("model")
-        if isinstance(trained_as, str) and trained_as and trained_as != name:
-            try:
-                same = model_entrypoint(trained_as) is model_entrypoint(name)  # an alias of the same model
-            except ValueError:
-                same = False
-            if not same:
-                raise CheckpointError(
-                    f"checkpoint {str(path)!r} holds a {trained_as!r} model, not {name!r}; use --model {trained_as}"
-                )
-        classes = _parse_classes(meta.get("classes"))
-        head = state_dict.get("head.weight", state_dict.get("head.fc.weight"))
-        if head is not None and head.dim() == 2:
-            kwargs.setdefault("num_classes", int(head.shape[0]))
-        stem = state_dict.get("patch_embed.proj.weight")
-        if stem is not None and stem.dim() == 4:
-            kwargs.setdefault("in_chans", int(stem.shape[1]))
-        if meta.get("img_size") is not None and _size(meta["img_size"]) is not None:
-            kwargs.setdefault("img_size", _size(meta["img_size"]))
-    model = create_model(name, **kwargs)
-    if state_dict is not None:
-        load_checkpoint(model, state_dict)
+    if checkpoint is None:
+        model = create_model(name, **overrides)
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        for key in ("mean", "std"):
-            stats = _floats(meta.get(key))
-            if stats is not None:
-                cfg[key] = stats
+        cfg.update({k: tuple(float(x) for x in v) for k, v in (("mean", mean), ("std", std)) if v is not None})
         model.pretrained_cfg = cfg
-    if classes is not None and getattr(model, "num_classes", len(classes)) != len(classes):
-        classes = None  # names that do not match the classifier are not trusted
-    return model.eval().to(device), classes
+        return model.eval().to(device), None
+    model, info = _load(checkpoint, name, device=device, mean=mean, std=std, **overrides)
+    return model, info["classes"]
 
 
 # --------------------------------------------------------------------------- images
@@ -378,13 +266,17 @@ class Predictor:
         checkpoint: Optional[PathLike] = None,
         classes: Optional[Sequence[str]] = None,
         device: Union[str, torch.device] = "cpu",
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
         **overrides,
     ) -> Predictor:
         """Build the registered ``model`` sized for ``checkpoint`` and load it (see :func:`load_model`).
 
-        ``classes`` overrides the names stored in the checkpoint.
+        ``classes`` overrides the names stored in the checkpoint; ``mean``/``std`` the
+        normalisation (a checkpoint that records none gets the model's default, with a warning
+        saying which).
         """
-        net, stored = load_model(model, checkpoint, device=device, **overrides)
+        net, stored = load_model(model, checkpoint, device=device, mean=mean, std=std, **overrides)
         return cls(net, classes if classes is not None else stored, device=device)
 
     @property
@@ -476,9 +368,11 @@ def predict_files(
     topk: int = 5,
     batch_size: int = 16,
     device: str = "cpu",
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
 ) -> List[Prediction]:
     """``hilovit predict``: load ``model`` from ``checkpoint`` and predict every image (errors per image)."""
     if not images:
         raise ValueError("no images given")
-    predictor = Predictor.from_checkpoint(model, checkpoint, device=device)
+    predictor = Predictor.from_checkpoint(model, checkpoint, device=device, mean=mean, std=std)
     return predictor.predict_many(images, topk=topk, batch_size=batch_size)

@@ -1,4 +1,4 @@
-"""Process-level settings that make CPU inference and training faster.
+"""Process-level settings: a faster allocator for CPU work, and the one autocast helper.
 
 glibc serves every large allocation (a stage-1 activation of a batch is tens of MB) with a
 fresh ``mmap`` and returns it on free, so each forward pass pays page faults for all of its
@@ -9,12 +9,16 @@ may call it once themselves. Set ``HILOVIT_NO_MALLOPT=1`` to leave the allocator
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Optional, Union
 
-__all__ = ["tune_allocator"]
+import torch
+
+__all__ = ["tune_allocator", "autocast_context"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -37,3 +41,11 @@ def tune_allocator() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _done = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _done
+
+
+def autocast_context(device: Union[torch.device, str], dtype: Optional[torch.dtype]):
+    """``torch.autocast`` on ``device``'s type with ``dtype``, or a no-op context when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    return torch.autocast(device_type=device_type, dtype=dtype)

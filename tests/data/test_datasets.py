@@ -19,7 +19,7 @@ from hilovit.data import (
     split_indices,
     write_idx,
 )
-from hilovit.data import datasets as ds_mod
+from hilovit.data import idx as idx_mod
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 NAMES = {
@@ -45,7 +45,7 @@ def make_idx_dir(folder, n_train=30, n_test=12, size=(6, 5), gz=True, train_labe
 @pytest.fixture
 def no_default_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("HILOVIT_DATA_DIR", raising=False)
-    monkeypatch.setattr(ds_mod, "DEFAULT_IDX_DIR", tmp_path / "no-default")
+    monkeypatch.setattr(idx_mod, "DEFAULT_IDX_DIR", tmp_path / "no-default")
 
 
 # ----------------------------------------------------------------------------- find_idx_dir / IdxDataset

@@ -77,3 +77,66 @@ def test_cli_eval_json(tiny_run, idx_dir, tmp_path, capsys):
     rc = main(["eval", "--model", "litv2_nano", "--checkpoint", str(tmp_path / "missing.safetensors"),
                "--data", str(idx_dir)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+@pytest.fixture
+def folder_run(tmp_path):
+    """A 3-class image folder and a run folder whose checkpoint records it (as the engine writes them)."""
+    import numpy as np
+    from PIL import Image
+
+    from hilovit import create_model
+    from hilovit.models.checkpoint import save_safetensors
+
+    root = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for c in ("circle", "square", "star"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = create_model("litv2_nano", num_classes=3)
+    meta = {"model": "litv2_nano", "dataset": f"folder:{root}", "img_size": "28", "in_chans": "3",
+            "classes": json.dumps(["circle", "square", "star"])}
+    save_safetensors(model.state_dict(), run / "model.safetensors", metadata=meta)
+    (run / "config.yaml").write_text(f"model: litv2_nano\ndata: {root}\nval_split: 0.5\nseed: 0\n")
+    return root, run
+
+
+def test_eval_uses_the_recorded_data_and_keeps_an_earlier_report(folder_run):
+    from hilovit.train.evaluate import format_eval
+
+    root, run = folder_run
+    kw = dict(threads=1, progress="off", workers=0, default_output="eval")
+    r = run_eval("litv2_nano", run, **kw)  # no data named: the image folder, not Fashion-MNIST
+    assert r["dataset"] == f"folder:{root}" and r["split"] == "holdout"
+    assert r["n"] == 6 and r["classes"] == ["circle", "square", "star"]  # half of 4 images per class
+    first = (run / "eval" / "eval.json").read_bytes()
+    r2 = run_eval("litv2_nano", run, **kw)
+    assert r2["files"]["json"] == str(run / "eval" / "eval-2.json")
+    assert r2["files"]["confusion_png"] == str(run / "eval" / "confusion-2.png")
+    assert (run / "eval" / "eval.json").read_bytes() == first  # the earlier report is kept
+    r3 = run_eval("litv2_nano", run, overwrite=True, eval_subset=3, **kw)
+    assert r3["files"]["json"] == str(run / "eval" / "eval.json")
+    assert json.loads((run / "eval" / "eval.json").read_text())["n"] == 3
+    text = format_eval(r)
+    assert "top-3" in text and "top-5" not in text  # 3 classes: top-k is top-3
+    with pytest.raises(ValueError, match="eval_subset=0"):
+        run_eval("litv2_nano", run, eval_subset=0, **kw)
+
+
+def test_eval_without_recorded_data_asks_for_it(folder_run, capsys):
+    root, run = folder_run
+    (run / "config.yaml").unlink()
+    from hilovit.models.checkpoint import read_checkpoint, save_safetensors
+
+    sd, meta = read_checkpoint(run / "model.safetensors")
+    meta.pop("dataset")
+    save_safetensors(sd, run / "model.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="records no dataset"):
+        run_eval("litv2_nano", run, threads=1, progress="off", workers=0)
+    rc = main(["eval", "--model", "litv2_nano", "--checkpoint", str(run), "--data", str(root), "--val-split", "0.5",
+               "--threads", "1", "--progress", "off", "--workers", "0", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["n"] == 6

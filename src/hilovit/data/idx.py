@@ -9,19 +9,26 @@ An IDX file is a header followed by a dense big-endian array::
     ...         prod(sizes) elements, big-endian, C order
 
 Files may be gzipped; gzip is recognised by its magic bytes (1f 8b), whatever the name.
+
+:class:`IdxDataset` holds a folder of the four MNIST-format files (Fashion-MNIST by default) in
+memory; :func:`find_idx_dir` finds that folder.
 """
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hilovit.io import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -136,12 +143,201 @@ def write_idx(path: PathLike, array: np.ndarray, compress: bool | None = None) -
     payload += np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     if compress:
         payload = gzip.compress(payload, mtime=0)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(payload)
     return path
+
+
+# ----------------------------------------------------------------------------- the IDX dataset
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+ENV_DATA_DIR = "HILOVIT_DATA_DIR"
+DEFAULT_IDX_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FASHION_ALIASES = {"fashion-mnist", "fashion_mnist", "fashionmnist"}
+# The first labels of each Fashion-MNIST split: recognises the data in a renamed folder.
+_FASHION_LABEL_PREFIX = {
+    "train": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9),
+    "test": (9, 2, 1, 1, 6, 1, 4, 6, 5, 7, 4, 5, 7, 3, 4, 1),
+}
+
+
+# ----------------------------------------------------------------------------- IDX folders
+def _idx_file(folder: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _is_idx_dir(folder: Path) -> bool:
+    return folder.is_dir() and all(_idx_file(folder, s) for pair in IDX_FILES.values() for s in pair)
+
+
+def find_idx_dir(data_dir: Optional[PathLike] = None) -> Path:
+    """Find the folder holding the four MNIST-format IDX files.
+
+    A folder counts when it has ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each plain or ``.gz``.
+
+    Args:
+        data_dir: an explicit folder. When given it is the only one tried (a wrong
+            ``--data-dir`` is reported, never silently replaced). When None: the
+            environment variable ``HILOVIT_DATA_DIR`` if set, then
+            ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
+
+    Returns:
+        The folder, as a Path.
+
+    Raises:
+        FileNotFoundError: no candidate holds the four files; the message lists the folders tried.
+    """
+    if data_dir is not None:
+        candidates = [Path(data_dir).expanduser()]
+    else:
+        candidates = []
+        env = os.environ.get(ENV_DATA_DIR, "").strip()
+        if env:
+            candidates.append(Path(env).expanduser())
+        candidates.append(DEFAULT_IDX_DIR)
+    for folder in candidates:
+        if _is_idx_dir(folder):
+            return folder
+    names = ", ".join(s for pair in IDX_FILES.values() for s in pair)
+    tried = ", ".join(repr(str(c)) for c in candidates)
+    raise FileNotFoundError(
+        f"no IDX dataset found: tried {tried} (each needs {names}, plain or .gz). "
+        f"Install Fashion-MNIST with `apt-get install dataset-fashion-mnist`, or point to a folder "
+        f"with --data-dir / data_dir= or the {ENV_DATA_DIR} environment variable."
+    )
+
+
+def _as_index_array(indices, length: int, what: str) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.dtype == bool or idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+        raise TypeError(f"{what} must be a 1-D sequence of integer indices, got {type(indices).__name__}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= length):
+        raise ValueError(f"{what} has indices outside [0, {length}): min {idx.min()}, max {idx.max()}")
+    return idx
+
+
+class IdxDataset(Dataset):
+    """Images and labels from IDX files (Fashion-MNIST by default), held in memory.
+
+    Args:
+        root: folder with the four IDX files; None resolves it with :func:`find_idx_dir`
+            (``HILOVIT_DATA_DIR``, then ``/usr/share/datasets/fashion-mnist``).
+        split: ``'train'`` (``train-*``) or ``'test'`` (``t10k-*``).
+        classes: class names; None gives :data:`FASHION_MNIST_CLASSES` when the data is
+            Fashion-MNIST (the folder's name contains "fashion", or its first labels match), else
+            ``'0'``, ``'1'``, ... (at least ten names, more if the labels need them).
+        subset: an int N keeps the first N samples; a sequence of indices keeps those.
+
+    Attributes:
+        images: uint8 tensor (N, 1, H, W) (28x28 for (Fashion-)MNIST).
+        targets: int64 tensor (N,).
+        classes: list of class names; ``len(classes)`` is the number of classes.
+        root, split: where the data came from.
+
+    Sample ``ds[i]``: ``(uint8 tensor (1, H, W), int label)``.
+
+    Raises:
+        ValueError: unknown split, images/labels count mismatch, labels outside
+            ``[0, len(classes))``, images that are not uint8 (N, H, W).
+        FileNotFoundError: no IDX folder.
+
+    Example::
+
+        >>> ds = IdxDataset(split="test")
+        >>> x, y = ds[0]; x.shape, ds.classes[y]
+        (torch.Size([1, 28, 28]), 'Ankle boot')
+    """
+
+    def __init__(
+        self,
+        root: Optional[PathLike] = None,
+        split: str = "train",
+        classes: Optional[Sequence[str]] = None,
+        subset: Union[int, Sequence[int], None] = None,
+    ) -> None:
+        if split not in IDX_FILES:
+            raise ValueError(f"IdxDataset: split={split!r}, expected 'train' or 'test'")
+        self.root = find_idx_dir(root)
+        self.split = split
+        img_path, lbl_path = (_idx_file(self.root, s) for s in IDX_FILES[split])
+        images, labels = read_idx(img_path), read_idx(lbl_path)
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise ValueError(
+                f"IdxDataset: {img_path} holds {images.dtype} images of shape {images.shape}, "
+                "expected uint8 (N, H, W)"
+            )
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"IdxDataset: {lbl_path} holds {labels.dtype} labels of shape {labels.shape}, "
+                "expected integer (N,)"
+            )
+        if len(images) != len(labels):
+            raise ValueError(
+                f"IdxDataset: {img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels"
+            )
+        labels = labels.astype(np.int64)
+        self.is_fashion_mnist = self._looks_like_fashion_mnist(labels)
+        if classes is None:
+            if self.is_fashion_mnist:
+                classes = FASHION_MNIST_CLASSES
+            else:
+                top = int(labels.max()) + 1 if labels.size else 0
+                classes = [str(i) for i in range(max(10, top))]
+        self.classes = [str(c) for c in classes]
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            bad = labels[(labels < 0) | (labels >= len(self.classes))]
+            raise ValueError(
+                f"IdxDataset: {lbl_path} has labels outside [0, {len(self.classes)}) for the "
+                f"{len(self.classes)} classes (e.g. {int(bad[0])}, {bad.size} in all)"
+            )
+        self.images = torch.from_numpy(images).unsqueeze(1)  # (N, 1, H, W) uint8
+        self.targets = torch.from_numpy(labels)
+        if subset is not None:
+            if isinstance(subset, (int, np.integer)) and not isinstance(subset, bool):
+                if subset < 1:
+                    raise ValueError(f"IdxDataset: subset={subset}, expected a positive count")
+                subset = range(min(int(subset), len(self.targets)))
+            idx = torch.from_numpy(_as_index_array(subset, len(self.targets), "IdxDataset: subset"))
+            self.images, self.targets = self.images[idx], self.targets[idx]
+
+    def _looks_like_fashion_mnist(self, labels: np.ndarray) -> bool:
+        if "fashion" in self.root.name.lower():
+            return True
+        prefix = _FASHION_LABEL_PREFIX[self.split]
+        return len(labels) >= len(prefix) and tuple(int(v) for v in labels[: len(prefix)]) == prefix
+
+    def select(self, indices: Sequence[int]) -> IdxDataset:
+        """A new dataset holding the samples at ``indices`` (classes and root kept)."""
+        idx = torch.from_numpy(_as_index_array(indices, len(self), "IdxDataset.select: indices"))
+        out = copy.copy(self)
+        out.images, out.targets = self.images[idx], self.targets[idx]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+    def __repr__(self) -> str:
+        return (f"IdxDataset(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+                f"classes={len(self.classes)}, size={tuple(self.images.shape[1:])})")

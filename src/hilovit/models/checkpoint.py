@@ -1,25 +1,43 @@
-"""Reading checkpoints (official ``.pth``, plain state dicts, safetensors) into hilovit models.
+"""Checkpoints -> models: the one reader and the one loader that every command uses.
 
-:func:`load_checkpoint` is strict: every parameter of the model must be found with the right
-shape. A family adapts foreign layouts by defining ``checkpoint_filter_fn(state_dict)`` on the
-model (renaming timm keys, taking ``backbone.*`` out of a detector checkpoint, resizing a relative
-position table, verifying or rebuilding derived buffers). A classifier of another size is left
-newly initialised with a warning; anything else that does not fit raises
-:class:`CheckpointError` listing the keys.
+* :func:`read_checkpoint` returns ``(state_dict, metadata)`` from a ``.safetensors`` file, a
+  ``torch.save`` file (``.pth``/``.pt``/``.bin``: official releases, ``last.pt`` of a training
+  run) or an in-memory dict. ``metadata`` is what the training engine stores beside the weights
+  (model name, classes, input size, mean/std; :func:`parse_metadata` types it).
+* :func:`load_checkpoint` loads a state dict into a model, checking every key and shape. A family
+  adapts foreign layouts with ``model.checkpoint_filter_fn(state_dict)`` (see
+  :mod:`hilovit.models.convert`). A classifier of another size is left newly initialised with a
+  warning (fine-tuning), unless ``allow_new_classifier=False``; anything else that does not fit
+  raises :class:`CheckpointError` listing the shape mismatches, missing and unexpected keys.
+* :func:`load_model` builds the registered model a checkpoint was trained as, sized from it (the
+  classes from its classifier, the image channels from its stem, the input size and
+  normalisation from its metadata) and loads it strictly: ``hilovit predict``, ``eval``,
+  ``export`` and ``viz`` all go through it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "LoadResult", "read_checkpoint", "load_checkpoint", "save_safetensors"]
+__all__ = [
+    "CheckpointError",
+    "LoadResult",
+    "read_checkpoint",
+    "read_metadata",
+    "parse_metadata",
+    "resolve_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "save_safetensors",
+]
 
 StateDict = Dict[str, torch.Tensor]
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
@@ -113,37 +131,177 @@ def _torch_load_tensors(path: Path):
             as_dict.add(m.group(1))
 
 
-def read_checkpoint(source: Source) -> StateDict:
-    """Return the state dict held by ``source``.
+def resolve_checkpoint(path: Union[str, os.PathLike]) -> Path:
+    """A checkpoint file, or a training output folder (its ``model.safetensors``, else ``last.pt``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path, got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("model.safetensors", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"checkpoint folder {str(p)!r} holds neither model.safetensors nor last.pt")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist")
+    return p
 
-    ``source`` is a state dict, or a path to a ``.safetensors`` file or a ``torch.save`` file
-    (``.pth``/``.pt``/``.bin``, loaded with ``weights_only=True``) holding a state dict or
-    ``{'model': state_dict, ...}`` (``state_dict``, ``model_ema`` and a DDP ``module.``
-    prefix are understood too).
-    """
-    if isinstance(source, Mapping):
-        return _unwrap(source)
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"checkpoint source must be a path or a state dict, got {type(source).__name__}")
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+
+def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(16)
-    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
-        from safetensors.torch import load_file
+    return path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{")
+
+
+def _metadata_of(obj: Any) -> Dict[str, Any]:
+    """The ``metadata`` dict and ``classes`` entry of a ``torch.save`` dict (a ``last.pt``)."""
+    if not isinstance(obj, Mapping):
+        return {}
+    meta = dict(obj["metadata"]) if isinstance(obj.get("metadata"), Mapping) else {}
+    for key in ("classes", "class_names"):
+        if key in obj and "classes" not in meta and not isinstance(obj[key], torch.Tensor):
+            meta["classes"] = obj[key]
+    return meta
+
+
+def _select(obj: Any, ema: bool, where: str) -> Any:
+    if not ema:
+        return obj
+    if isinstance(obj, Mapping):
+        for key in ("ema", "model_ema", "state_dict_ema"):
+            value = obj.get(key)
+            if isinstance(value, Mapping) and value:
+                return value.get("module", value) if isinstance(value.get("module"), Mapping) else value
+    raise CheckpointError(f"{where} holds no EMA weights (only the last.pt of a run with an EMA of the weights does)")
+
+
+def read_checkpoint(source: Source, ema: bool = False) -> Tuple[StateDict, Dict[str, Any]]:
+    """Return ``(state_dict, metadata)`` held by ``source``.
+
+    Args:
+        source: a state dict (or a dict wrapping one), a training output folder, or a path to a
+            ``.safetensors`` file or a ``torch.save`` file (loaded with ``weights_only=True``, so no
+            code from the file runs) holding a state dict or ``{'model': state_dict, ...}``
+            (``state_dict``, ``model_ema``, ``module`` wrappers and a DDP ``module.`` prefix are
+            understood too).
+        ema: take the EMA weights of a training checkpoint (``last.pt``'s ``ema``) instead.
+
+    Returns:
+        The state dict, and the metadata stored with it: the safetensors header's
+        ``__metadata__`` (strings), or a ``torch.save`` dict's ``metadata`` entry and its
+        ``classes``; ``{}`` when there is none. :func:`parse_metadata` gives typed values.
+
+    Raises:
+        FileNotFoundError: no such file. CheckpointError: unreadable, or no state dict inside.
+    """
+    if isinstance(source, Mapping):
+        return _unwrap(_select(source, ema, "the checkpoint")), _metadata_of(source)
+    path = resolve_checkpoint(source)
+    if _is_safetensors(path):
+        if ema:
+            raise CheckpointError(f"{str(path)!r} holds no EMA weights (a safetensors file holds one set)")
+        from safetensors import safe_open
 
         try:
-            return _unwrap(load_file(str(path)))
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # noqa: BLE001 - reported with the path
-            raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+            raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {e}") from e
+        return _unwrap(sd), meta
     try:
         obj = _torch_load_tensors(path)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    return _unwrap(obj)
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    return _unwrap(_select(obj, ema, repr(str(path)))), _metadata_of(obj)
 
 
+def read_metadata(source: Source) -> Dict[str, Any]:
+    """Only the metadata of :func:`read_checkpoint` (a safetensors header is read without the tensors);
+    ``{}`` when there is none or the file cannot be read (loading it reports why)."""
+    if isinstance(source, Mapping):
+        return _metadata_of(source)
+    try:
+        path = resolve_checkpoint(source)
+        if _is_safetensors(path):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return dict(f.metadata() or {})
+        return _metadata_of(_torch_load_tensors(path))
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+# --------------------------------------------------------------------------- metadata
+def _parse_classes(value: Any) -> Optional[List[str]]:
+    """Class names: a list, a JSON list, ``{index: name}``, or newline/comma separated text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                pass
+        if isinstance(value, str):
+            value = text.split("\n") if "\n" in text else text.split(",")
+    if isinstance(value, Mapping):
+        try:
+            value = [value[k] for k in sorted(value, key=int)]
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, (list, tuple)) and value:
+        return [str(v).strip() for v in value]
+    return None
+
+
+def _floats(value: Any) -> Optional[Tuple[float, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.strip().strip("[]()").replace(" ", ",").split(",") if v]
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out or None
+
+
+def _int(value: Any) -> Optional[int]:
+    try:
+        return int(str(value).strip()) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+
+
+def _size(value: Any) -> Optional[Tuple[int, int]]:
+    sizes = _floats(value)
+    if not sizes:
+        return None
+    return (int(sizes[0]), int(sizes[0])) if len(sizes) == 1 else (int(sizes[-2]), int(sizes[-1]))
+
+
+def parse_metadata(meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """Typed view of checkpoint metadata: ``model`` (str or None), ``classes`` (list or None),
+    ``num_classes``, ``in_chans`` (int or None), ``img_size`` ((H, W) or None), ``mean``, ``std``
+    (tuples or None), ``dataset`` (str or None); the other entries as stored."""
+    out = {k: v for k, v in meta.items()}
+    model = meta.get("model")
+    out["model"] = model if isinstance(model, str) and model else None
+    out["classes"] = _parse_classes(meta.get("classes"))
+    out["num_classes"] = _int(meta.get("num_classes"))
+    out["in_chans"] = _int(meta.get("in_chans"))
+    out["img_size"] = _size(meta.get("img_size"))
+    out["mean"], out["std"] = _floats(meta.get("mean")), _floats(meta.get("std"))
+    dataset = meta.get("dataset")
+    out["dataset"] = str(dataset) if dataset else None
+    return out
+
+
+# --------------------------------------------------------------------------- loading
 def _classifier_prefixes(model: nn.Module) -> List[str]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     names = cfg.get("classifier", "head")
@@ -156,30 +314,65 @@ def _fmt(keys: List[str], limit: int = 30) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def load_checkpoint(model: nn.Module, source: Source, strict: bool = True) -> LoadResult:
+# Keys that only one family has: name the architecture a foreign checkpoint was made for.
+_FAMILY_MARKERS = (
+    ("relative_position_bias_table", "a Swin Transformer"),
+    ("conv_offset", "a LITv2"),
+    ("attn.l_q", "a LITv2"),
+)
+
+
+def _family_of(keys) -> Optional[str]:
+    for marker, family in _FAMILY_MARKERS:
+        if any(marker in k for k in keys):
+            return family
+    return None
+
+
+def _source_name(source: Any) -> str:
+    return repr(str(source)) if isinstance(source, (str, os.PathLike)) else "the state dict"
+
+
+def load_checkpoint(
+    model: nn.Module, source: Source, strict: bool = True, *, allow_new_classifier: bool = True
+) -> LoadResult:
     """Load ``source`` into ``model``, checking every key and shape.
 
     Args:
-        model: a hilovit model (or any module; families may define ``checkpoint_filter_fn``).
+        model: a hilovit model (or any module; families define ``checkpoint_filter_fn``).
         source: see :func:`read_checkpoint`.
         strict: raise :class:`CheckpointError` on missing or unexpected keys. Shape
             mismatches always raise, except for the classifier (``pretrained_cfg['classifier']``),
-            which keeps its fresh initialisation with a warning.
+            which keeps its fresh initialisation with a warning when ``allow_new_classifier``.
+        allow_new_classifier: False makes a classifier of another size an error too (a model
+            that must predict with the checkpoint's head).
 
     Returns:
         :class:`LoadResult` naming the re-initialised and ignored keys.
     """
-    sd = read_checkpoint(source)
+    sd, _ = read_checkpoint(source)
+    return _load_into(model, sd, strict, allow_new_classifier, _source_name(source), type(model).__name__)
+
+
+def _load_into(model: nn.Module, sd: StateDict, strict: bool, allow_new_classifier: bool, where: str,
+               model_name: str) -> LoadResult:
     filter_fn = getattr(model, "checkpoint_filter_fn", None)
     if filter_fn is not None:
-        sd = filter_fn(sd)
+        family = _family_of(sd)
+        try:
+            sd = filter_fn(sd)
+        except CheckpointError:
+            raise
+        except (ValueError, RuntimeError, KeyError, IndexError) as e:  # a foreign layout
+            made = f" (it looks like {family} checkpoint)" if family else ""
+            raise CheckpointError(f"checkpoint {where} does not fit {model_name}{made}: {e}") from e
     own = model.state_dict()
     result = LoadResult()
     heads = _classifier_prefixes(model)
     mismatched = []
     for key, value in list(sd.items()):
         if key in own and tuple(own[key].shape) != tuple(value.shape):
-            if any(key == h or key.startswith(h + ".") for h in heads):
+            if allow_new_classifier and any(key == h or key.startswith(h + ".") for h in heads):
                 result.reinitialised.append(key)
                 del sd[key]
             else:
@@ -194,7 +387,11 @@ def load_checkpoint(model: nn.Module, source: Source, strict: bool = True) -> Lo
     if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
     if problems:
-        raise CheckpointError(f"checkpoint does not fit {type(model).__name__}:\n  " + "\n  ".join(problems))
+        family, own_family = _family_of(sd), _family_of(own)
+        made = f" (it looks like {family} checkpoint)" if family and family != own_family else ""
+        raise CheckpointError(
+            f"checkpoint {where} does not fit {model_name}{made}:\n  " + "\n  ".join(problems)
+        )
     if not strict:
         result.ignored = unexpected
         for k in unexpected:
@@ -207,16 +404,136 @@ def load_checkpoint(model: nn.Module, source: Source, strict: bool = True) -> Lo
     return result
 
 
-def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], metadata=None) -> None:
-    """Write ``state_dict`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+def same_model(a: str, b: str) -> bool:
+    """Whether two registered names are the same model (a name and its alias)."""
+    from hilovit.models.registry import model_entrypoint
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if a == b:
+        return True
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        return model_entrypoint(a) is model_entrypoint(b)
+    except ValueError:
+        return False
+
+
+_CLASSIFIER_KEYS = ("head.weight", "head.fc.weight")
+_STEM_KEYS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
+
+
+def _sizes_from_state_dict(sd: StateDict) -> Dict[str, int]:
+    """``num_classes`` from the classifier's rows, ``in_chans`` from the stem convolution."""
+    out: Dict[str, int] = {}
+    for key in _CLASSIFIER_KEYS:
+        w = sd.get(key)
+        if w is not None and w.dim() == 2:
+            out["num_classes"] = int(w.shape[0])
+            break
+    else:
+        if not any(k.startswith("head.") for k in sd):
+            out["num_classes"] = 0
+    for key in _STEM_KEYS:
+        w = sd.get(key)
+        if w is not None and w.dim() == 4:
+            out["in_chans"] = int(w.shape[1])
+            break
+    return out
+
+
+def load_model(
+    checkpoint: Source,
+    model: Union[str, nn.Module, None] = None,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    strict: bool = True,
+    ema: bool = False,
+    mean: Optional[Tuple[float, ...]] = None,
+    std: Optional[Tuple[float, ...]] = None,
+    **overrides,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model ``checkpoint`` was trained as, sized from it, load it and put it in eval mode.
+
+    Args:
+        checkpoint: a file, a training output folder or a state dict (see :func:`read_checkpoint`).
+        model: a registered name (checked against the name the checkpoint records, aliases
+            accepted), a model instance to load into as it is, or None for the recorded name.
+        device: where to put the model.
+        strict: every key must be found (a classifier of another size is always an error here).
+        ema: load the EMA weights of a training checkpoint.
+        mean, std: the normalisation to record in ``model.pretrained_cfg`` when the checkpoint
+            records none (they override a recorded one too).
+        **overrides: constructor arguments; by default ``num_classes`` comes from the classifier,
+            ``in_chans`` from the stem convolution and ``img_size`` from the metadata.
+
+    Returns:
+        ``(model, metadata)``: :func:`parse_metadata` of the stored metadata, plus ``source`` (the
+        file read) and ``normalization``: ``'checkpoint'``, ``'given'`` or ``'default'`` (the
+        model's own ``pretrained_cfg`` values, with a warning saying which).
+
+    Raises:
+        FileNotFoundError: no such file or folder. ValueError: an unknown model name.
+        CheckpointError: trained as another model, or keys/shapes that do not fit.
+    """
+    from hilovit.models.registry import create_model, model_entrypoint
+
+    if isinstance(model, str):
+        model_entrypoint(model)  # an unknown name: ValueError listing the registered ones
+    elif model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a registered name, an nn.Module or None, got {type(model).__name__}")
+    if isinstance(checkpoint, Mapping):
+        where, read_from = "the state dict", checkpoint
+    else:
+        read_from = resolve_checkpoint(checkpoint)
+        where = repr(str(read_from))
+    sd, raw = read_checkpoint(read_from, ema=ema)
+    info = parse_metadata(raw)
+    info["source"] = None if isinstance(read_from, Mapping) else str(read_from)
+    trained_as = info["model"]
+    if isinstance(model, str) and trained_as and not same_model(trained_as, model):
+        raise CheckpointError(f"checkpoint {where} holds a {trained_as!r} model, not {model!r}")
+    if model is None:
+        if not trained_as:
+            raise CheckpointError(f"checkpoint {where} records no model name: name the model to build")
+        model = trained_as
+    if isinstance(model, str):
+        kwargs = {**_sizes_from_state_dict(sd), **overrides}
+        if info["img_size"] is not None:
+            kwargs.setdefault("img_size", info["img_size"])
+        net = create_model(model, **kwargs)
+    else:
+        net = model
+    _load_into(net, sd, strict, False, where, model if isinstance(model, str) else type(net).__name__)
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if given:
+        info["normalization"] = "given"
+    elif info["mean"] is not None and info["std"] is not None:
+        given = {"mean": info["mean"], "std": info["std"]}
+        info["normalization"] = "checkpoint"
+    else:
+        info["normalization"] = "default"
+        name = model if isinstance(model, str) else type(net).__name__
+        if "mean" in cfg:
+            warnings.warn(
+                f"checkpoint {where} records no normalisation: using {name}'s default "
+                f"mean={tuple(cfg['mean'])} std={tuple(cfg.get('std', ()))}; pass mean= and std= to choose another",
+                stacklevel=2,
+            )
+    for key, value in given.items():
+        cfg[key] = tuple(float(v) for v in value)
+    if cfg:
+        net.pretrained_cfg = cfg
+    if info["classes"] is not None and getattr(net, "num_classes", len(info["classes"])) != len(info["classes"]):
+        info["classes"] = None  # names that do not match the classifier are not trusted
+    return net.eval().to(device), info
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], metadata=None) -> None:
+    """Write ``state_dict`` (and string ``metadata``) to ``path`` atomically (see :func:`hilovit.io.atomic_write`)."""
+    from safetensors.torch import save
+
+    from hilovit.io import atomic_write
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    data = save(tensors, metadata=metadata)
+    with atomic_write(path, "wb") as f:
+        f.write(data)

@@ -26,7 +26,6 @@ turns it off).
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -34,18 +33,25 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.layers import fast
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
 from hilovit.layers.hilo import HiLo
 from hilovit.layers.mlp import ConvFFN
 from hilovit.layers.windows import to_2tuple
+from hilovit.models._api import (
+    HierarchicalModel,
+    _as_list,
+    _check_int,
+    _check_rate,
+    check_image_input,
+    feature_take_indices,
+    init_weights,
+)
 from hilovit.models.registry import register_model
 
-__all__ = ["LITv2", "LITv2Backbone", "ConvFFNBlock", "HiLoBlock", "LITStage", "param_groups"]
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+__all__ = ["LITv2", "LITv2Backbone", "ConvFFNBlock", "HiLoBlock", "LITStage"]
 _RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
 
 
@@ -233,28 +239,7 @@ class LITStage(nn.Module):
         return f"dim={self.dim}, depth={self.depth}, has_msa={self.has_msa}, local_ws={self.local_ws}"
 
 
-def _as_list(value, name: str, n: Optional[int] = None) -> List:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list, got {value!r}")
-    value = list(value)
-    if n is not None and len(value) != n:
-        raise ValueError(f"{name} must have one entry per stage (len(depths) = {n}), got {value!r}")
-    return value
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_rate(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
-
-
-class LITv2(nn.Module):
+class LITv2(HierarchicalModel):
     r"""LITv2: HiLo attention in a four-stage pyramid with deformable token merging.
 
     Args (the official ones, with the official defaults):
@@ -286,7 +271,8 @@ class LITv2(nn.Module):
             norm and head, LayerNorms ``norm{i}`` on the outputs of the stages in ``out_indices``
             except stage 0, ``forward`` returns the maps ``(B, C_i, H_i, W_i)``. State dict equal to
             the official detection backbone's (see :class:`LITv2Backbone`).
-        out_indices: stages whose outputs ``features_only`` returns.
+        out_indices: stages whose outputs ``features_only`` returns (default all; negative ones
+            counted from the end, see :func:`~hilovit.models._api.feature_take_indices`).
         global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
 
     Shape:
@@ -327,7 +313,7 @@ class LITv2(nn.Module):
         alpha: float = 0.5,
         local_ws: Optional[Sequence[int]] = None,
         features_only: bool = False,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
+        out_indices: Optional[Sequence[int]] = None,
         global_pool: str = "avg",
     ):
         super().__init__()
@@ -336,7 +322,7 @@ class LITv2(nn.Module):
             raise ValueError(f"img_size must be positive, got {img_size!r}")
         self.patch_size = _check_int(patch_size, "patch_size", 1)
         self.in_chans = _check_int(in_chans, "in_chans", 1)
-        self.num_classes = _check_int(num_classes, "num_classes", 0)
+        self.num_classes = 0 if features_only else _check_int(num_classes, "num_classes", 0)
         self.embed_dim = _check_int(embed_dim, "embed_dim", 1)
         depths = [_check_int(d, "depths[i]", 1) for d in _as_list(depths, "depths")]
         n = len(depths)
@@ -366,11 +352,7 @@ class LITv2(nn.Module):
         if ape:
             warnings.warn("LITv2: ape=True is ignored, as in the official code (no absolute position embedding)",
                           stacklevel=2)
-        out_indices = tuple(_as_list(out_indices, "out_indices"))
-        if features_only and all(isinstance(i, int) for i in out_indices):
-            out_indices = tuple(sorted(set(out_indices)))  # returned in stage order, as the official backbone
-        if features_only and (not out_indices or any(not isinstance(i, int) or not 0 <= i < n for i in out_indices)):
-            raise ValueError(f"out_indices must be stage indices in [0, {n}), got {out_indices!r}")
+        out_indices = tuple(feature_take_indices(n, out_indices, "out_indices")[0])  # in stage order
 
         self.depths, self.num_heads, self.has_msa, self.local_ws = depths, list(num_heads), has_msa, local_ws
         self.alpha, self.mlp_ratio, self.ape, self.patch_norm = alpha, mlp_ratio, ape, patch_norm
@@ -398,37 +380,25 @@ class LITv2(nn.Module):
             for i in out_indices:  # the official detection backbone's output norms (none on stage 0)
                 if i != 0:
                     self.add_module(f"norm{i}", norm_layer(self.stage_dims[i]))
-            self.feature_info = [
-                {"num_chs": self.stage_dims[i], "reduction": reduction[i], "module": f"layers.{i}", "stage": i}
-                for i in out_indices
-            ]
+            self.norm, self.head = nn.Identity(), nn.Identity()
         else:
             self.norm = norm_layer(self.num_features)
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-            self.feature_info = [
-                {"num_chs": self.stage_dims[i], "reduction": reduction[i], "module": f"layers.{i}", "stage": i}
-                for i in range(n)
-            ]
+        self.feature_info = self._build_feature_info(self.stage_dims, reduction,
+                                                     out_indices if self.features_only else range(n))
         self.apply(self._init_weights)
-        self.pretrained_cfg = _cfg(num_classes=num_classes, input_size=(in_chans, *self.img_size),
+        self.pretrained_cfg = _cfg(num_classes=self.num_classes, input_size=(in_chans, *self.img_size),
                                    pool_size=tuple(-(-s // reduction[-1]) for s in self.img_size))
         if use_checkpoint:
             self.set_grad_checkpointing(True)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        # The official init: truncated normal (std 0.02) linear weights, zero biases, unit LayerNorms,
-        # the depth-wise convs N(0, 2 / fan_out) with fan_out = 9; the DTM keeps its own init
-        # (Kaiming-uniform deformable conv, zero offset predictor).
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            if m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, ConvFFN):
+        # The official init (:func:`~hilovit.models._api.init_weights`), and the depth-wise convs of the
+        # FFNs N(0, 2 / fan_out) with fan_out = 9; the DTM keeps its own (Kaiming-uniform deformable
+        # conv, zero offset predictor).
+        init_weights(m)
+        if isinstance(m, ConvFFN):
             conv = m.dwconv.dwconv
             fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
@@ -450,30 +420,11 @@ class LITv2(nn.Module):
         for stage in self.layers:
             stage.grad_checkpointing = bool(enable)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        if self.features_only:
-            raise ValueError("a features_only LITv2 has no classifier")
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a freshly initialised one with ``num_classes`` outputs (0: none)."""
-        if self.features_only:
-            raise ValueError("a features_only LITv2 has no classifier to reset")
-        _check_int(num_classes, "num_classes", 0)
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        ref = next(self.parameters())
-        self.head = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
-                     if num_classes > 0 else nn.Identity())
-        self.head.apply(self._init_weights)
-
     def param_groups(self, lr: float, weight_decay: float = 0.05, offset_lr_scale: float = 0.01,
                      **kwargs) -> List[Dict[str, Any]]:
-        """Optimiser parameter groups as the official recipe; see :func:`param_groups`."""
+        """Optimiser parameter groups as the official recipe; see :func:`hilovit.train.optim.param_groups`."""
+        from hilovit.train.optim import param_groups
+
         return param_groups(self, lr, weight_decay, offset_lr_scale, **kwargs)
 
     # ----------------------------------------------------------------- sizes
@@ -500,108 +451,20 @@ class LITv2(nn.Module):
         return sizes
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"LITv2: expected an image tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"LITv2: expected x of shape (B, in_chans={self.in_chans}, H, W), got {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise TypeError(f"LITv2: expected a floating-point image, got dtype {x.dtype}")
-        self.feature_sizes(x.shape[2], x.shape[3])  # raises when too small
+        check_image_input(self, x)
+        self.feature_sizes(x.shape[2], x.shape[3])  # raises, naming the stage, when too small
 
-    # ----------------------------------------------------------------- forward
-    def _stages(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None, stop_early: bool = False):
-        """Stem and stages: return the last stage's output and the outputs of the stages in ``indices``
-        (before their merges); ``stop_early`` stops after the last stage in ``indices``."""
+    # ----------------------------------------------------------------- forward (the rest: HierarchicalModel)
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        x = self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, C)
-        outs = []
-        last = max(indices) if (stop_early and indices) else self.num_layers - 1
-        out = x
-        for i, stage in enumerate(self.layers):
-            out, x = stage(x)
-            if indices is not None and i in indices:
-                outs.append(out)
-            if i == last:
-                break
-        return out, outs
+        return self.pos_drop(self.patch_embed(x))  # (B, H/p, W/p, C)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W) -> (B, h, w, num_features)``: the last stage after the final norm.
+    def _run_stage(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.layers[i](x)  # (the stage's output, the next stage's input)
 
-        (The official ``forward_features`` also pools; here, as in timm, :meth:`forward_head` does.)
-        """
-        if self.features_only:
-            raise ValueError("a features_only LITv2 has no final norm; call the model to get its feature maps")
-        x, _ = self._stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the ``(B, h, w, C)`` map (``global_pool='avg'``) and classify; ``pre_logits``: pooled features."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_feature_maps(x)
-        return self.forward_head(self.forward_features(x))
-
-    def forward_feature_maps(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The maps ``(B, C_i, H_i, W_i)`` of the stages in ``out_indices`` (features_only models).
-
-        As the official detection backbone: stage 0's output as is, the others through ``norm{i}``.
-        The maps are ``(B, C, H, W)`` views of channels-last data (``channels_last`` memory format).
-        """
-        _, outs = self._stages(x, self.out_indices, stop_early=True)
-        maps = []
-        for i, out in zip(self.out_indices, outs):
-            if i != 0:
-                out = getattr(self, f"norm{i}")(out)
-            maps.append(out.permute(0, 3, 1, 2))
-        return maps
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm-style intermediates.
-
-        Returns the outputs ``(B, C_i, H_i, W_i)`` (``output_fmt='NCHW'``, views) or
-        ``(B, H_i, W_i, C_i)`` (``'NHWC'``) of the stages in ``indices`` (default all; an int ``n``:
-        the last ``n``), taken before the merges and without output norms (``norm=True`` applies the
-        final norm to the last stage's output of a classification model). Unless
-        ``intermediates_only`` (which stops after the last stage needed), returns
-        ``(final, intermediates)`` with ``final`` the ``(B, h, w, C)`` map after the final norm
-        (of a classification model).
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        n = self.num_layers
-        if indices is None:
-            indices = list(range(n))
-        elif isinstance(indices, int):
-            if not 1 <= indices <= n:
-                raise ValueError(f"indices (an int) must be in [1, {n}], got {indices}")
-            indices = list(range(n - indices, n))
-        else:
-            indices = sorted(i + n if isinstance(i, int) and i < 0 else i for i in indices)
-            if not indices or any(not isinstance(i, int) or not 0 <= i < n for i in indices):
-                raise ValueError(f"indices must be stage indices in [0, {n}), got {indices!r}")
-        last, inter = self._stages(x, indices, stop_early=intermediates_only)
-        has_norm = not self.features_only
-        if norm and has_norm and indices[-1] == n - 1:
-            inter[-1] = self.norm(inter[-1])
-        if output_fmt == "NCHW":
-            inter = [t.permute(0, 3, 1, 2) for t in inter]
-        if intermediates_only:
-            return inter
-        return (self.norm(last) if has_norm else last), inter
+    def _feature_norm(self, i: int, out: torch.Tensor) -> torch.Tensor:
+        # as the official detection backbone: stage 0's output as is, the others through norm{i}
+        return getattr(self, f"norm{i}")(out) if i != 0 else out
 
     # ----------------------------------------------------------------- FLOPs
     def flops(self, img_size: Optional[Union[int, Tuple[int, int]]] = None, official: bool = False) -> int:
@@ -655,193 +518,18 @@ class LITv2(nn.Module):
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Adapt official checkpoints for :func:`hilovit.load_checkpoint`.
+        """Adapt official checkpoints for :func:`hilovit.load_checkpoint` (see :mod:`hilovit.models.convert`)."""
+        from hilovit.models.convert import litv2_filter
 
-        * an mmdet checkpoint (keys under ``backbone.``): its backbone part, prefix removed;
-        * a classification checkpoint loaded into a ``features_only`` model: ``norm``/``head`` are
-          dropped and the output norms ``norm{i}`` (absent from it) keep their fresh
-          initialisation, with a warning, as the official detection training starts.
-        """
-        sd = dict(state_dict)
-        if any(k.startswith("backbone.") for k in sd):
-            sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-        if self.features_only:
-            dropped = [k for k in sd if k.startswith(("head.", "norm."))]
-            for k in dropped:
-                del sd[k]
-            own = self.state_dict()
-            fresh = [k for k in own if re.match(r"norm\d+\.", k) and k not in sd]
-            if dropped and fresh:
-                warnings.warn(
-                    "classification checkpoint loaded into a feature extractor: its norm/head are dropped and "
-                    f"the output norms keep their initialisation ({', '.join(sorted(fresh))})",
-                    stacklevel=3,
-                )
-                for k in fresh:
-                    sd[k] = own[k]
-        return sd
+        return litv2_filter(self, state_dict)
 
 
+def __getattr__(name: str):
+    if name == "param_groups":  # its home is hilovit.train.optim; importable from here too
+        from hilovit.train.optim import param_groups
 
-class LITv2Backbone(LITv2):
-    r"""The official LITv2 detection backbone (``detection/mmdet/models/backbones/litv2.py``).
-
-    A :class:`LITv2` with ``features_only=True`` under the official backbone's arguments: the
-    stages in ``out_indices`` are returned as a tuple of ``(B, C_i, H_i, W_i)`` maps, stage 0 as is
-    and the others through the LayerNorms ``norm1``..``norm3``; no final norm, no head. Its state
-    dict is the official backbone's, so the ``backbone.*`` weights of the official mmdet
-    checkpoints load with :func:`hilovit.load_checkpoint` (the prefix is removed), and ImageNet
-    classification checkpoints load too (their ``norm``/``head`` dropped, ``norm1``..``norm3``
-    left fresh, as the official detection training starts).
-
-    Args:
-        pretrain_img_size: recorded in ``pretrained_cfg`` (any input size works).
-        window_size: accepted and unused, as in the official backbone.
-        frozen_stages: -1 none; >= 0 freezes the patch embedding; >= 2 also stages
-            ``0 .. frozen_stages - 2`` (the official numbering), kept in eval mode by :meth:`train`.
-        init_cfg: ``{'checkpoint': path}`` loaded by :meth:`init_weights` (``strict=False``).
-        The others: as :class:`LITv2` (defaults of the official backbone: ``drop_path_rate=0.2``,
-        ``alpha=0.5``, ``local_ws=[0, 0, 2, 1]``).
-
-    Example::
-
-        >>> bb = LITv2Backbone(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8],
-        ...                    alpha=0.9, local_ws=[0, 0, 4, 2])
-        >>> [tuple(o.shape) for o in bb(torch.randn(2, 3, 70, 102))]
-        [(2, 16, 18, 26), (2, 32, 9, 13), (2, 64, 4, 6), (2, 128, 2, 3)]
-    """
-
-    def __init__(
-        self,
-        pretrain_img_size: Union[int, Tuple[int, int]] = 224,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: Optional[float] = None,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.2,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-        ape: bool = False,
-        patch_norm: bool = True,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
-        frozen_stages: int = -1,
-        use_checkpoint: bool = False,
-        has_msa: Sequence[int] = (0, 0, 1, 1),
-        alpha: float = 0.5,
-        local_ws: Sequence[int] = (0, 0, 2, 1),
-        init_cfg: Optional[Dict[str, Any]] = None,
-    ):
-        super().__init__(
-            img_size=pretrain_img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
-            embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-            qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            norm_layer=norm_layer, ape=ape, patch_norm=patch_norm, use_checkpoint=use_checkpoint, has_msa=has_msa,
-            alpha=alpha, local_ws=local_ws, features_only=True, out_indices=out_indices,
-        )
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < -1:
-            raise ValueError(f"frozen_stages must be an int >= -1, got {frozen_stages!r}")
-        if init_cfg is not None and not (isinstance(init_cfg, dict) and "checkpoint" in init_cfg):
-            raise ValueError(f"init_cfg must be None or a dict with a 'checkpoint' path, got {init_cfg!r}")
-        self.pretrain_img_size = self.img_size
-        self.window_size = window_size
-        self.frozen_stages = frozen_stages
-        self.init_cfg = init_cfg
-        self._freeze_stages()
-
-    def _frozen_modules(self) -> List[nn.Module]:
-        mods: List[nn.Module] = []
-        if self.frozen_stages >= 0:
-            mods.append(self.patch_embed)
-        if self.frozen_stages >= 2:
-            mods.extend(self.layers[i] for i in range(min(self.frozen_stages - 1, self.num_layers)))
-        return mods
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> LITv2Backbone:
-        """Switch mode, keeping the frozen stages in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        return self
-
-    def init_weights(self) -> None:
-        """Load ``init_cfg['checkpoint']`` (non-strict), as the official backbone does."""
-        if self.init_cfg is not None:
-            from hilovit.models.checkpoint import load_checkpoint
-
-            load_checkpoint(self, self.init_cfg["checkpoint"], strict=False)
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return tuple(self.forward_feature_maps(x))
-
-
-def param_groups(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.05,
-    offset_lr_scale: float = 0.01,
-    no_weight_decay: Sequence[str] = (),
-    scale_offset_bias: bool = False,
-) -> List[Dict[str, Any]]:
-    """Optimiser parameter groups as the official LITv2 recipe builds them.
-
-    * ``'decay'``: every other trainable parameter, ``weight_decay``;
-    * ``'no_decay'``: 1-D parameters (norms, biases), ``*.bias`` and the names in
-      ``model.no_weight_decay()`` or ``no_weight_decay``, weight decay 0;
-    * ``'offset'``: the DTM offset predictors' weights (``*conv_offset.weight``), with
-      ``lr * offset_lr_scale`` (the official ``OFFSET_LR_MULTI = 0.01``) and ``weight_decay``. As in
-      the official code their biases fall in ``'no_decay'`` at the full rate, unless
-      ``scale_offset_bias`` (then they join the offset rate, still without decay).
-
-    Frozen parameters are left out, as are empty groups. Each group carries ``name`` and
-    ``lr_scale`` (for schedulers that rescale per group).
-
-    Example::
-
-        >>> model = create_model("litv2_nano")
-        >>> [g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.05)]
-        ['decay', 'no_decay', 'offset']
-        >>> opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05))
-    """
-    if lr <= 0 or offset_lr_scale < 0 or weight_decay < 0:
-        raise ValueError(
-            f"expected lr > 0, weight_decay >= 0, offset_lr_scale >= 0; got lr={lr}, weight_decay={weight_decay}, "
-            f"offset_lr_scale={offset_lr_scale}"
-        )
-    skip = set(no_weight_decay)
-    if hasattr(model, "no_weight_decay"):
-        skip |= set(model.no_weight_decay())
-    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
-    decay, no_decay, offset, offset_no_decay = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_offset = "conv_offset" in name and offset_lr_scale != 1.0
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
-            (offset_no_decay if is_offset and scale_offset_bias else no_decay).append(p)
-        elif is_offset:
-            offset.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"name": "offset", "params": offset, "lr": lr * offset_lr_scale, "weight_decay": weight_decay,
-         "lr_scale": offset_lr_scale},
-        {"name": "offset_no_decay", "params": offset_no_decay, "lr": lr * offset_lr_scale, "weight_decay": 0.0,
-         "lr_scale": offset_lr_scale},
-    ]
-    return [g for g in groups if g["params"]]
+        return param_groups
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- registry
@@ -909,3 +597,6 @@ def litv2_nano(**kwargs) -> LITv2:
     chans = kwargs.get("in_chans", 3)
     stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
     return _create({"url": "", "crop_pct": 1.0, "mean": stats, "std": stats}, defaults, **kwargs)
+
+
+from hilovit.models.litv2_backbone import LITv2Backbone  # noqa: E402  (its own file; importable from here too)

@@ -20,29 +20,24 @@ Registered names: ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` (window 7, 224)
 
 from __future__ import annotations
 
-import math
-import re
-import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.layers import fast
 from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
 from hilovit.layers.mlp import Mlp
 from hilovit.layers.window_attention import WindowAttention
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
-from hilovit.models.checkpoint import CheckpointError
+from hilovit.models._api import HierarchicalModel, _check_int, feature_take_indices, init_weights
 from hilovit.models.registry import register_model
 
 __all__ = ["SwinTransformer", "SwinTransformerBlock", "BasicLayer"]
-
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _RELEASES = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
 
 
@@ -215,7 +210,7 @@ class BasicLayer(nn.Module):
         return int(total)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(HierarchicalModel):
     r"""Swin Transformer: patch embedding, four stages of (shifted-)window attention, pool, head.
 
     Constructor arguments, defaults, and parameter names are the official ones
@@ -242,7 +237,9 @@ class SwinTransformer(nn.Module):
         use_checkpoint: gradient checkpointing of each block in training.
         features_only: build a backbone whose ``forward`` returns the stage maps ``(B, C_i, H_i,
             W_i)`` of ``out_indices`` (no final norm, no head); see ``feature_info``.
-        out_indices: stages returned by a ``features_only`` model (default: all).
+        out_indices: stages returned by a ``features_only`` model (default: all; negative ones
+            counted from the end, see :func:`~hilovit.models._api.feature_take_indices`).
+        global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
 
     Shape:
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, any H, W not smaller than the patch;
@@ -281,6 +278,7 @@ class SwinTransformer(nn.Module):
         use_checkpoint: bool = False,
         features_only: bool = False,
         out_indices: Optional[Sequence[int]] = None,
+        global_pool: str = "avg",
         **kwargs: Any,
     ):
         super().__init__()
@@ -303,6 +301,9 @@ class SwinTransformer(nn.Module):
         self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
         self.features_only = features_only
         self.grad_checkpointing = use_checkpoint
+        if global_pool not in self._POOLS:
+            raise ValueError(f"global_pool must be one of {self._POOLS}, got {global_pool!r}")
+        self.global_pool = global_pool
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer=norm_layer if patch_norm else None)
         res = (_ceil_div(img_size[0], patch_size), _ceil_div(img_size[1], patch_size))
@@ -314,7 +315,6 @@ class SwinTransformer(nn.Module):
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # the official float32 steps
         self.layers = nn.ModuleList()
-        self.feature_info: List[Dict[str, Any]] = []
         for i in range(self.num_layers):
             dim = int(embed_dim * 2**i)
             layer = BasicLayer(
@@ -334,34 +334,22 @@ class SwinTransformer(nn.Module):
                 use_checkpoint=use_checkpoint,
             )
             self.layers.append(layer)
-            self.feature_info.append({"num_chs": dim, "reduction": patch_size * 2**i, "module": f"layers.{i}"})
             res = (_ceil_div(res[0], 2), _ceil_div(res[1], 2))
 
-        if out_indices is None:
-            out_indices = tuple(range(self.num_layers))
-        out_indices = tuple(i % self.num_layers if isinstance(i, int) else i for i in out_indices)
-        if not all(isinstance(i, int) and 0 <= i < self.num_layers for i in out_indices):
-            raise ValueError(f"out_indices must be stage numbers in [0, {self.num_layers}), got {out_indices!r}")
-        self.out_indices = out_indices
+        self.out_indices = tuple(feature_take_indices(self.num_layers, out_indices, "out_indices")[0])
+        dims = [int(embed_dim * 2**i) for i in range(self.num_layers)]
+        reductions = [patch_size * 2**i for i in range(self.num_layers)]
+        self.feature_info = self._build_feature_info(
+            dims, reductions, self.out_indices if features_only else range(self.num_layers)
+        )
         if features_only:
-            self.feature_info = [self.feature_info[i] for i in out_indices]
             self.norm = nn.Identity()
             self.head = nn.Identity()
         else:
             self.norm = norm_layer(self.num_features)
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-        self.pretrained_cfg: Dict[str, Any] = _default_cfg(img_size, num_classes, in_chans)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
+        self.pretrained_cfg: Dict[str, Any] = _default_cfg(img_size, self.num_classes, in_chans)
 
     # ---- timm's model API -------------------------------------------------------------------
     @torch.jit.ignore
@@ -381,39 +369,11 @@ class SwinTransformer(nn.Module):
         for layer in self.layers:
             layer.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a new ``Linear(num_features, num_classes)`` (0: no head)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool must be 'avg' (the only pooling), got {global_pool!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            self._init_weights(self.head)
-        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
-
-    # ---- forward ----------------------------------------------------------------------------
-    def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a tensor (B, {self.in_chans}, H, W), got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"x must be an image batch (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"x has {x.shape[1]} channels (shape {tuple(x.shape)}) but the model was built with "
-                f"in_chans={self.in_chans}"
-            )
-        H, W = x.shape[2], x.shape[3]
-        if H < self.patch_size or W < self.patch_size:
-            raise ValueError(
-                f"image of {H}x{W} pixels is smaller than patch_size={self.patch_size}; "
-                f"expected H and W >= {self.patch_size}"
-            )
+    # ---- forward (the rest: HierarchicalModel) -----------------------------------------------
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side: one patch."""
+        return self.patch_size
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         H0, W0 = self.patches_resolution
@@ -431,68 +391,10 @@ class SwinTransformer(nn.Module):
             x = self._pos_embed(x)
         return self.pos_drop(x)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W) -> (B, H/32, W/32, num_features)``: unpooled, after the final norm."""
-        x = self._stem(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average-pool ``(B, H, W, C)`` and classify; ``pre_logits`` returns the pooled ``(B, C)``."""
-        x = x.mean(dim=(1, 2))
-        return x if pre_logits else self.head(x)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """The stage maps (after each stage's blocks, before merging) at strides 4, 8, 16, 32.
-
-        Args:
-            indices: stages to return (default all; an int ``n`` means the last ``n``).
-            norm: apply the final norm to the last stage's map when it is returned.
-            stop_early: stop after the last requested stage (with ``intermediates_only``).
-            output_fmt: ``'NCHW'`` (``(B, C_i, H_i, W_i)``) or ``'NHWC'``.
-            intermediates_only: return only the list.
-
-        Returns:
-            the list of maps, or ``(forward_features(x), list)``.
-        """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        n = self.num_layers
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i % n for i in indices]
-        if not take or not all(0 <= i < n for i in take):
-            raise ValueError(f"indices must select stages in [0, {n}), got {indices!r}")
-        last = max(take) if (stop_early or intermediates_only) else n - 1
-        feats = []
-        x = self._stem(x)
-        for i, layer in enumerate(self.layers[: last + 1]):
-            x = layer.forward_blocks(x)
-            if i in take:
-                y = self.norm(x) if (norm and i == n - 1) else x
-                feats.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-            if layer.downsample is not None:
-                x = layer.downsample(x)
-        if intermediates_only:
-            return feats
-        return self.norm(x), feats
-
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
-        return self.forward_head(self.forward_features(x))
+    def _run_stage(self, i: int, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        layer = self.layers[i]
+        out = layer.forward_blocks(x)  # the stage's map, before merging
+        return out, (layer.downsample(out) if layer.downsample is not None else out)
 
     # ---- FLOPs ------------------------------------------------------------------------------
     def flops_breakdown(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> Dict[str, int]:
@@ -541,56 +443,20 @@ class SwinTransformer(nn.Module):
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Adapt an official or timm state dict to this model (called by :func:`hilovit.load_checkpoint`).
+        """Adapt an official or timm state dict (see :func:`hilovit.models.convert.swin_filter`)."""
+        from hilovit.models.convert import swin_filter
 
-        - timm's layout (merging at the start of stage ``i + 1``, ``head.fc``) is renamed to the
-          official one; a ``backbone.`` prefix (detection checkpoints) is dropped.
-        - ``relative_position_index`` is checked against the rebuilt index (an error if it holds
-          other values at the same shape) and rebuilt when absent or of another window size.
-        - ``attn_mask`` is checked against the rebuilt mask (a warning if it differs) and rebuilt
-          when absent or made for another size.
-        - ``relative_position_bias_table`` of another window size is resized by bicubic
-          interpolation, and ``absolute_pos_embed`` of another size likewise, as the official
-          fine-tuning does.
-        - a ``features_only`` model drops ``norm.*`` and ``head.*``.
-        """
-        sd = dict(state_dict)
-        if sd and all(k.startswith("backbone.") for k in sd):
-            sd = {k[len("backbone.") :]: v for k, v in sd.items()}
-        if _is_timm_layout(sd, self.num_layers):
-            sd = {_timm_to_official(k): v for k, v in sd.items()}
-        own = self.state_dict()
-        for key in list(sd):
-            if key.endswith("attn_mask") or key.endswith("relative_position_index"):
-                value = sd.pop(key)
-                if key in own:
-                    _verify_buffer(key, value, own[key])
-            elif key.endswith("relative_position_bias_table") and key in own:
-                sd[key] = _resize_bias_table(key, sd[key], own[key])
-            elif key == "absolute_pos_embed" and key in own:
-                sd[key] = _resize_pos_embed(sd[key], own[key], self.patches_resolution)
-        for key, value in own.items():  # derived buffers: always the model's own
-            if key.endswith("attn_mask") or key.endswith("relative_position_index"):
-                sd[key] = value
-        if self.features_only:
-            sd = {k: v for k, v in sd.items() if not (k.startswith("norm.") or k.startswith("head."))}
-        return sd
+        return swin_filter(self, state_dict)
 
 
 # ---- helpers --------------------------------------------------------------------------------
 
 
 def _check_args(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, window_size) -> None:
-    def pos_int(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-    pos_int("patch_size", patch_size)
-    pos_int("in_chans", in_chans)
-    pos_int("embed_dim", embed_dim)
-    pos_int("window_size", window_size)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    for name, value in (("patch_size", patch_size), ("in_chans", in_chans), ("embed_dim", embed_dim),
+                        ("window_size", window_size)):
+        _check_int(value, name, 1)
+    _check_int(num_classes, "num_classes", 0)
     if min(img_size) < patch_size:
         raise ValueError(f"img_size {img_size} is smaller than patch_size={patch_size}")
     if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
@@ -618,65 +484,6 @@ def _default_cfg(img_size: Tuple[int, int], num_classes: int, in_chans: int) -> 
     }
 
 
-_TIMM_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
-
-
-def _is_timm_layout(sd: Dict[str, torch.Tensor], num_layers: int) -> bool:
-    if "head.fc.weight" in sd or "head.fc.bias" in sd:
-        return True
-    stages = {int(m.group(1)) for k in sd if (m := _TIMM_DOWNSAMPLE.match(k))}
-    return bool(stages) and 0 not in stages and max(stages) == num_layers - 1 and num_layers > 1
-
-
-def _timm_to_official(key: str) -> str:
-    key = _TIMM_DOWNSAMPLE.sub(lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", key)
-    if key.startswith("head.fc."):
-        key = "head." + key[len("head.fc.") :]
-    return key
-
-
-def _verify_buffer(key: str, value: torch.Tensor, own: torch.Tensor) -> None:
-    if tuple(value.shape) != tuple(own.shape):
-        return  # made for another window or size: rebuilt
-    if key.endswith("relative_position_index"):
-        if not torch.equal(value.to(own.device, own.dtype), own):
-            raise CheckpointError(f"{key}: the checkpoint's relative position index differs from the official one")
-    elif not torch.allclose(value.to(own.device, own.dtype), own):
-        warnings.warn(f"{key}: the checkpoint's shifted-window mask differs from the rebuilt one; rebuilt",
-                      stacklevel=3)
-
-
-def _resize_bias_table(key: str, table: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    if table.shape == own.shape or table.dim() != 2 or own.dim() != 2 or table.shape[1] != own.shape[1]:
-        return table  # equal, or heads differ: reported as a shape mismatch
-    L1, heads = table.shape
-    s1 = math.isqrt(L1)
-    s2 = math.isqrt(own.shape[0])
-    if s1 * s1 != L1 or s2 * s2 != own.shape[0]:
-        raise CheckpointError(f"{key}: cannot resize a non-square table {tuple(table.shape)} to {tuple(own.shape)}")
-    grid = table.float().t().reshape(1, heads, s1, s1)
-    grid = F.interpolate(grid, size=(s2, s2), mode="bicubic", align_corners=False)
-    return grid.reshape(heads, s2 * s2).t().to(table.dtype)
-
-
-def _resize_pos_embed(pos: torch.Tensor, own: torch.Tensor, resolution: List[int]) -> torch.Tensor:
-    if pos.dim() == 4:  # timm keeps (1, H, W, C)
-        h, w = pos.shape[1:3]
-        if [h, w] != list(resolution) and pos.shape[-1] == own.shape[-1]:
-            grid = F.interpolate(pos.float().permute(0, 3, 1, 2), size=tuple(resolution), mode="bicubic",
-                                 align_corners=False)
-            pos = grid.permute(0, 2, 3, 1).to(pos.dtype)
-        return pos.flatten(1, 2)
-    if pos.shape == own.shape or pos.dim() != 3 or pos.shape[-1] != own.shape[-1]:
-        return pos
-    s1 = math.isqrt(pos.shape[1])
-    if s1 * s1 != pos.shape[1]:
-        raise CheckpointError(
-            f"absolute_pos_embed: cannot resize a non-square {tuple(pos.shape)} to {tuple(own.shape)}"
-        )
-    grid = pos.float().reshape(1, s1, s1, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(resolution), mode="bicubic", align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]).to(pos.dtype)
 
 
 # ---- registry -------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ writes a JSON report and a confusion-matrix PNG.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.runtime import autocast_context
 from hilovit.train.distributed import all_reduce_sum
 
-__all__ = ["evaluate", "run_eval", "autocast_context", "resolve_amp", "read_training_metadata", "check_fits"]
+# autocast_context lives in hilovit.runtime; importable from here too
+__all__ = ["evaluate", "run_eval", "autocast_context", "resolve_amp", "recorded_data", "format_eval"]
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
@@ -34,13 +36,6 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     raise ValueError(f"amp={amp!r}: choose one of auto, bf16, fp16, off")
-
-
-def autocast_context(device: torch.device, dtype: Optional[torch.dtype]):
-    """``torch.autocast`` for ``device`` with ``dtype``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -114,68 +109,6 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- checkpoints
-def read_training_metadata(path: Path) -> Dict[str, str]:
-    """The metadata the engine stores in ``model.safetensors`` (model name, classes, sizes); {} if none."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors file: the loader reports it
-        return {}
-
-
-def check_fits(model: nn.Module, model_name: str, state_dict: Dict[str, torch.Tensor], meta: Dict[str, str],
-               source: str) -> None:
-    """Refuse a checkpoint made for another architecture or another number of classes, saying what differs.
-
-    Raises:
-        hilovit.CheckpointError: with the architecture / class counts / keys that differ.
-    """
-    from hilovit.models.checkpoint import CheckpointError
-
-    sd = dict(state_dict)
-    filter_fn = getattr(model, "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            sd = filter_fn(dict(sd))
-        except Exception as e:  # noqa: BLE001 - a foreign layout: reported as a misfit
-            raise CheckpointError(f"checkpoint {source} does not fit {model_name}: {e}") from e
-    trained_as = meta.get("model")
-    if trained_as and trained_as != model_name and not _same_entrypoint(trained_as, model_name):
-        raise CheckpointError(
-            f"checkpoint {source} holds a {trained_as!r} model, not {model_name!r}; "
-            f"use --model {trained_as} (or the checkpoint of a {model_name} run)"
-        )
-    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
-    head_w = sd.get(f"{head}.weight")
-    own = model.state_dict()
-    if head_w is not None and f"{head}.weight" in own and head_w.shape[0] != own[f"{head}.weight"].shape[0]:
-        raise CheckpointError(
-            f"checkpoint {source} has a classifier for {head_w.shape[0]} classes ({head}.weight "
-            f"{tuple(head_w.shape)}), but the data has {own[f'{head}.weight'].shape[0]} classes"
-        )
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs {model_name} {tuple(own[k].shape)}"
-              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            more = " ..." if len(shapes) > 5 else ""
-            parts.append(f"{len(shapes)} shape(s) differ: " + "; ".join(shapes[:5]) + more)
-        if missing:
-            parts.append(f"{len(missing)} key(s) missing, e.g. {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:5])}")
-        raise CheckpointError(
-            f"checkpoint {source} was made for another architecture than {model_name}: " + "; ".join(parts)
-        )
-
-
 def default_img_size(model_name: str) -> int:
     """The input side a registered model is built for (its ``pretrained_cfg['input_size']``)."""
     from hilovit.models import create_model
@@ -184,27 +117,50 @@ def default_img_size(model_name: str) -> int:
     return int((getattr(probe, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1])
 
 
-def _same_entrypoint(a: str, b: str) -> bool:
-    """Whether two names are the same registered model (a name and its alias)."""
-    from hilovit.models.registry import model_entrypoint
+def recorded_data(checkpoint: Path, meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The data a checkpoint was trained on, as far as it is recorded: ``data``, ``data_dir``,
+    ``val_split``, ``seed`` from the run's ``config.yaml`` beside it, else ``data`` from the
+    ``dataset`` entry of its metadata (``'fashion-mnist'``, ``'idx:<folder>'``, ``'folder:<path>'``).
+    Entries that are not recorded are absent."""
+    out: Dict[str, Any] = {}
+    config = Path(checkpoint).parent / "config.yaml"
+    if config.is_file():
+        try:
+            import yaml
 
-    try:
-        return model_entrypoint(a) is model_entrypoint(b)
-    except ValueError:
-        return False
+            values = yaml.safe_load(config.read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - an unreadable config records nothing
+            values = None
+        if isinstance(values, dict) and (not meta.get("model") or values.get("model") in (None, meta["model"])):
+            out.update({k: values[k] for k in ("data", "data_dir", "val_split", "seed") if values.get(k) is not None})
+    dataset = meta.get("dataset")
+    if "data" not in out and isinstance(dataset, str) and dataset:
+        kind, sep, where = dataset.partition(":")
+        out["data"] = where if sep and kind in ("idx", "folder") else dataset
+    return out
+
+
+def _free_name(folder: Path, stem: str, suffix: str, overwrite: bool) -> Path:
+    """``folder/stem.suffix``, or with ``overwrite=False`` and that file present the first free ``stem-N.suffix``."""
+    path = folder / f"{stem}{suffix}"
+    n = 2
+    while not overwrite and path.exists():
+        path = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return path
 
 
 def run_eval(
     model: str,
     checkpoint,
-    data: str = "fashion-mnist",
+    data: Optional[str] = None,
     data_dir: Optional[str] = None,
     batch_size: int = 256,
     img_size: Optional[int] = None,
     in_chans: Optional[int] = None,
     eval_subset: Optional[int] = None,
-    val_split: float = 0.0,
-    seed: int = 0,
+    val_split: Optional[float] = None,
+    seed: Optional[int] = None,
     amp: str = "off",
     device: str = "auto",
     workers: int = 2,
@@ -214,16 +170,20 @@ def run_eval(
     use_ema: bool = False,
     progress: str = "auto",
     default_output: Optional[str] = None,
+    overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint on a dataset's evaluation split (``hilovit eval``).
 
     Args:
         model: registered model name; must match the checkpoint.
         checkpoint: ``model.safetensors``, a ``last.pt``, any state-dict file, or a training
-            output folder (its ``model.safetensors``). The model's ``img_size`` and ``in_chans``
-            come from the checkpoint's metadata when the engine wrote it, else from the data.
+            output folder (its ``model.safetensors``). It is loaded by
+            :func:`hilovit.models.checkpoint.load_model`: the classes, ``in_chans`` and ``img_size``
+            follow the checkpoint (its shapes and metadata) unless given here.
         data, data_dir, val_split, seed: the dataset (:func:`hilovit.data.build_datasets`); its
-            evaluation split is used (Fashion-MNIST: the 10,000 test images).
+            evaluation split is used. None: what the checkpoint records (the run's
+            ``config.yaml`` beside it, else its metadata's ``dataset``; ``val_split`` 0 and
+            ``seed`` 0 when not recorded); a ValueError when no data is given or recorded.
         batch_size, amp, device, workers, threads: how to run.
         eval_subset: evaluate the first N images only.
         output: folder for ``eval.json`` and ``confusion.png`` (None: nothing written unless
@@ -232,63 +192,68 @@ def run_eval(
         use_ema: load the EMA weights of a ``last.pt`` instead of the raw ones.
         default_output: when neither ``output`` nor ``confusion_png`` is given, write into this
             folder beside the checkpoint (``hilovit eval`` uses ``'eval'``); None writes nothing.
+        overwrite: replace an earlier ``eval.json``/``confusion.png`` in the output folder; by
+            default an earlier report is kept and the new one gets the first free name
+            (``eval-2.json``, ``confusion-2.png``, ...), named in ``files``.
 
     Returns:
         The metrics of :func:`evaluate` plus ``model``, ``checkpoint``, ``dataset``, ``classes``,
         ``per_class`` (name -> accuracy) and ``files``.
     """
     from hilovit.data import build_datasets
-    from hilovit.models import create_model
-    from hilovit.models.checkpoint import read_checkpoint
+    from hilovit.models.checkpoint import CheckpointError, load_model, read_metadata, resolve_checkpoint
     from hilovit.models.registry import model_entrypoint
-    from hilovit.predict import resolve_checkpoint
     from hilovit.train.distributed import resolve_device
     from hilovit.train.loaders import BatchPipeline, EvalBatches
     from hilovit.train.state import check_writable_dir
 
     model_entrypoint(model)  # unknown name: ValueError listing the choices
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size={batch_size!r}: expected a positive integer")
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    if eval_subset is not None and (isinstance(eval_subset, bool) or not isinstance(eval_subset, int)
+                                    or eval_subset < 1):
+        raise ValueError(f"eval_subset={eval_subset!r}: expected a positive number of images")
     ckpt_path = resolve_checkpoint(checkpoint)
     if output is None and confusion_png is None and default_output:
         output = str(ckpt_path.parent / default_output)
     out_dir = check_writable_dir(output) if output else None
     if confusion_png:
-        check_writable_dir(Path(confusion_png).expanduser().parent, "folder of --confusion-png")
+        check_writable_dir(Path(confusion_png).expanduser().parent, "folder of the confusion picture")
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
-    meta = read_training_metadata(ckpt_path)
-    if use_ema:
-        raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if not isinstance(raw, dict) or not raw.get("ema"):
-            raise ValueError(f"--ema: {str(ckpt_path)!r} holds no EMA weights "
-                             "(only the last.pt of a --model-ema run does)")
-        sd = raw["ema"]["module"]
-        meta = {k: str(v) for k, v in (raw.get("metadata") or {}).items()}
-    else:
-        sd = read_checkpoint(ckpt_path)
-        if not meta and ckpt_path.suffix in (".pt", ".pth"):
-            try:
-                raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-                if isinstance(raw, dict) and isinstance(raw.get("metadata"), dict):
-                    meta = {k: str(v) for k, v in raw["metadata"].items()}
-            except Exception:  # noqa: BLE001 - read_checkpoint already read it
-                pass
-    img_size = img_size or (int(meta["img_size"]) if meta.get("img_size") else None) or default_img_size(model)
+    recorded = recorded_data(ckpt_path, read_metadata(ckpt_path))
+    if data is None:
+        data = recorded.get("data")
+        if data is None:
+            raise ValueError(f"checkpoint {str(ckpt_path)!r} records no dataset: name the data to evaluate on")
+        data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
+    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
+    seed = int(recorded.get("seed", 0) if seed is None else seed)
+    overrides: Dict[str, Any] = {}
+    if in_chans:
+        overrides["in_chans"] = int(in_chans)
+    if img_size:
+        overrides["img_size"] = int(img_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data's statistics stand in for a missing normalisation
+        net, meta = load_model(ckpt_path, model, device=dev, ema=use_ema, **overrides)
+    size = int(net.pretrained_cfg["input_size"][-1]) if getattr(net, "pretrained_cfg", None) else None
+    img_size = int(img_size or (meta["img_size"][-1] if meta["img_size"] else None) or size
+                   or default_img_size(model))
     _, eval_ds, info = build_datasets(data, img_size, data_dir=data_dir, val_split=val_split, seed=seed)
+    if net.num_classes != info.num_classes:
+        raise CheckpointError(
+            f"checkpoint {str(ckpt_path)!r} has a classifier for {net.num_classes} classes, "
+            f"but the data ({info.name}) has {info.num_classes} classes"
+        )
     if eval_subset is not None:
         if not hasattr(eval_ds, "select"):
-            raise ValueError("--eval-subset is not supported for this dataset")
+            raise ValueError("eval_subset is not supported for this dataset")
         eval_ds = eval_ds.select(range(min(int(eval_subset), len(eval_ds))))
-    chans = in_chans or (int(meta["in_chans"]) if meta.get("in_chans") else info.in_chans)
-    net = create_model(model, num_classes=info.num_classes, in_chans=chans, img_size=img_size)
-    check_fits(net, model, sd, meta, repr(str(ckpt_path)))
-    net.load_state_dict(_as_model_keys(net, sd), strict=True)
-    net.to(dev)
-    mean = [float(v) for v in meta["mean"].split(",")] if meta.get("mean") else info.mean
-    std = [float(v) for v in meta["std"].split(",")] if meta.get("std") else info.std
-    pipeline = BatchPipeline(chans, img_size, mean, std, augment=None).to(dev)
+    mean = meta["mean"] if meta["mean"] is not None else info.mean
+    std = meta["std"] if meta["std"] is not None else info.std
+    pipeline = BatchPipeline(net.in_chans, img_size, mean, std, augment=None).to(dev)
     batches = EvalBatches(eval_ds, batch_size, workers=workers, pin_memory=dev.type == "cuda")
     bar = _eval_bar(len(eval_ds), progress)
     try:
@@ -310,20 +275,19 @@ def run_eval(
     from hilovit.train.state import write_json
     from hilovit.viz import plot_confusion_matrix
 
-    png = Path(confusion_png).expanduser() if confusion_png else (out_dir / "confusion.png" if out_dir else None)
+    if confusion_png:
+        png = Path(confusion_png).expanduser()
+    else:
+        png = _free_name(out_dir, "confusion", ".png", overwrite) if out_dir is not None else None
     if png is not None:
         plot_confusion_matrix(result["confusion"], classes, png,
                               title=f"{model} on {info.name} ({info.eval_split}): top-1 {result['top1']:.2f}%")
         result["files"]["confusion_png"] = str(png)
     if out_dir is not None:
-        result["files"]["json"] = str(out_dir / "eval.json")
-        write_json(out_dir / "eval.json", result)
+        report = _free_name(out_dir, "eval", ".json", overwrite)
+        result["files"]["json"] = str(report)
+        write_json(report, result)
     return result
-
-
-def _as_model_keys(model: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    filter_fn = getattr(model, "checkpoint_filter_fn", None)
-    return filter_fn(dict(sd)) if filter_fn is not None else sd
 
 
 def _eval_bar(total: int, progress: str):

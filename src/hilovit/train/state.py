@@ -35,18 +35,11 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = Tr
 
     On any error (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from hilovit.io import atomic_write as write_atomically  # the one atomic writer (stale temporaries removed)
+
+    with write_atomically(path, "wb" if binary else "w") as f:
+        write(f)
+    return Path(path)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
