@@ -365,6 +365,21 @@ def test_timm_names_resolve_to_our_names_and_tags():
         create_model("litv2_s.alpha_0_2", alpha=0.5)
 
 
+def test_table_agrees_with_the_models_and_the_official_release_layout():
+    for model, tags in _TABLE.items():
+        with torch.device("meta"):
+            net = create_model(model)
+        for w in tags.values():
+            assert tuple(w.input_size[1:]) == tuple(net.img_size), w.name
+            assert w.crop_pct == (1.0 if w.input_size[1] >= 384 else 0.875), w.name
+            assert (w.num_classes == 21841) == (w.tag == "ms_in22k") == (w.top1 is None and model.startswith("swin"))
+            family = "ziplab/LITv2/releases/download/v1." if model.startswith("litv2") else "SwinTransformer/storage/"
+            assert w.url.startswith("https://github.com/" + family) and w.url.endswith(".pth"), w.name
+    assert {w.url.rsplit("/", 1)[1] for w in _TABLE["litv2_s"].values()} == {
+        "litv2_s.pth", "alpha_0.pth", "alpha_0_2.pth", "alpha_0_4.pth", "alpha_0_5.pth", "alpha_0_7.pth",
+        "alpha_0_9.pth", "alpha_1.pth"}
+
+
 def test_pretrained_false_builds_random_weights_and_bad_values_are_named(tmp_path):
     torch.manual_seed(0)
     a = create_model("litv2_nano", pretrained=False)
@@ -378,6 +393,10 @@ def test_pretrained_false_builds_random_weights_and_bad_values_are_named(tmp_pat
         create_model("litv2_nano", pretrained=str(tmp_path / "nothing.pth"))
     with pytest.raises(TypeError, match="pretrained_cfg_overlay"):
         create_model("litv2_nano", pretrained_cfg_overlay="url")
+    with pytest.raises(ValueError, match="hf-hub:org/name"):
+        create_model("litv2_nano", pretrained="hf-hub:just-a-name")
+    with pytest.raises(ValueError, match="is a folder"):
+        create_model("litv2_nano", pretrained=str(tmp_path))
 
 
 # --------------------------------------------------------------------------- hilovit models

@@ -302,6 +302,8 @@ def fetch(source: Union[str, os.PathLike], sha256: Optional[str] = None, file_na
         return download(source, file_name=file_name, sha256=sha256, progress=progress)
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise ValueError(f"weights source {str(path)!r} is a folder; expected a weights file (the one inside it)")
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
     if sha256 is not None:
