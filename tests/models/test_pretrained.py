@@ -213,6 +213,9 @@ def test_offline_never_downloads_and_says_how_to_fetch(lit, server, monkeypatch,
     assert f"{var}=1" in msg and f"curl -fL --create-dirs -o {target} {url}" in msg and f"pretrained='{target}'" in msg
     assert server.requests == []
     target.parent.mkdir(parents=True)
+    target.write_bytes(data[:100])  # a fetch by hand cut short: named, with what to do
+    with pytest.raises(ValueError, match="cannot be read.*delete it and run again"):
+        create_model("litv2_s", pretrained=True, pretrained_cfg_overlay=dict(url=url), **ctor)
     target.write_bytes(data)  # what the curl command does
     _assert_equal_weights(create_model("litv2_s", pretrained=True, pretrained_cfg_overlay=dict(url=url), **ctor), sd)
     assert server.requests == []

@@ -343,8 +343,17 @@ def load_pretrained(
 
 def load_file(model: nn.Module, path: Union[str, os.PathLike], origin: Optional[str] = None, strict: bool = True):
     """:func:`load_pretrained` for a file already fetched; ``origin`` is recorded as its source."""
+    from hilovit.models.checkpoint import CheckpointError
+
     record = {"source": origin or os.fspath(path), "file": os.fspath(path), "sha256": hub.file_sha256(path)}
-    return _load(model, _read_state_dict(path), record, strict)
+    try:
+        state_dict = _read_state_dict(path)
+    except CheckpointError as e:
+        if os.path.dirname(os.path.abspath(path)) != str(hub.cache_dir().resolve()):
+            raise
+        raise CheckpointError(f"{e}\nThe cached file {path} cannot be read (a fetch by hand cut short?): delete it "
+                              "and run again to download it anew.") from None
+    return _load(model, state_dict, record, strict)
 
 
 def _load(model: nn.Module, state_dict: Dict[str, torch.Tensor], record: Dict[str, str], strict: bool):
