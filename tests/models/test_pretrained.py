@@ -183,6 +183,22 @@ def test_interrupted_transfer_leaves_no_cached_file(lit, server, mode):
     assert _cache_files() == ["litv2_s.pth"]
 
 
+def test_a_cut_file_is_recognised_when_the_server_does_not_announce_its_length(tmp_path):
+    from safetensors.torch import save_file
+
+    from hilovit.models.hub import _check_whole
+
+    save_file({"a": torch.randn(100), "b": torch.randn(7)}, str(tmp_path / "w.safetensors"))
+    torch.save({"model": {"a": torch.randn(100)}}, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        data = (tmp_path / name).read_bytes()
+        _check_whole(tmp_path / name)  # whole: no error
+        for cut in (len(data) - 1, len(data) // 2, 12):
+            (tmp_path / "cut").write_bytes(data[:cut])
+            with pytest.raises(DownloadError, match=f"of {cut} bytes"):
+                _check_whole(tmp_path / "cut")
+
+
 def test_missing_file_is_a_clear_404(server):
     url = server.url("/v1.0/nothing.pth")
     with pytest.raises(DownloadError, match="HTTP 404") as err:

@@ -133,28 +133,28 @@ def _check_whole(path: Path) -> None:
     """Raise :class:`DownloadError` if a zip (``torch.save``) or safetensors file lacks its end."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] == b"PK\x03\x04":
-        if not zipfile.is_zipfile(path):
-            raise DownloadError(f"the file is cut short: a zip archive of {size} bytes without its closing record")
+        head = f.read(9)
+        if head[:4] == b"PK\x03\x04":
+            if not zipfile.is_zipfile(f):
+                raise DownloadError(f"a zip archive of {size} bytes without its closing record")
+            return
+        if len(head) < 9 or head[8:9] != b"{":
+            return  # another format (a legacy pickle): nothing to check here
+        n = int.from_bytes(head[:8], "little")
+        if 8 + n > size:
+            raise DownloadError(f"a safetensors file of {size} bytes whose header alone needs {8 + n}")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return  # not safetensors after all
+    if not isinstance(header, dict):
         return
-    if len(head) == 8:
-        n = int.from_bytes(head, "little")
-        if 0 < n < size:
-            with open(path, "rb") as f:
-                f.seek(8)
-                first = f.read(1)
-            if first == b"{":
-                with open(path, "rb") as f:
-                    f.seek(8)
-                    try:
-                        header = json.loads(f.read(n))
-                    except ValueError:
-                        return  # not safetensors after all
-                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v]
-                need = 8 + n + (max(ends) if ends else 0)
-                if size < need:
-                    raise DownloadError(f"the file is cut short: a safetensors file of {size} bytes, {need} expected")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    need = 8 + n + (max(ends) if ends else 0)
+    if size < need:
+        raise DownloadError(f"a safetensors file of {size} bytes, {need} expected")
 
 
 def download(
