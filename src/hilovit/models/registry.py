@@ -97,12 +97,9 @@ def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
         return entry.url, overlay.get("sha256", entry.sha256), entry.file_name
     if isinstance(pretrained, os.PathLike):
         pretrained = os.fspath(pretrained)
-    if isinstance(pretrained, str) and pretrained:
-        return pretrained, overlay.get("sha256"), overlay.get("file_name")
-    raise TypeError(
-        "pretrained must be False, True, a file path, an http(s):// URL or 'hf-hub:org/name', "
-        f"got {pretrained!r}"
-    )
+    if not pretrained:
+        raise ValueError("pretrained is an empty string; expected False, True, a file path, a URL or 'hf-hub:org/name'")
+    return pretrained, overlay.get("sha256"), overlay.get("file_name")
 
 
 def create_model(
@@ -142,6 +139,7 @@ def create_model(
         >>> model = create_model("litv2_s", alpha=0.5, pretrained=True)   # the alpha = 0.5 checkpoint
         >>> model = create_model("swin_t", pretrained=True, num_classes=10, in_chans=1)
     """
+    from hilovit.models import hub
     from hilovit.models import pretrained as weights
 
     if pretrained_cfg_overlay is not None and not isinstance(pretrained_cfg_overlay, dict):
@@ -152,8 +150,6 @@ def create_model(
             "pretrained must be False, True, a file path, an http(s):// URL or 'hf-hub:org/name', "
             f"got {type(pretrained).__name__}"
         )
-    from hilovit.models import hub
-
     base, tag = resolve_name(name)
     wants_official = pretrained is True and not any(overlay.get(k) for k in _SOURCE_KEYS)
     entry = weights.get_pretrained(base, tag, kwargs, required=wants_official)
