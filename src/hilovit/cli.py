@@ -476,6 +476,67 @@ def _run_bench_models(args) -> int:
     return _print_notes_and_files(result)
 
 
+# --------------------------------------------------------------------------- models
+
+
+def _add_models(commands) -> None:
+    p = commands.add_parser(
+        "models",
+        help="registered models and their official weights: parameters, FLOPs, top-1, source, cached",
+        description="Lists the registered models (or, with --pretrained, every published checkpoint as NAME.TAG, "
+        "the names create_model accepts) with parameters, FLOPs (multiply-adds at the input size), input size, "
+        "the official ImageNet top-1, where the weights are published and whether they are in the torch hub cache "
+        "($TORCH_HOME/hub/checkpoints). --download fetches the matched weights into that cache.",
+    )
+    p.add_argument("pattern", nargs="?", default=None, metavar="PATTERN",
+                   help="shell pattern on names, timm names or NAME.TAG, e.g. 'litv2*' or 'swin_t.*' (default: all)")
+    p.add_argument("--pretrained", action="store_true", help="one row per published checkpoint (NAME.TAG)")
+    p.add_argument("--download", action="store_true",
+                   help="download the matched weights (the default checkpoint of each model; every matched "
+                   "checkpoint with --pretrained) and print where they are; needs a PATTERN")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from hilovit.bench.common import format_table
+    from hilovit.models.hub import DownloadError, download
+    from hilovit.models.pretrained import get_pretrained, split_tag
+
+    rows = _models_rows(args.pattern or "*", args.pretrained)
+    if not rows:
+        print(f"hilovit models: no {'published weights' if args.pretrained else 'model'} matches "
+              f"{args.pattern!r}", file=sys.stderr)
+        return 1
+    cols = ["model", "params_M", "GFLOPs", "input", "top1", "weights", "cached"]
+    if args.pretrained:
+        cols = ["model", "params_M", "GFLOPs", "input", "crop_pct", "top1", "dataset", "weights", "hf_hub_id", "cached"]
+    print(format_table(rows, cols))
+    if not args.download:
+        return 0
+    if args.pattern is None:
+        raise ValueError("--download needs a PATTERN naming the weights to fetch (e.g. litv2_s)")
+    failed = 0
+    for row in rows:
+        name, tag = split_tag(row["model"])
+        entry = get_pretrained(name, tag)
+        if entry is None:
+            continue
+        try:
+            path = download(entry.url, file_name=entry.file_name, sha256=entry.sha256)
+        except DownloadError as e:
+            print(f"hilovit models: {row['model']}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{row['model']}: {path}")
+    return 1 if failed else 0
+
+
+def _models_rows(pattern, pretrained):
+    from hilovit.models.pretrained import model_rows
+
+    return model_rows(pattern, pretrained=pretrained)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -494,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_viz(commands)
     _add_train(commands)
     _add_eval(commands)
+    _add_models(commands)
     return parser
 
 
