@@ -3,65 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
-
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad command line in one line (the usage is one ``--help`` away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    """A device this machine has ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'); kept as typed."""
-    from hilovit.device import resolve_device
-
-    try:
-        resolve_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).replace(f"device={text!r}", repr(text), 1)) from None
-    return text
-
-
-_MIN_OPSET = 14  # scaled_dot_product_attention, which every attention layer calls, needs opset 14
-
-
-def _opset(text: str) -> int:
-    try:
-        from torch.onnx._constants import ONNX_MAX_OPSET as top
-    except ImportError:
-        top = 20
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not _MIN_OPSET <= value <= top:
-        raise argparse.ArgumentTypeError(f"opset {text} is not supported: choose one from {_MIN_OPSET} (the first "
-                                         f"with scaled_dot_product_attention) to {top}")
-    return value
+from hilovit.cli_support import (
+    OneLineParser,
+    command_parser,
+    device_name,
+    non_negative_int,
+    onnx_opset,
+    out_of_memory_hint,
+    positive_int,
+    user_message,
+)
 
 
 def _csv_list(cast=str):
@@ -79,10 +33,10 @@ def _csv_list(cast=str):
 
 def _add_timing_options(p, default_output: str) -> None:
     """Options every benchmark shares: runs, device, threads and where the results go."""
-    p.add_argument("--repeats", type=_positive_int, default=10, help="timed runs per row (median reported)")
-    p.add_argument("--warmup", type=_count, default=2)
-    p.add_argument("--device", type=_device, default="cpu")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per row (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--output", default=default_output,
                    help=f"prefix for .csv/.md/.png ('' for none; default {default_output}; the committed results "
@@ -111,7 +65,7 @@ def _add_bench_attention(sub) -> None:
     )
     p.add_argument("--sizes", type=_csv_list(int), default=[14], help="token map sides, e.g. 14,28,56 (default 14)")
     p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
-    p.add_argument("--batch", type=_positive_int, default=64)
+    p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--mechanisms", type=_csv_list(), default=None, help="subset of rows, e.g. HiLo,MSA")
@@ -168,7 +122,7 @@ def _add_predict(commands) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu")
     p.set_defaults(func=_run_predict)
 
 
@@ -205,7 +159,7 @@ def _add_export(commands) -> None:
                    help="symbolic batch dimension (verified at batch 1 and 3); default: batch 1")
     p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
                    help="input size fixed in the graph (default: the model's pretrained_cfg input size)")
-    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset, 14 to the newest torch.onnx knows (17)")
+    p.add_argument("--opset", type=onnx_opset, default=17, help="ONNX opset, 14 to the newest torch.onnx knows (17)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnx - torch| (default 1e-4)")
     p.add_argument("--no-verify", action="store_true", help="only check the file with onnx.checker")
     p.set_defaults(func=_run_export)
@@ -366,7 +320,7 @@ def _add_train(commands) -> None:
     g.add_argument("--rand-augment-m", type=int, help="RandAugment magnitude (9)")
     g.add_argument("--random-erasing", type=float, metavar="P", help="probability of random erasing")
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", type=_device, help="auto (default), cpu, cuda, cuda:N, mps")
+    g.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
                    help="autocast: auto = bfloat16 on CPU, float16 with a gradient scaler on CUDA")
     g.add_argument("--threads", type=int, help="CPU threads per process")
@@ -403,15 +357,15 @@ def _add_eval(commands) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--val-split", type=float, default=0.0, help="as in training, for folders without val/")
     p.add_argument("--seed", type=int, default=0, help="seed of the --val-split hold-out")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--img-size", type=_positive_int, default=None)
-    p.add_argument("--in-chans", type=_positive_int, default=None)
-    p.add_argument("--eval-subset", type=_positive_int, default=None, metavar="N", help="the first N images only")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--img-size", type=positive_int, default=None)
+    p.add_argument("--in-chans", type=positive_int, default=None)
+    p.add_argument("--eval-subset", type=positive_int, default=None, metavar="N", help="the first N images only")
     p.add_argument("--ema", action="store_true", help="the EMA weights of a last.pt")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
-    p.add_argument("--device", type=_device, default="auto")
-    p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--workers", type=_count, default=2)
+    p.add_argument("--device", type=device_name, default="auto")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--output", default=None,
                    help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint)")
     p.add_argument("--confusion-png", default=None, help="path of the confusion-matrix picture")
@@ -447,7 +401,7 @@ def _add_bench_models(sub) -> None:
     )
     p.add_argument("--models", type=_csv_list(), default=None,
                    help="names or patterns, e.g. swin_t,litv2_s or 'swin_*' (default swin_t,litv2_s)")
-    p.add_argument("--batch", type=_positive_int, default=16)
+    p.add_argument("--batch", type=positive_int, default=16)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
     p.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
@@ -502,7 +456,7 @@ def _run_bench_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin.")
+    parser = OneLineParser(prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models)")
@@ -531,11 +485,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    command = _command_parser(parser, args)
+    command = command_parser(parser, args)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, OSError) as e:
-        print(f"{command.prog}: error: {_user_message(e, command)}", file=sys.stderr)
+        print(f"{command.prog}: error: {user_message(e, command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -545,68 +499,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if not is_out_of_memory(e):
             raise
-        print(f"{command.prog}: error: {_out_of_memory(args)}", file=sys.stderr)
+        print(f"{command.prog}: error: {out_of_memory_hint(args)}", file=sys.stderr)
         return 3
 
 
-def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
-    """The (sub-)parser of the command that ran, e.g. the one of ``hilovit bench models``."""
-    node = parser
-    while True:
-        sub = next((a for a in node._actions if isinstance(a, argparse._SubParsersAction)), None)
-        name = getattr(args, sub.dest, None) if sub is not None else None
-        if name not in (sub.choices if sub is not None else {}):
-            return node
-        node = sub.choices[name]
-
-
-def _flags(command: argparse.ArgumentParser) -> Dict[str, str]:
-    """Option name as the library spells it (``batch_size``) -> the command's flag (``--batch-size``)."""
-    flags = {}
-    for action in command._actions:
-        longs = [o for o in action.option_strings if o.startswith("--")]
-        if longs and action.dest not in flags:
-            flags[action.dest] = longs[0]
-    return flags
-
-
-_INTERNAL_PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*: ")
-
-
-def _user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
-    """The library's message in the command's words, on one line.
-
-    Options are named by their flags (``batch_size=8`` -> ``--batch-size=8``); the name of the
-    library function or class that raised (``build_datasets: ...``) is dropped.
-    """
-    flags = _flags(command)
-    render = getattr(error, "render", None)
-    if callable(render):
-        text = render(lambda name: flags.get(name, name))
-    elif isinstance(error, OSError) and error.strerror and error.filename:
-        text = f"{error.strerror}: {str(error.filename)!r}"  # not "[Errno 13] ..."
-    else:
-        text = str(error)
-        prefix = _INTERNAL_PREFIX.match(text)
-        if prefix:
-            name = prefix.group(0)[:-2]
-            text = (flags[name] + ": " if name in flags else "") + text[prefix.end():]
-        names = "|".join(sorted((re.escape(n) for n in flags if n.isidentifier()), key=len, reverse=True))
-        if names:
-            text = re.sub(rf"(?<![\w.'\"/\\-])({names})=", lambda m: flags[m.group(1)] + "=", text)
-            text = re.sub(rf"(?<![\w.'\"/\\-])({names})(?![\w='\"/(-])",
-                          lambda m: flags[m.group(1)] if "_" in m.group(1) else m.group(1), text)
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def _out_of_memory(args) -> str:
-    """What to do when a command other than training runs out of memory (training says it itself)."""
-    for dest, flag in (("batch_size", "--batch-size"), ("batch", "--batch"), ("sweep_batch", "--sweep-batch")):
-        value = getattr(args, dest, None)
-        if isinstance(value, int):
-            smaller = max(1, value // 4)
-            return f"out of memory with {flag} {value}; use a smaller one (e.g. {flag} {smaller})"
-    return "out of memory; use smaller inputs"
 
 
 if __name__ == "__main__":
