@@ -6,6 +6,17 @@ import argparse
 import sys
 from typing import List, Optional
 
+from hilovit.cli_support import (
+    OneLineParser,
+    command_parser,
+    device_name,
+    non_negative_int,
+    onnx_opset,
+    out_of_memory_hint,
+    positive_int,
+    user_message,
+)
+
 
 def _csv_list(cast=str):
     def parse(text: str):
@@ -22,11 +33,14 @@ def _csv_list(cast=str):
 
 def _add_timing_options(p, default_output: str) -> None:
     """Options every benchmark shares: runs, device, threads and where the results go."""
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per row (median reported)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--output", default=default_output, help="prefix for .csv/.md/.png ('' for none)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per row (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--output", default=default_output,
+                   help=f"prefix for .csv/.md/.png ('' for none; default {default_output}; the committed results "
+                   "in benchmarks/ are made by `make bench`)")
     p.add_argument("--no-plot", action="store_true")
 
 
@@ -51,11 +65,11 @@ def _add_bench_attention(sub) -> None:
     )
     p.add_argument("--sizes", type=_csv_list(int), default=[14], help="token map sides, e.g. 14,28,56 (default 14)")
     p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--mechanisms", type=_csv_list(), default=None, help="subset of rows, e.g. HiLo,MSA")
-    _add_timing_options(p, "benchmarks/attention")
+    _add_timing_options(p, "runs/bench/attention")
     p.set_defaults(func=_run_bench_attention)
 
 
@@ -108,7 +122,7 @@ def _add_predict(commands) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--norm", choices=sorted(_NORMS),
                    help="normalisation when the checkpoint records none (default: the model's own, with a notice): "
                    "imagenet, half (mean 0.5, std 0.5) or none (mean 0, std 1)")
@@ -178,7 +192,7 @@ def _add_export(commands) -> None:
                    help="symbolic batch dimension (verified at batch 1 and 3); default: batch 1")
     p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
                    help="input size fixed in the graph (default: the model's pretrained_cfg input size)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=onnx_opset, default=17, help="ONNX opset, 14 to the newest torch.onnx knows (17)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnx - torch| (default 1e-4)")
     p.add_argument("--no-verify", action="store_true", help="only check the file with onnx.checker")
     p.set_defaults(func=_run_export)
@@ -339,7 +353,7 @@ def _add_train(commands) -> None:
     g.add_argument("--rand-augment-m", type=int, help="RandAugment magnitude (9)")
     g.add_argument("--random-erasing", type=float, metavar="P", help="probability of random erasing")
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", help="auto (default), cpu, cuda")
+    g.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
                    help="autocast: auto = bfloat16 on CPU, float16 with a gradient scaler on CUDA")
     g.add_argument("--threads", type=int, help="CPU threads per process")
@@ -380,15 +394,15 @@ def _add_eval(commands) -> None:
     p.add_argument("--val-split", type=float, default=None,
                    help="as in training, for folders without val/ (default: as recorded, else 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the --val-split hold-out (default: as recorded)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--in-chans", type=int, default=None)
-    p.add_argument("--eval-subset", type=int, default=None, metavar="N", help="the first N images only")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--img-size", type=positive_int, default=None)
+    p.add_argument("--in-chans", type=positive_int, default=None)
+    p.add_argument("--eval-subset", type=positive_int, default=None, metavar="N", help="the first N images only")
     p.add_argument("--ema", action="store_true", help="the EMA weights of a last.pt")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="off")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", type=device_name, default="auto")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--output", default=None,
                    help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint)")
     p.add_argument("--confusion-png", default=None, help="path of the confusion-matrix picture")
@@ -425,14 +439,14 @@ def _add_bench_models(sub) -> None:
     )
     p.add_argument("--models", type=_csv_list(), default=None,
                    help="names or patterns, e.g. swin_t,litv2_s or 'swin_*' (default swin_t,litv2_s)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=positive_int, default=16)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
     p.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
     p.add_argument("--sweep", type=_csv_list(int), default=None,
                    help="image sides for a backbone sweep, e.g. 224,384,512,768,1024")
     p.add_argument("--sweep-batch", type=int, default=1)
-    _add_timing_options(p, "benchmarks/models")
+    _add_timing_options(p, "runs/bench/models")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
     p.add_argument("--breakdown", action="store_true",
@@ -541,9 +555,7 @@ def _models_rows(pattern, pretrained):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin."
-    )
+    parser = OneLineParser(prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models)")
@@ -573,14 +585,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    command = command_parser(parser, args)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"hilovit {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"{command.prog}: error: {user_message(e, command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, MemoryError) as e:
+        from hilovit.device import is_out_of_memory
+
+        if not is_out_of_memory(e):
+            raise
+        print(f"{command.prog}: error: {out_of_memory_hint(args)}", file=sys.stderr)
+        return 3
+
+
 
 
 if __name__ == "__main__":

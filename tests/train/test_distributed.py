@@ -53,6 +53,7 @@ def test_two_processes_match_one(idx_dir, tmp_path):
            "--progress", "log", "--log-interval", "1", *_flags(ARGS)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Grad strides do not match" not in proc.stderr, proc.stderr[-3000:]
     # rank 0 alone prints and writes
     assert proc.stdout.count("epoch 1/1: train loss") == 1, proc.stdout
     assert "2 processes" in proc.stdout
@@ -66,3 +67,40 @@ def test_two_processes_match_one(idx_dir, tmp_path):
     init = create_model("litv2_nano", num_classes=10, in_chans=1, drop_path_rate=0.0).state_dict()
     moved = max(float((init[k].double() - a[k].double()).abs().max()) for k in a if a[k].is_floating_point())
     assert moved > 100 * 1e-5, moved
+
+
+def test_gradients_keep_their_parameters_strides():
+    from hilovit.train.distributed import match_grad_strides
+
+    torch.manual_seed(0)
+    model = create_model("litv2_nano", num_classes=10, in_chans=1, drop_path_rate=0.0)
+    twin = create_model("litv2_nano", num_classes=10, in_chans=1, drop_path_rate=0.0)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    twin(x).sum().backward()
+    # the depth-wise convolutions of the ConvFFN get channels-last gradients for their (C, 1, 3, 3) weights
+    odd = {n for n, p in twin.named_parameters() if p.grad.stride() != p.stride()}
+    assert odd and all("dwconv" in n for n in odd), odd
+    assert match_grad_strides(model) >= len(odd)
+    for _ in range(2):  # the first gradient and an accumulated one
+        model(x).sum().backward()
+    grads = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad.stride() == p.stride(), name
+        assert torch.equal(p.grad, 2 * grads[name].grad), name  # same values, only relabelled
+
+
+def test_ddp_does_not_warn_about_grad_strides(tmp_path, recwarn):
+    import torch.distributed as dist
+
+    from hilovit.train.distributed import DistEnv, wrap_ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = create_model("litv2_nano", num_classes=10, in_chans=1)
+        ddp = wrap_ddp(model, DistEnv(0, 2, 0, torch.device("cpu"), "gloo"))  # as a process of two would
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        ddp(torch.randn(2, 1, 28, 28)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert not [w for w in recwarn if "Grad strides" in str(w.message)]

@@ -134,3 +134,34 @@ def test_sync_batchnorm_is_batchnorm_in_one_process():
     x = torch.randn(4, 1, 8, 8)
     assert torch.allclose(synced(x), ref(x), atol=1e-6)
     assert torch.allclose(synced[1].running_var, ref[1].running_var)
+
+
+def test_counts_in_the_output_agree_with_their_nouns():
+    from hilovit.train import format_summary
+    from hilovit.train.report import plural
+
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    one = format_summary({"epochs": 1, "steps": 1, "train_images_per_second": 10.0, "wall_seconds": 3.0})
+    assert one.startswith("1 epoch, 1 step, 10 training images/s") and "1 epochs" not in one
+    two = format_summary({"epochs": 2, "steps": 8, "train_images_per_second": None, "wall_seconds": 3.0})
+    assert two.startswith("2 epochs, 8 steps, n/a training images/s")
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hilovit.train.state import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # this process has ended
+    live_pid = os.getppid()  # alive while this test runs
+    for name in (f".last.pt.tmp-{dead_pid}", f".metrics.csv.tmp-{dead_pid}", f".write-test-{dead_pid}",
+                 f".last.pt.tmp-{os.getpid()}", f".last.pt.tmp-{live_pid}", "last.pt", ".hidden", "x.tmp-12"):
+        (tmp_path / name).write_bytes(b"x")
+    removed = sorted(p.name for p in remove_stale_temporaries(tmp_path))
+    assert removed == sorted([f".last.pt.tmp-{dead_pid}", f".metrics.csv.tmp-{dead_pid}", f".write-test-{dead_pid}",
+                              f".last.pt.tmp-{os.getpid()}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".last.pt.tmp-{live_pid}", "last.pt", ".hidden",
+                                                                  "x.tmp-12"])

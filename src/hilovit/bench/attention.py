@@ -144,7 +144,7 @@ def run_attention_benchmark(
     device: str = "cpu",
     threads: Optional[int] = None,
     mechanisms: Optional[Sequence[str]] = None,
-    output: Optional[str] = "benchmarks/attention",
+    output: Optional[str] = "runs/bench/attention",
     plot: bool = True,
     quiet: bool = False,
 ) -> Dict[str, object]:

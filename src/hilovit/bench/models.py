@@ -227,7 +227,7 @@ def run_models_benchmark(
     warmup: int = 2,
     threads: Optional[int] = None,
     device: str = "cpu",
-    output: Optional[str] = "benchmarks/models",
+    output: Optional[str] = "runs/bench/models",
     plot: bool = True,
     quiet: bool = False,
     overrides: Optional[Dict[str, Any]] = None,

@@ -10,21 +10,40 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import yaml
 
 from hilovit.data import AugmentConfig
 
-__all__ = ["TrainConfig", "load_recipe", "list_recipes", "merge_options", "options_from_cli", "default_augment",
-           "RECIPE_DIR"]
+__all__ = ["TrainConfig", "OptionError", "load_recipe", "list_recipes", "merge_options", "options_from_cli",
+           "default_augment", "RECIPE_DIR"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
 _AMP = ("auto", "bf16", "fp16", "off")
 _PROGRESS = ("auto", "bar", "log", "off")
 _OPTIMIZERS = ("adamw", "sgd")
+
+
+class OptionError(ValueError):
+    """A training option that cannot be used, with a message that names options.
+
+    The message is written with options as ``{name}`` (a :class:`TrainConfig` field); ``str(error)``
+    shows them as the Python names (``batch_size=8192 is larger ...``), :meth:`render` as the
+    caller wants them (the command line shows ``--batch-size=8192 is larger ...``).
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        """The message with each option written as ``name(field)``."""
+        return re.sub(r"\{([a-z][a-z0-9_]*)\}",
+                      lambda m: name(m.group(1)) if m.group(1) in _FIELD_NAMES else m.group(0), self.template)
 
 
 def default_augment() -> AugmentConfig:
@@ -178,19 +197,19 @@ class TrainConfig:
             if v is None and allow_none:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{_flag(name)}={v!r}: expected a positive integer")
+                raise OptionError(f"{_flag(name)}={v!r}: expected a positive integer")
 
         def non_negative(name: str, allow_none: bool = False) -> None:
             v = getattr(self, name)
             if v is None and allow_none:
                 return
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"{_flag(name)}={v!r}: expected a number >= 0")
+                raise OptionError(f"{_flag(name)}={v!r}: expected a number >= 0")
 
         if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"--model={self.model!r}: expected a model name")
+            raise OptionError(f"{{model}}={self.model!r}: expected a model name")
         if not isinstance(self.data, (str, os.PathLike)) or not str(self.data):
-            raise ValueError(f"--data={self.data!r}: expected 'fashion-mnist' or a folder")
+            raise OptionError(f"{{data}}={self.data!r}: expected 'fashion-mnist' or a folder")
         self.data = str(self.data)
         self.output = str(self.output)
         for name in ("epochs", "batch_size", "accum_steps", "eval_interval", "log_interval"):
@@ -199,44 +218,47 @@ class TrainConfig:
                      "stop_at_epoch"):
             positive_int(name, allow_none=True)
         if self.lr is not None and (isinstance(self.lr, bool) or not self.lr > 0):
-            raise ValueError(f"--lr={self.lr!r}: expected a positive number")
+            raise OptionError(f"{{lr}}={self.lr!r}: expected a positive number")
         if not (isinstance(self.base_lr, (int, float)) and self.base_lr > 0):
-            raise ValueError(f"--base-lr={self.base_lr!r}: expected a positive number")
+            raise OptionError(f"{{base_lr}}={self.base_lr!r}: expected a positive number")
         for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "eps", "momentum", "offset_lr_scale",
                      "mixup", "cutmix", "model_ema_decay"):
             non_negative(name)
         non_negative("clip_grad", allow_none=True)
         non_negative("drop_path", allow_none=True)
         if self.warmup_epochs > self.epochs:
-            raise ValueError(f"--warmup-epochs={self.warmup_epochs} is longer than --epochs={self.epochs}")
+            raise OptionError(f"{{warmup_epochs}}={self.warmup_epochs} is longer than {{epochs}}={self.epochs}")
+        if isinstance(self.val_split, bool) or not isinstance(self.val_split, (int, float)) \
+                or not 0.0 <= self.val_split < 1.0:
+            raise OptionError(f"{{val_split}}={self.val_split!r}: expected a fraction in [0, 1)")
         for name in ("label_smoothing",):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
-                raise ValueError(f"{_flag(name)}={v!r}: expected a value in [0, 1)")
+                raise OptionError(f"{_flag(name)}={v!r}: expected a value in [0, 1)")
         for name in ("mixup_prob", "mixup_switch_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{_flag(name)}={v!r}: expected a probability in [0, 1]")
+                raise OptionError(f"{_flag(name)}={v!r}: expected a probability in [0, 1]")
         if not self.model_ema_decay < 1.0:
-            raise ValueError(f"--model-ema-decay={self.model_ema_decay!r}: expected a value in [0, 1)")
+            raise OptionError(f"{{model_ema_decay}}={self.model_ema_decay!r}: expected a value in [0, 1)")
         if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"--optimizer={self.optimizer!r}: choose one of {', '.join(_OPTIMIZERS)}")
+            raise OptionError(f"{{optimizer}}={self.optimizer!r}: choose one of {', '.join(_OPTIMIZERS)}")
         if self.amp not in _AMP:
-            raise ValueError(f"--amp={self.amp!r}: choose one of {', '.join(_AMP)}")
+            raise OptionError(f"{{amp}}={self.amp!r}: choose one of {', '.join(_AMP)}")
         if self.progress not in _PROGRESS:
-            raise ValueError(f"--progress={self.progress!r}: choose one of {', '.join(_PROGRESS)}")
+            raise OptionError(f"{{progress}}={self.progress!r}: choose one of {', '.join(_PROGRESS)}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"--workers={self.workers!r}: expected an integer >= 0")
+            raise OptionError(f"{{workers}}={self.workers!r}: expected an integer >= 0")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"--seed={self.seed!r}: expected an integer >= 0")
+            raise OptionError(f"{{seed}}={self.seed!r}: expected an integer >= 0")
         if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"model_kwargs={self.model_kwargs!r}: expected a mapping of constructor arguments")
+            raise OptionError(f"{{model_kwargs}}={self.model_kwargs!r}: expected a mapping of constructor arguments")
         if self.augment is not None and not isinstance(self.augment, AugmentConfig):
             self.augment = _as_augment(self.augment)
         if self.stop_at_epoch is not None and self.stop_at_epoch > self.epochs:
-            raise ValueError(f"--stop-at-epoch={self.stop_at_epoch} is beyond --epochs={self.epochs}")
+            raise OptionError(f"{{stop_at_epoch}}={self.stop_at_epoch} is beyond {{epochs}}={self.epochs}")
         if self.resume and self.overwrite:
-            raise ValueError("--resume and --overwrite contradict each other; choose one")
+            raise OptionError("{resume} and {overwrite} contradict each other; choose one")
 
     # ------------------------------------------------------------------ derived
     def scaled_lr(self) -> Tuple[float, float, float]:
@@ -248,8 +270,12 @@ class TrainConfig:
         return lr, self.min_lr * ratio, self.warmup_lr * ratio
 
 
+_FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
+
+
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """``name`` marked as an option in an :class:`OptionError` message."""
+    return "{" + name + "}"
 
 
 def _as_augment(value: Any) -> Optional[AugmentConfig]:
@@ -263,10 +289,10 @@ def _as_augment(value: Any) -> Optional[AugmentConfig]:
         known = {f.name for f in fields(AugmentConfig)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"augment: unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+            raise OptionError(f"{{augment}} has unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
         vals = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
         return dataclasses.replace(default_augment(), **vals)  # fields not given keep the defaults
-    raise ValueError(f"augment={value!r}: expected a mapping of AugmentConfig fields, 'none' or null")
+    raise OptionError(f"{{augment}}={value!r}: expected a mapping of AugmentConfig fields, 'none' or null")
 
 
 def merge_options(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from hilovit.device import resolve_device
+
 __all__ = [
     "DistEnv",
     "init_distributed",
@@ -30,6 +32,9 @@ __all__ = [
     "barrier",
     "SyncBatchNormCPU",
     "convert_sync_batchnorm",
+    "match_grad_strides",
+    "wrap_ddp",
+    "resolve_device",
 ]
 
 
@@ -59,24 +64,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value) if value.strip() else default
     except ValueError as e:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from e
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``'auto'``: CUDA (``cuda:LOCAL_RANK``) when available, else CPU; ``'cpu'``/``'cuda'``/``'cuda:1'`` as given."""
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {type(device).__name__}")
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device={device!r} is not a device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} asked for, but CUDA is not available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
@@ -208,3 +195,50 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
     return convert(model)
 
+
+
+def match_grad_strides(model: nn.Module) -> int:
+    """Give each parameter's gradient the parameter's own strides where they differ only in size-1 dimensions.
+
+    A depth-wise convolution weight ``(C, 1, kh, kw)`` fed channels-last activations (every
+    hilovit model keeps tokens as ``(B, H, W, C)``) receives its gradient with channels-last
+    strides ``(kh*kw, 1, kw, 1)`` while the weight has ``(kh*kw, kh*kw, kw, 1)``. Both address the
+    same elements in the same order (the dimension of size 1 has a single index), so autograd
+    accepts the gradient as it is; DistributedDataParallel compares strides exactly and warns
+    "Grad strides do not match bucket view strides" in every process. A hook on each such
+    parameter re-labels the incoming gradient with the parameter's strides: a view of the same
+    memory, so nothing is copied and no value changes.
+
+    Returns:
+        The number of parameters hooked (those with a dimension of size 1).
+    """
+    import weakref
+
+    hooked = 0
+    for p in model.parameters():
+        if not p.requires_grad or 1 not in p.shape or p.layout != torch.strided:
+            continue
+        ref = weakref.ref(p)
+
+        def restride(grad: torch.Tensor, ref=ref) -> Optional[torch.Tensor]:
+            param = ref()
+            if param is None or grad.layout != torch.strided or grad.stride() == param.stride():
+                return None
+            if grad.shape != param.shape or any(n != 1 and a != b for n, a, b in
+                                                zip(grad.shape, grad.stride(), param.stride())):
+                return None  # a truly different layout: leave it to autograd and DDP
+            return grad.as_strided(param.shape, param.stride(), grad.storage_offset())
+
+        p.register_hook(restride)
+        hooked += 1
+    return hooked
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+    """``DistributedDataParallel(model)`` for a distributed run (gradients laid out as DDP expects), else ``model``."""
+    if not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    match_grad_strides(model)
+    return DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)

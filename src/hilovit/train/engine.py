@@ -20,79 +20,66 @@ metadata, loadable with :func:`hilovit.load_checkpoint`), ``model_ema.safetensor
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from hilovit.train.config import TrainConfig, merge_options
+from hilovit.device import is_out_of_memory, resolve_device
+from hilovit.train.config import OptionError, TrainConfig
 from hilovit.train.distributed import (
     DistEnv,
     all_reduce_sum,
     cleanup_distributed,
     convert_sync_batchnorm,
     init_distributed,
+    wrap_ddp,
 )
 from hilovit.train.ema import ModelEma
 from hilovit.train.evaluate import autocast_context, evaluate, resolve_amp
 from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches
 from hilovit.train.optim import CosineWarmupSchedule, build_optimizer
+from hilovit.train.report import (
+    METRIC_COLUMNS,
+    Reporter,
+    format_summary,
+    plot_curves,
+    plural,
+    print_summary,
+    write_metrics_csv,
+    yaml_dump,
+)
+from hilovit.train.resume import describe_changes, describe_replan, resolve_run, schedule_rate
 from hilovit.train.state import (
     atomic_torch_save,
     atomic_write_text,
     check_writable_dir,
     get_rng_state,
-    load_training_state,
+    remove_stale_temporaries,
     set_rng_state,
     write_json,
 )
 
-__all__ = ["train", "format_summary", "print_summary", "METRIC_COLUMNS", "TrainingDivergedError"]
+__all__ = ["train", "format_summary", "print_summary", "METRIC_COLUMNS", "TrainingDivergedError",
+           "TrainingOutOfMemoryError"]
 
 
-class TrainingDivergedError(ValueError):
+class TrainingDivergedError(OptionError):
     """The training loss became NaN or infinite."""
 
-# Options that define a run: a resumed run must keep them.
-_IDENTITY = ("model", "data", "batch_size", "seed", "img_size", "in_chans", "train_subset", "val_split",
-             "drop_path", "model_kwargs")
+
+class TrainingOutOfMemoryError(OptionError):
+    """The device ran out of memory: the message names the batch size and how to need less."""
+
 _OUTPUT_FILES = ("last.pt", "model.safetensors", "model_ema.safetensors", "summary.json", "metrics.csv",
                  "curves.png", "confusion.png", "config.yaml")
-METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
-                  "eval_top1_ema", "eval_top5_ema", "images_per_second", "train_seconds", "eval_seconds",
-                  "wall_seconds"]
 
-
-# --------------------------------------------------------------------------- output
-class _Reporter:
-    """Prints on rank 0 only; a tqdm bar on a terminal, plain log lines otherwise."""
-
-    def __init__(self, env: DistEnv, mode: str, log_interval: int) -> None:
-        self.main = env.is_main
-        self.mode = mode
-        if mode == "auto":
-            self.mode = "bar" if sys.stderr.isatty() else "log"
-        self.log_interval = log_interval
-
-    def print(self, msg: str) -> None:
-        if self.main and self.mode != "off":
-            print(msg, flush=True)
-
-    def bar(self, total: int, desc: str):
-        if not self.main or self.mode != "bar":
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
 
 
 def _metadata(cfg: TrainConfig, model_name: str, info, in_chans: int, img_size: int, mean, std) -> Dict[str, str]:
@@ -114,29 +101,6 @@ def _metadata(cfg: TrainConfig, model_name: str, info, in_chans: int, img_size: 
     }
 
 
-def _write_metrics_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt_cell(row.get(k)) for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt_cell(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
-
-
-def _yaml_dump(obj) -> str:
-    import yaml
-
-    return yaml.safe_dump(obj, sort_keys=False)
-
-
 # --------------------------------------------------------------------------- set-up
 def _seed_everything(seed: int) -> None:
     seed = int(seed) % (2**31 - 1)
@@ -149,55 +113,12 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 100_003 + epoch * 1_009 + rank * 17 + 1) % (2**31 - 1)
 
 
-def _resolve_config(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]) -> Tuple[TrainConfig, Dict]:
-    """The configuration of this run and, when resuming, the state to resume from."""
-    if config is not None:
-        if recipe is not None or overrides:
-            raise TypeError("train: pass either a TrainConfig or recipe/keyword options, not both")
-        explicit = config.to_dict()
-    else:
-        from hilovit.train.config import load_recipe
-
-        explicit = merge_options(load_recipe(recipe) if recipe is not None else {}, overrides)
-    if not explicit.get("resume"):
-        return (config if config is not None else TrainConfig.from_dict(explicit)), {}
-    if explicit.get("overwrite"):
-        raise ValueError("--resume and --overwrite contradict each other; choose one")
-    output = str(explicit.get("output", TrainConfig.output))
-    out = Path(output).expanduser()
-    state = load_training_state(out / "last.pt")
-    saved = dict(state.get("config") or {})
-    differing = []
-    for key in _IDENTITY:
-        if key in explicit and key in saved and _norm(explicit[key]) != _norm(saved[key]):
-            flag = "--" + key.replace("_", "-")
-            differing.append(f"{flag} {explicit[key]!r} (the run in {str(out)!r} has {saved[key]!r})")
-    if differing:
-        raise ValueError("cannot resume with other settings than the run being continued: " + "; ".join(differing)
-                         + ". Leave them out to keep the run's own, or train into another --output.")
-    merged = merge_options(saved, {k: v for k, v in explicit.items() if k not in _IDENTITY or k not in saved})
-    merged.update(resume=True, overwrite=False, output=output)
-    if "stop_at_epoch" not in explicit:
-        merged["stop_at_epoch"] = None
-    return TrainConfig.from_dict(merged), state
-
-
-def _norm(v):
-    if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _norm(x) for k, x in v.items()}
-    if isinstance(v, str) and v.strip().lower() in ("fashion_mnist", "fashionmnist"):
-        return "fashion-mnist"
-    return v
-
-
 def _check_output(cfg: TrainConfig) -> Path:
     out = check_writable_dir(cfg.output, "output folder")
     if not cfg.resume and not cfg.overwrite and (out / "last.pt").exists():
-        raise ValueError(
-            f"output folder {str(out)!r} already holds a training run (last.pt); pass --resume to continue it, "
-            "--overwrite to start afresh, or choose another --output"
+        raise OptionError(
+            f"output folder {str(out)!r} already holds a training run (last.pt): continue it with {{resume}}, "
+            "start afresh with {overwrite}, or choose another {output}"
         )
     return out
 
@@ -225,7 +146,7 @@ def _set_threads(cfg: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------- one epoch
-def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: _Reporter) -> Dict[str, float]:
+def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dict[str, float]:
     cfg: TrainConfig = ctx["cfg"]
     env: DistEnv = ctx["env"]
     model, ddp_model = ctx["model"], ctx["ddp_model"]
@@ -265,8 +186,8 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: _Reporter) -> Di
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise TrainingDivergedError(
-                    f"the training loss is {lv} at epoch {epoch + 1}, step {i + 1}; lower --lr (now "
-                    f"{schedule.get_last_lr():.3g}) or use --amp off"
+                    f"the training loss is {lv} at epoch {epoch + 1}, step {i + 1}; lower {{lr}} (now "
+                    f"{schedule.get_last_lr():.3g}) or turn {{amp}} off"
                 )
             sums[0] += lv * xc.shape[0]
             sums[1] += float((logits.detach().argmax(1) == tc).sum())
@@ -346,7 +267,7 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
         ``files``, ... ``finished`` is False when ``stop_at_epoch`` ended the run early.
     """
     t_start = time.perf_counter()
-    cfg, state = _resolve_config(config, recipe, overrides)
+    cfg, state, changes = resolve_run(config, recipe, overrides)
     _set_threads(cfg)
 
     # ---- checks, before anything is trained (same on every process)
@@ -354,10 +275,14 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     from hilovit.models.registry import model_entrypoint
 
     model_entrypoint(cfg.model)  # ValueError listing the models
+    resolve_device(cfg.device)  # ValueError for an unknown name or a device this machine lacks
     out = _check_output(cfg)
+    if os.environ.get("RANK", "0") in ("", "0"):
+        remove_stale_temporaries(out)  # left by a process killed while writing
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if cfg.batch_size % world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of the number of processes ({world_size})")
+        raise OptionError(f"{{batch_size}}={cfg.batch_size} must be a multiple of the number of processes "
+                          f"({world_size})")
     # img_size comes from the model when not given: build the data after the model's defaults are known.
     if cfg.img_size is None:
         from hilovit.train.evaluate import default_img_size
@@ -368,20 +293,21 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     train_ds, eval_ds, info = build_datasets(cfg.data, img_size_hint, data_dir=cfg.data_dir, val_split=cfg.val_split,
                                              seed=cfg.seed, train_subset=cfg.train_subset)
     if cfg.batch_size > len(train_ds):
-        subset = f" (--train-subset {cfg.train_subset})" if cfg.train_subset else ""
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set: {len(train_ds)} images "
+        subset = f" ({{train_subset}}={cfg.train_subset})" if cfg.train_subset else ""
+        raise OptionError(f"{{batch_size}}={cfg.batch_size} is larger than the training set: {len(train_ds)} images "
                          f"in {info.name}{subset}; use a batch of at most {len(train_ds)}")
     if cfg.eval_subset is not None:
         eval_ds = eval_ds.select(range(min(cfg.eval_subset, len(eval_ds))))
     local_batch = cfg.batch_size // world_size
     if cfg.accum_steps > local_batch:
-        raise ValueError(f"--accum-steps {cfg.accum_steps} is more than the {local_batch} images per process and step")
+        raise OptionError(f"{{accum_steps}}={cfg.accum_steps} is more than the {local_batch} images per process "
+                          "and step")
     in_chans = cfg.in_chans or info.in_chans
 
     # ---- processes, model, optimiser
     env = init_distributed(cfg.device)
     try:
-        summary = _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start)
+        summary = _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start)
     except BaseException:
         cleanup_distributed(wait=False)  # another process may be gone: no barrier (torchrun stops the rest)
         raise
@@ -389,16 +315,17 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     return summary
 
 
-def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Dict[str, Any]:
+def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Dict[str, Any]:
     from hilovit.data import Mixup
 
-    reporter = _Reporter(env, cfg.progress, cfg.log_interval)
+    reporter = Reporter(env, cfg.progress, cfg.log_interval)
     if cfg.overwrite and env.is_main:
         for name in _OUTPUT_FILES:
             (out / name).unlink(missing_ok=True)
     if state and int(state["epoch"]) >= (cfg.stop_at_epoch or cfg.epochs):
         done = out / "summary.json"
-        reporter.print(f"nothing to do: the run in {str(out)!r} has already trained {int(state['epoch'])} epochs")
+        reporter.print(f"nothing to do: the run in {str(out)!r} has already trained "
+                       f"{plural(int(state['epoch']), 'epoch')}")
         if done.is_file():
             import json
 
@@ -407,7 +334,8 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
     model, img_size = _build_model(cfg, info.num_classes, in_chans)
     if cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError(f"model {cfg.model!r} has no set_grad_checkpointing(); drop --grad-checkpointing")
+            raise OptionError(f"model {cfg.model!r} cannot recompute its blocks in the backward pass; leave "
+                              "{grad_checkpointing} out")
         model.set_grad_checkpointing(True)
     if cfg.sync_bn and env.distributed:
         model = convert_sync_batchnorm(model, env.device)
@@ -456,28 +384,32 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
         if int(state.get("steps_per_epoch", steps_per_epoch)) != steps_per_epoch:
             raise ValueError(f"cannot resume: the run in {str(out)!r} had {state.get('steps_per_epoch')} steps per "
                              f"epoch, this set-up has {steps_per_epoch}")
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ddp_model = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    else:
-        ddp_model = model
+    ddp_model = wrap_ddp(model, env)
 
     n_params = sum(p.numel() for p in model.parameters())
     meta = _metadata(cfg, cfg.model, info, in_chans, img_size, pipeline.normalize.mean.flatten().tolist(),
                      pipeline.normalize.std.flatten().tolist())
     if env.is_main:
-        atomic_write_text(out / "config.yaml", _yaml_dump(cfg.to_dict()))
-    what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else f"{cfg.epochs} epochs"
+        atomic_write_text(out / "config.yaml", yaml_dump(cfg.to_dict()))
+    what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else plural(cfg.epochs, "epoch")
+    if cfg.stop_at_epoch and cfg.stop_at_epoch < cfg.epochs:
+        what += f", stopping after epoch {cfg.stop_at_epoch}"
     reporter.print(
         f"{cfg.model}: {n_params / 1e6:.2f}M parameters, input {in_chans}x{img_size}x{img_size}, "
         f"{info.num_classes} classes | {info.name}: {len(train_ds)} training, {len(eval_ds)} {info.eval_split} images"
     )
     reporter.print(
         f"{what}, batch {cfg.batch_size} ({env.world_size} process{'es' if env.world_size > 1 else ''} on "
-        f"{env.device}, {torch.get_num_threads()} threads each), {steps_per_epoch} steps/epoch, lr {lr:.3g} "
-        f"(warm-up {warmup_steps} steps), amp {amp_dtype or 'off'} -> {out}"
+        f"{env.device}, {plural(torch.get_num_threads(), 'thread')} each), {steps_per_epoch} steps/epoch, "
+        f"lr {lr:.3g} (warm-up {plural(warmup_steps, 'step')}), amp {amp_dtype or 'off'} -> {out}"
     )
+    if describe_changes(changes):
+        reporter.print(describe_changes(changes))
+    old_epochs = next((old for key, old, _ in changes if key == "epochs"), None)
+    if old_epochs is not None:
+        plan = lambda n: schedule_rate(lr, min_lr, warmup_lr, cfg.warmup_epochs, n, steps_per_epoch)  # noqa: E731
+        reporter.print(describe_replan(plan(old_epochs), plan(cfg.epochs), step, old_epochs, cfg.epochs,
+                                       steps_per_epoch, min_lr))
     ctx = dict(cfg=cfg, env=env, model=model, ddp_model=ddp_model, optimizer=optimizer, schedule=schedule,
                scaler=scaler, ema=ema, pipeline=pipeline, mixup=mixup, train_batches=train_batches,
                amp_dtype=amp_dtype, step=step)
@@ -488,19 +420,29 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
         seed = _epoch_seed(cfg.seed, epoch, env.rank)
         _seed_everything(seed)
         row: Dict[str, Any] = {"epoch": epoch + 1}
-        stats = _train_one_epoch(ctx, epoch, reporter)
+        try:
+            stats = _train_one_epoch(ctx, epoch, reporter)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise _out_of_memory(cfg, env, "training", e) from e
+            raise
         row.update(stats)
         row["step"] = ctx["step"]
         t_eval = time.perf_counter()
         if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
             if not cfg.sync_bn:
                 _average_bn_stats(model, env.world_size)
-            last_eval = evaluate(model, eval_batches, eval_pipeline, info.num_classes, env.device, eval_dtype)
-            row.update(eval_loss=last_eval["loss"], eval_top1=last_eval["top1"], eval_top5=last_eval["top5"])
-            if ema is not None:
-                last_eval_ema = evaluate(ema.module, eval_batches, eval_pipeline, info.num_classes, env.device,
-                                         eval_dtype)
-                row.update(eval_top1_ema=last_eval_ema["top1"], eval_top5_ema=last_eval_ema["top5"])
+            try:
+                last_eval = evaluate(model, eval_batches, eval_pipeline, info.num_classes, env.device, eval_dtype)
+                row.update(eval_loss=last_eval["loss"], eval_top1=last_eval["top1"], eval_top5=last_eval["top5"])
+                if ema is not None:
+                    last_eval_ema = evaluate(ema.module, eval_batches, eval_pipeline, info.num_classes, env.device,
+                                             eval_dtype)
+                    row.update(eval_top1_ema=last_eval_ema["top1"], eval_top5_ema=last_eval_ema["top5"])
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise _out_of_memory(cfg, env, "evaluating", e, eval_batch) from e
+                raise
         row["eval_seconds"] = time.perf_counter() - t_eval
         row["wall_seconds"] = wall_before + time.perf_counter() - t_start
         history.append(row)
@@ -529,8 +471,8 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
                 "wall_seconds_total": row["wall_seconds"],
             }
             atomic_torch_save(ckpt, out / "last.pt")
-            _write_metrics_csv(out / "metrics.csv", history)
-            _plot_curves(history, out / "curves.png", f"{cfg.model} on {info.name}")
+            write_metrics_csv(out / "metrics.csv", history)
+            plot_curves(history, out / "curves.png", f"{cfg.model} on {info.name}")
 
     finished = end_epoch >= cfg.epochs
     wall = time.perf_counter() - t_start
@@ -592,43 +534,22 @@ def _run(cfg, state, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Di
     return summary
 
 
-def _plot_curves(history, path: Path, title: str) -> None:
-    try:
-        from hilovit.viz import plot_training_curves
-
-        plot_training_curves(history, path, title)
-    except Exception as e:  # noqa: BLE001 - a picture must never stop training
-        print(f"warning: could not draw {path}: {e}", file=sys.stderr)
-
-
-def print_summary(summary: Dict[str, Any], as_json: bool = False) -> None:
-    """Print the summary (text or JSON) from rank 0 only."""
-    if summary.get("rank", 0) != 0:
-        return
-    if as_json:
-        import json
-
-        print(json.dumps({k: v for k, v in summary.items() if k != "rank"}, indent=2))
-    else:
-        print(format_summary(summary))
-
-
-def format_summary(summary: Dict[str, Any]) -> str:
-    """The lines ``hilovit train`` prints at the end."""
-    lines = []
-    if not summary.get("finished", True):
-        lines.append(f"stopped after epoch {summary['epochs']} of {summary['epochs_planned']}; "
-                     "continue with --resume")
-    if "test_top1" in summary:
-        lines.append(f"{summary['model']} on {summary['dataset']} ({summary['eval_split']}, "
-                     f"{summary['eval_images']} images): top-1 {summary['test_top1']:.2f}%  "
-                     f"top-5 {summary['test_top5']:.2f}%  loss {summary['test_loss']:.4f}")
-    if "test_top1_ema" in summary:
-        lines.append(f"EMA weights: top-1 {summary['test_top1_ema']:.2f}%  top-5 {summary['test_top5_ema']:.2f}%")
-    ips = summary.get("train_images_per_second")
-    lines.append(f"{summary['epochs']} epochs, {summary['steps']} steps, "
-                 f"{'n/a' if ips is None else f'{ips:.0f}'} training images/s, "
-                 f"wall time {summary['wall_seconds']:.0f} s ({summary['wall_seconds'] / 60:.1f} min)")
-    for kind, path in summary.get("files", {}).items():
-        lines.append(f"  {kind}: {path}")
-    return "\n".join(lines)
+def _out_of_memory(cfg: TrainConfig, env: DistEnv, doing: str, error: BaseException,
+                   eval_batch: int = 0) -> TrainingOutOfMemoryError:
+    """The one-line error for an allocation that failed: the batch that did not fit and how to need less."""
+    where = f"{env.device}" + (f", {env.world_size} processes" if env.world_size > 1 else "")
+    if doing == "evaluating":
+        return TrainingOutOfMemoryError(
+            f"out of memory while evaluating batches of {eval_batch} images per process ({where}); set "
+            f"{{eval_batch_size}} to fewer (e.g. {max(1, eval_batch // 4)})")
+    local = cfg.batch_size // env.world_size
+    micro = -(-local // cfg.accum_steps)
+    what = (f"out of memory while training with {{batch_size}}={cfg.batch_size} ({where}: micro-batches of "
+            f"{plural(micro, 'image')} per process)")
+    if micro > 1:
+        more = min(local, cfg.accum_steps * 4)
+        return TrainingOutOfMemoryError(
+            f"{what}; split each step into more micro-batches with {{accum_steps}}={more} (same optimisation, "
+            f"{-(-local // more)} images at a time), or use a smaller {{batch_size}}")
+    return TrainingOutOfMemoryError(f"{what}; even one image does not fit: use a smaller model or {{img_size}}, "
+                                    "or {grad_checkpointing}")

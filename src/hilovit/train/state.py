@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Union
 
@@ -25,6 +26,7 @@ __all__ = [
     "set_rng_state",
     "load_training_state",
     "check_writable_dir",
+    "remove_stale_temporaries",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -120,3 +122,40 @@ def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
     except OSError as e:
         raise ValueError(f"{what} {str(path)!r} is not writable: {e.strerror or e}") from e
     return path
+
+
+_TEMPORARY = re.compile(r"^\.(?:.+\.tmp|write-test)-(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # called before this process writes anything: the name is a dead process's reused pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(folder: PathLike) -> list:
+    """Remove the temporary files (``.NAME.tmp-PID``, ``.write-test-PID``) of processes that are gone.
+
+    A process killed while writing leaves its temporary file behind (the destination itself is
+    intact); a new run in the same folder calls this before writing. Files of live processes
+    are kept. Returns the paths removed.
+    """
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        m = _TEMPORARY.match(path.name)
+        if m and path.is_file() and not _alive(int(m.group(1))):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
