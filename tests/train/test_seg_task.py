@@ -90,6 +90,7 @@ def test_loss_ignores_255_pixels_and_equals_the_plain_formula():
     keep = labels != 255
     picked = logp.permute(0, 2, 3, 1)[keep].gather(1, labels[keep].unsqueeze(1))
     assert torch.allclose(loss, -picked.mean(), atol=1e-6)
+    assert torch.allclose(seg_cross_entropy(logits, labels, normalizer=7.0), -picked.sum() / 7.0, atol=1e-5)
     # whatever the logits say at ignored pixels changes nothing
     other = logits.clone()
     other[0, :, :2] = 100 * torch.randn(4, 2, 6, generator=g)
@@ -219,6 +220,9 @@ def test_cli_bad_input_gives_one_clear_line(masks, tmp_path, capsys, tiny_regist
     assert main([*base, "--data", str(masks), "--model", "semfpn_nothing"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'semfpn_nothing'" in err[0]
+    # a recipe saying `task: segmentation` goes to segmentation without --task
+    assert main(["train", "--config", "fashion-scenes", "--model", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
     assert main(["train", "--task", "detection"]) == 2
     assert "choose one of classification, segmentation" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()
@@ -249,3 +253,68 @@ def test_segmentation_figure(tmp_path):
     path = save_segmentation_figure(torch.zeros(1, 8, 8, dtype=torch.uint8), torch.zeros(8, 8, dtype=torch.long),
                                     torch.ones(8, 8, dtype=torch.long), tmp_path / "fig.png", ["bg", "a", "b"])
     assert path.is_file() and Image.open(path).size[0] >= 300
+
+
+# --------------------------------------------------------------------------- two processes
+class PlainSeg(nn.Module):
+    """No BatchNorm: its statistics would be per process (the weights are then comparable exactly)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, in_chans: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 6, 3, padding=1)
+        self.cls = nn.Conv2d(6, num_classes, 1)
+
+    def forward(self, x):
+        return self.cls(torch.tanh(self.conv(x)))
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_seg_task import PlainSeg
+from hilovit.models import registry
+from hilovit.cli import main
+registry._load_families()
+registry._ENTRYPOINTS["plain_seg"] = lambda num_classes=3, in_chans=3, **kw: PlainSeg(num_classes, in_chans)
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # two processes under torchrun: ~30 s with their start-up
+@pytest.mark.timeout(240)
+def test_two_processes_match_one(masks, tmp_path):
+    """torchrun with 2 processes (Gloo) gives one process's weights and mIoU: the loss is normalised by the labelled
+    pixels of the global batch, the augmentation depends on (seed, epoch, index) only, the metric is summed."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    opts = fast_options(masks, tmp_path / "one", epochs=1, batch_size=8, predictions=0, photometric=True)
+    one = train_segmentation(model=PlainSeg, **opts)
+    script = tmp_path / "run_plain.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = ["--model", "plain_seg", "--data", str(masks), "--num-classes", "3", "--output", str(tmp_path / "two"),
+             "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--crop-size", "16", "--img-scale", "64,16",
+             "--amp", "off", "--workers", "0", "--progress", "log", "--predictions", "0", "--seed", "3",
+             "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), "train", "--task", "segmentation", *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout and proc.stdout.count("epoch 1/1: train loss") == 1
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["processes"] == 2 and two["eval_images"] == one["eval_images"] == 6
+    assert two["test_miou"] == pytest.approx(one["test_miou"], abs=1e-6)

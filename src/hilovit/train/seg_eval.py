@@ -29,12 +29,15 @@ __all__ = ["seg_cross_entropy", "normalize_images", "infer_logits", "evaluate_se
 ModelSource = Union[str, nn.Module, Callable[..., nn.Module]]
 
 
-def seg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def seg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
+                      normalizer: Optional[float] = None) -> torch.Tensor:
     """Pixel-wise cross-entropy averaged over the pixels whose label is not ``ignore_index``.
 
     ``logits`` (B, K, h, w) are resized bilinearly to the label size (B, H, W) when they differ (as
     mmseg's decode head does). A batch without any labelled pixel gives 0 (with a gradient path),
-    not NaN.
+    not NaN. ``normalizer`` divides the summed loss instead of this batch's labelled-pixel count
+    (the training engine passes the count over all processes divided by their number, so that the
+    gradients DDP averages equal one process's on the whole batch).
     """
     if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"seg_cross_entropy: logits (B, K, H, W) and labels (B, H, W) expected, got "
@@ -44,6 +47,8 @@ def seg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
     labels = labels.long()
     if not bool((labels != ignore_index).any()):
         return logits.float().sum() * 0.0
+    if normalizer is not None:
+        return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum") / normalizer
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
 
 

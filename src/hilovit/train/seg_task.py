@@ -187,7 +187,12 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: _Reporter) -> Di
         x = normalize_images(images, info.mean, info.std)
         with autocast_context(dev, amp_dtype):
             logits = ddp_model(x)
-        loss = seg_cross_entropy(logits.float(), labels, info.ignore_index)
+        normalizer = None
+        if env.world_size > 1:  # the mean over the labelled pixels of the global batch, as one process has it
+            count = (labels != info.ignore_index).sum().double().cpu()
+            all_reduce_sum(count)
+            normalizer = max(float(count), 1.0) / env.world_size
+        loss = seg_cross_entropy(logits.float(), labels, info.ignore_index, normalizer)
         lv = float(loss.detach())
         if not math.isfinite(lv):
             raise TrainingDivergedError(f"the training loss is {lv} at epoch {epoch + 1}, step {i + 1}; lower --lr "
