@@ -207,6 +207,10 @@ def test_cli_train_eval_predict(masks, tmp_path, capsys, tiny_registered):
     labels = SegPredictor(out).predict(img)
     assert labels.shape == (24, 24) and np.array_equal(np.array(written), labels.numpy())
     assert Image.open(tmp_path / "pred" / f"{img.stem}_overlay.png").size == (24, 24)
+    if __import__("importlib").util.find_spec("onnxruntime") is not None:
+        assert main(["export", "--checkpoint", str(out), "--output", str(tmp_path / "m.onnx"), "--sizes", "24,24",
+                     "16,40"]) == 0
+        assert "3x16x40" in capsys.readouterr().out and (tmp_path / "m.onnx").is_file()
 
 
 def test_cli_bad_input_gives_one_clear_line(masks, tmp_path, capsys, tiny_registered):
@@ -318,3 +322,22 @@ def test_two_processes_match_one(masks, tmp_path):
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["processes"] == 2 and two["eval_images"] == one["eval_images"] == 6
     assert two["test_miou"] == pytest.approx(one["test_miou"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------- ONNX
+def test_export_segmenter_dynamic_height_width(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hilovit.export import ExportVerificationError
+    from hilovit.export_seg import export_segmenter
+
+    res = export_segmenter(TinySeg(), tmp_path / "seg.onnx", in_chans=3, sizes=((32, 32), (24, 40)))
+    assert res.path.is_file() and set(res.diffs) == {"1x32x32", "3x24x40"} and res.max_abs_diff < 1e-4
+
+    class FixedSize(TinySeg):  # a trace that freezes the output size must be refused, nothing written
+        def forward(self, x):
+            y = self.cls(F.relu(self.bn(self.conv(x))))
+            return F.interpolate(y, size=(int(x.shape[-2]), int(x.shape[-1])), mode="bilinear", align_corners=False)
+
+    with pytest.raises(ExportVerificationError):
+        export_segmenter(FixedSize(), tmp_path / "bad.onnx", in_chans=3, sizes=((32, 32), (24, 40)))
+    assert not (tmp_path / "bad.onnx").exists()

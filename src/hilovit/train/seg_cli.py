@@ -1,5 +1,5 @@
-"""Command-line handling of segmentation: ``hilovit train|eval --task segmentation`` and ``hilovit predict`` on a
-segmentation checkpoint.
+"""Command-line handling of segmentation: ``hilovit train|eval --task segmentation``, and ``hilovit predict`` and
+``hilovit export`` on a segmentation checkpoint.
 
 :func:`dispatch_segmentation` looks at the command line before the main parser: it takes out
 ``--task``, and answers the command itself when the task is segmentation (``--task segmentation``,
@@ -73,7 +73,7 @@ def _checkpoint_task(checkpoint: Optional[str]) -> Optional[str]:
 def dispatch_segmentation(argv: List[str]) -> Tuple[Optional[int], List[str]]:
     """``(exit status, argv)``: the status when the command was a segmentation one (run here), else None and
     the command line without ``--task``."""
-    if not argv or argv[0] not in ("train", "eval", "predict"):
+    if not argv or argv[0] not in ("train", "eval", "predict", "export"):
         return None, argv
     command = argv[0]
     try:
@@ -199,6 +199,18 @@ def build_seg_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_predict)
+
+    p = commands.add_parser(
+        "export", help="ONNX with dynamic batch, height and width, verified in onnxruntime at two sizes")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", default=None, help="registered model (default: the checkpoint's)")
+    p.add_argument("--output", required=True, help="the .onnx file")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--sizes", type=_ints, nargs="+", default=[[128, 128], [96, 160]], metavar="H,W",
+                   help="sizes verified (two at least; the first is traced), default 128,128 96,160")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.set_defaults(func=_run_export)
     return parser
 
 
@@ -222,6 +234,25 @@ def _run_eval(args) -> int:
                           amp=args.amp, device=args.device, threads=args.threads, workers=args.workers,
                           output=args.output)
     print(json.dumps(result, indent=2) if args.json else format_seg_eval(result))
+    return 0
+
+
+def _run_export(args) -> int:
+    from hilovit.export import ExportVerificationError
+    from hilovit.export_seg import export_segmenter
+
+    try:
+        res = export_segmenter(args.checkpoint, args.output, sizes=args.sizes, opset=args.opset, atol=args.atol,
+                               model=args.model)
+    except ImportError as e:
+        print(f"hilovit export: {e}", file=sys.stderr)
+        return 2
+    except ExportVerificationError as e:
+        print(f"hilovit export: verification failed: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {res.path} ({res.size_bytes / 2**20:.1f} MiB, opset {res.opset}, input (batch, {res.in_chans}, "
+          f"height, width), {res.seconds:.1f} s)")
+    print("onnxruntime vs PyTorch: max |diff| = " + ", ".join(f"{k}: {v:.2e}" for k, v in res.diffs.items()))
     return 0
 
 
