@@ -572,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from hilovit.train.seg_cli import dispatch_segmentation
+
+    status, argv = dispatch_segmentation(sys.argv[1:] if argv is None else list(argv))  # --task segmentation
+    if status is not None:
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

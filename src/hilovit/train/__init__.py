@@ -15,6 +15,9 @@ from hilovit.train.engine import format_summary, print_summary, train
 from hilovit.train.evaluate import evaluate, format_eval, run_eval
 from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches, epoch_order
 from hilovit.train.optim import CosineWarmupSchedule, build_optimizer, build_param_groups, scale_lr
+from hilovit.train.seg_config import PolySchedule, SegTrainConfig
+from hilovit.train.seg_eval import evaluate_segmentation, format_seg_eval, run_seg_eval
+from hilovit.train.seg_task import format_seg_summary, train_segmentation
 from hilovit.train.state import atomic_torch_save, get_rng_state, load_training_state, set_rng_state
 
 __all__ = [
@@ -23,6 +26,8 @@ __all__ = [
     "DistEnv",
     "EvalBatches",
     "ModelEma",
+    "PolySchedule",
+    "SegTrainConfig",
     "SyncBatchNormCPU",
     "TrainBatches",
     "TrainConfig",
@@ -32,7 +37,10 @@ __all__ = [
     "convert_sync_batchnorm",
     "epoch_order",
     "evaluate",
+    "evaluate_segmentation",
     "format_eval",
+    "format_seg_eval",
+    "format_seg_summary",
     "format_summary",
     "get_rng_state",
     "init_distributed",
@@ -41,7 +49,9 @@ __all__ = [
     "load_training_state",
     "print_summary",
     "run_eval",
+    "run_seg_eval",
     "scale_lr",
     "set_rng_state",
     "train",
+    "train_segmentation",
 ]

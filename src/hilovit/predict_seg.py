@@ -1,0 +1,113 @@
+"""Segmentation inference on image files: the ``(H, W)`` label map, a palette PNG of it and an overlay.
+
+Example::
+
+    >>> from hilovit.predict_seg import SegPredictor
+    >>> p = SegPredictor("runs/fashion-scenes")          # a training folder or model.safetensors
+    >>> labels = p.predict("scene.png")                   # doctest: +SKIP
+    >>> labels.shape                                      # (H, W) int64, the image's own size
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["SegPredictor", "save_label_png"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def save_label_png(labels: torch.Tensor, path: PathLike, num_classes: int) -> Path:
+    """Write a label map (H, W) as a palette PNG (the pixel value is the class; colours from
+    :func:`hilovit.viz_seg.seg_palette`), atomically."""
+    from hilovit.train.state import atomic_write
+    from hilovit.viz_seg import seg_palette
+
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim != 2 or arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"save_label_png: labels must be (H, W) with values in 0..255, got {arr.shape}")
+    im = Image.fromarray(arr.astype(np.uint8), "P")
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    pal[:num_classes] = seg_palette(num_classes)
+    pal[255] = (255, 255, 255)
+    im.putpalette(pal.flatten().tolist())
+    return atomic_write(Path(path), lambda f: im.save(f, format="PNG"))
+
+
+class SegPredictor:
+    """A trained segmentation checkpoint ready for inference (whole image, resized back to the image's size).
+
+    Args:
+        checkpoint: ``model.safetensors``, ``last.pt`` or a training output folder.
+        model: the registered model name (default: the checkpoint's metadata), a module or a factory.
+        device: where to run.
+        eval_scale: (long, short) rescale before inference (default: the training run's).
+    """
+
+    def __init__(self, checkpoint, model=None, device: str = "cpu",
+                 eval_scale: Optional[Sequence[int]] = None) -> None:
+        from hilovit.train.seg_eval import load_seg_checkpoint
+
+        self.model, self.info = load_seg_checkpoint(checkpoint, model)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.classes = list(self.info["classes"])
+        self.num_classes = int(self.info["num_classes"])
+        self.eval_scale: Optional[Tuple[int, int]] = tuple(eval_scale) if eval_scale else self.info["eval_scale"]
+
+    def _load(self, image) -> torch.Tensor:
+        from hilovit.data.segmentation import load_image_full
+
+        if isinstance(image, torch.Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3:
+                raise ValueError(f"image tensor must be uint8 (C, H, W), got {image.dtype} {tuple(image.shape)}")
+            x = image
+        else:
+            path = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"image {str(path)!r} does not exist")
+            x = load_image_full(path, channels=3 if self.info["in_chans"] == 3 else 1)
+        c = self.info["in_chans"]
+        if x.shape[0] != c:
+            if c == 1 and x.shape[0] == 3:
+                x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+                x = x.round().clamp(0, 255).to(torch.uint8)
+            elif c == 3 and x.shape[0] == 1:
+                x = x.expand(3, -1, -1)
+            else:
+                raise ValueError(f"image has {x.shape[0]} channels, the model takes {c}")
+        return x
+
+    @torch.no_grad()
+    def predict(self, image) -> torch.Tensor:
+        """The label map (H, W) int64 of an image file or a uint8 tensor (C, H, W), at the image's size."""
+        from hilovit.train.seg_eval import infer_logits
+
+        x = self._load(image)
+        logits = infer_logits(self.model, x.unsqueeze(0).to(self.device), self.info["mean"], self.info["std"],
+                              x.shape[-2:], self.eval_scale)
+        return logits.argmax(1)[0].cpu()
+
+    def predict_file(self, image: PathLike, output: PathLike) -> Dict[str, Any]:
+        """Predict ``image`` and write ``output/STEM_labels.png`` (palette) and ``output/STEM_overlay.png``."""
+        from hilovit.train.state import atomic_write, check_writable_dir
+        from hilovit.viz_seg import overlay
+
+        x = self._load(image)
+        labels = self.predict(x)
+        folder = check_writable_dir(output, "output folder")
+        stem = Path(image).stem
+        lab_path = save_label_png(labels, folder / f"{stem}_labels.png", self.num_classes)
+        over = Image.fromarray(overlay(x, labels, self.num_classes))
+        over_path = atomic_write(folder / f"{stem}_overlay.png", lambda f: over.save(f, format="PNG"))
+        counts = torch.bincount(labels.flatten(), minlength=self.num_classes).double()
+        shares = {self.classes[k]: float(100 * counts[k] / counts.sum()) for k in counts.argsort(descending=True)
+                  .tolist() if counts[k] > 0}
+        return {"image": str(image), "height": int(labels.shape[0]), "width": int(labels.shape[1]),
+                "labels": str(lab_path), "overlay": str(over_path), "class_shares": shares}
