@@ -39,9 +39,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hilovit.train.distributed import DistEnv, all_reduce_sum, cleanup_distributed, init_distributed
-from hilovit.train.engine import TrainingDivergedError, _average_bn_stats, _epoch_seed, _Reporter, _seed_everything
+from hilovit.train.engine import TrainingDivergedError, _average_bn_stats, _epoch_seed, _seed_everything
 from hilovit.train.evaluate import autocast_context, resolve_amp
 from hilovit.train.loaders import epoch_order
+from hilovit.train.report import Reporter as _Reporter
 from hilovit.train.seg_config import PolySchedule, SegTrainConfig
 from hilovit.train.seg_eval import ModelSource, build_segmenter, evaluate_segmentation, seg_cross_entropy
 from hilovit.train.state import (
