@@ -135,7 +135,10 @@ def stale(text: str, results: Results) -> List[str]:
     """``'NAME: README VALUE, files VALUE'`` for every marked figure that disagrees."""
     out = []
     for m in MARK.finditer(text):
-        want = FIGURES[m.group(1)](results) if m.group(1) in FIGURES else "<unknown figure>"
+        try:
+            want = FIGURES[m.group(1)](results) if m.group(1) in FIGURES else "<unknown figure>"
+        except (OSError, KeyError, ValueError) as e:  # a result file or row that is not there
+            want = f"<no result: {e}>"
         if m.group(2) != want:
             out.append(f"{m.group(1)}: README says {m.group(2)!r}, the result files give {want!r}")
     return out

@@ -355,7 +355,8 @@ def _add_train(commands) -> None:
     g = p.add_argument_group("hardware")
     g.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast: auto = bfloat16 on CPU, float16 with a gradient scaler on CUDA")
+                   help="autocast: auto = bfloat16 on a CPU with native bfloat16 (else float32), "
+                   "float16 with a gradient scaler on CUDA")
     g.add_argument("--threads", type=int, help="CPU threads per process")
     g.add_argument("--workers", type=int, help="DataLoader workers for image folders")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")

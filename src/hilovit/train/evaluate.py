@@ -25,8 +25,17 @@ from hilovit.train.distributed import all_reduce_sum
 __all__ = ["evaluate", "run_eval", "autocast_context", "resolve_amp", "recorded_data", "format_eval"]
 
 
+def _native_cpu_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``amp`` on ``device``: ``'auto'`` is bfloat16 on CPU, float16 on CUDA; ``'off'`` None."""
+    """The autocast dtype for ``amp`` on ``device``: ``'off'`` None; ``'auto'`` float16 on CUDA, and on
+    CPU bfloat16 where oneDNN computes it natively (AVX512-BF16/AMX), float32 (None) elsewhere, where
+    bfloat16 products are emulated and slower than float32."""
     if amp == "off":
         return None
     if amp == "bf16":
@@ -34,7 +43,9 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "fp16":
         return torch.float16
     if amp == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if _native_cpu_bf16() else None
     raise ValueError(f"amp={amp!r}: choose one of auto, bf16, fp16, off")
 
 

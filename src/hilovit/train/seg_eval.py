@@ -213,17 +213,9 @@ def _resolve_checkpoint_path(checkpoint) -> Path:
 def seg_metadata_of(checkpoint) -> Dict[str, str]:
     """The metadata a segmentation run stored with its weights (``task``, ``model``, ``classes``, ...);
     {} when the file holds none."""
-    from hilovit.train.evaluate import read_training_metadata
+    from hilovit.models.checkpoint import read_metadata
 
-    path = _resolve_checkpoint_path(checkpoint)
-    if path.suffix == ".safetensors":
-        return read_training_metadata(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a training checkpoint: no metadata
-        return {}
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    return dict(meta) if isinstance(meta, dict) else {}
+    return dict(read_metadata(_resolve_checkpoint_path(checkpoint)))
 
 
 def _floats(text: Optional[str]) -> Optional[Tuple[float, ...]]:
