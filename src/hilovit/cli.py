@@ -35,6 +35,8 @@ def _add_timing_options(p, default_output: str) -> None:
     """Options every benchmark shares: runs, device, threads and where the results go."""
     p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per row (median reported)")
     p.add_argument("--warmup", type=non_negative_int, default=2)
+    p.add_argument("--matmul-n", type=positive_int, default=2048,
+                   help="side of the reference matrix multiply whose rate the shares are of (default 2048)")
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch.set_num_threads (default: torch's choice)")
@@ -90,6 +92,7 @@ def _run_bench_attention(args) -> int:
         mechanisms=args.mechanisms,
         output=args.output or None,
         plot=not args.no_plot,
+        matmul_n=args.matmul_n,
     )
     cols = ["tokens", "mechanism", "dtype", "params_M", "flops_M", "images_per_s", "ms_per_batch",
             "peak_memory_MB", "share_of_fp32_matmul", "speedup_vs_naive_fp32"]
@@ -476,6 +479,7 @@ def _run_bench_models(args) -> int:
         plot=not args.no_plot,
         compile=args.compile,
         breakdown=args.breakdown,
+        matmul_n=args.matmul_n,
     )
     cols = ["model", "mode", "dtype", "params_M", "flops_G", "images_per_s", "ms_per_batch", "peak_memory_MB",
             "share_of_fp32_matmul", "speedup_vs_first_dtype"]

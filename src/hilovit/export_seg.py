@@ -2,7 +2,7 @@
 
 The graph takes the normalised image ``input`` (batch, C, height, width) and gives ``logits``
 (batch, num_classes, height, width), as ``model(images)``. It is traced with the TorchScript
-exporter in the export-friendly form of :func:`hilovit.export.onnx_export_mode`, then run in
+exporter (window attention takes its traceable form by itself while tracing), then run in
 onnxruntime against PyTorch at two input sizes and batch sizes; the file is written (atomically)
 only when every difference is within ``atol``, so a model whose trace fixed a size is refused with
 the sizes that failed instead of exported wrong.
@@ -73,7 +73,7 @@ def export_segmenter(
         hilovit.export.ExportVerificationError: a size where onnxruntime differs (nothing written).
         ImportError: onnx / onnxruntime missing.
     """
-    from hilovit.export import ExportVerificationError, _require_onnx, onnx_export_mode
+    from hilovit.export import ExportVerificationError, _require_onnx
 
     onnx, ort = _require_onnx()
     sizes = _check_sizes(sizes)
@@ -98,7 +98,7 @@ def export_segmenter(
     try:
         dummy = torch.randn(2, in_chans, *sizes[0], generator=gen)
         axes = {"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
-        with onnx_export_mode(net), torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net(dummy)
             torch.onnx.export(net, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],

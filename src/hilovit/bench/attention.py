@@ -147,8 +147,11 @@ def run_attention_benchmark(
     output: Optional[str] = "runs/bench/attention",
     plot: bool = True,
     quiet: bool = False,
+    matmul_n: int = 2048,
 ) -> Dict[str, object]:
     """Time every mechanism side by side; return ``{'rows', 'summary', 'matmul_gflops', 'files'}``.
+
+    ``matmul_n`` is the side of the reference matrix multiply whose rate the shares are taken of.
 
     For each map size, all (mechanism, dtype) rows are timed interleaved in one loop; speed is
     images/s in inference mode (median of ``repeats`` runs after ``warmup``). ``bfloat16`` and
@@ -166,8 +169,10 @@ def run_attention_benchmark(
         raise ValueError(f"no mechanism matches {mechanisms}; choose from: {', '.join(m.name for m in MECHANISMS)}")
     log = (lambda msg: None) if quiet else _log
     log(f"measuring the fp32 matrix-multiply rate on {dev} ...")
-    rate32 = matmul_rate(torch.float32, dev)
-    rate_low = {name: matmul_rate(dt, dev) for name, dt in dts if dt != torch.float32}
+    if matmul_n < 1:
+        raise ValueError(f"matmul_n must be >= 1, got {matmul_n}")
+    rate32 = matmul_rate(torch.float32, dev, n=matmul_n)
+    rate_low = {name: matmul_rate(dt, dev, n=matmul_n) for name, dt in dts if dt != torch.float32}
     torch.manual_seed(0)
     modules = {m.name: m.build(dim, num_heads).to(dev).eval() for m in chosen}
     if "HiLo (naive)" in modules and "HiLo" in modules:  # same weights: same function, checked below
@@ -227,7 +232,7 @@ def run_attention_benchmark(
     result: Dict[str, object] = {"rows": rows, "summary": summary, "matmul_gflops": rate32, "files": {}}
     notes = [
         f"machine: {machine_info(dev)}",
-        f"fp32 matrix-multiply rate: {rate32:.1f} GFLOP/s (2048x2048, 2 FLOPs per multiply-add)"
+        f"fp32 matrix-multiply rate: {rate32:.1f} GFLOP/s ({matmul_n}x{matmul_n}, 2 FLOPs per multiply-add)"
         + "".join(f"; {n} {r:.1f} GFLOP/s" for n, r in rate_low.items()),
         f"protocol: batch {batch}, dim {dim}, {num_heads} heads, inference mode, median of {repeats} interleaved "
         f"runs after {warmup} warm-up; FLOPs are multiply-adds (analytic; counted = executed ops)",

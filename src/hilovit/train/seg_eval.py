@@ -235,7 +235,7 @@ def load_seg_checkpoint(checkpoint, model: Optional[ModelSource] = None, num_cla
         ``(model in eval mode, info)`` with ``info``: ``model``, ``classes``, ``num_classes``,
         ``in_chans``, ``mean``, ``std``, ``ignore_index``, ``eval_scale`` (or None), ``path``.
     """
-    from hilovit.models.checkpoint import CheckpointError, read_checkpoint
+    from hilovit.models.checkpoint import load_checkpoint
 
     path = _resolve_checkpoint_path(checkpoint)
     meta = seg_metadata_of(path)
@@ -253,17 +253,7 @@ def load_seg_checkpoint(checkpoint, model: Optional[ModelSource] = None, num_cla
         classes = [str(i) for i in range(n)]
     net, model_name = build_segmenter(name, n, c, json.loads(meta["model_kwargs"]) if meta.get("model_kwargs")
                                       else None)
-    sd = read_checkpoint(path)
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: "
-                              f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                              f"(e.g. {unexpected[:3]}), {len(shapes)} of other shapes (e.g. {shapes[:3]})")
-    net.load_state_dict(sd)
+    load_checkpoint(net, path, strict=True, allow_new_classifier=False)
     net.eval()
     scale = _floats(meta.get("eval_scale"))
     info = {
