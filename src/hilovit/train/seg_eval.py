@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -198,24 +197,12 @@ def build_segmenter(model: ModelSource, num_classes: int, in_chans: int,
     raise TypeError(f"model must be a registered model name, an nn.Module or a factory, got {type(model).__name__}")
 
 
-def _resolve_checkpoint_path(checkpoint) -> Path:
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        for name in ("model.safetensors", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"checkpoint folder {str(path)!r} holds neither model.safetensors nor last.pt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return path
-
-
 def seg_metadata_of(checkpoint) -> Dict[str, str]:
     """The metadata a segmentation run stored with its weights (``task``, ``model``, ``classes``, ...);
     {} when the file holds none."""
-    from hilovit.models.checkpoint import read_metadata
+    from hilovit.models.checkpoint import read_metadata, resolve_checkpoint
 
-    return dict(read_metadata(_resolve_checkpoint_path(checkpoint)))
+    return dict(read_metadata(resolve_checkpoint(checkpoint)))
 
 
 def _floats(text: Optional[str]) -> Optional[Tuple[float, ...]]:
@@ -235,9 +222,9 @@ def load_seg_checkpoint(checkpoint, model: Optional[ModelSource] = None, num_cla
         ``(model in eval mode, info)`` with ``info``: ``model``, ``classes``, ``num_classes``,
         ``in_chans``, ``mean``, ``std``, ``ignore_index``, ``eval_scale`` (or None), ``path``.
     """
-    from hilovit.models.checkpoint import load_checkpoint
+    from hilovit.models.checkpoint import load_checkpoint, resolve_checkpoint
 
-    path = _resolve_checkpoint_path(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     meta = seg_metadata_of(path)
     if meta and meta.get("task", "classification") != "segmentation":
         raise ValueError(f"checkpoint {str(path)!r} holds a {meta.get('task', 'classification')} model "
