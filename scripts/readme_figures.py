@@ -1,7 +1,7 @@
 """Fill the README's measured figures from the committed result files.
 
 Every measured figure in README.md is written as ``<!--fig:NAME-->VALUE<!--/fig-->``; VALUE is
-recomputed here from ``benchmarks/*.csv`` and ``benchmarks/demo/summary.json``, so the README
+recomputed here from ``benchmarks/*.csv``, ``benchmarks/demo/summary.json`` and ``benchmarks/seg_demo/summary.json``, so the README
 cannot drift from what was measured.
 
     python scripts/readme_figures.py           # rewrite README.md in place
@@ -113,6 +113,12 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     f["demo.top5"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top5"]) / 100, 2)
     f["demo.images_per_s"] = lambda r: f"{float(r.json('demo/summary.json')['train_images_per_second']):.0f}"
     f["demo.minutes"] = lambda r: f"{float(r.json('demo/summary.json')['wall_seconds']) / 60:.1f} min"
+    # the segmentation demo (benchmarks/seg_demo/summary.json: the fashion-scenes recipe's run)
+    for key in ("miou", "macc", "aacc"):
+        f[f"seg_demo.{key}"] = lambda r, k=key: _pct(float(r.json("seg_demo/summary.json")[f"test_{k}"]) / 100, 1)
+    f["seg_demo.steps"] = lambda r: f"{int(r.json('seg_demo/summary.json')['steps'])}"
+    f["seg_demo.images_per_s"] = lambda r: f"{float(r.json('seg_demo/summary.json')['train_images_per_second']):.1f}"
+    f["seg_demo.minutes"] = lambda r: f"{float(r.json('seg_demo/summary.json')['wall_seconds']) / 60:.1f} min"
     return f
 
 
