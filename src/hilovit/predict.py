@@ -105,7 +105,8 @@ def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True
     """``create_model(name, pretrained=...)`` in eval mode, where ``pretrained`` may also be a tag of
     ``name``'s published weights (``'alpha_0_5'``, ``'ms_in22k_ft_in1k'``): True, a tag, a file path,
     an ``http(s)://`` URL or ``'hf-hub:org/name'``. ``model.pretrained_cfg`` carries the weights'
-    preprocessing (input size, crop_pct, interpolation, mean/std).
+    preprocessing (input size, crop_pct, interpolation, mean/std). A local file sizes the classifier
+    (``num_classes``) and the stem (``in_chans``) from its shapes unless ``kwargs`` name them.
 
     Raises:
         ValueError: a string that is neither a file, a URL, ``hf-hub:`` nor a published tag (the
@@ -127,6 +128,11 @@ def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True
                     raise
                 raise ValueError(f"pretrained={pretrained!r} is neither a weights file nor a published tag: "
                                  f"{e}") from None
+    if isinstance(pretrained, (str, os.PathLike)) and Path(pretrained).expanduser().is_file():
+        from hilovit.models.checkpoint import _sizes_from_state_dict, read_checkpoint
+
+        # a local file sizes the classifier (and stem) it is built with, as a checkpoint does
+        kwargs = {**_sizes_from_state_dict(read_checkpoint(Path(pretrained).expanduser())[0]), **kwargs}
     return create_model(name, pretrained=pretrained, **kwargs).eval().to(device)
 
 
