@@ -152,6 +152,24 @@ def _floats_arg(text: str):
     return values
 
 
+class _download_errors:
+    """Weights that cannot be fetched: the one-paragraph message (URL and the by-hand command), exit status 2."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        from hilovit.models.hub import DownloadError
+
+        if kind is not None and issubclass(kind, DownloadError):
+            raise _UsageError(str(error)) from None
+        return False
+
+
+class _UsageError(ValueError):
+    """Shown by main() as ``hilovit COMMAND: error: ...`` with exit status 2."""
+
+
 def _run_predict(args) -> int:
     import json
     import warnings
@@ -167,7 +185,7 @@ def _run_predict(args) -> int:
         from hilovit.data import constants
 
         mean, std = constants.IMAGENET_DEFAULT_MEAN, constants.IMAGENET_DEFAULT_STD
-    with warnings.catch_warnings(record=True) as notes:
+    with warnings.catch_warnings(record=True) as notes, _download_errors():
         warnings.simplefilter("always")
         results = predict_files(args.images, args.model, args.checkpoint, topk=args.topk,
                                 batch_size=args.batch_size, device=args.device, mean=mean, std=std,
@@ -441,7 +459,14 @@ def _run_eval(args) -> int:
 
     from hilovit.train import format_eval, run_eval
 
-    result = run_eval(
+    with _download_errors():
+        result = _eval(args, run_eval)
+    print(json.dumps(result, indent=2) if args.json else format_eval(result))
+    return 0
+
+
+def _eval(args, run_eval):
+    return run_eval(
         model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
         batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
         val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
@@ -449,8 +474,6 @@ def _run_eval(args) -> int:
         progress=args.progress, default_output="eval", overwrite=args.overwrite, pretrained=args.pretrained,
         crop_pct=args.crop_pct, interpolation=args.interpolation,
     )
-    print(json.dumps(result, indent=2) if args.json else format_eval(result))
-    return 0
 
 
 # --------------------------------------------------------------------------- bench models

@@ -85,6 +85,17 @@ def test_eval_refuses_a_folder_with_another_class_count(official_file, tmp_path,
         run_eval("litv2_s", pretrained="alpha_0_6", data=str(root))
 
 
+def test_official_weights_offline_is_one_clear_error(val_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty cache
+    monkeypatch.setenv("HILOVIT_OFFLINE", "1")
+    rc = main(["eval", "--model", "litv2_s", "--pretrained", "--data", str(val_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "releases/download/v1.0/litv2_s.pth" in err and "Traceback" not in err
+    image = next((val_dir / WNIDS[0]).iterdir())
+    assert main(["predict", str(image), "--model", "litv2_s", "--pretrained", "alpha_0_5"]) == 2
+    assert "v1.1/alpha_0_5.pth" in capsys.readouterr().err
+
+
 def test_eval_checkpoint_on_a_whole_class_folder(tmp_path):
     from hilovit.models.checkpoint import save_safetensors
 
