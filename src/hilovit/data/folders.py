@@ -4,8 +4,8 @@
   the 1.28 million ImageNet training files reads no file.
 * :class:`ImageFolderDataset` decodes in ``__getitem__`` (in DataLoader workers). A file that fails
   to decode is skipped when it is met: the next sample is used, and the skipped path is handed
-  back through :meth:`ImageFolderDataset.load` so the training loop can report it at the end of the
-  epoch (:func:`hilovit.train.loaders.report_skipped_images`), workers included.
+  back through :meth:`ImageFolderDataset.load_with_skips` so the training loop can report it at the
+  end of the epoch (:func:`hilovit.train.loaders.report_skipped_images`), workers included.
 * Two ways to make a sample, both on the full decoded image (Pillow, uint8 out):
   training, :func:`random_resized_crop_box` + a resize to ``img_size`` (the random-resized crop of
   the whole picture); evaluation, :func:`resize_center_crop`, the official protocol: the shorter
@@ -282,9 +282,9 @@ class ImageFolderDataset(Dataset):
 
     Construction lists file names only (no file is opened, unless ``verify=True``). Decoding
     happens in DataLoader workers: a file that fails is skipped when met, the next readable sample
-    is returned instead, and the path is remembered (``ds.load(i)`` returns it, so a loader can
-    collect it from its workers) or, with ``strict=True``, :class:`UnreadableImageError` (a
-    ``ValueError``) names it.
+    is returned instead, and the path is remembered (``ds.load_with_skips(i)`` returns it, so a
+    loader can collect it from its workers) or, with ``strict=True``, :class:`UnreadableImageError`
+    (a ``ValueError``) names it.
 
     Each sample is made from the full decoded image:
 
@@ -432,7 +432,7 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> Tuple[torch.Tensor, int, Tuple[str, ...]]:
+    def load_with_skips(self, index: int) -> Tuple[torch.Tensor, int, Tuple[str, ...]]:
         """``(image, label, skipped)``: the sample at ``index``, or the next readable one, and the
         paths passed over because they cannot be decoded (known ones included)."""
         n = len(self.samples)
@@ -460,7 +460,7 @@ class ImageFolderDataset(Dataset):
         raise UnreadableImageError(f"ImageFolderDataset: no image under {str(self.root)!r} can be decoded")
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        image, label, _ = self.load(index)
+        image, label, _ = self.load_with_skips(index)
         return image, label
 
     def __repr__(self) -> str:

@@ -59,7 +59,7 @@ class _ListSampler(torch.utils.data.Sampler):
 
 
 class _WithSkips(Dataset):
-    """``dataset[i]`` -> ``(image, label, skipped paths)``, through ``dataset.load`` where it has one."""
+    """``dataset[i]`` -> ``(image, label, skipped paths)``, through ``dataset.load_with_skips`` where it has one."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -68,7 +68,7 @@ class _WithSkips(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        load = getattr(self.dataset, "load", None)
+        load = getattr(self.dataset, "load_with_skips", None)
         if load is not None:
             return load(index)
         image, label = self.dataset[index]
