@@ -88,10 +88,19 @@ def test_undecodable_file_is_skipped_and_reported_with_its_path(tmp_path, worker
     ds = ImageFolderDataset(root, img_size=8)  # listed: the broken file is not found out yet
     bad = root / "b" / "broken.jpg"
     assert any(p == bad for p, _ in ds.samples)
+    train = TrainBatches(ds, batch_size=7, workers=workers, shuffle=False)
+    with pytest.warns(UserWarning, match="broken.jpg") if workers == 0 else _no_check():
+        (images, targets), = list(train)
+    # training: every index gives an image; the bad file is the last one, so the first (a/0.png) stands in
+    assert ds.samples[6][0] == bad
+    assert targets.tolist() == [0, 0, 0, 1, 1, 1, 0] and torch.equal(images[6], images[0])
+    assert report_skipped_images(lambda _: None, train) == [str(bad)]
+    ds.failed.clear()
     batches = EvalBatches(ds, batch_size=3, workers=workers)
     with pytest.warns(UserWarning, match="broken.jpg") if workers == 0 else _no_check():
-        seen = [y for _, y in batches]
-    assert sum(len(y) for y in seen) == len(ds)  # every index gave an image (the next one for the bad file)
+        seen = torch.cat([y for _, y in batches])
+    # evaluation: every readable image exactly once, the stand-in left out
+    assert seen.tolist() == [0, 0, 0, 1, 1, 1]
     printed = []
     assert report_skipped_images(printed.append, batches) == [str(bad)]
     assert len(printed) == 1 and "skipped 1 unreadable image file" in printed[0] and str(bad) in printed[0]

@@ -104,13 +104,17 @@ def test_eval_checkpoint_on_a_whole_class_folder(tmp_path):
         (root / c).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (14, 10), (60 * i, 9, 9)).save(root / c / f"{i}.png")
+    (root / "star" / "torn.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
     model = create_model("litv2_nano", num_classes=3)
     meta = {"model": "litv2_nano", "dataset": "folder:/elsewhere", "img_size": "28", "in_chans": "3"}
     save_safetensors(model.state_dict(), tmp_path / "model.safetensors", metadata=meta)
     (tmp_path / "config.yaml").write_text("model: litv2_nano\ndata: /elsewhere\nval_split: 0.5\nseed: 0\n")
     r = run_eval("litv2_nano", tmp_path / "model.safetensors", data=str(root), workers=0, progress="off")
     # another folder than the recorded one: its recorded hold-out does not apply, every image counts
+    # the torn file is left out (its stand-in is not counted twice) and named
     assert r["n"] == 9 and r["split"] == "all" and r["classes"] == ["circle", "square", "star"]
+    assert r["skipped_images"] == [str(root / "star" / "torn.png")]
+    assert sum(sum(row) for row in r["confusion"]) == 9
     assert r["preprocessing"]["crop_pct"] == 1.0 and r["preprocessing"]["interpolation"] == "bilinear"
 
 

@@ -78,7 +78,7 @@ class _WithSkips(Dataset):
 def _collate(samples):
     images = torch.stack([s[0] for s in samples])
     targets = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
-    skipped = [p for s in samples for p in (s[2] if len(s) > 2 else ())]
+    skipped = [tuple(s[2]) if len(s) > 2 else () for s in samples]  # per sample: the files passed over for it
     return images, targets, skipped
 
 
@@ -91,6 +91,7 @@ class _Batches:
         self.pin_memory = bool(pin_memory)
         self.in_memory = is_in_memory(dataset)
         self.skipped: List[str] = []  # unreadable files passed over since the last pop_skipped()
+        self.drop_substitutes = False  # leave out the stand-ins for unreadable files (evaluation)
 
     def pop_skipped(self) -> List[str]:
         """The paths of the files skipped as unreadable since the last call, each once, in order met."""
@@ -113,10 +114,16 @@ class _Batches:
         )
         known = getattr(self.dataset, "failed", None)
         for images, targets, skipped in loader:
-            if skipped:
-                self.skipped.extend(skipped)
+            paths = [p for per_sample in skipped for p in per_sample]
+            if paths:
+                self.skipped.extend(paths)
                 if isinstance(known, set):  # the workers of the next pass skip them without trying
-                    known.update(Path(p) for p in skipped)
+                    known.update(Path(p) for p in paths)
+                if self.drop_substitutes:  # the stand-in is another sample, counted where it belongs
+                    keep = torch.tensor([not per_sample for per_sample in skipped])
+                    images, targets = images[keep], targets[keep]
+                    if not len(targets):
+                        continue
             yield images, targets
 
 
@@ -166,11 +173,16 @@ class TrainBatches(_Batches):
 
 
 class EvalBatches(_Batches):
-    """Evaluation batches of one process: samples ``rank, rank + world_size, ...`` in order, every one once."""
+    """Evaluation batches of one process: samples ``rank, rank + world_size, ...`` in order, every one once.
+
+    A file that cannot be decoded is left out (its stand-in, the next sample, is not counted twice), so
+    the metrics cover every readable image exactly once; its path is in :meth:`pop_skipped`.
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
                  workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(dataset, workers, pin_memory)
+        self.drop_substitutes = True
         if batch_size < 1:
             raise ValueError(f"eval batch_size={batch_size}, expected a positive int")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
