@@ -460,20 +460,16 @@ def _run_eval(args) -> int:
     from hilovit.train import format_eval, run_eval
 
     with _download_errors():
-        result = _eval(args, run_eval)
+        result = run_eval(
+            model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
+            batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
+            val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
+            threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
+            progress=args.progress, default_output="eval", overwrite=args.overwrite, pretrained=args.pretrained,
+            crop_pct=args.crop_pct, interpolation=args.interpolation,
+        )
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0
-
-
-def _eval(args, run_eval):
-    return run_eval(
-        model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
-        batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
-        val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
-        threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
-        progress=args.progress, default_output="eval", overwrite=args.overwrite, pretrained=args.pretrained,
-        crop_pct=args.crop_pct, interpolation=args.interpolation,
-    )
 
 
 # --------------------------------------------------------------------------- bench models
