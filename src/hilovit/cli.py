@@ -120,8 +120,13 @@ def _add_predict(commands) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--model", required=True, help="registered model name (hilovit.list_models())")
-    p.add_argument("--checkpoint", required=True,
-                   help="model.safetensors, last.pt, any state-dict file, or a training output folder")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint",
+                         help="model.safetensors, last.pt, any state-dict file, or a training output folder")
+    weights.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG|FILE|URL",
+                         help="published weights instead of a checkpoint: alone the model's default (official "
+                         "ImageNet weights, downloaded once), or a tag (alpha_0_5, ms_in22k_ft_in1k), a file, a URL "
+                         "or hf-hub:org/name; 1000-class weights print the ImageNet class names")
     p.add_argument("--topk", type=int, default=5, help="classes to list per image (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--batch-size", type=int, default=16)
@@ -147,6 +152,24 @@ def _floats_arg(text: str):
     return values
 
 
+class _download_errors:
+    """Weights that cannot be fetched: the one-paragraph message (URL and the by-hand command), exit status 2."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        from hilovit.models.hub import DownloadError
+
+        if kind is not None and issubclass(kind, DownloadError):
+            raise _UsageError(str(error)) from None
+        return False
+
+
+class _UsageError(ValueError):
+    """Shown by main() as ``hilovit COMMAND: error: ...`` with exit status 2."""
+
+
 def _run_predict(args) -> int:
     import json
     import warnings
@@ -162,10 +185,11 @@ def _run_predict(args) -> int:
         from hilovit.data import constants
 
         mean, std = constants.IMAGENET_DEFAULT_MEAN, constants.IMAGENET_DEFAULT_STD
-    with warnings.catch_warnings(record=True) as notes:
+    with warnings.catch_warnings(record=True) as notes, _download_errors():
         warnings.simplefilter("always")
         results = predict_files(args.images, args.model, args.checkpoint, topk=args.topk,
-                                batch_size=args.batch_size, device=args.device, mean=mean, std=std)
+                                batch_size=args.batch_size, device=args.device, mean=mean, std=std,
+                                pretrained=args.pretrained)
     for note in (n for n in notes if issubclass(n.category, UserWarning)):
         text = str(note.message).replace("pass mean= and std=", "use --norm or --mean/--std")
         print(f"hilovit predict: note: {text}", file=sys.stderr)
@@ -387,13 +411,26 @@ def _add_eval(commands) -> None:
         help="evaluate a checkpoint: top-1, top-5, loss, per-class accuracy, confusion matrix",
         description="Evaluates a checkpoint (model.safetensors, last.pt, a training output folder, or any state "
         "dict) on the evaluation split of the data it was trained on (as recorded beside it) or of --data "
-        "(Fashion-MNIST: the 10,000 test images). An earlier eval.json is kept: the new report gets the next "
-        "free name (eval-2.json, ...) unless --overwrite.",
+        "(Fashion-MNIST: the 10,000 test images), or published weights (--pretrained) on --data. A folder of "
+        "class folders alone (an ImageNet val/ folder: VAL_DIR/<wnid>/<images>) is evaluated whole, with the "
+        "weights' preprocessing for --pretrained (the official protocol: shorter side to img_size / crop_pct, "
+        "centre crop, normalise). An earlier eval.json is kept: the new report gets the next free name "
+        "(eval-2.json, ...) unless --overwrite.",
     )
     p.add_argument("--model", required=True, help="registered model name (must match the checkpoint)")
-    p.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a training output folder")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="model.safetensors, last.pt or a training output folder")
+    weights.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG|FILE|URL",
+                         help="published weights instead of a checkpoint: alone the model's default (the official "
+                         "ImageNet weights), or a tag (alpha_0_5, ms_in22k_ft_in1k), a file, a URL or hf-hub:org/name")
     p.add_argument("--data", default=None,
-                   help="'fashion-mnist' or a folder (default: the data the checkpoint records)")
+                   help="'fashion-mnist' or a folder (default: the data the checkpoint records); a folder of "
+                   "class folders alone is evaluated whole")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="image folders: resize the shorter side to img_size / crop_pct, then centre-crop "
+                   "(default: the weights' value for --pretrained, 1.0 for checkpoints)")
+    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"], default=None,
+                   help="resize filter for image folders (default: the weights' for --pretrained, else bilinear)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--val-split", type=float, default=None,
                    help="as in training, for folders without val/ (default: as recorded, else 0)")
@@ -408,7 +445,8 @@ def _add_eval(commands) -> None:
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--workers", type=non_negative_int, default=2)
     p.add_argument("--output", default=None,
-                   help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint)")
+                   help="folder for eval.json and confusion.png (default: eval/ beside the checkpoint; "
+                   "nothing written for --pretrained)")
     p.add_argument("--confusion-png", default=None, help="path of the confusion-matrix picture")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json and confusion.png")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -421,13 +459,15 @@ def _run_eval(args) -> int:
 
     from hilovit.train import format_eval, run_eval
 
-    result = run_eval(
-        model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
-        batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
-        val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
-        threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
-        progress=args.progress, default_output="eval", overwrite=args.overwrite,
-    )
+    with _download_errors():
+        result = run_eval(
+            model=args.model, checkpoint=args.checkpoint, data=args.data, data_dir=args.data_dir,
+            batch_size=args.batch_size, img_size=args.img_size, in_chans=args.in_chans, eval_subset=args.eval_subset,
+            val_split=args.val_split, seed=args.seed, amp=args.amp, device=args.device, workers=args.workers,
+            threads=args.threads, output=args.output, confusion_png=args.confusion_png, use_ema=args.ema,
+            progress=args.progress, default_output="eval", overwrite=args.overwrite, pretrained=args.pretrained,
+            crop_pct=args.crop_pct, interpolation=args.interpolation,
+        )
     print(json.dumps(result, indent=2) if args.json else format_eval(result))
     return 0
 

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +43,13 @@ __all__ = [
     "open_image",
     "preprocess_image",
     "predict_files",
+    "pretrained_model",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 ImageLike = Union[PathLike, "Image.Image", np.ndarray]  # noqa: F821 - PIL imported lazily
 
-_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}  # PIL's codes
+_RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # hilovit.data.PIL_INTERPOLATION
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -95,6 +95,45 @@ def load_model(
         return model.eval().to(device), None
     model, info = _load(checkpoint, name, device=device, mean=mean, std=std, **overrides)
     return model, info["classes"]
+
+
+_WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
+
+
+def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True,
+                     device: Union[str, torch.device] = "cpu", **kwargs) -> nn.Module:
+    """``create_model(name, pretrained=...)`` in eval mode, where ``pretrained`` may also be a tag of
+    ``name``'s published weights (``'alpha_0_5'``, ``'ms_in22k_ft_in1k'``): True, a tag, a file path,
+    an ``http(s)://`` URL or ``'hf-hub:org/name'``. ``model.pretrained_cfg`` carries the weights'
+    preprocessing (input size, crop_pct, interpolation, mean/std). A local file sizes the classifier
+    (``num_classes``) and the stem (``in_chans``) from its shapes unless ``kwargs`` name them.
+
+    Raises:
+        ValueError: a string that is neither a file, a URL, ``hf-hub:`` nor a published tag (the
+            message lists the tags); FileNotFoundError: a path that does not exist.
+    """
+    from hilovit.models import create_model
+    from hilovit.models.pretrained import split_tag
+
+    if isinstance(pretrained, str) and pretrained and "://" not in pretrained and not pretrained.startswith("hf-hub:"):
+        looks_like_path = (os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES)
+                           or os.path.exists(pretrained))
+        if not looks_like_path:
+            if split_tag(name)[1] is not None:
+                raise ValueError(f"pretrained={pretrained!r} is a tag, but the model name {name!r} already names one")
+            try:
+                return create_model(f"{name}.{pretrained}", pretrained=True, **kwargs).eval().to(device)
+            except ValueError as e:
+                if "tag" not in str(e):
+                    raise
+                raise ValueError(f"pretrained={pretrained!r} is neither a weights file nor a published tag: "
+                                 f"{e}") from None
+    if isinstance(pretrained, (str, os.PathLike)) and Path(pretrained).expanduser().is_file():
+        from hilovit.models.checkpoint import _sizes_from_state_dict, read_checkpoint
+
+        # a local file sizes the classifier (and stem) it is built with, as a checkpoint does
+        kwargs = {**_sizes_from_state_dict(read_checkpoint(Path(pretrained).expanduser())[0]), **kwargs}
+    return create_model(name, pretrained=pretrained, **kwargs).eval().to(device)
 
 
 # --------------------------------------------------------------------------- images
@@ -147,6 +186,8 @@ def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     shorter side, keeping the aspect ratio; else both sides) with ``cfg['interpolation']``, centre
     crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
     """
+    from hilovit.data.folders import resize_center_crop
+
     C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
     crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
     if not 0.0 < crop_pct <= 1.0:
@@ -154,21 +195,7 @@ def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
     if interp not in _RESAMPLE:
         raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
-    resample = _RESAMPLE[interp]
-    w, h = image.size
-    if H == W:
-        short = math.floor(H / crop_pct)
-        if w <= h:
-            size = (short, max(1, int(short * h / w)))
-        else:
-            size = (max(1, int(short * w / h)), short)
-    else:
-        size = (math.floor(W / crop_pct), math.floor(H / crop_pct))
-    if size != (w, h):
-        image = image.resize(size, resample)
-    w, h = image.size
-    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
-    image = image.crop((left, top, left + W, top + H))
+    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr.copy())
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
@@ -224,7 +251,8 @@ class Predictor:
 
     Args:
         model: a classifier with a ``pretrained_cfg`` (any hilovit model); put in eval mode.
-        classes: class names in label order; None names classes by their indices.
+        classes: class names in label order; None names the classes of a 1000-class model by
+            the ImageNet-1k names (:func:`hilovit.data.imagenet_class_names`), others by their indices.
         device: where to run (default: where the model is).
 
     Example::
@@ -253,6 +281,10 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         num_classes = getattr(model, "num_classes", None)
+        if classes is None and num_classes == 1000:  # an ImageNet-1k classifier (the official weights)
+            from hilovit.data.imagenet import imagenet_class_names
+
+            classes = imagenet_class_names()
         if classes is not None:
             classes = [str(c) for c in classes]
             if num_classes is not None and len(classes) != num_classes:
@@ -370,9 +402,20 @@ def predict_files(
     device: str = "cpu",
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
+    pretrained: Union[bool, str, os.PathLike, None] = None,
 ) -> List[Prediction]:
-    """``hilovit predict``: load ``model`` from ``checkpoint`` and predict every image (errors per image)."""
+    """``hilovit predict``: load ``model`` from ``checkpoint`` (or its ``pretrained`` weights, see
+    :func:`pretrained_model`) and predict every image (errors per image)."""
     if not images:
         raise ValueError("no images given")
-    predictor = Predictor.from_checkpoint(model, checkpoint, device=device, mean=mean, std=std)
+    if pretrained is not None and pretrained is not False:
+        if checkpoint is not None:
+            raise ValueError("give a checkpoint or pretrained weights, not both")
+        net = pretrained_model(model, pretrained, device=device)
+        if mean is not None or std is not None:
+            net.pretrained_cfg = {**net.pretrained_cfg, **{k: tuple(float(x) for x in v)
+                                                           for k, v in (("mean", mean), ("std", std)) if v is not None}}
+        predictor = Predictor(net, device=device)
+    else:
+        predictor = Predictor.from_checkpoint(model, checkpoint, device=device, mean=mean, std=std)
     return predictor.predict_many(images, topk=topk, batch_size=batch_size)

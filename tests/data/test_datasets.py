@@ -179,7 +179,7 @@ def make_image_folder(root, with_bad=True):
 def test_image_folder_formats_and_skips(tmp_path):
     root = make_image_folder(tmp_path / "pets")
     with pytest.warns(UserWarning, match=r"skipped 3 unreadable") as rec:
-        ds = ImageFolderDataset(root, img_size=8)
+        ds = ImageFolderDataset(root, img_size=8, verify=True)
     msg = str(rec[0].message)
     assert "cut.png" in msg and "text.jpg" in msg and "cutjpeg.jpg" in msg
     assert ds.classes == ["cat", "dog"]
@@ -200,12 +200,12 @@ def test_image_folder_formats_and_skips(tmp_path):
 def test_image_folder_strict(tmp_path):
     root = make_image_folder(tmp_path / "pets")
     with pytest.raises(UnreadableImageError, match=r"cut\.png|text\.jpg|cutjpeg\.jpg"):
-        ImageFolderDataset(root, img_size=8, strict=True)
+        ImageFolderDataset(root, img_size=8, strict=True, verify=True)
 
 
 def test_image_folder_load_time_failure(tmp_path):
     root = make_image_folder(tmp_path / "pets")
-    ds = ImageFolderDataset(root, img_size=8, verify=False)  # bad files pass the listing only
+    ds = ImageFolderDataset(root, img_size=8)  # bad files pass the listing only (no file opened)
     bad = next(i for i, (p, _) in enumerate(ds.samples) if p.name == "text.jpg")
     nxt = (bad + 1) % len(ds)
     assert ds.samples[nxt][0].name == "a.png"  # text.jpg is the last file; the next one wraps around
@@ -244,7 +244,7 @@ def test_image_folder_empty_errors(tmp_path):
     (onlybad / "x").mkdir(parents=True)
     (onlybad / "x" / "fake.png").write_text("nope")
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="no readable images"):
-        ImageFolderDataset(onlybad, img_size=8)
+        ImageFolderDataset(onlybad, img_size=8, verify=True)
 
 
 def test_dataloader_batches(tmp_path):

@@ -1,4 +1,5 @@
-"""Data: IDX files (Fashion-MNIST) and image folders as uint8 samples, batch transforms, Mixup/CutMix."""
+"""Data: IDX files (Fashion-MNIST) and image folders as uint8 samples, batch transforms, Mixup/CutMix,
+the ImageNet-1k class names."""
 
 from hilovit.data.datasets import (
     DEFAULT_IDX_DIR,
@@ -19,7 +20,9 @@ from hilovit.data.datasets import (
     scan_image_folder,
     split_indices,
 )
+from hilovit.data.folders import decode_image, pil_interpolation, random_resized_crop_box, resize_center_crop
 from hilovit.data.idx import read_idx, write_idx
+from hilovit.data.imagenet import imagenet_class_names, imagenet_label_indices, imagenet_wnids
 from hilovit.data.mixup import MixParams, Mixup, smooth_one_hot, soft_target_cross_entropy
 from hilovit.data.transforms import AugmentConfig, BatchAugment, Normalize, match_channels, to_float_batch
 
@@ -42,10 +45,17 @@ __all__ = [
     "build_datasets",
     "check_image",
     "compute_mean_std",
+    "decode_image",
     "find_idx_dir",
+    "imagenet_class_names",
+    "imagenet_label_indices",
+    "imagenet_wnids",
     "load_image",
     "match_channels",
+    "pil_interpolation",
+    "random_resized_crop_box",
     "read_idx",
+    "resize_center_crop",
     "scan_image_folder",
     "smooth_one_hot",
     "soft_target_cross_entropy",

@@ -190,7 +190,8 @@ class BatchAugment(nn.Module):
     """Random augmentation of a float batch in training mode; a plain resize in eval mode.
 
     Training (``module.train()``), in order, each step switchable in the recipe:
-    random resized crop to ``img_size`` (else a resize when the size differs), horizontal flip,
+    random resized crop to ``img_size`` (else a resize when the size differs; also a resize when
+    ``crop_in_loader`` says the data loader took the crop from the full image), horizontal flip,
     RandAugment, random erasing. Evaluation (``module.eval()``): a deterministic bilinear,
     anti-aliased resize to ``img_size`` (nothing when the size already matches). Randomness comes
     from torch's global generator (``torch.manual_seed`` makes it repeatable).
@@ -227,6 +228,9 @@ class BatchAugment(nn.Module):
             if cfg.random_erasing > 0 else None
         )
         self.crops = nn.ModuleDict()  # kornia RandomResizedCrop per output size, made on first use
+        # True when the data loader already took the random-resized crop from the full image
+        # (hilovit.train.loaders.crop_in_workers): only a resize to img_size is left here.
+        self.crop_in_loader = False
 
     def _out_size(self, x: torch.Tensor) -> Tuple[int, int]:
         s = self.config.img_size
@@ -273,7 +277,8 @@ class BatchAugment(nn.Module):
         if not self.training:
             return self._resize(x, size)
         cfg = self.config
-        x = self._random_resized_crop(x, size) if cfg.random_resized_crop else self._resize(x, size)
+        crop = cfg.random_resized_crop and not self.crop_in_loader
+        x = self._random_resized_crop(x, size) if crop else self._resize(x, size)
         if self.flip is not None:
             x = self.flip(x)
         if self.rand_augment is not None:

@@ -43,7 +43,7 @@ from hilovit.train.distributed import (
 )
 from hilovit.train.ema import ModelEma
 from hilovit.train.evaluate import autocast_context, evaluate, resolve_amp
-from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches
+from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches, crop_in_workers, report_skipped_images
 from hilovit.train.optim import CosineWarmupSchedule, build_optimizer
 from hilovit.train.report import (
     METRIC_COLUMNS,
@@ -357,6 +357,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
     ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
     mean, std = info.mean, info.std
     pipeline = BatchPipeline(in_chans, img_size, mean, std, cfg.augment).to(env.device)
+    crop_in_workers(train_ds, pipeline)  # image folders: the random-resized crop of the full image, in the workers
     eval_pipeline = BatchPipeline(in_chans, img_size, mean, std, None).to(env.device)
     mixup = Mixup(cfg.mixup, cfg.cutmix, cfg.mixup_prob, cfg.mixup_switch_prob, cfg.label_smoothing,
                   num_classes=info.num_classes)
@@ -454,6 +455,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
         if "eval_top1_ema" in row:
             msg += f" | EMA top-1 {row['eval_top1_ema']:.2f}%"
         reporter.print(msg)
+        report_skipped_images(reporter.print, train_batches, eval_batches)  # files that failed to decode
         if env.is_main:
             ckpt = {
                 "model": model.state_dict(),

@@ -2,7 +2,13 @@
 
 * In-memory datasets (:class:`~hilovit.data.IdxDataset`, e.g. Fashion-MNIST) are indexed batch by
   batch straight from their uint8 tensor: no DataLoader, no per-sample Python.
-* Other datasets (image folders) go through a DataLoader whose workers decode the images.
+* Other datasets (image folders) go through a DataLoader whose workers decode the images. A file that
+  fails to decode is replaced by the next sample in the worker; its path travels back with the batch
+  (a third entry that the workers' collate adds and :class:`TrainBatches`/:class:`EvalBatches` take
+  off again), is remembered by the dataset in the main process (so the next epoch's workers skip it
+  at once) and is printed at the end of the epoch by :func:`report_skipped_images`.
+* :func:`crop_in_workers` moves the training random-resized crop from the device into the workers
+  for datasets that can take it from the full decoded image (image folders), so it is never done twice.
 
 The order of an epoch is a function of ``(seed, epoch)`` only, so a resumed run sees the same
 batches as an uninterrupted one. With ``world_size`` processes, each optimiser step takes the
@@ -12,7 +18,8 @@ equal slices, so N processes see exactly the batches one process would.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from hilovit.data import AugmentConfig, BatchAugment, Normalize, match_channels, to_float_batch
 
-__all__ = ["epoch_order", "TrainBatches", "EvalBatches", "BatchPipeline", "is_in_memory"]
+__all__ = ["epoch_order", "TrainBatches", "EvalBatches", "BatchPipeline", "is_in_memory", "crop_in_workers",
+           "report_skipped_images"]
 
 
 def is_in_memory(dataset: Dataset) -> bool:
@@ -50,10 +58,28 @@ class _ListSampler(torch.utils.data.Sampler):
         return len(self.batches)
 
 
+class _WithSkips(Dataset):
+    """``dataset[i]`` -> ``(image, label, skipped paths)``, through ``dataset.load_with_skips`` where it has one."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        load = getattr(self.dataset, "load_with_skips", None)
+        if load is not None:
+            return load(index)
+        image, label = self.dataset[index]
+        return image, label, ()
+
+
 def _collate(samples):
     images = torch.stack([s[0] for s in samples])
     targets = torch.tensor([int(s[1]) for s in samples], dtype=torch.int64)
-    return images, targets
+    skipped = [tuple(s[2]) if len(s) > 2 else () for s in samples]  # per sample: the files passed over for it
+    return images, targets, skipped
 
 
 class _Batches:
@@ -64,6 +90,13 @@ class _Batches:
         self.workers = int(workers)
         self.pin_memory = bool(pin_memory)
         self.in_memory = is_in_memory(dataset)
+        self.skipped: List[str] = []  # unreadable files passed over since the last pop_skipped()
+        self.drop_substitutes = False  # leave out the stand-ins for unreadable files (evaluation)
+
+    def pop_skipped(self) -> List[str]:
+        """The paths of the files skipped as unreadable since the last call, each once, in order met."""
+        out, self.skipped = list(dict.fromkeys(self.skipped)), []
+        return out
 
     def _iterate(self, batches: List[torch.Tensor]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self.in_memory:
@@ -72,14 +105,26 @@ class _Batches:
                 yield images[idx], targets[idx]
             return
         loader = DataLoader(
-            self.dataset,
+            _WithSkips(self.dataset),
             batch_sampler=_ListSampler([b.tolist() for b in batches]),
             num_workers=self.workers,
             collate_fn=_collate,
             pin_memory=self.pin_memory,
             persistent_workers=False,
         )
-        yield from loader
+        known = getattr(self.dataset, "failed", None)
+        for images, targets, skipped in loader:
+            paths = [p for per_sample in skipped for p in per_sample]
+            if paths:
+                self.skipped.extend(paths)
+                if isinstance(known, set):  # the workers of the next pass skip them without trying
+                    known.update(Path(p) for p in paths)
+                if self.drop_substitutes:  # the stand-in is another sample, counted where it belongs
+                    keep = torch.tensor([not per_sample for per_sample in skipped])
+                    images, targets = images[keep], targets[keep]
+                    if not len(targets):
+                        continue
+            yield images, targets
 
 
 class TrainBatches(_Batches):
@@ -128,11 +173,16 @@ class TrainBatches(_Batches):
 
 
 class EvalBatches(_Batches):
-    """Evaluation batches of one process: samples ``rank, rank + world_size, ...`` in order, every one once."""
+    """Evaluation batches of one process: samples ``rank, rank + world_size, ...`` in order, every one once.
+
+    A file that cannot be decoded is left out (its stand-in, the next sample, is not counted twice), so
+    the metrics cover every readable image exactly once; its path is in :meth:`pop_skipped`.
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1,
                  workers: int = 0, pin_memory: bool = False) -> None:
         super().__init__(dataset, workers, pin_memory)
+        self.drop_substitutes = True
         if batch_size < 1:
             raise ValueError(f"eval batch_size={batch_size}, expected a positive int")
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
@@ -174,3 +224,36 @@ class BatchPipeline(nn.Module):
         x = match_channels(x, self.in_chans)
         x = self.augment(x)
         return self.normalize(x)
+
+
+def crop_in_workers(dataset: Dataset, pipeline: BatchPipeline) -> bool:
+    """Take the training random-resized crop in the DataLoader workers, from the full decoded image.
+
+    For a dataset that can (one with ``set_train_crop``, i.e. an image folder) and a pipeline whose
+    recipe asks for the crop: the dataset makes its samples as that crop (the recipe's ``scale``
+    and ``ratio``) and the pipeline stops cropping on the device, so the crop is taken once, from
+    the whole picture rather than from a pre-cropped square. Other datasets (in-memory IDX data)
+    are left to the device-side crop. Returns whether the crop moved.
+    """
+    cfg = pipeline.augment.config
+    if not cfg.random_resized_crop or not hasattr(dataset, "set_train_crop"):
+        return False
+    dataset.set_train_crop(cfg.scale, cfg.ratio)
+    pipeline.augment.crop_in_loader = True
+    return True
+
+
+def report_skipped_images(print_fn: Callable[[str], None], *batches: _Batches, limit: int = 20) -> List[str]:
+    """Print (with ``print_fn``) the image files found unreadable in the passes over ``batches``
+    since the last call, and return their paths; nothing is printed when there are none.
+
+    Call it once at the end of each epoch (``report_skipped_images(reporter.print, train_batches,
+    eval_batches)``). Each process reports what its own workers met.
+    """
+    paths = list(dict.fromkeys(p for b in batches for p in b.pop_skipped()))
+    if paths:
+        shown = "\n  ".join(paths[:limit])
+        more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+        print_fn(f"skipped {len(paths)} unreadable image file{'s' if len(paths) != 1 else ''} "
+                 f"(the next image was used instead):\n  {shown}{more}")
+    return paths

@@ -1,0 +1,471 @@
+"""Image folders at any scale: listing without opening, decoding in workers, crops on the decoded image.
+
+* :func:`scan_image_folder` lists ``root/<class>/<image>`` files by name only: building a dataset of
+  the 1.28 million ImageNet training files reads no file.
+* :class:`ImageFolderDataset` decodes in ``__getitem__`` (in DataLoader workers). A file that fails
+  to decode is skipped when it is met: the next sample is used, and the skipped path is handed
+  back through :meth:`ImageFolderDataset.load_with_skips` so the training loop can report it at the
+  end of the epoch (:func:`hilovit.train.loaders.report_skipped_images`), workers included.
+* Two ways to make a sample, both on the full decoded image (Pillow, uint8 out):
+  training, :func:`random_resized_crop_box` + a resize to ``img_size`` (the random-resized crop of
+  the whole picture); evaluation, :func:`resize_center_crop`, the official protocol: the shorter
+  side to ``int(img_size / crop_pct)`` with the configured interpolation, then the centre
+  ``img_size`` square.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Extensions Pillow can open (formats needing external programs or plugins left out).
+_NOT_IMAGES = {".eps", ".ps", ".pdf", ".h5", ".hdf", ".bufr", ".grib", ".fit", ".fits", ".mpeg", ".mpg",
+               ".emf", ".wmf"}
+
+
+def _image_extensions() -> frozenset:
+    Image.init()
+    exts = {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset((exts | {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}) - _NOT_IMAGES)
+
+
+IMG_EXTENSIONS = _image_extensions()
+
+# Interpolation names of the pretrained configs -> Pillow's resampling filters.
+PIL_INTERPOLATION = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def pil_interpolation(name: str) -> Image.Resampling:
+    """``'bicubic'`` -> ``Image.Resampling.BICUBIC`` (also bilinear, nearest, lanczos, box, hamming)."""
+    if not isinstance(name, str) or name.lower() not in PIL_INTERPOLATION:
+        raise ValueError(f"interpolation={name!r}; expected one of {', '.join(PIL_INTERPOLATION)}")
+    return PIL_INTERPOLATION[name.lower()]
+
+
+def _check_crop_pct(crop_pct) -> float:
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < float(crop_pct) <= 1.0:
+        raise ValueError(f"crop_pct={crop_pct!r}; expected a fraction in (0, 1]")
+    return float(crop_pct)
+
+
+def _check_range(name: str, value) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}; expected a pair (low, high)") from None
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name}=({lo}, {hi}); expected 0 < low <= high")
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- sample geometry
+def resize_center_crop(image: Image.Image, size: Union[int, Tuple[int, int]], crop_pct: float = 1.0,
+                       interpolation: str = "bilinear") -> Image.Image:
+    """The evaluation protocol of the official models (and timm) on a PIL image.
+
+    For a square ``size`` S: resize so the shorter side is ``int(S / crop_pct)`` (the longer one
+    ``int(short * long / shorter)``, keeping the aspect ratio), then crop the centre S x S
+    (offsets ``round((side - S) / 2)``). For ``size=(H, W)`` both sides are resized to
+    ``int(H / crop_pct)``, ``int(W / crop_pct)`` first. ``crop_pct=1`` keeps the largest centred
+    square.
+    """
+    H, W = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if H < 1 or W < 1:
+        raise ValueError(f"size={size!r}; expected positive sides")
+    crop_pct = _check_crop_pct(crop_pct)
+    resample = pil_interpolation(interpolation)
+    w, h = image.size
+    if H == W:
+        short = int(H / crop_pct)
+        new = (short, max(1, int(short * h / w))) if w <= h else (max(1, int(short * w / h)), short)
+    else:
+        new = (int(W / crop_pct), int(H / crop_pct))
+    if new != (w, h):
+        image = image.resize(new, resample)
+    w, h = image.size
+    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
+    return image.crop((left, top, left + W, top + H))
+
+
+def random_resized_crop_box(width: int, height: int, scale: Tuple[float, float] = (0.08, 1.0),
+                            ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+    """A random crop ``(left, top, w, h)`` of a ``width`` x ``height`` image: area a fraction in
+    ``scale`` of the whole, aspect ratio ``w / h`` log-uniform in ``ratio``.
+
+    Up to ten draws; when none fits inside the image, the centred crop of the whole image with its
+    aspect ratio clamped into ``ratio``. Random numbers come from torch's global generator (seeded
+    per DataLoader worker by torch).
+    """
+    scale, ratio = _check_range("scale", scale), _check_range("ratio", ratio)
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(2).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            return left, top, w, h
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+# ----------------------------------------------------------------------------- files
+class UnreadableImageError(ValueError):
+    """An image file that Pillow cannot decode (raised with ``strict=True``)."""
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def scan_image_folder(
+    root: PathLike, classes: Optional[Sequence[str]] = None
+) -> Tuple[List[str], List[Tuple[Path, int]]]:
+    """List ``root/<class>/<image>`` files by name, without opening any of them.
+
+    Hidden files and folders (names starting with ``.``) and files whose extension is not an
+    image format Pillow reads (``.txt``, ``.json``, ...) are ignored. Files are sorted by
+    name inside each class.
+
+    Args:
+        root: the folder of class subfolders.
+        classes: class names (= subfolder names) in label order; None takes every visible
+            subfolder, sorted.
+
+    Returns:
+        ``(classes, samples)`` with samples a list of ``(path, label)``.
+
+    Raises:
+        FileNotFoundError: ``root`` or a named class folder does not exist.
+        ValueError: no class subfolders, or a class folder with no image files.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+    if classes is None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p))
+        if not classes:
+            raise ValueError(
+                f"image folder {str(root)!r} has no class subfolders; expected {root}/<class>/<image files>"
+            )
+    classes = [str(c) for c in classes]
+    samples: List[Tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"class folder {str(folder)!r} (class {name!r}) does not exist")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # hidden folders: not entered
+            files.extend(Path(dirpath) / f for f in filenames
+                         if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMG_EXTENSIONS)
+        if not files:
+            raise ValueError(
+                f"class folder {str(folder)!r} (class {name!r}) has no image files "
+                "(.jpg, .png, .bmp, .gif, .webp, .tiff, ...)"
+            )
+        samples.extend((p, label) for p in sorted(files))
+    return classes, samples
+
+
+def _jpeg_complete(path: Path, tail: int = 65536) -> bool:
+    """A cheap truncation test for JPEG: the end-of-image marker FF D9 near the end of the file."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - tail))
+        return b"\xff\xd9" in f.read()
+
+
+def check_image(path: PathLike) -> Optional[str]:
+    """Cheaply check that ``path`` is a readable image, without decoding its pixels.
+
+    Pillow's header parse plus ``Image.verify()`` (which checks PNG chunk CRCs), and for JPEG the
+    presence of the end-of-image marker. Returns None when fine, else the reason as a string.
+    """
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.verify()
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
+        return f"{type(e).__name__}: {e}"
+    if fmt in ("JPEG", "MPO") and not _jpeg_complete(Path(path)):
+        return "truncated JPEG (no end-of-image marker)"
+    return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparency is composited on white."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0  # 16-bit -> 8-bit
+        elif im.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        background.alpha_composite(im)
+        im = background
+    return im.convert("RGB")
+
+
+def _to_tensor(rgb: Image.Image) -> torch.Tensor:
+    arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), a writable copy
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def decode_image(path: PathLike, draft: Optional[int] = None) -> Image.Image:
+    """Open and fully decode ``path`` to an RGB PIL image (any mode; transparency on white; first
+    frame of animations). ``draft``: let a JPEG decode at a reduced scale whose sides stay >= it."""
+    with Image.open(path) as im:
+        if draft is not None:
+            im.draft("RGB", (int(draft), int(draft)))
+        im.load()
+        return _to_rgb(im)
+
+
+def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> torch.Tensor:
+    """Decode an image file to a uint8 tensor (3, img_size, img_size) by :func:`resize_center_crop`.
+
+    The default (``crop_pct=1``, bilinear) keeps the largest centred square, resized to
+    ``img_size``; the official models' evaluation uses their ``pretrained_cfg`` values (e.g.
+    0.875, bicubic). The file is decoded at full resolution, as the official evaluation does.
+    """
+    return _to_tensor(resize_center_crop(decode_image(path), img_size, crop_pct, interpolation))
+
+
+def _name_some(paths: Sequence[Path], root: Path, limit: int = 5) -> str:
+    def rel(p: Path) -> str:
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return str(p)
+
+    shown = ", ".join(rel(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+class ImageFolderDataset(Dataset):
+    """A folder of class subfolders, ``root/<class>/<image>``, decoded lazily in ``__getitem__``.
+
+    Construction lists file names only (no file is opened, unless ``verify=True``). Decoding
+    happens in DataLoader workers: a file that fails is skipped when met, the next readable sample
+    is returned instead, and the path is remembered (``ds.load_with_skips(i)`` returns it, so a
+    loader can collect it from its workers) or, with ``strict=True``, :class:`UnreadableImageError`
+    (a ``ValueError``) names it.
+
+    Each sample is made from the full decoded image:
+
+    * evaluation (the default): :func:`resize_center_crop` with ``crop_pct`` and ``interpolation``;
+    * training, after :meth:`set_train_crop`: a :func:`random_resized_crop_box` of the whole image,
+      resized to ``img_size`` with ``interpolation``.
+
+    Args:
+        root: folder of class subfolders (hidden entries ignored; classes sorted by name).
+        img_size: output side (square).
+        classes: class names in label order (subfolder names); None takes all subfolders, sorted.
+        strict: raise on unreadable images instead of skipping them.
+        files: explicit ``[(path, label), ...]`` instead of scanning ``root``;
+            ``classes`` then defaults to the subfolders of ``root``.
+        verify: check every file at construction (:func:`check_image`, a header parse: slow at
+            ImageNet scale) and leave out the unreadable ones with one warning.
+        crop_pct, interpolation: the evaluation crop (see :func:`resize_center_crop`); the
+            interpolation ('bilinear', 'bicubic', 'nearest', ...) also resizes training crops.
+
+    Attributes:
+        samples: list of ``(Path, label)`` kept; ``skipped``: paths left out by ``verify``.
+        targets: int64 tensor (N,); ``classes``: list of names; ``failed``: paths found unreadable
+            when loading (in this process).
+
+    Sample ``ds[i]``: ``(uint8 tensor (3, img_size, img_size), int label)``.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: ``img_size`` not positive, no class subfolders, a class folder without
+            images (or, with ``verify``, without readable ones), labels in ``files`` out of range.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        img_size: int,
+        classes: Optional[Sequence[str]] = None,
+        strict: bool = False,
+        files: Optional[Sequence[Tuple[PathLike, int]]] = None,
+        verify: bool = False,
+        crop_pct: float = 1.0,
+        interpolation: str = "bilinear",
+    ) -> None:
+        if not isinstance(img_size, (int, np.integer)) or isinstance(img_size, bool):
+            raise TypeError(f"ImageFolderDataset: img_size must be an int, got {type(img_size).__name__}")
+        if img_size < 1:
+            raise ValueError(f"ImageFolderDataset: img_size={img_size}, expected a positive int")
+        self.root = Path(root).expanduser()
+        self.img_size = int(img_size)
+        self.strict = bool(strict)
+        self.crop_pct = _check_crop_pct(crop_pct)
+        pil_interpolation(interpolation)
+        self.interpolation = interpolation.lower()
+        self.train_crop: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
+        if files is None:
+            self.classes, samples = scan_image_folder(self.root, classes)
+        else:
+            if classes is None:
+                if not self.root.is_dir():
+                    raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
+                classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and _visible(p))
+            self.classes = [str(c) for c in classes]
+            samples = [(Path(p), int(label)) for p, label in files]
+            bad = [label for _, label in samples if not 0 <= label < len(self.classes)]
+            if bad:
+                raise ValueError(
+                    f"ImageFolderDataset: files has labels outside [0, {len(self.classes)}) "
+                    f"(e.g. {bad[0]}) for classes {self.classes[:10]}{' ...' if len(self.classes) > 10 else ''}"
+                )
+        self.skipped: List[Path] = []
+        if verify:
+            samples = self._verify(samples, files is None)
+        if not samples:
+            raise ValueError(f"ImageFolderDataset: no images to use under {str(self.root)!r}")
+        self.samples = samples
+        self.targets = torch.tensor([label for _, label in samples], dtype=torch.int64)
+        self.failed: set = set()
+
+    def _verify(self, samples, check_classes: bool):
+        kept = []
+        for path, label in samples:
+            reason = check_image(path)
+            if reason is None:
+                kept.append((path, label))
+            elif self.strict:
+                raise UnreadableImageError(f"unreadable image {str(path)!r}: {reason}")
+            else:
+                self.skipped.append(path)
+        if self.skipped:
+            warnings.warn(
+                f"ImageFolderDataset: skipped {len(self.skipped)} unreadable image file(s) under "
+                f"{self.root}: {_name_some(self.skipped, self.root)}",
+                stacklevel=3,
+            )
+        if check_classes:
+            present = {label for _, label in kept}
+            for label, name in enumerate(self.classes):
+                if label not in present:
+                    raise ValueError(f"class folder {str(self.root / name)!r} (class {name!r}) has no readable images")
+        return kept
+
+    # ---- how samples are made
+    def set_train_crop(self, scale: Tuple[float, float] = (0.08, 1.0),
+                       ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> ImageFolderDataset:
+        """Make training samples: a random-resized crop (area fraction ``scale``, aspect ``ratio``)
+        of the full decoded image, resized to ``img_size``. Returns the dataset itself."""
+        self.train_crop = (_check_range("scale", scale), _check_range("ratio", ratio))
+        return self
+
+    def set_eval_crop(self, crop_pct: float = 1.0, interpolation: Optional[str] = None) -> ImageFolderDataset:
+        """Make evaluation samples (:func:`resize_center_crop`; the default). Returns the dataset itself."""
+        self.crop_pct = _check_crop_pct(crop_pct)
+        if interpolation is not None:
+            pil_interpolation(interpolation)
+            self.interpolation = interpolation.lower()
+        self.train_crop = None
+        return self
+
+    def make_sample(self, image: Image.Image) -> torch.Tensor:
+        """A decoded RGB image -> the uint8 sample (3, img_size, img_size), as this dataset makes them."""
+        if self.train_crop is None:
+            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation))
+        left, top, w, h = random_resized_crop_box(image.width, image.height, *self.train_crop)
+        out = image.resize((self.img_size, self.img_size), pil_interpolation(self.interpolation),
+                           box=(left, top, left + w, top + h))
+        return _to_tensor(out)
+
+    def _read(self, path: Path) -> torch.Tensor:
+        draft = None
+        if self.train_crop is not None:  # the smallest crop must keep img_size pixels per side
+            draft = int(math.ceil(self.img_size / math.sqrt(self.train_crop[0][0])))
+        return self.make_sample(decode_image(path, draft))
+
+    def select(self, indices: Sequence[int]) -> ImageFolderDataset:
+        """A new dataset holding the samples at ``indices`` (no re-check of the files)."""
+        from hilovit.data.idx import _as_index_array
+
+        idx = _as_index_array(indices, len(self), "ImageFolderDataset.select: indices")
+        out = copy.copy(self)
+        out.samples = [self.samples[i] for i in idx.tolist()]
+        out.targets = self.targets[torch.from_numpy(idx)]
+        out.failed = set(self.failed)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_with_skips(self, index: int) -> Tuple[torch.Tensor, int, Tuple[str, ...]]:
+        """``(image, label, skipped)``: the sample at ``index``, or the next readable one, and the
+        paths passed over because they cannot be decoded (known ones included)."""
+        n = len(self.samples)
+        index = int(index)
+        if not -n <= index < n:
+            raise IndexError(f"ImageFolderDataset: index {index} out of range for {n} samples")
+        skipped: List[str] = []
+        for k in range(n):
+            path, label = self.samples[(index + k) % n]
+            if path in self.failed:
+                skipped.append(str(path))
+                continue
+            try:
+                return self._read(path), label, tuple(skipped)
+            except Exception as e:  # decoding errors come in many types
+                if self.strict:
+                    raise UnreadableImageError(f"unreadable image {str(path)!r}: {type(e).__name__}: {e}") from e
+                self.failed.add(path)
+                skipped.append(str(path))
+                warnings.warn(
+                    f"ImageFolderDataset: cannot decode {str(path)!r} ({type(e).__name__}: {e}); "
+                    "using the next sample instead",
+                    stacklevel=2,
+                )
+        raise UnreadableImageError(f"ImageFolderDataset: no image under {str(self.root)!r} can be decoded")
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        image, label, _ = self.load_with_skips(index)
+        return image, label
+
+    def __repr__(self) -> str:
+        crop = (f"train_crop(scale={self.train_crop[0]}, ratio={self.train_crop[1]})" if self.train_crop
+                else f"crop_pct={self.crop_pct}")
+        return (f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
+                f"img_size={self.img_size}, {crop}, interpolation={self.interpolation!r}, "
+                f"skipped={len(self.skipped)})")
