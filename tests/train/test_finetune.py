@@ -259,3 +259,38 @@ def test_tensorboard_missing_names_the_extra(idx_dir, tmp_path, monkeypatch):
     with pytest.raises(OptionError, match=r"pip install 'hilovit\[tensorboard\]'"):
         train(data=str(idx_dir), output=str(tmp_path / "run"), log_tensorboard=True, **TINY)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.timeout(240)
+def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir, weights_file, tmp_path):
+    """DDP registers the parameters that need gradients when it wraps the model: the engine wraps it again
+    when the backbone thaws, so two processes still give the weights of one (SGD, synchronised BatchNorm;
+    see test_distributed.py for why)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = dict(model="litv2_nano", epochs=2, batch_size=16, train_subset=64, eval_subset=16, mixup=0.0, cutmix=0.0,
+                drop_path=0.0, amp="off", seed=3, warmup_epochs=0.0, base_lr=0.2, optimizer="sgd",
+                freeze_backbone_epochs=1, pretrained=str(weights_file))
+    train(data=str(idx_dir), output=str(tmp_path / "one"), augment="none", progress="off", threads=1, **args)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "hilovit", "train", "--data", str(idx_dir),
+           "--output", str(tmp_path / "two"), "--no-augment", "--sync-bn", "--progress", "log", *flags]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("backbone unfrozen at epoch 2") == 1, proc.stdout
+    one, two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" /
+                                                                                      "model.safetensors"))
+    start = torch.load(weights_file, weights_only=True)["model"]
+    assert not torch.equal(one["layers.0.blocks.0.mlp.fc1.weight"], start["layers.0.blocks.0.mlp.fc1.weight"])
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
