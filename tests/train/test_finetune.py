@@ -294,3 +294,19 @@ def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir,
     assert not torch.equal(one["layers.0.blocks.0.mlp.fc1.weight"], start["layers.0.blocks.0.mlp.fc1.weight"])
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_a_tagged_name_picks_its_file_and_the_variant(monkeypatch, tmp_path):
+    from hilovit.models import hub
+    from hilovit.train.finetune import resolve_weights
+
+    fetched = []
+    monkeypatch.setattr(hub, "fetch", lambda source, **kw: fetched.append((source, kw)) or tmp_path / "w.pth")
+    for cfg in (TrainConfig.from_dict({"pretrained": "litv2_s.alpha_0_5"}),
+                TrainConfig(model="litv2_s", pretrained="litv2_s.alpha_0_5")):
+        plan = resolve_weights(cfg)
+        assert plan.model == "litv2_s.alpha_0_5" and plan.given == "litv2_s.alpha_0_5"
+        assert plan.source.endswith("/v1.1/alpha_0_5.pth") and plan.path == tmp_path / "w.pth"
+    assert fetched[-1][1]["file_name"] == "litv2_s-alpha_0_5.pth"
+    plan = resolve_weights(TrainConfig(model="swin_t", pretrained=True))  # True: the model's default weights
+    assert plan.model == "swin_t" and plan.source.endswith("swin_tiny_patch4_window7_224.pth")

@@ -295,6 +295,8 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     resolve_device(cfg.device)  # ValueError for an unknown name or a device this machine lacks
     out = _check_output(cfg)
     weights = None if state else resolve_weights(cfg)  # a resumed run keeps its own weights
+    if weights is not None:
+        cfg.model = weights.model  # with the weights' tag (it may set the variant): what eval and predict rebuild
     if cfg.log_tensorboard:
         TensorBoardLog.check_available()
     if os.environ.get("RANK", "0") in ("", "0"):
