@@ -261,6 +261,7 @@ def test_tensorboard_missing_names_the_extra(idx_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+@pytest.mark.slow  # two torchrun processes: ~40 s on a shared 2-core machine
 @pytest.mark.timeout(240)
 def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir, weights_file, tmp_path):
     """DDP registers the parameters that need gradients when it wraps the model: the engine wraps it again
