@@ -142,8 +142,8 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fine-tuning")
     g.add_argument("--pretrained", "--initial-checkpoint", dest="pretrained", metavar="NAME|PATH|URL",
                    help="start from these weights: a model with published weights (litv2_s, NAME.TAG; sets --model), "
-                   "a weights file, an http(s) URL or hf-hub:org/name; the head is re-initialised for the data's "
-                   "classes. Ignored with --resume")
+                   "a weights file or training output folder, an http(s) URL or hf-hub:org/name; the head is "
+                   "re-initialised for the data's classes. Ignored with --resume")
     g.add_argument("--layer-decay", type=_layer_decay, metavar="D",
                    help="layer-wise learning-rate decay: layer i of L blocks trains at lr * D**(L+1-i) (default off)")
     g.add_argument("--freeze-backbone-epochs", type=non_negative_int, metavar="N",

@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from hilovit import create_model
 from hilovit.cli import main
@@ -118,6 +119,13 @@ def test_run_starts_from_the_file_and_records_it(idx_dir, weights_file, tmp_path
         meta = f.metadata()
     assert meta["pretrained"] == str(weights_file) and meta["pretrained_sha256"] == digest
     assert torch.load(out / "last.pt", weights_only=True)["weights"] == record
+    # a run's output folder is a source too: its model.safetensors
+    cfg = TrainConfig(data=str(idx_dir), pretrained=str(out), **opts(epochs=1))
+    plan = resolve_weights(cfg)
+    assert plan.given == str(out) and plan.path == out / "model.safetensors"
+    model, _ = build_model(cfg, 10, 1, plan)
+    trained = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
 
 def test_head_is_reinitialised_for_other_classes_in_one_line(tmp_path, weights_file, capsys):
@@ -271,8 +279,6 @@ def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir,
     import socket
     import subprocess
     import sys
-
-    from safetensors.torch import load_file
 
     args = dict(model="litv2_nano", epochs=2, batch_size=16, train_subset=64, eval_subset=16, mixup=0.0, cutmix=0.0,
                 drop_path=0.0, amp="off", seed=3, warmup_epochs=0.0, base_lr=0.2, optimizer="sgd",

@@ -6,7 +6,8 @@
   ``litv2_s.alpha_0_5``, ``swin_tiny_patch4_window7_224.ms_in1k``): the model is built as that
   name and its published file is fetched (once, into the torch hub cache);
 * ``True``: the published weights of ``model``;
-* a file path, an ``http(s)://`` URL or ``'hf-hub:org/name'``: that file, loaded into ``model``;
+* a file path (or a training output folder: its ``model.safetensors``, else ``last.pt``), an
+  ``http(s)://`` URL or ``'hf-hub:org/name'``: that file, loaded into ``model``;
 * a state dict (from Python).
 
 An existing file wins over a model of the same name. The model is always built for the data (its
@@ -114,6 +115,13 @@ def resolve_weights(cfg: TrainConfig) -> Optional[WeightsPlan]:
         if not _is_remote(source) and not Path(source).expanduser().exists():
             raise OptionError(f"{{pretrained}}={given!r}: no such file, and not a model with published weights "
                               "(see `hilovit models --pretrained`), a URL or 'hf-hub:org/name'")
+        if not _is_remote(source) and Path(source).expanduser().is_dir():  # a training run's output folder
+            from hilovit.models.checkpoint import resolve_checkpoint
+
+            try:
+                source = str(resolve_checkpoint(source))
+            except FileNotFoundError as e:
+                raise OptionError(f"{{pretrained}}={given!r}: {e}") from None
     try:
         path = hub.fetch(source, sha256=sha256, file_name=file_name)
     except (hub.DownloadError, ValueError, OSError) as e:
