@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from hilovit.cli_support import (
     OneLineParser,
+    add_finetune_options,
     command_parser,
     device_name,
     non_negative_int,
@@ -371,6 +372,7 @@ def _add_train(commands) -> None:
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the model's)")
     g.add_argument("--model-ema", action="store_true", help="keep and evaluate an EMA of the weights")
     g.add_argument("--model-ema-decay", type=float)
+    add_finetune_options(p)
     g = p.add_argument_group("augmentation (on the batch, kornia)")
     g.add_argument("--no-augment", action="store_true", help="no random augmentation at all")
     g.add_argument("--no-crop", dest="crop", action="store_false", help="no random resized crop")
@@ -399,7 +401,9 @@ def _add_train(commands) -> None:
 def _run_train(args) -> int:
     from hilovit.train import print_summary, train
     from hilovit.train.config import options_from_cli
+    from hilovit.train.report import use_plain_output
 
+    use_plain_output()  # the training lines on stdout, as plain text
     summary = train(recipe=args.config, **options_from_cli(vars(args)))
     print_summary(summary, as_json=getattr(args, "json", False))  # rank 0 only under torchrun
     return 0

@@ -92,6 +92,18 @@ class TrainConfig:
         eval_batch_size: batch of evaluation (None: 2 x batch_size per process).
         log_interval: steps between log lines when the progress bar is off.
         progress: ``'auto'`` (a bar on a terminal, log lines otherwise), ``'bar'``, ``'log'``, ``'off'``.
+        pretrained: start from these weights (fine-tuning): a model name with published weights,
+            ``NAME.TAG`` (``hilovit models --pretrained``), a file path, an ``http(s)://`` URL,
+            ``'hf-hub:org/name'``, True (the published weights of ``model``) or, from Python, a state
+            dict. The model is built for the data's classes and channels; a classifier of another
+            size is re-initialised. A name also sets ``model`` when ``model`` is not given.
+            Ignored on ``resume`` (the run's own weights are used). Alias: ``initial_checkpoint``.
+        layer_decay: layer-wise learning-rate decay in (0, 1] (BEiT/timm): the rate of layer ``i`` of
+            ``L`` blocks is multiplied by ``layer_decay ** (L + 1 - i)``; None = off.
+        freeze_backbone_epochs: train only the classifier head for this many first epochs (as many as
+            ``epochs`` or more: the backbone never trains, a linear probe).
+        log_tensorboard: also write TensorBoard scalars into ``output/tensorboard/`` (needs
+            ``pip install hilovit[tensorboard]``).
         resume: continue from ``output/last.pt``; overwrite: start afresh even if ``output`` has a run.
         stop_at_epoch: end this process after that epoch (the schedule still follows ``epochs``);
             continue later with ``resume``.
@@ -142,6 +154,10 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     log_interval: int = 50
     progress: str = "auto"
+    pretrained: Optional[Union[bool, str, Mapping[str, Any]]] = None
+    layer_decay: Optional[float] = None
+    freeze_backbone_epochs: int = 0
+    log_tensorboard: bool = False
     resume: bool = False
     overwrite: bool = False
     stop_at_epoch: Optional[int] = None
@@ -163,10 +179,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - {"initial_checkpoint"})
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known: {', '.join(sorted(known))}")
         values = dict(values)
+        if "initial_checkpoint" in values:  # timm's name for the same thing
+            alias = values.pop("initial_checkpoint")
+            if alias is not None and values.get("pretrained") not in (None, alias):
+                raise OptionError(f"{{pretrained}}={values['pretrained']!r} and initial_checkpoint={alias!r} name "
+                                  "two different sources of weights; give one")
+            if alias is not None:
+                values["pretrained"] = alias
+        if "model" not in values:
+            from hilovit.train.finetune import model_of_weights
+
+            named = model_of_weights(values.get("pretrained"))
+            if named is not None:
+                values["model"] = named
         aug = values.get("augment", "default")
         if aug == "default":
             values.pop("augment", None)
@@ -185,6 +214,8 @@ class TrainConfig:
                 v = {k: list(x) if isinstance(x, tuple) else x for k, x in dataclasses.asdict(v).items()}
             elif isinstance(v, tuple):
                 v = list(v)
+            elif f.name == "pretrained" and isinstance(v, Mapping):
+                v = IN_MEMORY  # tensors do not belong in YAML, JSON or the options of a checkpoint
             elif isinstance(v, dict):
                 v = dict(v)
             out[f.name] = v
@@ -257,6 +288,25 @@ class TrainConfig:
             self.augment = _as_augment(self.augment)
         if self.stop_at_epoch is not None and self.stop_at_epoch > self.epochs:
             raise OptionError(f"{{stop_at_epoch}}={self.stop_at_epoch} is beyond {{epochs}}={self.epochs}")
+        if self.pretrained is not None and not isinstance(self.pretrained, (bool, str, os.PathLike, Mapping)):
+            raise OptionError(f"{{pretrained}}={self.pretrained!r}: expected a model name, NAME.TAG, a file path, a "
+                              "URL, 'hf-hub:org/name' or a state dict")
+        if isinstance(self.pretrained, os.PathLike):
+            self.pretrained = os.fspath(self.pretrained)
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():
+            raise OptionError("{pretrained}='': expected a model name, NAME.TAG, a file path, a URL or "
+                              "'hf-hub:org/name'")
+        if self.pretrained is False:
+            self.pretrained = None
+        if self.layer_decay is not None and (isinstance(self.layer_decay, bool)
+                                             or not isinstance(self.layer_decay, (int, float))
+                                             or not 0 < self.layer_decay <= 1):
+            raise OptionError(f"{{layer_decay}}={self.layer_decay!r}: expected a number in (0, 1] (or unset: off)")
+        fbe = self.freeze_backbone_epochs
+        if isinstance(fbe, bool) or not isinstance(fbe, int) or fbe < 0:
+            raise OptionError(f"{{freeze_backbone_epochs}}={fbe!r}: expected an integer >= 0")
+        if not isinstance(self.log_tensorboard, bool):
+            raise OptionError(f"{{log_tensorboard}}={self.log_tensorboard!r}: expected true or false")
         if self.resume and self.overwrite:
             raise OptionError("{resume} and {overwrite} contradict each other; choose one")
 
@@ -271,6 +321,7 @@ class TrainConfig:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
+IN_MEMORY = "state dict (in memory)"  # how a state dict given as ``pretrained`` is written down
 
 
 def _flag(name: str) -> str:

@@ -25,7 +25,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -43,11 +43,19 @@ from hilovit.train.distributed import (
 )
 from hilovit.train.ema import ModelEma
 from hilovit.train.evaluate import autocast_context, evaluate, resolve_amp
+from hilovit.train.finetune import (
+    build_model,
+    hold_backbone_norms,
+    resolve_weights,
+    set_backbone_frozen,
+    weights_record,
+)
 from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches, crop_in_workers, report_skipped_images
 from hilovit.train.optim import CosineWarmupSchedule, build_optimizer
 from hilovit.train.report import (
     METRIC_COLUMNS,
     Reporter,
+    TensorBoardLog,
     format_summary,
     plot_curves,
     plural,
@@ -82,12 +90,18 @@ _OUTPUT_FILES = ("last.pt", "model.safetensors", "model_ema.safetensors", "summa
 
 
 
-def _metadata(cfg: TrainConfig, model_name: str, info, in_chans: int, img_size: int, mean, std) -> Dict[str, str]:
+def _metadata(cfg: TrainConfig, model_name: str, info, in_chans: int, img_size: int, mean, std,
+              started_from: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
     import json
 
     from hilovit import __version__
 
+    meta = {} if started_from is None else {  # safetensors metadata holds strings only
+        "pretrained": str(started_from["given"]), "pretrained_source": str(started_from["source"] or ""),
+        "pretrained_file": str(started_from["file"] or ""), "pretrained_sha256": str(started_from["sha256"] or ""),
+    }
     return {
+        **meta,
         "format": "hilovit-train",
         "model": model_name,
         "num_classes": str(info.num_classes),
@@ -123,23 +137,6 @@ def _check_output(cfg: TrainConfig) -> Path:
     return out
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> Tuple[nn.Module, int]:
-    from hilovit.models import create_model
-
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.update(num_classes=num_classes, in_chans=in_chans)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
-    if cfg.drop_path is not None:
-        kwargs["drop_path_rate"] = cfg.drop_path
-    try:
-        model = create_model(cfg.model, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {cfg.model!r} does not accept these options {sorted(kwargs)}: {e}") from e
-    img_size = cfg.img_size or int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (0, 224))[-1])
-    return model, img_size
-
-
 def _set_threads(cfg: TrainConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -156,6 +153,8 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
     from hilovit.data import soft_target_cross_entropy
 
     ddp_model.train()
+    if ctx.get("backbone_frozen"):
+        hold_backbone_norms(model)
     pipeline.train()
     batches.set_epoch(epoch)
     n_steps = len(batches)
@@ -233,6 +232,24 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
     }
 
 
+def _apply_freezing(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> None:
+    """Freeze the backbone for the first ``freeze_backbone_epochs`` epochs, thaw it after: a function of the
+    epoch alone, so a resumed run is in the same state (BatchNorm statistics are held too). DDP registers
+    the parameters that need gradients when it wraps the model: it wraps it again when that set changes."""
+    cfg: TrainConfig = ctx["cfg"]
+    if not cfg.freeze_backbone_epochs:
+        return
+    frozen = ctx["backbone_frozen"] = epoch < cfg.freeze_backbone_epochs
+    changed = set_backbone_frozen(ctx["model"], frozen)
+    if changed and ctx["env"].distributed:
+        ctx["ddp_model"] = wrap_ddp(ctx["model"], ctx["env"])
+    if frozen and changed:
+        reporter.print(f"backbone frozen for the first {plural(cfg.freeze_backbone_epochs, 'epoch')}: only the "
+                       "classifier head trains")
+    elif epoch == cfg.freeze_backbone_epochs:
+        reporter.print(f"backbone unfrozen at epoch {epoch + 1}: every layer trains from here")
+
+
 class _nullctx:
     def __enter__(self):
         return None
@@ -277,6 +294,11 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     model_entrypoint(cfg.model)  # ValueError listing the models
     resolve_device(cfg.device)  # ValueError for an unknown name or a device this machine lacks
     out = _check_output(cfg)
+    weights = None if state else resolve_weights(cfg)  # a resumed run keeps its own weights
+    if weights is not None:
+        cfg.model = weights.model  # with the weights' tag (it may set the variant): what eval and predict rebuild
+    if cfg.log_tensorboard:
+        TensorBoardLog.check_available()
     if os.environ.get("RANK", "0") in ("", "0"):
         remove_stale_temporaries(out)  # left by a process killed while writing
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -307,7 +329,7 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     # ---- processes, model, optimiser
     env = init_distributed(cfg.device)
     try:
-        summary = _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start)
+        summary = _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start, weights)
     except BaseException:
         cleanup_distributed(wait=False)  # another process may be gone: no barrier (torchrun stops the rest)
         raise
@@ -315,7 +337,7 @@ def train(config: Optional[TrainConfig] = None, recipe=None, **overrides: Any) -
     return summary
 
 
-def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start) -> Dict[str, Any]:
+def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_start, weights=None) -> Dict[str, Any]:
     from hilovit.data import Mixup
 
     reporter = Reporter(env, cfg.progress, cfg.log_interval)
@@ -331,7 +353,9 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
 
             return {**json.loads(done.read_text(encoding="utf-8")), "rank": env.rank}
     _seed_everything(cfg.seed)
-    model, img_size = _build_model(cfg, info.num_classes, in_chans)
+    weight_notes: list = []  # how the weights were fitted to this model: printed after the run's description
+    model, img_size = build_model(cfg, info.num_classes, in_chans, weights, log=weight_notes.append)
+    started_from = weights_record(model, weights) if not state else state.get("weights")
     if cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise OptionError(f"model {cfg.model!r} cannot recompute its blocks in the backward pass; leave "
@@ -342,7 +366,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
     model.to(env.device)
     lr, min_lr, warmup_lr = cfg.scaled_lr()
     optimizer = build_optimizer(model, cfg.optimizer, lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.momentum,
-                                cfg.offset_lr_scale)
+                                cfg.offset_lr_scale, cfg.layer_decay)
     train_batches = TrainBatches(train_ds, cfg.batch_size, cfg.seed, env.rank, env.world_size, cfg.workers,
                                  env.device.type == "cuda")
     steps_per_epoch = len(train_batches)
@@ -389,7 +413,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
 
     n_params = sum(p.numel() for p in model.parameters())
     meta = _metadata(cfg, cfg.model, info, in_chans, img_size, pipeline.normalize.mean.flatten().tolist(),
-                     pipeline.normalize.std.flatten().tolist())
+                     pipeline.normalize.std.flatten().tolist(), started_from)
     if env.is_main:
         atomic_write_text(out / "config.yaml", yaml_dump(cfg.to_dict()))
     what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else plural(cfg.epochs, "epoch")
@@ -404,6 +428,12 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
         f"{env.device}, {plural(torch.get_num_threads(), 'thread')} each), {steps_per_epoch} steps/epoch, "
         f"lr {lr:.3g} (warm-up {plural(warmup_steps, 'step')}), amp {amp_dtype or 'off'} -> {out}"
     )
+    if started_from is not None and not state:
+        where = [started_from["file"]] if started_from["file"] not in (None, started_from["given"]) else []
+        where += [f"sha256 {started_from['sha256'][:12]}..."] if started_from["sha256"] else []
+        reporter.print(f"starting from {started_from['given']}" + (f" ({', '.join(where)})" if where else ""))
+        for note in weight_notes:
+            reporter.print(note)
     if describe_changes(changes):
         reporter.print(describe_changes(changes))
     old_epochs = next((old for key, old, _ in changes if key == "epochs"), None)
@@ -414,6 +444,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
     ctx = dict(cfg=cfg, env=env, model=model, ddp_model=ddp_model, optimizer=optimizer, schedule=schedule,
                scaler=scaler, ema=ema, pipeline=pipeline, mixup=mixup, train_batches=train_batches,
                amp_dtype=amp_dtype, step=step)
+    tensorboard = TensorBoardLog(out / "tensorboard") if (cfg.log_tensorboard and env.is_main) else None
     last_eval: Dict[str, Any] = {}
     last_eval_ema: Dict[str, Any] = {}
     end_epoch = cfg.stop_at_epoch or cfg.epochs
@@ -421,6 +452,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
         seed = _epoch_seed(cfg.seed, epoch, env.rank)
         _seed_everything(seed)
         row: Dict[str, Any] = {"epoch": epoch + 1}
+        _apply_freezing(ctx, epoch, reporter)
         try:
             stats = _train_one_epoch(ctx, epoch, reporter)
         except Exception as e:
@@ -472,10 +504,16 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
                 "metadata": meta,
                 "wall_seconds_total": row["wall_seconds"],
             }
+            if started_from is not None:
+                ckpt["weights"] = started_from
             atomic_torch_save(ckpt, out / "last.pt")
+            if tensorboard is not None:
+                tensorboard.write_epoch(row)
             write_metrics_csv(out / "metrics.csv", history)
             plot_curves(history, out / "curves.png", f"{cfg.model} on {info.name}")
 
+    if tensorboard is not None:
+        tensorboard.close()
     finished = end_epoch >= cfg.epochs
     wall = time.perf_counter() - t_start
     train_images = sum(r.get("train_images", 0) for r in history)
@@ -497,6 +535,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
         "threads": torch.get_num_threads(),
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         "lr": lr,
+        "pretrained": started_from,
         "train_images_per_second": train_images / train_seconds if train_seconds > 0 else None,
         "wall_seconds": wall,
         "wall_seconds_total": wall_before + wall,
@@ -514,6 +553,8 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
     if env.is_main:
         summary["files"] = {"last": str(out / "last.pt"), "metrics": str(out / "metrics.csv"),
                             "curves": str(out / "curves.png"), "config": str(out / "config.yaml")}
+        if cfg.log_tensorboard:
+            summary["files"]["tensorboard"] = str(out / "tensorboard")
         if finished:
             from hilovit.models.checkpoint import save_safetensors
 

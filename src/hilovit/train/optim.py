@@ -4,6 +4,11 @@
   in ``no_weight_decay()`` / ``no_weight_decay_keywords()`` (position tables); a model that has
   ``param_groups(lr, weight_decay, ...)`` (LITv2: the deformable token merging's offset
   predictors at 0.01x the learning rate) builds its own.
+* Layer-wise learning-rate decay (BEiT, timm's ``layer_decay``), optional: the stem has layer id 0,
+  each block its position in the network (1 .. ``num_layers``), the final norm and the head
+  ``num_layers + 1``; a parameter's rate is multiplied by ``layer_decay ** (num_layers + 1 - id)``.
+  A stage's merging layer (``layers.{i}.downsample``, run after the stage's blocks) takes the id of
+  the block it feeds, the first of stage ``i + 1``.
 * Learning rate: linear scaling, ``lr = base_lr * global_batch / 512`` (as the official LITv2 and
   Swin code, whose ``BASE_LR`` is for 512 images).
 * Schedule: linear warm-up from ``warmup_lr`` then cosine decay to ``min_lr``, updated every
@@ -13,12 +18,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule"]
+__all__ = ["scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "layer_ids",
+           "apply_layer_decay"]
 
 REFERENCE_BATCH = 512
 
@@ -29,34 +36,98 @@ def scale_lr(base_lr: float, batch_size: int, reference: int = REFERENCE_BATCH) 
 
 
 def build_param_groups(
-    model: nn.Module, lr: float, weight_decay: float, offset_lr_scale: float = 0.01
+    model: nn.Module, lr: float, weight_decay: float, offset_lr_scale: float = 0.01,
+    layer_decay: Optional[float] = None,
 ) -> List[Dict[str, Any]]:
     """Parameter groups with and without weight decay (each carrying ``lr_scale``).
 
     Uses ``model.param_groups(lr, weight_decay, offset_lr_scale)`` when the model defines it
     (LITv2), else: ``'decay'`` for weights, ``'no_decay'`` for 1-D parameters, ``*.bias`` and
     the names in ``no_weight_decay()`` or containing a ``no_weight_decay_keywords()`` entry.
+    ``layer_decay`` (in (0, 1]) then splits every group by layer (:func:`apply_layer_decay`).
     """
     if hasattr(model, "param_groups") and callable(model.param_groups):
         groups = model.param_groups(lr, weight_decay=weight_decay, offset_lr_scale=offset_lr_scale)
         for g in groups:
             g.setdefault("lr_scale", 1.0)
-        return groups
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
-            no_decay.append(p)
+    else:
+        skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+        keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [
+            {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+    if layer_decay is not None:
+        groups = apply_layer_decay(model, groups, lr, layer_decay)
+    return groups
+
+
+_BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
+_MERGE = re.compile(r"^layers\.(\d+)\.downsample\.")
+_STEM = ("patch_embed.", "absolute_pos_embed", "pos_embed", "cls_token")
+
+
+def layer_ids(model: nn.Module) -> Tuple[Dict[str, int], int]:
+    """``({parameter name: layer id}, num_layers)`` for layer-wise rate decay.
+
+    ``num_layers`` is the number of blocks (counted through ``model.layers[i].blocks``). Ids:
+    0 for the stem (``patch_embed``, position embeddings), ``1 + (blocks before it)`` for a block,
+    the id of the next block for a stage's merging layer (``layers.{i}.downsample``, which runs
+    after stage ``i`` and feeds stage ``i + 1``), ``num_layers + 1`` for everything after the
+    blocks (final norm, head).
+
+    Raises:
+        ValueError: the model has no ``layers[i].blocks`` stages (only the LITv2 and Swin families do).
+    """
+    stages = getattr(model, "layers", None)
+    if not isinstance(stages, (nn.ModuleList, nn.Sequential)) or not all(hasattr(s, "blocks") for s in stages):
+        raise ValueError(f"layer_decay needs a model made of stages of blocks (model.layers[i].blocks, as LITv2 "
+                         f"and Swin); {type(model).__name__} has none")
+    depths = [len(s.blocks) for s in stages]
+    first = [sum(depths[:i]) + 1 for i in range(len(depths))]  # id of each stage's first block
+    num_layers = sum(depths)
+    ids = {}
+    for name, _ in model.named_parameters():
+        block, merge = _BLOCK.match(name), _MERGE.match(name)
+        if block:
+            ids[name] = first[int(block.group(1))] + int(block.group(2))
+        elif merge:
+            ids[name] = min(num_layers + 1, first[int(merge.group(1))] + depths[int(merge.group(1))])
+        elif name.startswith(_STEM):
+            ids[name] = 0
         else:
-            decay.append(p)
-    groups = [
-        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
-    return [g for g in groups if g["params"]]
+            ids[name] = num_layers + 1
+    return ids, num_layers
+
+
+def apply_layer_decay(model: nn.Module, groups: List[Dict[str, Any]], lr: float,
+                      layer_decay: float) -> List[Dict[str, Any]]:
+    """Split each group by layer id: the part of group ``g`` in layer ``i`` becomes ``'{g}.layer{i}'`` with
+    ``lr_scale = g['lr_scale'] * layer_decay ** (num_layers + 1 - i)`` and ``lr = lr * lr_scale`` (other
+    settings, e.g. the group's weight decay, kept). See :func:`layer_ids`."""
+    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)) or not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay={layer_decay!r}: expected a number in (0, 1]")
+    ids, num_layers = layer_ids(model)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for g in groups:
+        by_layer: Dict[int, List[nn.Parameter]] = {}
+        for p in g["params"]:
+            by_layer.setdefault(ids[name_of[id(p)]], []).append(p)
+        for layer in sorted(by_layer):
+            scale = float(g.get("lr_scale", 1.0)) * float(layer_decay) ** (num_layers + 1 - layer)
+            out.append({**g, "name": f"{g.get('name', 'group')}.layer{layer}", "params": by_layer[layer],
+                        "lr": lr * scale, "lr_scale": scale, "layer_id": layer})
+    return out
 
 
 def build_optimizer(
@@ -68,9 +139,10 @@ def build_optimizer(
     eps: float = 1e-8,
     momentum: float = 0.9,
     offset_lr_scale: float = 0.01,
+    layer_decay: Optional[float] = None,
 ) -> torch.optim.Optimizer:
     """AdamW (the official recipe) or SGD with Nesterov momentum over :func:`build_param_groups`."""
-    groups = build_param_groups(model, lr, weight_decay, offset_lr_scale)
+    groups = build_param_groups(model, lr, weight_decay, offset_lr_scale, layer_decay)
     name = name.lower()
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)

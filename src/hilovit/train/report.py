@@ -1,10 +1,18 @@
 """What a training run prints and writes besides its checkpoint: log lines, ``metrics.csv``,
-``curves.png``, ``config.yaml`` and the closing summary."""
+``curves.png``, ``config.yaml``, TensorBoard scalars and the closing summary.
+
+Log lines go through :mod:`logging`, logger ``"hilovit.train"`` (INFO; warnings at WARNING). A
+plain handler (the message alone, on ``sys.stdout``) is attached to that logger so a script sees
+what the command line shows; it stands aside as soon as another handler is attached to
+``"hilovit.train"``. To silence the lines: ``logging.getLogger("hilovit.train").setLevel(logging.WARNING)``;
+to redirect them: attach your own handler to that logger (records also propagate to the root logger).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -13,7 +21,37 @@ from hilovit.train.distributed import DistEnv
 from hilovit.train.state import atomic_write_text
 
 __all__ = ["METRIC_COLUMNS", "Reporter", "write_metrics_csv", "yaml_dump", "plot_curves", "print_summary",
-           "format_summary", "plural"]
+           "format_summary", "plural", "logger", "PlainHandler", "use_plain_output", "TensorBoardLog"]
+
+logger = logging.getLogger("hilovit.train")
+
+
+class PlainHandler(logging.Handler):
+    """Writes the message alone to the ``sys.stdout`` of the moment (``sys.stderr`` for warnings and
+    worse), as the command line has always printed; steps aside when ``"hilovit.train"`` has another
+    handler (the user's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(h is not self for h in logger.handlers):
+            return
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(record.getMessage() + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must not stop training
+            self.handleError(record)
+
+
+def use_plain_output() -> None:
+    """Print the training lines as the command line shows them: the plain handler attached (once) and
+    INFO let through unless the level was set. Called on import and by ``hilovit train``."""
+    if not any(isinstance(h, PlainHandler) for h in logger.handlers):
+        logger.addHandler(PlainHandler())
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+use_plain_output()
 
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
                   "eval_top1_ema", "eval_top5_ema", "images_per_second", "train_seconds", "eval_seconds",
@@ -37,8 +75,9 @@ class Reporter:
         self.log_interval = log_interval
 
     def print(self, msg: str) -> None:
+        """One line to logger ``"hilovit.train"`` at INFO (rank 0 only, nothing with progress 'off')."""
         if self.main and self.mode != "off":
-            print(msg, flush=True)
+            logger.info(msg)
 
     def bar(self, total: int, desc: str):
         if not self.main or self.mode != "bar":
@@ -77,7 +116,47 @@ def plot_curves(history, path: Path, title: str) -> None:
 
         plot_training_curves(history, path, title)
     except Exception as e:  # noqa: BLE001 - a picture must never stop training
-        print(f"warning: could not draw {path}: {e}", file=sys.stderr)
+        logger.warning(f"warning: could not draw {path}: {e}")
+
+
+class TensorBoardLog:
+    """Per-epoch scalars for TensorBoard (``torch.utils.tensorboard.SummaryWriter``) in ``folder``:
+    ``train/loss``, ``train/top1``, ``train/lr``, ``train/images_per_second``, ``eval/loss``,
+    ``eval/top1``, ``eval/top5`` (and ``eval/top1_ema``), at step = epoch. Written on rank 0 only."""
+
+    EXTRA = "tensorboard"
+    TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "lr": "train/lr",
+            "images_per_second": "train/images_per_second", "eval_loss": "eval/loss", "eval_top1": "eval/top1",
+            "eval_top5": "eval/top5", "eval_top1_ema": "eval/top1_ema", "eval_top5_ema": "eval/top5_ema"}
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise a one-line ``ValueError`` naming the extra to install when TensorBoard is absent."""
+        try:
+            import tensorboard  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError as e:
+            from hilovit.train.config import OptionError
+
+            raise OptionError(f"{{log_tensorboard}} needs TensorBoard, which is not installed ({e}): "
+                              f"pip install 'hilovit[{cls.EXTRA}]'") from None
+
+    def __init__(self, folder: Path) -> None:
+        self.check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write_epoch(self, row: Dict[str, Any]) -> None:
+        epoch = int(row["epoch"])
+        for key, tag in self.TAGS.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(tag, float(value), epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def print_summary(summary: Dict[str, Any], as_json: bool = False) -> None:

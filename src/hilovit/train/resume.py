@@ -3,7 +3,8 @@
 A resumed run keeps the options saved in its ``last.pt``. Only those in :data:`RESUMABLE` may be
 given new values: they change how long the run goes (``epochs``, ``stop_at_epoch``), where the
 data lies (``data_dir``) and how the work is done and reported (``workers``, ``threads``,
-``progress``, ``log_interval``, ``eval_interval``), never what is computed. Any other option
+``progress``, ``log_interval``, ``eval_interval``, ``log_tensorboard``), never what is computed. ``pretrained`` is
+fixed like the others: a resumed run continues from its own weights, whatever it started from. Any other option
 given with a value other than the run's own is refused, naming the option and both values.
 
 A new ``epochs`` re-plans the schedule: the warm-up and cosine decay are laid out over the new
@@ -16,16 +17,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from hilovit.train.config import OptionError, TrainConfig, load_recipe, merge_options
+from hilovit.train.config import IN_MEMORY, OptionError, TrainConfig, load_recipe, merge_options
 from hilovit.train.report import plural
 from hilovit.train.state import load_training_state
 
 __all__ = ["RESUMABLE", "resolve_run", "describe_changes", "describe_replan"]
 
 RESUMABLE = ("epochs", "stop_at_epoch", "data_dir", "workers", "threads", "progress", "log_interval",
-             "eval_interval")
+             "eval_interval", "log_tensorboard")
 # Options that say which run this is, not what it computes: never compared.
 _RUN_KEYS = ("resume", "overwrite", "output")
 
@@ -54,6 +55,7 @@ def resolve_run(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
         explicit = config.to_dict()
     else:
         explicit = merge_options(load_recipe(recipe) if recipe is not None else {}, overrides)
+    explicit = _weights_as_written(explicit)
     if not explicit.get("resume"):
         return (config if config is not None else TrainConfig.from_dict(explicit)), {}, []
     if explicit.get("overwrite"):
@@ -86,6 +88,16 @@ def resolve_run(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
         wanted[key] = given[key]
     changes = [(k, saved[k], wanted[k]) for k in differing]
     return TrainConfig.from_dict(wanted), state, changes
+
+
+def _weights_as_written(options: Dict[str, Any]) -> Dict[str, Any]:
+    """``initial_checkpoint`` (timm's name) as ``pretrained``; a state dict as the config writes it down."""
+    out = dict(options)
+    if out.get("initial_checkpoint") is not None and out.get("pretrained") is None:
+        out["pretrained"] = out.pop("initial_checkpoint")
+    if out.get("resume") and isinstance(out.get("pretrained"), Mapping):
+        out["pretrained"] = IN_MEMORY
+    return out
 
 
 def describe_changes(changes: List[Tuple[str, Any, Any]]) -> Optional[str]:
