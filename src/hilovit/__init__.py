@@ -5,7 +5,9 @@ from hilovit.layers.fast import fast_inference, set_fast_inference, why_not_fast
 from hilovit.layers.hilo import HiLo
 from hilovit.layers.window_attention import WindowAttention
 from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
+from hilovit.models.hub import DownloadError
 from hilovit.models.litv2 import LITv2, LITv2Backbone
+from hilovit.models.pretrained import list_pretrained, load_pretrained
 from hilovit.models.segmentation import EncoderDecoder, build_segmentor
 from hilovit.models.swin import SwinTransformer
 from hilovit.predict import Predictor
@@ -16,10 +18,13 @@ __all__ = [
     "Attention",
     "build_segmentor", "EncoderDecoder",
     "CheckpointError",
+    "DownloadError",
     "create_model",
     "fast_inference",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
+    "load_pretrained",
     "register_model",
     "set_fast_inference",
     "HiLo",
