@@ -113,6 +113,9 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     f["demo.top5"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top5"]) / 100, 2)
     f["demo.images_per_s"] = lambda r: f"{float(r.json('demo/summary.json')['train_images_per_second']):.0f}"
     f["demo.minutes"] = lambda r: f"{float(r.json('demo/summary.json')['wall_seconds']) / 60:.1f} min"
+    # fine-tuning against scratch (benchmarks/finetune.json, benchmarks/finetune_vs_scratch.py)
+    for key in ("finetuned", "scratch", "pretrain"):
+        f[f"finetune.{key}_top1"] = lambda r, k=key: _pct(float(r.json("finetune.json")[f"{k}_top1"]) / 100, 2)
     # the segmentation demo (benchmarks/seg_demo/summary.json: the fashion-scenes recipe's run)
     for key in ("miou", "macc", "aacc"):
         f[f"seg_demo.{key}"] = lambda r, k=key: _pct(float(r.json("seg_demo/summary.json")[f"test_{k}"]) / 100, 1)
