@@ -563,10 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models)")
+    bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models, segmentation)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _add_bench_attention(bench_sub)
     _add_bench_models(bench_sub)
+    from hilovit.bench.seg import add_parser as add_bench_seg
+
+    add_bench_seg(bench_sub, _add_timing_options, _csv_list)
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)
