@@ -154,14 +154,14 @@ class HiLo(nn.Module):
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
         grid, flat = tokens_to_grid(self, x, H, W, self.dim)
         B, H, W, C = grid.shape
-        x = pad_to_multiple(grid, self.ws)[0] if self.ws > 1 else grid
+        x = pad_to_multiple(grid, self.ws)[0] if self.ws > 1 else grid  # traced: the padding stays symbolic
         if self.h_heads == 0:
             out = self.lofi(x)
         elif self.l_heads == 0:
             out = self.hifi(x)
         else:
             out = torch.cat((self.hifi(x), self.lofi(x)), dim=-1)
-        if out.shape[1] != H or out.shape[2] != W:
+        if out.shape[1] != H or out.shape[2] != W or torch.jit.is_tracing():
             out = out[:, :H, :W]
         out = self.proj_drop(out)
         return out.reshape(B, H * W, C) if flat else out
