@@ -147,8 +147,8 @@ class HiLo(nn.Module):
         """Keys and values ``(B, l_heads, M, head_dim)`` of the pooled map (``M = Hp Wp / ws^2``)."""
         if self.ws > 1:  # average pool, channels last in and out
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws).permute(0, 2, 3, 1)
-        kv = self._linear(self.l_kv, x.reshape(x.shape[0], -1, self.dim)).view(x.shape[0], -1, 2, self.l_heads,
-                                                                               self.head_dim)
+        B, M = x.shape[0], x.shape[1] * x.shape[2]  # explicit sizes: an empty batch has no -1 to infer
+        kv = self._linear(self.l_kv, x.reshape(B, M, self.dim)).view(B, M, 2, self.l_heads, self.head_dim)
         return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
