@@ -229,7 +229,7 @@ def _add_viz_common(p) -> None:
     p.add_argument("image", metavar="IMAGE", help="an image file (any Pillow format)")
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--checkpoint", default=None, help="trained weights (default: random initialisation)")
-    p.add_argument("--output", required=True, help="the PNG to write")
+    p.add_argument("--output", required=True, help="the picture to write: .png, .jpg/.jpeg or .webp")
     p.add_argument("--layer", type=int, default=None, help="layer index (see the sub-command's help)")
     p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
                    help="model input size (default: the model's pretrained_cfg input size)")
