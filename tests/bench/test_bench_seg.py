@@ -16,6 +16,8 @@ def test_parse_size():
     assert parse_size("2048x512") == (512, 2048)  # W x H, as the ADE20K test scale is written
     assert parse_size("96") == (96, 96)
     assert parse_size((40, 60)) == (40, 60)
+    # the default sizes, as (H, W): the ADE20K test scale 2048x512 is 512 rows of 2048 pixels
+    assert seg_bench.DEFAULT_SIZES == ((512, 512), (1024, 1024), parse_size("2048x512"))
     for bad in ("2048x", "ax5", 0, (3, 0), "1x2x3"):
         with pytest.raises(ValueError, match="size"):
             parse_size(bad)

@@ -39,7 +39,7 @@ __all__ = ["DEFAULT_PAIR", "DEFAULT_SIZES", "COLUMNS", "parse_size", "bf16_skip_
            "plot_seg_benchmark", "add_parser"]
 
 DEFAULT_PAIR = ("semfpn_litv2_s", "semfpn_swin_t")
-DEFAULT_SIZES: Tuple[Tuple[int, int], ...] = ((512, 512), (1024, 1024), (2048, 512))
+DEFAULT_SIZES: Tuple[Tuple[int, int], ...] = ((512, 512), (1024, 1024), (512, 2048))  # (H, W); 2048x512 is W x H
 QUICK_SIZES: Tuple[Tuple[int, int], ...] = ((32, 32), (64, 64))
 COLUMNS = [
     "img_size", "dtype", "status", "model", "baseline", "model_ms", "baseline_ms", "speed_ratio",
