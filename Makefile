@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hilovit-installed
 # The CPU wheel; anything newer pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: install data demo demo-results test lint bench clean
+.PHONY: install data demo demo-results test lint bench bench-seg clean
 
 install: $(STAMP)
 
@@ -44,6 +44,10 @@ bench: $(STAMP)
 	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype float32,bfloat16 \
 		--train --breakdown --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
 	$(BIN)/python scripts/readme_figures.py
+
+# Semantic FPN: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024 and 2048x512, batch 1 (several minutes).
+bench-seg: $(STAMP)
+	$(BIN)/hilovit bench seg --repeats 5 --warmup 1 --output benchmarks/seg
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

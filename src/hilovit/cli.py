@@ -254,7 +254,7 @@ def _add_viz_common(p) -> None:
     p.add_argument("image", metavar="IMAGE", help="an image file (any Pillow format)")
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--checkpoint", default=None, help="trained weights (default: random initialisation)")
-    p.add_argument("--output", required=True, help="the PNG to write")
+    p.add_argument("--output", required=True, help="the picture to write: .png, .jpg/.jpeg or .webp")
     p.add_argument("--layer", type=int, default=None, help="layer index (see the sub-command's help)")
     p.add_argument("--img-size", type=_img_size, nargs="+", metavar=("H", "W"), default=None,
                    help="model input size (default: the model's pretrained_cfg input size)")
@@ -607,10 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hilovit", description="Fast hierarchical vision transformers: HiLo / LITv2 and Swin.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models)")
+    bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models, segmentation)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
     _add_bench_attention(bench_sub)
     _add_bench_models(bench_sub)
+    from hilovit.bench.seg import add_parser as add_bench_seg
+
+    add_bench_seg(bench_sub, _add_timing_options, _csv_list)
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)

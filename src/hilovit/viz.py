@@ -1,185 +1,30 @@
 """Pictures: benchmark plots, training curves, and what HiLo's branches see (frequency maps, attention
-maps). Matplotlib, PNG, written atomically."""
+maps). Matplotlib; PNG, JPEG or WebP by the file's extension, written atomically."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
+
+from hilovit.plots import (  # noqa: F401 - the plots live there; re-exported for old imports
+    _pyplot,
+    plot_attention_benchmark,
+    plot_bars,
+    plot_confusion_matrix,
+    plot_sweep,
+    plot_training_curves,
+    save_figure,
+)
 
 __all__ = ["save_figure", "plot_attention_benchmark", "plot_bars", "plot_sweep", "plot_training_curves",
            "plot_confusion_matrix", "hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
-           "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "hilo_branches", "plot_hilo",
+           "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "small_map_warning",
+           "hilo_branches", "plot_hilo",
            "lofi_attention", "window_attention", "WindowAttentionInput", "AttentionMap", "attention_map",
            "plot_attention", "viz_hilo", "viz_attention"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` to ``path`` as PNG through a temporary file, then close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        _pyplot().close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def plot_bars(
-    groups: Sequence[str], series: Dict[str, Sequence[float]], ylabel: str, title: str, ax=None
-):
-    """Grouped bars: one group per label in ``groups``, one bar per series."""
-    import numpy as np
-
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(6, 1.3 * len(groups)), 4))
-    width = 0.8 / max(1, len(series))
-    xs = np.arange(len(groups))
-    for i, (name, values) in enumerate(series.items()):
-        bars = ax.bar(xs + (i - (len(series) - 1) / 2) * width, values, width, label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_xticks(xs, groups, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
-    return ax
-
-
-def plot_sweep(
-    xs: Sequence[float], series: Dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str, ax=None, log=True
-):
-    """Lines of ``series`` over ``xs`` (e.g. time or memory against token count)."""
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    for name, ys in series.items():
-        ax.plot(xs[: len(ys)], ys, marker="o", label=name)
-    if log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_attention_benchmark(rows: List[dict], path: str | os.PathLike) -> Path:
-    """Images/s per mechanism and dtype (first map size); with several sizes, time and memory against tokens."""
-    plt = _pyplot()
-    sizes = list(dict.fromkeys(r["tokens"] for r in rows))
-    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    mechs = list(dict.fromkeys(r["mechanism"] for r in rows))
-    ncols = 1 if len(sizes) == 1 else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(7 if ncols == 1 else 18, 4.5), squeeze=False)
-    first = [r for r in rows if r["tokens"] == sizes[0]]
-    series = {d: [next(r["images_per_s"] for r in first if r["mechanism"] == m and r["dtype"] == d) for m in mechs]
-              for d in dtypes}
-    plot_bars(mechs, series, "images / s (higher is better)", f"attention, {sizes[0]} tokens", ax=axes[0][0])
-    if len(sizes) > 1:
-        tokens = [int(s.split("x")[0]) * int(s.split("x")[1]) for s in sizes]
-        d = dtypes[0]
-        for ax, key, label in ((axes[0][1], "ms_per_batch", "ms per batch"),
-                               (axes[0][2], "peak_memory_MB", "peak memory (MB)")):
-            lines = {m: [r[key] for r in rows if r["mechanism"] == m and r["dtype"] == d] for m in mechs}
-            plot_sweep(tokens, lines, "tokens (H x W)", label, f"{label} vs tokens ({d})", ax=ax)
-    return save_figure(fig, path)
-
-
-_CURVE_LABELS = {
-    "train_loss": "train (mixed/smoothed targets, augmented)",
-    "eval_loss": "evaluation",
-    "train_top1": "train (augmented)",
-    "eval_top1": "evaluation",
-    "eval_top1_ema": "evaluation, EMA weights",
-}
-
-
-def plot_training_curves(rows: List[dict], path: str | os.PathLike, title: str = "training") -> Path:
-    """Loss, accuracy and learning rate per epoch, from the rows of a training run's ``metrics.csv``.
-
-    Each row needs ``epoch``, ``train_loss``, ``train_top1``, ``lr``; ``eval_loss`` and
-    ``eval_top1`` are drawn where present (epochs without evaluation are skipped).
-    """
-    plt = _pyplot()
-
-    def series(key):
-        pts = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (keys, label) in zip(axes[:2], ((("train_loss", "eval_loss"), "loss"),
-                                            (("train_top1", "eval_top1", "eval_top1_ema"), "top-1 accuracy (%)"))):
-        for key in keys:
-            xs, ys = series(key)
-            if xs:
-                ax.plot(xs, ys, marker="o", label=_CURVE_LABELS.get(key, key))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    xs, ys = series("lr")
-    axes[2].plot(xs, ys, marker="o")
-    axes[2].set_xlabel("epoch")
-    axes[2].set_ylabel("learning rate (end of epoch)")
-    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    axes[2].grid(alpha=0.3)
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_confusion_matrix(confusion: Sequence[Sequence[float]], classes: Sequence[str], path: str | os.PathLike,
-                          title: str = "confusion matrix", normalize: bool = True) -> Path:
-    """Confusion matrix with the class names: rows are true classes, columns predictions.
-
-    Cells are coloured by the share of the row (``normalize``) and labelled with the counts.
-    """
-    import numpy as np
-
-    plt = _pyplot()
-    cm = np.asarray(confusion, dtype=np.float64)
-    k = len(classes)
-    if cm.shape != (k, k):
-        raise ValueError(f"plot_confusion_matrix: confusion has shape {cm.shape}, expected ({k}, {k}) for the classes")
-    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
-    side = max(5.0, 0.6 * k + 2)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class" if normalize else "images")
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 30:
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
-                        color="white" if shown[i, j] > 0.5 * (shown.max() or 1) else "black")
-    ax.set_title(title)
-    return save_figure(fig, path)
-
 
 # =========================================================================== what HiLo sees
 # ``hilovit viz hilo``: the Hi-Fi and Lo-Fi branch outputs of one HiLo layer (feature energy per
@@ -386,6 +231,13 @@ class HiLoBranches:
     hifi: Any  # (H, W, h_dim)
     lofi: Any  # (H, W, l_dim)
     cutoff: float = 0.25
+    window: int = 1  # the layer's window / pooling size
+
+    @property
+    def warning(self) -> Optional[str]:
+        """One line when the layer's map is too small for the comparison to mean much, else None."""
+        H, W, _ = self.hifi.shape
+        return small_map_warning(self.layer, self.name, (H, W), self.window)
 
     @property
     def hifi_share(self) -> float:
@@ -401,6 +253,27 @@ class HiLoBranches:
             f"HiLo layer {self.layer} ({self.name}, {H}x{W} tokens): share of spectral energy above "
             f"{self.cutoff:g} cycles/token: Hi-Fi {self.hifi_share:.3f}, Lo-Fi {self.lofi_share:.3f}"
         )
+
+
+MIN_POOLED_SIDE = 3  # Lo-Fi keys per side below which the branch pictures say little
+
+
+def small_map_warning(layer: int, name: str, tokens: Tuple[int, int], window: int) -> Optional[str]:
+    """Why the pictures of a HiLo layer on a ``tokens`` map with window ``window`` say little, or None.
+
+    The Lo-Fi branch attends to the map average-pooled over ``window x window`` cells; when that
+    leaves fewer than :data:`MIN_POOLED_SIDE` keys per side (e.g. 1x1 or 2x2), Lo-Fi sees an
+    almost constant summary and Hi-Fi's windows cover nearly the whole map, so the two branches'
+    spectra (a few frequencies at most) cannot be compared meaningfully.
+    """
+    H, W = tokens
+    kh, kw = -(-H // window), -(-W // window)
+    if min(kh, kw) >= MIN_POOLED_SIDE:
+        return None
+    need = MIN_POOLED_SIDE * window
+    return (f"HiLo layer {layer} ({name}) works on a {H}x{W} token map: its window size {window} pools it to "
+            f"{kh}x{kw} Lo-Fi keys, too few for the Hi-Fi/Lo-Fi comparison to mean much (a map of at least "
+            f"{need}x{need} tokens is needed: a larger --img-size)")
 
 
 def hilo_branches(model, x, layer: Optional[int] = None, cutoff: float = 0.25) -> HiLoBranches:
@@ -420,7 +293,7 @@ def hilo_branches(model, x, layer: Optional[int] = None, cutoff: float = 0.25) -
         model.train(was_training)
     if cap.hifi is None or cap.lofi is None:
         raise RuntimeError(f"HiLo layer {name} did not run in the forward pass")
-    return HiLoBranches(index, name, cap.hifi[0].cpu(), cap.lofi[0].cpu(), cutoff)
+    return HiLoBranches(index, name, cap.hifi[0].cpu(), cap.lofi[0].cpu(), cutoff, window=hilo.ws)
 
 
 def _show_image(ax, image, title: str = "input") -> None:
@@ -650,9 +523,17 @@ def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size
 
 def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
              cutoff: float = 0.25) -> Tuple[Path, HiLoBranches]:
-    """``hilovit viz hilo``: the picture of a HiLo layer's two branches for ``image``; returns (path, branches)."""
+    """``hilovit viz hilo``: the picture of a HiLo layer's two branches for ``image``; returns (path, branches).
+
+    The picture's format follows ``output``'s extension (.png, .jpg/.jpeg, .webp); a map too small to
+    mean much gets one warning line on stderr (:func:`small_map_warning`)."""
+    from hilovit.image_files import image_format
+
+    image_format(output)  # refused before the model runs
     net, x, display = _model_input(image, model, checkpoint, img_size)
     branches = hilo_branches(net, x, layer, cutoff)
+    if branches.warning:
+        print(f"warning: {branches.warning}", file=sys.stderr)
     weights = "trained weights" if checkpoint else "random weights"
     title = f"{model} ({weights})\n{branches.summary()}"
     return plot_hilo(branches, display, output, title=title), branches
@@ -660,8 +541,15 @@ def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = 
 
 def viz_attention(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
                   query: Optional[Tuple[float, float]] = None, heads: int = 4) -> Tuple[Path, AttentionMap]:
-    """``hilovit viz attention``: one query's attention over ``image``; returns (path, map)."""
+    """``hilovit viz attention``: one query's attention over ``image``; returns (path, map). Formats and
+    the small-map warning as :func:`viz_hilo`."""
+    from hilovit.image_files import image_format
+
+    image_format(output)
     net, x, display = _model_input(image, model, checkpoint, img_size)
     amap = attention_map(net, x, layer, query)
+    warning = small_map_warning(amap.layer, amap.name, amap.tokens, amap.cell) if amap.kind == "lofi" else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     weights = "trained weights" if checkpoint else "random weights"
     return plot_attention(amap, display, output, heads=heads, title=f"{model} ({weights})\n{amap.summary()}"), amap

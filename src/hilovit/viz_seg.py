@@ -90,15 +90,18 @@ def overlay(image, label, num_classes: int, alpha: float = 0.5, ignore_index: in
 def save_segmentation_grid(rows: Sequence[Tuple], path: PathLike, classes: Sequence[str], ignore_index: int = 255,
                            title: Optional[str] = None) -> Path:
     """One row per ``(image, truth, prediction)``: input, truth, prediction, and a legend of the classes
-    present. Written atomically (PNG)."""
+    present. Written atomically, PNG, JPEG or WebP by ``path``'s extension."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    from hilovit.image_files import image_format
+
     if not rows:
         raise ValueError("save_segmentation_grid: rows is empty, expected (image, truth, prediction) triples")
+    image_format(path)  # an unknown extension is refused before drawing
     n = len(classes)
     pal = seg_palette(n)
     present = set()
@@ -121,12 +124,12 @@ def save_segmentation_grid(rows: Sequence[Tuple], path: PathLike, classes: Seque
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    path = Path(path)
-    from hilovit.train.state import atomic_write
+    from hilovit.image_files import write_figure
 
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-    return path
+    try:
+        return write_figure(fig, path, dpi=100, tight=False)  # PNG, JPEG or WebP by the extension
+    finally:
+        plt.close(fig)
 
 
 def save_segmentation_figure(image, truth, pred, path: PathLike, classes: Sequence[str],

@@ -173,7 +173,7 @@ class SpatialReductionAttention(nn.Module):
             red = self.norm(red)
         else:
             red = x.reshape(B, H * W, C)
-        kv = self.kv(red).view(B, -1, 2, nh, hd).permute(2, 0, 3, 1, 4)
+        kv = self.kv(red).view(B, red.shape[1], 2, nh, hd).permute(2, 0, 3, 1, 4)  # no -1: B may be 0
         out = F.scaled_dot_product_attention(
             q, kv[0], kv[1], dropout_p=_dropout_p(self, self.attn_drop), scale=self.scale
         )

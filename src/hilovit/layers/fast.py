@@ -158,6 +158,8 @@ def why_not_fast(x: torch.Tensor, module: Optional[nn.Module] = None, *, trainin
         return "a dispatch mode is active (FLOP counting or op tracking sees the plain ops)"
     if training:
         return ""
+    if x.numel() == 0:
+        return "empty input (nothing to compute; the plain ops return the empty result)"
     if x.device.type != "cpu":
         return f"device {x.device.type!r} (the fast path is for CPU)"
     dtype = compute_dtype(x)

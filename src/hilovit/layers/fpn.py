@@ -299,7 +299,8 @@ class FPNHead(nn.Module):
         out = self.scale_heads[0](x[0])
         for i in range(1, len(x)):
             y = self.scale_heads[i](x[i])
-            if y.shape[2:] != out.shape[2:]:
+            # traced, the resize is always kept (an identity at equal sizes), so other input sizes still add up
+            if y.shape[2:] != out.shape[2:] or torch.jit.is_tracing():
                 y = F.interpolate(y, size=out.shape[2:], mode="bilinear", align_corners=self.align_corners)
             out = out + y
         if self.dropout is not None:

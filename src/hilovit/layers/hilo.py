@@ -147,21 +147,21 @@ class HiLo(nn.Module):
         """Keys and values ``(B, l_heads, M, head_dim)`` of the pooled map (``M = Hp Wp / ws^2``)."""
         if self.ws > 1:  # average pool, channels last in and out
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws).permute(0, 2, 3, 1)
-        kv = self._linear(self.l_kv, x.reshape(x.shape[0], -1, self.dim)).view(x.shape[0], -1, 2, self.l_heads,
-                                                                               self.head_dim)
+        B, M = x.shape[0], x.shape[1] * x.shape[2]  # explicit sizes: an empty batch has no -1 to infer
+        kv = self._linear(self.l_kv, x.reshape(B, M, self.dim)).view(B, M, 2, self.l_heads, self.head_dim)
         return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:
         grid, flat = tokens_to_grid(self, x, H, W, self.dim)
         B, H, W, C = grid.shape
-        x = pad_to_multiple(grid, self.ws)[0] if self.ws > 1 else grid
+        x = pad_to_multiple(grid, self.ws)[0] if self.ws > 1 else grid  # traced: the padding stays symbolic
         if self.h_heads == 0:
             out = self.lofi(x)
         elif self.l_heads == 0:
             out = self.hifi(x)
         else:
             out = torch.cat((self.hifi(x), self.lofi(x)), dim=-1)
-        if out.shape[1] != H or out.shape[2] != W:
+        if out.shape[1] != H or out.shape[2] != W or torch.jit.is_tracing():
             out = out[:, :H, :W]
         out = self.proj_drop(out)
         return out.reshape(B, H * W, C) if flat else out

@@ -43,7 +43,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: IntOrPair) -> Tuple[torch.Tensor,
     H, W = x.shape[1], x.shape[2]
     pad_h = (mh - H % mh) % mh
     pad_w = (mw - W % mw) % mw
-    if pad_h or pad_w:
+    if pad_h or pad_w or torch.jit.is_tracing():  # a trace keeps the padding symbolic, even when 0 at trace time
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x, pad_h, pad_w
 
@@ -55,15 +55,16 @@ def window_partition(x: torch.Tensor, window_size: IntOrPair) -> torch.Tensor:
     if H % wh or W % ww:
         raise ValueError(f"window_partition: map {H}x{W} is not a multiple of the window {wh}x{ww}")
     x = x.view(B, H // wh, wh, W // ww, ww, C).transpose(2, 3)
-    return x.reshape(-1, wh, ww, C)
+    return x.reshape(B * (H // wh) * (W // ww), wh, ww, C)  # sizes spelt out: B may be 0
 
 
 def window_reverse(windows: torch.Tensor, window_size: IntOrPair, H: int, W: int) -> torch.Tensor:
     """Inverse of :func:`window_partition`: ``(B * nW, wh, ww, C)`` -> ``(B, H, W, C)``."""
     wh, ww = to_2tuple(window_size, "window_size")
     C = windows.shape[-1]
-    x = windows.view(-1, H // wh, W // ww, wh, ww, C).transpose(2, 3)
-    return x.reshape(-1, H, W, C)
+    B = windows.shape[0] // ((H // wh) * (W // ww))  # spelt out: a -1 cannot be inferred for 0 windows
+    x = windows.view(B, H // wh, W // ww, wh, ww, C).transpose(2, 3)
+    return x.reshape(B, H, W, C)
 
 
 def shifted_window_mask(

@@ -483,7 +483,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
                f"({row['images_per_second']:.0f} img/s, {row['train_seconds']:.0f} s)")
         if "eval_top1" in row:
             msg += (f" | {info.eval_split} loss {row['eval_loss']:.4f} top-1 {row['eval_top1']:.2f}% "
-                    f"top-5 {row['eval_top5']:.2f}%")
+                    f"top-{last_eval.get('top5_k', 5)} {row['eval_top5']:.2f}%")
         if "eval_top1_ema" in row:
             msg += f" | EMA top-1 {row['eval_top1_ema']:.2f}%"
         reporter.print(msg)
@@ -543,7 +543,8 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
     }
     if last_eval:
         summary.update({
-            "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_loss": last_eval["loss"],
+            "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_topk": last_eval.get("top5_k", 5),
+            "test_loss": last_eval["loss"],
             "eval_images_per_second": last_eval["images_per_second"],
             "per_class_accuracy": dict(zip(info.classes, last_eval["per_class_accuracy"])),
         })

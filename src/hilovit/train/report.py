@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -175,14 +176,17 @@ def format_summary(summary: Dict[str, Any]) -> str:
     """The lines ``hilovit train`` prints at the end."""
     lines = []
     if not summary.get("finished", True):
+        last = summary.get("files", {}).get("last")
+        output = str(Path(last).parent) if last else summary.get("config", {}).get("output") or "OUTPUT"
         lines.append(f"stopped after epoch {summary['epochs']} of {summary['epochs_planned']}; "
-                     "continue with --resume")
+                     f"continue with: hilovit train --resume --output {shlex.quote(output)}")
+    k = summary.get("test_topk", 5)  # top-min(5, classes)
     if "test_top1" in summary:
         lines.append(f"{summary['model']} on {summary['dataset']} ({summary['eval_split']}, "
                      f"{summary['eval_images']} images): top-1 {summary['test_top1']:.2f}%  "
-                     f"top-5 {summary['test_top5']:.2f}%  loss {summary['test_loss']:.4f}")
+                     f"top-{k} {summary['test_top5']:.2f}%  loss {summary['test_loss']:.4f}")
     if "test_top1_ema" in summary:
-        lines.append(f"EMA weights: top-1 {summary['test_top1_ema']:.2f}%  top-5 {summary['test_top5_ema']:.2f}%")
+        lines.append(f"EMA weights: top-1 {summary['test_top1_ema']:.2f}%  top-{k} {summary['test_top5_ema']:.2f}%")
     ips = summary.get("train_images_per_second")
     lines.append(f"{plural(summary['epochs'], 'epoch')}, {plural(summary['steps'], 'step')}, "
                  f"{'n/a' if ips is None else f'{ips:.0f}'} training images/s, "

@@ -169,7 +169,8 @@ def build_seg_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "eval", help="mIoU, mAcc, aAcc and IoU per class of a segmentation checkpoint",
-        description="Whole-image inference over the evaluation split of --data; intersections and unions summed "
+        description="Whole-image or sliding-window (--mode slide) inference over the evaluation split of --data; "
+        "intersections and unions summed "
         "over the data set, then averaged over the classes present (as mmseg).")
     p.add_argument("--checkpoint", required=True, help="model.safetensors, last.pt or a training output folder")
     p.add_argument("--data", default="fashion-scenes")
@@ -186,6 +187,12 @@ def build_seg_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--output", default=None, help="folder for eval.json")
+    p.add_argument("--mode", choices=["whole", "slide"], default=None,
+                   help="whole-image or sliding-window inference (default: the model's test_cfg)")
+    p.add_argument("--crop-size", type=_ints, default=None, metavar="N|H,W",
+                   help="slide window (default: test_cfg's, else the model's input size)")
+    p.add_argument("--stride", type=_ints, default=None, metavar="N|H,W",
+                   help="slide step (default: test_cfg's, else two thirds of the crop)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_run_eval)
 
@@ -232,7 +239,7 @@ def _run_eval(args) -> int:
                           data_dir=args.data_dir, val_split=args.val_split, seed=args.seed,
                           eval_subset=args.eval_subset, batch_size=args.batch_size, eval_scale=args.eval_scale,
                           amp=args.amp, device=args.device, threads=args.threads, workers=args.workers,
-                          output=args.output)
+                          output=args.output, mode=args.mode, crop_size=args.crop_size, stride=args.stride)
     print(json.dumps(result, indent=2) if args.json else format_seg_eval(result))
     return 0
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from hilovit.train.evaluate import autocast_context
 from hilovit.train.seg_metrics import SegMetric
 
-__all__ = ["seg_cross_entropy", "normalize_images", "infer_logits", "evaluate_segmentation",
+__all__ = ["seg_cross_entropy", "normalize_images", "resolve_inference", "infer_logits", "evaluate_segmentation",
            "load_seg_checkpoint", "run_seg_eval", "format_seg_eval", "seg_metadata_of", "build_segmenter"]
 
 ModelSource = Union[str, nn.Module, Callable[..., nn.Module]]
@@ -61,14 +61,58 @@ def normalize_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[
     return (x - m) / s
 
 
+def resolve_inference(model: nn.Module, mode: Optional[str] = None, crop_size=None, stride=None
+                      ) -> Dict[str, Any]:
+    """The inference options for ``model``: ``{'mode': 'whole'}`` or ``{'mode': 'slide', 'crop_size': (h, w),
+    'stride': (h, w)}``.
+
+    Unset values come from the model's ``test_cfg``; a slide crop the ``test_cfg`` does not give is
+    the model's input size (``pretrained_cfg['input_size']``) and a missing stride two thirds of the
+    crop (as the official 512 / 341 configs). A crop larger than the image is allowed (the window is
+    cut to the image, as mmseg); a non-positive crop or stride, a stride above the crop, an unknown
+    mode, or a crop/stride with ``mode='whole'`` is a ValueError.
+    """
+    test_cfg = dict(getattr(model, "test_cfg", None) or {"mode": "whole"})
+    chosen = test_cfg.get("mode", "whole") if mode is None else mode
+    if chosen not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {chosen!r}")
+    if chosen == "whole":
+        if crop_size is not None or stride is not None:
+            raise ValueError(f"crop_size={crop_size!r} and stride={stride!r} apply to mode='slide' only; "
+                             "mode is 'whole'")
+        return {"mode": "whole"}
+    if not hasattr(model, "slide_inference"):
+        raise ValueError(f"mode='slide': {type(model).__name__} has no sliding-window inference")
+
+    def pair(value, name):
+        value = [value, value] if isinstance(value, int) else list(value)
+        if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+            raise ValueError(f"{name} must be a positive int or (h, w) pair, got {value!r}")
+        return int(value[0]), int(value[1])
+
+    if crop_size is None:
+        crop_size = test_cfg.get("crop_size") or tuple(getattr(model, "pretrained_cfg", {}).get("input_size",
+                                                                                                (3, 512, 512))[1:])
+    crop = pair(crop_size, "crop_size")
+    if stride is None:
+        stride = test_cfg.get("stride") if test_cfg.get("crop_size") is not None else None
+        stride = stride or tuple(max(1, c * 2 // 3) for c in crop)
+    step = pair(stride, "stride")
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(f"stride {step} must not exceed crop_size {crop} (the windows would leave pixels uncovered)")
+    return {"mode": "slide", "crop_size": crop, "stride": step}
+
+
 @torch.no_grad()
 def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Optional[Tuple[int, int]] = None,
-                 eval_scale: Optional[Tuple[int, int]] = None, amp_dtype: Optional[torch.dtype] = None
-                 ) -> torch.Tensor:
-    """Whole-image inference on uint8 images (B, C, H, W) of one size: float32 logits (B, K, *out_size).
+                 eval_scale: Optional[Tuple[int, int]] = None, amp_dtype: Optional[torch.dtype] = None,
+                 inference: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    """Inference on uint8 images (B, C, H, W) of one size: float32 logits (B, K, *out_size).
 
     ``eval_scale`` (long, short) rescales the input first as the official test pipeline; the logits
-    are resized to ``out_size`` (default: the input size) bilinearly.
+    are resized to ``out_size`` (default: the input size) bilinearly. ``inference``: the options of
+    :func:`resolve_inference` (default: ``model(x)``, i.e. the model's ``test_cfg``); with
+    ``mode='slide'`` the logits come from the model's ``inference(x, 'slide', crop_size, stride)``.
     """
     from hilovit.data.seg_transforms import rescale_for_eval
 
@@ -77,7 +121,12 @@ def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
     out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
     x = normalize_images(images, mean, std)
     with autocast_context(x.device, amp_dtype):
-        logits = model(x)
+        if inference is None:
+            logits = model(x)
+        elif inference["mode"] == "slide":
+            logits = model.inference(x, "slide", inference["crop_size"], inference["stride"])
+        else:
+            logits = model.inference(x, "whole") if hasattr(model, "inference") else model(x)
     logits = logits.float()
     if tuple(logits.shape[-2:]) != out_size:
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
@@ -113,9 +162,11 @@ def evaluate_segmentation(
     world_size: int = 1,
     workers: int = 0,
     progress: Optional[Callable[[int], None]] = None,
+    inference: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """mmseg's metrics of ``model`` on ``dataset`` (each process takes samples ``rank::world_size``;
-    the areas are summed over processes).
+    the areas are summed over processes). ``inference``: whole or sliding-window options
+    (:func:`resolve_inference`; default: the model's ``test_cfg``).
 
     Returns:
         ``miou``, ``macc``, ``aacc`` in percent, ``loss`` (mean pixel cross-entropy), ``iou``/``acc``
@@ -137,7 +188,7 @@ def evaluate_segmentation(
     for samples in loader:
         for images, labels in _by_size(samples):
             images, labels = images.to(device), labels.to(device)
-            logits = infer_logits(model, images, mean, std, labels.shape[-2:], eval_scale, amp_dtype)
+            logits = infer_logits(model, images, mean, std, labels.shape[-2:], eval_scale, amp_dtype, inference)
             valid = int((labels != ignore_index).sum())
             if valid:
                 loss = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
@@ -268,9 +319,14 @@ def run_seg_eval(
     threads: Optional[int] = None,
     workers: int = 0,
     output: Optional[str] = None,
+    mode: Optional[str] = None,
+    crop_size=None,
+    stride=None,
 ) -> Dict[str, Any]:
     """Evaluate a segmentation checkpoint on the evaluation split of ``data`` (``hilovit eval --task
-    segmentation``); writes ``eval.json`` into ``output`` when given.
+    segmentation``); writes ``eval.json`` into ``output`` when given. ``mode`` (``'whole'`` or
+    ``'slide'``), ``crop_size`` and ``stride`` choose the inference (defaults: the model's ``test_cfg``;
+    see :func:`resolve_inference`).
 
     Returns:
         ``model``, ``dataset``, ``eval_split``, ``miou``, ``macc``, ``aacc`` (percent), ``loss``,
@@ -283,6 +339,7 @@ def run_seg_eval(
     if threads:
         torch.set_num_threads(int(threads))
     net, info = load_seg_checkpoint(checkpoint, model)
+    inference = resolve_inference(net, mode, crop_size, stride)
     n_cls = num_classes or info["num_classes"]
     classes = info["classes"] if len(info["classes"]) == n_cls else None
     _, eval_ds, dinfo = build_seg_datasets(data, num_classes=n_cls, classes=classes, seed=seed, val_split=val_split,
@@ -299,9 +356,10 @@ def run_seg_eval(
     net.to(dev)
     res = evaluate_segmentation(net, eval_ds, dinfo.num_classes, info["mean"], info["std"], dinfo.ignore_index,
                                 dinfo.classes, batch_size, eval_scale or info["eval_scale"], dev,
-                                resolve_amp(amp, dev))
+                                resolve_amp(amp, dev), inference=inference)
     out = {
         "model": info["model"], "checkpoint": info["path"], "dataset": dinfo.name, "eval_split": dinfo.eval_split,
+        "inference": {k: list(v) if isinstance(v, tuple) else v for k, v in inference.items()},
         "miou": res["miou"], "macc": res["macc"], "aacc": res["aacc"], "loss": res["loss"],
         "per_class_iou": dict(zip(dinfo.classes, res["iou"])), "per_class_acc": dict(zip(dinfo.classes, res["acc"])),
         "images": res["images"], "seconds": res["seconds"],
@@ -321,7 +379,12 @@ def _fmt_pct(v) -> str:
 
 def format_seg_eval(result: Dict[str, Any]) -> str:
     """The text ``hilovit eval --task segmentation`` prints: the totals, then IoU and Acc per class."""
-    lines = [f"{result['model']} on {result['dataset']} ({result['eval_split']}, {result['images']} images): "
+    how = result.get("inference", {"mode": "whole"})
+    if how.get("mode") == "slide":
+        mode = f", slide {'x'.join(map(str, how['crop_size']))} every {'x'.join(map(str, how['stride']))}"
+    else:
+        mode = ", whole image"
+    lines = [f"{result['model']} on {result['dataset']} ({result['eval_split']}, {result['images']} images{mode}): "
              f"mIoU {_fmt_pct(result['miou'])}%  mAcc {_fmt_pct(result['macc'])}%  aAcc {_fmt_pct(result['aacc'])}%"]
     width = max((len(c) for c in result["per_class_iou"]), default=5)
     lines.append(f"  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}")
