@@ -116,6 +116,17 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     # fine-tuning against scratch (benchmarks/finetune.json, benchmarks/finetune_vs_scratch.py)
     for key in ("finetuned", "scratch", "pretrain"):
         f[f"finetune.{key}_top1"] = lambda r, k=key: _pct(float(r.json("finetune.json")[f"{k}_top1"]) / 100, 2)
+    # segmentation speed (benchmarks/seg.csv, hilovit bench seg)
+    for size in ("512x512", "1024x1024", "2048x512"):
+        key = size.replace("x", "_")
+        row = (lambda r, z=size: r.row("seg", img_size=z, dtype="float32"))
+        f[f"seg.{key}.litv2_s"] = lambda r, g=row: f"{float(g(r)['model_ms']) / 1000:.2f} s"
+        f[f"seg.{key}.swin_t"] = lambda r, g=row: f"{float(g(r)['baseline_ms']) / 1000:.2f} s"
+        f[f"seg.{key}.ratio"] = lambda r, g=row: _x(float(g(r)["speed_ratio"]))
+        f[f"seg.{key}.litv2_share"] = lambda r, g=row: _pct(float(g(r)["model_share_of_fp32_matmul"]))
+        f[f"seg.{key}.swin_share"] = lambda r, g=row: _pct(float(g(r)["baseline_share_of_fp32_matmul"]))
+        f[f"seg.{key}.litv2_growth"] = lambda r, g=row: _x(float(g(r)["model_time_growth"]))
+        f[f"seg.{key}.swin_growth"] = lambda r, g=row: _x(float(g(r)["baseline_time_growth"]))
     # the segmentation demo (benchmarks/seg_demo/summary.json: the fashion-scenes recipe's run)
     for key in ("miou", "macc", "aacc"):
         f[f"seg_demo.{key}"] = lambda r, k=key: _pct(float(r.json("seg_demo/summary.json")[f"test_{k}"]) / 100, 1)
