@@ -12,7 +12,7 @@ git worktree that is removed at the end):
   before, library        the earlier revision, plain ``import hilovit; model(x)``
   before, tuned          the earlier revision with ``hilovit.runtime.tune_allocator()`` (what its CLI did)
   now, library           this tree, plain ``import hilovit; model(x)`` (no call first)
-  now, HILOVIT_NO_MALLOPT=1   this tree with the allocator left alone
+  now, tuned             this tree with ``hilovit.runtime.tune_allocator()`` (what the CLI does)
 
 Writes ``OUTPUT.csv`` and ``OUTPUT.md`` (temporary file + rename). FLOPs are each model's official
 count (``model.flops``), 2 FLOPs per multiply-add; training rows count 3x the forward.
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
         configs += [(f"before ({args.before}), library", old, {}, False),
                     (f"before ({args.before}), tuned as its CLI", old, {}, True)]
     configs += [("now, library", ROOT / "src", {}, False),
-                ("now, HILOVIT_NO_MALLOPT=1", ROOT / "src", {"HILOVIT_NO_MALLOPT": "1"}, False)]
+                ("now, tuned as the CLI", ROOT / "src", {}, True)]
     results = {c[0]: [] for c in configs}
     try:
         for r in range(args.rounds):

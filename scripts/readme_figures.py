@@ -1,8 +1,8 @@
 """Fill the README's measured figures from the committed result files.
 
 Every measured figure in README.md is written as ``<!--fig:NAME-->VALUE<!--/fig-->``; VALUE is
-recomputed here from ``benchmarks/*.csv``, ``benchmarks/demo/summary.json`` and ``benchmarks/seg_demo/summary.json``, so the README
-cannot drift from what was measured.
+recomputed here from ``benchmarks/*.csv`` and ``*.json`` (the demos' ``summary.json``, ``finetune.json``),
+so the README cannot drift from what was measured.
 
     python scripts/readme_figures.py           # rewrite README.md in place
     python scripts/readme_figures.py --check   # exit 1 and list the figures that are stale
@@ -116,10 +116,32 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     # fine-tuning against scratch (benchmarks/finetune.json, benchmarks/finetune_vs_scratch.py)
     for key in ("finetuned", "scratch", "pretrain"):
         f[f"finetune.{key}_top1"] = lambda r, k=key: _pct(float(r.json("finetune.json")[f"{k}_top1"]) / 100, 2)
+    # the library path, now and before the reshape (benchmarks/library_path.csv)
+    def lib(r, prefix, kind):
+        rows = [x for x in r.csv("library_path") if x["configuration"].startswith(prefix) and x["kind"] == kind]
+        if len(rows) != 1:
+            raise KeyError(f"library_path.csv: {len(rows)} rows for {prefix!r} {kind!r}")
+        return rows[0]
+
+    for key, prefix in (("now", "now, library"), ("now_tuned", "now, tuned"),
+                        ("before", "before ("), ("before_tuned", "before (")):
+        for kind in ("infer", "train"):
+            def row(r, p=prefix, k=kind, tuned=key == "before_tuned"):
+                if p != "before (":
+                    return lib(r, p, k)
+                rows = [x for x in r.csv("library_path") if x["configuration"].startswith(p) and x["kind"] == k
+                        and ("tuned" in x["configuration"]) == tuned]
+                return rows[0]
+
+            for m in ("litv2_s", "swin_t"):
+                f[f"lib.{key}.{kind}.{m}"] = lambda r, g=row, m=m: _pct(float(g(r)[f"{m} share"]))
+            f[f"lib.{key}.{kind}.ratio"] = lambda r, g=row: _x(float(g(r)["litv2_s/swin_t speed"]))
     # segmentation speed (benchmarks/seg.csv, hilovit bench seg)
     for size in ("512x512", "1024x1024", "2048x512"):
         key = size.replace("x", "_")
-        row = (lambda r, z=size: r.row("seg", img_size=z, dtype="float32"))
+        def row(r, z=size):
+            return r.row("seg", img_size=z, dtype="float32")
+
         f[f"seg.{key}.litv2_s"] = lambda r, g=row: f"{float(g(r)['model_ms']) / 1000:.2f} s"
         f[f"seg.{key}.swin_t"] = lambda r, g=row: f"{float(g(r)['baseline_ms']) / 1000:.2f} s"
         f[f"seg.{key}.ratio"] = lambda r, g=row: _x(float(g(r)["speed_ratio"]))

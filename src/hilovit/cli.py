@@ -18,89 +18,6 @@ from hilovit.cli_support import (
     user_message,
 )
 
-
-def _csv_list(cast=str):
-    def parse(text: str):
-        try:
-            items = [cast(t) for t in text.split(",") if t.strip()]
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from e
-        if not items:
-            raise argparse.ArgumentTypeError("expected at least one value")
-        return items
-
-    return parse
-
-
-def _add_timing_options(p, default_output: str) -> None:
-    """Options every benchmark shares: runs, device, threads and where the results go."""
-    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per row (median reported)")
-    p.add_argument("--warmup", type=non_negative_int, default=2)
-    p.add_argument("--matmul-n", type=positive_int, default=2048,
-                   help="side of the reference matrix multiply whose rate the shares are of (default 2048)")
-    p.add_argument("--device", type=device_name, default="cpu")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--output", default=default_output,
-                   help=f"prefix for .csv/.md/.png ('' for none; default {default_output}; the committed results "
-                   "in benchmarks/ are made by `make bench`)")
-    p.add_argument("--no-plot", action="store_true")
-
-
-def _print_notes_and_files(result) -> int:
-    """A benchmark's closing notes and the files it wrote, after its tables."""
-    print()
-    for note in result["notes"]:
-        print(note)
-    for kind, path in result["files"].items():
-        print(f"wrote {kind}: {path}")
-    return 0
-
-
-# --------------------------------------------------------------------------- bench attention
-
-
-def _add_bench_attention(sub) -> None:
-    p = sub.add_parser(
-        "attention",
-        help="HiLo vs MSA, SRA, local and shifted window attention (vit-attention-benchmark protocol)",
-        description="Times every attention mechanism side by side in one process and reports ratios.",
-    )
-    p.add_argument("--sizes", type=_csv_list(int), default=[14], help="token map sides, e.g. 14,28,56 (default 14)")
-    p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
-    p.add_argument("--batch", type=positive_int, default=64)
-    p.add_argument("--dim", type=int, default=768)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--mechanisms", type=_csv_list(), default=None, help="subset of rows, e.g. HiLo,MSA")
-    _add_timing_options(p, "runs/bench/attention")
-    p.set_defaults(func=_run_bench_attention)
-
-
-def _run_bench_attention(args) -> int:
-    from hilovit.bench.attention import run_attention_benchmark
-    from hilovit.bench.common import format_table
-
-    result = run_attention_benchmark(
-        sizes=args.sizes,
-        dtypes=args.dtype,
-        batch=args.batch,
-        dim=args.dim,
-        num_heads=args.heads,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        threads=args.threads,
-        mechanisms=args.mechanisms,
-        output=args.output or None,
-        plot=not args.no_plot,
-        matmul_n=args.matmul_n,
-    )
-    cols = ["tokens", "mechanism", "dtype", "params_M", "flops_M", "images_per_s", "ms_per_batch",
-            "peak_memory_MB", "share_of_fp32_matmul", "speedup_vs_naive_fp32"]
-    print(format_table(result["rows"], cols))
-    return _print_notes_and_files(result)
-
-
 # --------------------------------------------------------------------------- predict, export, viz
 
 
@@ -479,66 +396,6 @@ def _run_eval(args) -> int:
 # --------------------------------------------------------------------------- bench models
 
 
-def _add_bench_models(sub) -> None:
-    p = sub.add_parser(
-        "models",
-        help="whole models: params, FLOPs, images/s (inference, training), memory, share of the matmul rate",
-        description="Times registered models side by side with the machine's matrix multiply, in one process.",
-    )
-    p.add_argument("--models", type=_csv_list(), default=None,
-                   help="names or patterns, e.g. swin_t,litv2_s or 'swin_*' (default swin_t,litv2_s)")
-    p.add_argument("--batch", type=positive_int, default=16)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--dtype", type=_csv_list(), default=["float32", "bfloat16"], help="float32,bfloat16 (autocast)")
-    p.add_argument("--train", action="store_true", help="also time a training step (forward, backward, SGD)")
-    p.add_argument("--sweep", type=_csv_list(int), default=None,
-                   help="image sides for a backbone sweep, e.g. 224,384,512,768,1024")
-    p.add_argument("--sweep-batch", type=int, default=1)
-    _add_timing_options(p, "runs/bench/models")
-    p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile(model) (inductor) in inference; the notes give its speed-up")
-    p.add_argument("--breakdown", action="store_true",
-                   help="also split inference time by kind of operation (linear layers, attention products, fused "
-                   "attention, convolutions, norms, other) with the profiler, per dtype")
-    p.set_defaults(func=_run_bench_models)
-
-
-def _run_bench_models(args) -> int:
-    from hilovit.bench.common import format_table
-    from hilovit.bench.models import run_models_benchmark
-
-    result = run_models_benchmark(
-        models=args.models,
-        batch=args.batch,
-        img_size=args.img_size,
-        dtypes=args.dtype,
-        train=args.train,
-        sweep=args.sweep,
-        sweep_batch=args.sweep_batch,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        threads=args.threads,
-        device=args.device,
-        output=args.output or None,
-        plot=not args.no_plot,
-        compile=args.compile,
-        breakdown=args.breakdown,
-        matmul_n=args.matmul_n,
-    )
-    cols = ["model", "mode", "dtype", "params_M", "flops_G", "images_per_s", "ms_per_batch", "peak_memory_MB",
-            "share_of_fp32_matmul", "speedup_vs_first_dtype"]
-    print(format_table(result["rows"], cols))
-    if result["sweep_rows"]:
-        print()
-        print(format_table(result["sweep_rows"], ["model", "img_size", "tokens", "ms_per_image", "peak_memory_MB",
-                                                  "time_growth", "memory_growth", "share_of_matmul"]))
-    if result["breakdown_rows"]:
-        print()
-        print(format_table(result["breakdown_rows"], ["model", "dtype", "kind", "ms_per_batch", "share_of_total",
-                                                      "speedup_vs_first_dtype"]))
-    return _print_notes_and_files(result)
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -609,11 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = commands.add_parser("bench", help="benchmarks (attention mechanisms, whole models, segmentation)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    _add_bench_attention(bench_sub)
-    _add_bench_models(bench_sub)
-    from hilovit.bench.seg import add_parser as add_bench_seg
+    from hilovit.bench.cli import add_bench_commands
 
-    add_bench_seg(bench_sub, _add_timing_options, _csv_list)
+    add_bench_commands(bench_sub)
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)
@@ -638,7 +493,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     from hilovit.runtime import tune_allocator
 
-    tune_allocator()  # reuse freed activation memory instead of page-faulting it in every pass
+    if not getattr(args, "compile", False):  # it made torch.compile's inductor 6x slower to compile here
+        tune_allocator()  # reuse freed activation memory instead of page-faulting it in every pass
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -164,3 +164,41 @@ def test_every_mixer_gives_the_shape_or_a_clear_error(name, B, H, W, dtype):
         return
     assert out.shape == (B, H, W, 16) and out.dtype == dtype
     assert bool(torch.isfinite(out.float()).all())
+
+
+# --------------------------------------------------------------------------- whole models
+_MODELS = {}
+
+
+def _small_model(name, dtype):
+    key = (name, dtype)
+    if key not in _MODELS:
+        import hilovit
+
+        torch.manual_seed(0)
+        _MODELS[key] = hilovit.create_model(name).eval().to(dtype)
+    return _MODELS[key]
+
+
+@FAST
+@given(name=st.sampled_from(["litv2_nano", "swin_nano", "semfpn_litv2_nano"]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+       b=st.integers(0, 2), h=st.integers(1, 100), w=st.integers(1, 100))
+def test_small_models_give_the_right_shape_or_a_clear_error(name, dtype, b, h, w):
+    """Any batch (0 included), any side from 1 to 100, float32/float64/bfloat16 weights: the output shape the
+    model promises, or a ValueError/TypeError that says what was wrong; never another exception."""
+    model = _small_model(name, dtype)
+    chans = model.pretrained_cfg["input_size"][0]
+    x = torch.randn(b, chans, h, w, dtype=dtype)
+    try:
+        with torch.inference_mode():
+            y = model(x)
+    except (ValueError, TypeError) as e:
+        assert str(e), "an error without a message"
+        return
+    if name.startswith("semfpn"):
+        assert y.shape == (b, model.decode_head.num_classes, h, w)
+    else:
+        assert y.shape == (b, model.num_classes)
+    assert y.dtype == dtype
+    assert bool(torch.isfinite(y.float()).all())

@@ -36,7 +36,7 @@ from hilovit.bench.common import (
 )
 
 __all__ = ["DEFAULT_PAIR", "DEFAULT_SIZES", "COLUMNS", "parse_size", "bf16_skip_reason", "run_seg_benchmark",
-           "plot_seg_benchmark", "add_parser"]
+           "plot_seg_benchmark"]
 
 DEFAULT_PAIR = ("semfpn_litv2_s", "semfpn_swin_t")
 DEFAULT_SIZES: Tuple[Tuple[int, int], ...] = ((512, 512), (1024, 1024), (512, 2048))  # (H, W); 2048x512 is W x H
@@ -297,52 +297,3 @@ def plot_seg_benchmark(rows: Sequence[Dict[str, Any]], path: Path) -> Path:
     ax.set_title(f"time growth vs pixel growth ({d})")
     ax.legend()
     return save_figure(fig, path)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(sub, add_timing_options: Callable[[Any, str], None], csv_list: Callable[..., Any]) -> None:
-    """The ``hilovit bench seg`` sub-command (options shared with the other benchmarks come from the CLI)."""
-    p = sub.add_parser(
-        "seg",
-        help="segmentation: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024, 2048x512 (batch 1)",
-        description="Times a segmentation model against a baseline, side by side in one process, at "
-        "dense-prediction sizes: ms per image, speed ratio, time growth vs pixel growth, official FLOPs and "
-        "the share of the machine's float32 matmul rate.",
-    )
-    p.add_argument("--model", default=DEFAULT_PAIR[0])
-    p.add_argument("--baseline", default=DEFAULT_PAIR[1])
-    p.add_argument("--sizes", type=csv_list(), default=None,
-                   help="N or WxH, comma-separated (default 512,1024,2048x512); growths relative to the first")
-    p.add_argument("--quick", action="store_true",
-                   help=f"tiny sizes ({','.join(_size_label(s) for s in QUICK_SIZES)}) for a check in seconds")
-    p.add_argument("--dtype", type=csv_list(), default=["float32", "bfloat16"],
-                   help="float32,bfloat16 (bfloat16 only where native; otherwise a skipped row)")
-    p.add_argument("--num-classes", type=int, default=150)
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory tracking call")
-    add_timing_options(p, "runs/bench/seg")
-    p.set_defaults(func=_run, repeats=5, warmup=1)
-
-
-def _run(args) -> int:
-    from hilovit.bench.common import format_table
-
-    if args.quick and args.sizes:
-        raise ValueError("--quick and --sizes: give one of them")
-    sizes = QUICK_SIZES if args.quick else (args.sizes or DEFAULT_SIZES)
-    result = run_seg_benchmark(
-        model=args.model, baseline=args.baseline, sizes=sizes, dtypes=args.dtype, num_classes=args.num_classes,
-        repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
-        output=args.output or None, plot=not args.no_plot, memory=not args.no_memory, matmul_n=args.matmul_n,
-    )
-    print(format_table(result["rows"], ["img_size", "dtype", "model_ms", "baseline_ms", "speed_ratio",
-                                        "model_growth_per_pixel", "baseline_growth_per_pixel",
-                                        "model_official_gflops", "model_share_of_fp32_matmul",
-                                        "baseline_share_of_fp32_matmul"]))
-    print()
-    for note in result["notes"]:
-        print(note)
-    for kind, path in result["files"].items():
-        print(f"wrote {kind}: {path}")
-    return 0

@@ -51,7 +51,7 @@ from hilovit.train.finetune import (
     weights_record,
 )
 from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches, crop_in_workers, report_skipped_images
-from hilovit.train.optim import CosineWarmupSchedule, build_optimizer
+from hilovit.train.optim import CosineWarmupSchedule, build_optimizer, optimizer_step
 from hilovit.train.report import (
     METRIC_COLUMNS,
     Reporter,
@@ -191,17 +191,7 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
             sums[0] += lv * xc.shape[0]
             sums[1] += float((logits.detach().argmax(1) == tc).sum())
             sums[2] += xc.shape[0]
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        optimizer_step(model, optimizer, scaler, schedule, cfg.clip_grad)
         ctx["step"] += 1
         if ema is not None:
             ema.update(model)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "layer_ids",
-           "apply_layer_decay"]
+           "apply_layer_decay", "optimizer_step"]
 
 REFERENCE_BATCH = 512
 
@@ -272,3 +272,21 @@ def param_groups(
          "lr_scale": offset_lr_scale},
     ]
     return [g for g in groups if g["params"]]
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, schedule,
+                   clip_grad: Optional[float]) -> None:
+    """One update from the gradients accumulated so far: unscale (with a float16 gradient scaler),
+    clip the global norm to ``clip_grad`` (0 or None: no clipping), step, clear the gradients and
+    advance ``schedule`` by one step."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    schedule.step()

@@ -42,6 +42,7 @@ from hilovit.train.distributed import DistEnv, all_reduce_sum, cleanup_distribut
 from hilovit.train.engine import TrainingDivergedError, _average_bn_stats, _epoch_seed, _seed_everything
 from hilovit.train.evaluate import autocast_context, resolve_amp
 from hilovit.train.loaders import epoch_order
+from hilovit.train.optim import optimizer_step
 from hilovit.train.report import Reporter as _Reporter
 from hilovit.train.seg_config import PolySchedule, SegTrainConfig
 from hilovit.train.seg_eval import ModelSource, build_segmenter, evaluate_segmentation, seg_cross_entropy
@@ -198,20 +199,8 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: _Reporter) -> Di
         if not math.isfinite(lv):
             raise TrainingDivergedError(f"the training loss is {lv} at epoch {epoch + 1}, step {i + 1}; lower --lr "
                                         f"(now {schedule.get_last_lr():.3g}) or use --amp off")
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        optimizer_step(model, optimizer, scaler, schedule, cfg.clip_grad)
         ctx["step"] += 1
         with torch.no_grad():
             valid = labels != info.ignore_index
