@@ -48,6 +48,7 @@ bench: $(STAMP)
 # Semantic FPN: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024 and 2048x512, batch 1 (several minutes).
 bench-seg: $(STAMP)
 	$(BIN)/hilovit bench seg --repeats 5 --warmup 1 --output benchmarks/seg
+	$(BIN)/python scripts/readme_figures.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -147,6 +147,8 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
         f[f"seg.{key}.ratio"] = lambda r, g=row: _x(float(g(r)["speed_ratio"]))
         f[f"seg.{key}.litv2_share"] = lambda r, g=row: _pct(float(g(r)["model_share_of_fp32_matmul"]))
         f[f"seg.{key}.swin_share"] = lambda r, g=row: _pct(float(g(r)["baseline_share_of_fp32_matmul"]))
+        f[f"seg.{key}.work_saved"] = lambda r, g=row: _pct(
+            1 - float(g(r)["model_counted_gmacs"]) / float(g(r)["baseline_counted_gmacs"]))
         f[f"seg.{key}.litv2_growth"] = lambda r, g=row: _x(float(g(r)["model_time_growth"]))
         f[f"seg.{key}.swin_growth"] = lambda r, g=row: _x(float(g(r)["baseline_time_growth"]))
     # the segmentation demo (benchmarks/seg_demo/summary.json: the fashion-scenes recipe's run)
