@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 FLAGS = ["--model", "litv2_nano", "--epochs", "2", "--batch-size", "16", "--train-subset", "48", "--eval-subset", "16",
          "--threads", "1", "--amp", "off", "--progress", "log", "--log-interval", "1", "--seed", "5", "--mixup", "0.2",
          "--cutmix", "0.2", "--model-ema", "--model-ema-decay", "0.9", "--warmup-epochs", "0.5", "--base-lr", "4e-3"]
-MAX_KILLS = 3
+MAX_KILLS = 2
 
 
 def _start(data: Path, out: Path, resume: bool) -> subprocess.Popen:
