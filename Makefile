@@ -39,10 +39,21 @@ demo-results: demo
 	cp $(DEMO_OUT)/summary.json $(DEMO_OUT)/metrics.csv benchmarks/demo/
 	$(BIN)/python scripts/readme_figures.py
 
+# bfloat16 rows only where the CPU (or GPU) computes bfloat16 natively: emulated bfloat16 times the emulation.
+BENCH_DTYPES = $(shell $(BIN)/python -c "import torch; from hilovit.bench.seg import bf16_skip_reason as r; \
+	print('float32' if r(torch.device('cpu')) else 'float32,bfloat16')")
+
+# Everything `make bench` writes is committed under benchmarks/ and feeds the README's figures (half an hour
+# on 2 cores): attention mechanisms, whole models (inference, training, torch.compile, breakdown, sweep),
+# the data path, and the library path now and before the internal reshape (7800cd4).
 bench: $(STAMP)
-	$(BIN)/hilovit bench attention --repeats 10 --output benchmarks/attention
-	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype float32,bfloat16 \
-		--train --breakdown --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 --output benchmarks/models
+	$(BIN)/hilovit bench attention --repeats 10 --dtype $(BENCH_DTYPES) --output benchmarks/attention
+	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype $(BENCH_DTYPES) \
+		--train --compile --breakdown --repeats 6 --warmup 1 --threads 2 --sweep 224,384,512,768,1024 --sweep-batch 1 \
+		--output benchmarks/models
+	$(BIN)/hilovit bench data --threads 2 --output benchmarks/data
+	$(BIN)/python benchmarks/library_path.py --before 7800cd4 --repeats 5 --warmup 1 --rounds 2 --train \
+		--output benchmarks/library_path
 	$(BIN)/python scripts/readme_figures.py
 
 # Semantic FPN: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024 and 2048x512, batch 1 (several minutes).

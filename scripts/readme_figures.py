@@ -62,12 +62,16 @@ def _attn(r: Results, mechanism: str, dtype: str = "float32") -> float:
     return float(r.row("attention", mechanism=mechanism, dtype=dtype)["images_per_s"])
 
 
-def _model(r: Results, model: str, mode: str, dtype: str) -> dict:
-    return r.row("models", model=model, mode=mode, dtype=dtype)
+# the run on the earlier CPU with native bfloat16 products: its bfloat16 rows, kept in benchmarks/bf16_cpu/
+BF16 = "bf16_cpu/"
+
+
+def _model(r: Results, model: str, mode: str, dtype: str, where: str = "") -> dict:
+    return r.row(f"{where}models", model=model, mode=mode, dtype=dtype)
 
 
 def _kind(r: Results, model: str, dtype: str, kind: str) -> dict:
-    return r.row("models_breakdown", model=model, dtype=dtype, kind=kind)
+    return r.row(f"{BF16}models_breakdown", model=model, dtype=dtype, kind=kind)
 
 
 def _figures() -> Dict[str, Callable[[Results], str]]:
@@ -75,8 +79,10 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     # attention benchmark (benchmarks/attention.csv)
     f["attn.hilo_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="float32")[
         "speedup_vs_naive_fp32"]))
-    f["attn.hilo_bf16_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="bfloat16")[
+    f["attn.hilo_bf16_vs_naive"] = lambda r: _x(float(r.row(f"{BF16}attention", mechanism="HiLo", dtype="bfloat16")[
         "speedup_vs_naive_fp32"]))
+    f["attn.hilo_share"] = lambda r: _pct(float(r.row("attention", mechanism="HiLo", dtype="float32")[
+        "share_of_fp32_matmul"]))
     f["attn.hilo_vs_msa"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "MSA"))
     f["attn.hilo_vs_sra"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "SRA (sr=2)"))
     f["attn.hilo_vs_window"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "Local window (7)"))
@@ -86,9 +92,14 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
             f[f"models.{model}.{mode}.fp32_share"] = (
                 lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "float32")["share_of_fp32_matmul"])))
             f[f"models.{model}.{mode}.bf16_share"] = (
-                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "bfloat16")["share_of_dtype_matmul"])))
+                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "bfloat16", BF16)["share_of_dtype_matmul"])))
             f[f"models.{model}.{mode}.bf16_speedup"] = (
-                lambda r, m=model, o=mode: _x(float(_model(r, m, o, "bfloat16")["speedup_vs_first_dtype"])))
+                lambda r, m=model, o=mode: _x(float(_model(r, m, o, "bfloat16", BF16)["speedup_vs_first_dtype"])))
+        for what, eager, compiled in (("inference", "inference", "compiled"), ("train", "train", "train compiled")):
+            f[f"compile.{model}.{what}.speedup"] = lambda r, m=model, e=eager, c=compiled: _x(
+                float(_model(r, m, c, "float32")["images_per_s"]) / float(_model(r, m, e, "float32")["images_per_s"]))
+            f[f"compile.{model}.{what}.seconds"] = (
+                lambda r, m=model, c=compiled: f"{float(_model(r, m, c, 'float32')['compile_seconds']):.0f} s")
     f["models.litv2_vs_swin.fp32"] = lambda r: _x(
         float(_model(r, "litv2_s", "inference", "float32")["images_per_s"])
         / float(_model(r, "swin_t", "inference", "float32")["images_per_s"]))
@@ -108,6 +119,19 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     for model in ("swin_t", "litv2_s"):
         f[f"sweep.{model}.memory_growth_1024"] = (
             lambda r, m=model: f"{float(r.row('models_sweep', model=m, img_size='1024')['memory_growth']):.1f}x")
+    # the data path (benchmarks/data.csv, hilovit bench data)
+    def data(r, size, crop="train", reduced="on", workers="0"):
+        return r.row("data", images=f"{size} JPEG", crop=crop, reduced_decode=reduced, workers=workers)
+
+    for size in ("500x375", "2048x1536"):
+        key = size.replace("x", "_")
+        f[f"data.{key}.core_share"] = lambda r, z=size: _pct(float(data(r, z)["core_share_at_model_speed"]), 1)
+        f[f"data.{key}.one_worker"] = lambda r, z=size: f"{float(data(r, z)['images_per_s']):.0f}"
+        f[f"data.{key}.two_workers"] = lambda r, z=size: f"{float(data(r, z, workers='2')['images_per_s']):.0f}"
+        f[f"data.{key}.draft_gain"] = lambda r, z=size: _x(float(data(r, z)["speedup_from_reduced_decode"]))
+        f[f"data.{key}.eval_draft_gain"] = lambda r, z=size: _x(
+            float(data(r, z, crop="eval")["speedup_from_reduced_decode"]))
+    f["data.model_images_per_s"] = lambda r: f"{float(data(r, '500x375')['model_images_per_s']):.2f}"
     # the classification demo (benchmarks/demo/summary.json, copied by `make demo-results`)
     f["demo.top1"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top1"]) / 100, 2)
     f["demo.top5"] = lambda r: _pct(float(r.json("demo/summary.json")["test_top5"]) / 100, 2)
@@ -123,7 +147,7 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
             raise KeyError(f"library_path.csv: {len(rows)} rows for {prefix!r} {kind!r}")
         return rows[0]
 
-    for key, prefix in (("now", "now, library"), ("now_tuned", "now, tuned"),
+    for key, prefix in (("now", "now, library"), ("now_plain", "now, opted out"),
                         ("before", "before ("), ("before_tuned", "before (")):
         for kind in ("infer", "train"):
             def row(r, p=prefix, k=kind, tuned=key == "before_tuned"):

@@ -75,12 +75,23 @@ def test_inductor_matches_eager(name):
     _compare(_small(name), backend="inductor", fullgraph=True)
 
 
-@pytest.mark.slow
-def test_models_benchmark_compile_option():
+def test_models_benchmark_compile_option(monkeypatch):
+    """``bench models --compile --train``: compiled inference and training rows beside the eager ones,
+    compile times, and the speed-up notes. The compiler runs with the ``aot_eager`` backend (capture,
+    AOTAutograd's forward and backward graphs, no code generation: seconds instead of inductor's
+    minutes on a cold cache); inductor itself is checked by ``test_inductor_matches_eager``."""
     from hilovit.bench.models import run_models_benchmark
 
+    torch._dynamo.reset()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend="aot_eager", **kw))
     result = run_models_benchmark(models=["swin_nano"], batch=2, img_size=28, dtypes=["float32"], repeats=1, warmup=0,
-                                  output=None, quiet=True, compile=True)
+                                  output=None, quiet=True, compile=True, train=True, matmul_n=128)
     modes = {r["mode"]: r for r in result["rows"]}
-    assert set(modes) == {"inference", "compiled"} and modes["compiled"]["images_per_s"] > 0
-    assert any(n.startswith("torch.compile (inductor) speed-up") and "swin_nano float32" in n for n in result["notes"])
+    assert set(modes) == {"inference", "compiled", "train", "train compiled"}
+    for mode in ("compiled", "train compiled"):
+        assert modes[mode]["images_per_s"] > 0 and modes[mode]["compile_seconds"] > 0
+    assert "compile_seconds" not in modes["inference"] and "compile_seconds" not in modes["train"]
+    for what in ("inference", "training"):
+        assert any(n.startswith(f"torch.compile (inductor) speed-up over eager {what}") and "swin_nano float32" in n
+                   and "compiled in" in n for n in result["notes"])

@@ -306,6 +306,9 @@ def _add_train(commands) -> None:
     g.add_argument("--threads", type=int, help="CPU threads per process")
     g.add_argument("--workers", type=int, help="DataLoader workers for image folders")
     g.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step after a few timed eager steps; reports the compile "
+                   "time and the speed-up")
     g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm over processes")
     g.add_argument("--eval-interval", type=int, help="evaluate every N epochs (and after the last)")
     g.add_argument("--eval-batch-size", type=int)
@@ -493,8 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     from hilovit.runtime import tune_allocator
 
-    if not getattr(args, "compile", False):  # it made torch.compile's inductor 6x slower to compile here
-        tune_allocator()  # reuse freed activation memory instead of page-faulting it in every pass
+    tune_allocator()  # reuse freed activation memory instead of page-faulting it in every pass
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_stay_out_of_the_committed_results():
     parser = build_parser()
-    for command in (["bench", "attention"], ["bench", "models"]):
+    for command in (["bench", "attention"], ["bench", "models"], ["bench", "data"], ["bench", "seg"]):
         assert parser.parse_args(command).output.startswith("runs/bench/"), command
     for fn in (run_attention_benchmark, run_models_benchmark):
         assert inspect.signature(fn).parameters["output"].default.startswith("runs/bench/"), fn.__name__
@@ -24,8 +24,10 @@ def test_make_bench_names_its_output():
     recipe = (ROOT / "Makefile").read_text()
     bench = recipe.split("\nbench:", 1)[1].split("\n\n", 1)[0]
     commands = re.findall(r"hilovit bench (\w+)", bench)
-    assert commands == ["attention", "models"]
-    assert re.findall(r"--output (\S+)", bench) == ["benchmarks/attention", "benchmarks/models"]
+    assert commands == ["attention", "models", "data"]
+    assert re.findall(r"--output (\S+)", bench) == ["benchmarks/attention", "benchmarks/models", "benchmarks/data",
+                                                     "benchmarks/library_path"]
+    assert "benchmarks/library_path.py" in bench and "readme_figures.py" in bench
 
 
 def test_a_run_without_output_writes_under_runs(tmp_path, monkeypatch, capsys):

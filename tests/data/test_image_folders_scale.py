@@ -203,3 +203,66 @@ def test_eval_dataset_uses_crop_pct_and_interpolation(tmp_path):
     assert torch.equal(ds[0][0], torch.from_numpy(ref.copy()).permute(2, 0, 1))
     assert folders.pil_interpolation("Bicubic") == Image.Resampling.BICUBIC
     assert "crop_pct=0.875" in repr(ds)
+
+
+# --------------------------------------------------------------------------- reduced-scale JPEG decoding
+def _photo_jpeg(path, width=1024, height=768):
+    """A smooth picture with mild noise, saved as a JPEG (what draft mode is for)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    arr = np.stack([x / width * 255, y / height * 255, 128 + 90 * np.sin(x / 23) * np.cos(y / 31)], -1)
+    arr += np.random.default_rng(0).normal(0, 4, arr.shape)
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def test_reduce_jpeg_decode_takes_the_largest_factor_the_room_allows(tmp_path):
+    jpg = _photo_jpeg(tmp_path / "p.jpg")
+    for room, factor in ((1.0, 1), (1.9, 1), (2.0, 2), (3.99, 2), (4.3, 4), (7.9, 4), (8.0, 8), (50.0, 8)):
+        with Image.open(jpg) as im:
+            assert folders.reduce_jpeg_decode(im, room) == factor
+            im.load()
+            assert im.size == (-(-1024 // factor), -(-768 // factor))
+    Image.open(jpg).convert("RGB").save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:  # not a JPEG: decoded whole
+        assert folders.reduce_jpeg_decode(im, 8.0) == 1 and im.size == (1024, 768)
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_reduced_decoding_gives_the_same_crop(tmp_path, kind, monkeypatch):
+    """Draft mode changes how the pixels are decoded, not which part of the picture is taken: the
+    sample matches the full decode's within JPEG-level differences, crop box for crop box."""
+    (tmp_path / "k").mkdir()
+    _photo_jpeg(tmp_path / "k" / "p.jpg")
+    reduced = ImageFolderDataset(tmp_path, img_size=64, draft="all", crop_pct=0.875)
+    full = ImageFolderDataset(tmp_path, img_size=64, draft="off", crop_pct=0.875)
+    if kind == "train":
+        reduced.set_train_crop(), full.set_train_crop()
+    factors = []
+    real = folders.reduce_jpeg_decode
+    monkeypatch.setattr(folders, "reduce_jpeg_decode", lambda im, room: factors.append(real(im, room)) or factors[-1])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        a = reduced[0][0].float()
+        torch.manual_seed(seed)
+        b = full[0][0].float()
+        assert a.shape == b.shape == (3, 64, 64)
+        assert (a - b).abs().mean() < 4.0, f"seed {seed}: mean difference {(a - b).abs().mean():.2f}"
+    assert max(factors[0::2]) >= 2 and set(factors[1::2]) == {1}  # the reduced set decoded smaller, the other not
+    if kind == "eval":  # 768 / (64 / 0.875) = 10.5: 1/8 scale keeps the centre crop's pixels
+        assert factors[0] == 8
+
+
+def test_default_reduces_training_crops_only(tmp_path, monkeypatch):
+    (tmp_path / "k").mkdir()
+    _photo_jpeg(tmp_path / "k" / "p.jpg")
+    ds = ImageFolderDataset(tmp_path, img_size=64)
+    assert ds.draft == "train"
+    seen = []
+    real = folders.reduce_jpeg_decode
+    monkeypatch.setattr(folders, "reduce_jpeg_decode", lambda im, room: seen.append(room) or real(im, room))
+    ds[0]  # evaluation: no room offered, the reference protocol decodes the whole image
+    ds.set_train_crop(scale=(0.5, 1.0))
+    ds[0]
+    assert seen[0] == 1.0 and seen[1] >= 768 * math.sqrt(0.5 * 3 / 4) / 64 - 1
+    with pytest.raises(ValueError, match="draft='sometimes'"):
+        ImageFolderDataset(tmp_path, img_size=64, draft="sometimes")

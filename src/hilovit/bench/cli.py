@@ -1,4 +1,4 @@
-"""The ``hilovit bench`` sub-commands (attention, models, seg): their options and the tables they print."""
+"""The ``hilovit bench`` sub-commands (attention, models, seg, data): their options and the tables they print."""
 
 from __future__ import annotations
 
@@ -198,8 +198,68 @@ def _run_bench_seg(args) -> int:
     return print_notes_and_files(result)
 
 
+# --------------------------------------------------------------------------- bench data
+
+
+def _image_size(text: str):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 2048x1536, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sides, got {text!r}")
+    return w, h
+
+
+def _add_bench_data(sub) -> None:
+    from hilovit.bench.data import DEFAULT_SIZES
+
+    p = sub.add_parser(
+        "data",
+        help="the data path: JPEG decode, crop and batching per worker and with 2 workers, beside a training step",
+        description="Images/s of the DataLoader workers (decode, training or evaluation crop, batching) for "
+        "photo-sized JPEGs, with and without reduced-scale decoding, the device-side augmentation and a model's "
+        "training step, in one process; and the share of a core the loader needs at the model's speed.",
+    )
+    p.add_argument("--sizes", type=csv_list(_image_size), default=list(DEFAULT_SIZES),
+                   help="WIDTHxHEIGHT of the generated JPEGs (default 500x375,2048x1536)")
+    p.add_argument("--folder", default=None, help="time a folder of class subfolders of your own images instead")
+    p.add_argument("--files", type=positive_int, default=16, help="JPEGs written per size (default 16)")
+    p.add_argument("--img-size", type=positive_int, default=224)
+    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--batches", type=positive_int, default=6, help="batches per timed pass (default 6)")
+    p.add_argument("--workers", type=csv_list(int), default=[0, 2], help="DataLoader workers to time (default 0,2)")
+    p.add_argument("--model", default="litv2_s", help="model whose training step is timed ('none' to skip)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--output", default="runs/bench/data",
+                   help="prefix for .csv/.md ('' for none; the committed results in benchmarks/ are made by "
+                   "`make bench`)")
+    p.set_defaults(func=_run_bench_data)
+
+
+def _run_bench_data(args) -> int:
+    from hilovit.bench.common import format_table
+    from hilovit.bench.data import COLUMNS, run_data_benchmark
+
+    if args.folder is not None:
+        from pathlib import Path
+
+        if not Path(args.folder).is_dir():
+            raise FileNotFoundError(f"--folder {args.folder!r} is not a folder")
+    result = run_data_benchmark(
+        sizes=args.sizes, folder=args.folder, files_per_size=args.files, img_size=args.img_size,
+        batch=args.batch, batches=args.batches, workers=args.workers,
+        model=None if args.model.lower() == "none" else args.model, threads=args.threads,
+        output=args.output or None,
+    )
+    print(format_table(result["rows"], COLUMNS))
+    return print_notes_and_files(result)
+
+
 def add_bench_commands(sub) -> None:
-    """``attention``, ``models`` and ``seg`` under ``hilovit bench``."""
+    """``attention``, ``models``, ``seg`` and ``data`` under ``hilovit bench``."""
     _add_bench_attention(sub)
     _add_bench_models(sub)
     _add_bench_seg(sub)
+    _add_bench_data(sub)

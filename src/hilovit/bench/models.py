@@ -17,6 +17,7 @@ import copy
 import fnmatch
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -37,6 +38,7 @@ from hilovit.bench.common import (
 )
 from hilovit.flops import count_flops
 from hilovit.models.registry import list_models
+from hilovit.train.optim import fused_adamw_supported
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -323,25 +325,36 @@ def run_models_benchmark(
                         return cmodel(xm)
 
                 log(f"compiling {name} ({dname}) ...")
+                t0 = time.perf_counter()
                 infer_compiled()  # compilation stays out of the timings
+                info[name][f"compile_seconds|{dname}|compiled"] = time.perf_counter() - t0
                 fns[f"{name}|{dname}|compiled"] = infer_compiled
         if train:
             tmodel = copy.deepcopy(model).train()
-            opt = torch.optim.SGD(tmodel.parameters(), lr=1e-6)
+            opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-6, fused=fused_adamw_supported(tmodel))
             num_classes = getattr(tmodel, "num_classes", 0) or 1000
             target = torch.randint(0, num_classes, (batch,), device=dev)
             info[name]["train_model"] = tmodel
-            for dname, dt in dts:
+            forwards = {"train": tmodel}
+            if compile:
+                forwards["train compiled"] = torch.compile(tmodel)
+            for mode, fwd in forwards.items():
+                for dname, dt in dts:
 
-                def step(tmodel=tmodel, opt=opt, xm=xm, dt=dt, target=target):
-                    with autocast_context(dt, dev):
-                        out = tmodel(xm)
-                        loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    def step(fwd=fwd, opt=opt, xm=xm, dt=dt, target=target):
+                        with autocast_context(dt, dev):
+                            out = fwd(xm)
+                            loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
 
-                fns[f"{name}|{dname}|train"] = step
+                    if mode != "train":
+                        log(f"compiling the training step of {name} ({dname}) ...")
+                        t0 = time.perf_counter()
+                        step()  # compilation of the forward and backward stays out of the timings
+                        info[name][f"compile_seconds|{dname}|{mode}"] = time.perf_counter() - t0
+                    fns[f"{name}|{dname}|{mode}"] = step
 
     log(f"timing {len(fns)} rows x {repeats} runs (+{warmup} warm-up), batch {batch}, {H}x{W}, interleaved")
     times = interleaved_timings(fns, repeats=repeats, warmup=warmup, device=dev, progress=log)
@@ -349,7 +362,8 @@ def run_models_benchmark(
     rate32 = rates["float32"]
 
     rows: List[Dict[str, Any]] = []
-    modes = ("inference",) + (("compiled",) if compile else ()) + (("train",) if train else ())
+    modes = (("inference",) + (("compiled",) if compile else ()) + (("train",) if train else ())
+             + (("train compiled",) if train and compile else ()))
     for name in names:
         m = info[name]
         for mode in modes:
@@ -358,10 +372,11 @@ def run_models_benchmark(
                 key = f"{name}|{dname}|{mode}"
                 med = _median(times[key])
                 ips = batch / med
-                work = m["flops"] * (3 if mode == "train" else 1) if m["flops"] else None
+                work = m["flops"] * (3 if mode.startswith("train") else 1) if m["flops"] else None
                 achieved = 2.0 * work * ips / 1e9 if work else float("nan")
                 # CPU tracking runs under a dispatch mode, where compiled code runs eagerly: not measured
-                peak = float("nan") if mode == "compiled" and dev.type == "cpu" else peak_memory_bytes(fns[key], dev)
+                peak = (float("nan") if mode.endswith("compiled") and dev.type == "cpu"
+                        else peak_memory_bytes(fns[key], dev))
                 row = {
                     "model": name,
                     "mode": mode,
@@ -378,6 +393,8 @@ def run_models_benchmark(
                     "share_of_fp32_matmul": achieved / rate32,
                     "share_of_dtype_matmul": achieved / rates.get(dname, rate32),
                 }
+                if mode.endswith("compiled"):
+                    row["compile_seconds"] = m[f"compile_seconds|{dname}|{mode}"]
                 if base is None:
                     base = ips
                 row["speedup_vs_first_dtype"] = ips / base
@@ -439,7 +456,8 @@ def run_models_benchmark(
         f"({matmul_n}x{matmul_n}, 2 FLOPs per multiply-add): "
         + "; ".join(f"{d} {r:.1f} GFLOP/s" for d, r in rates.items()),
         f"protocol: batch {batch}, {H}x{W}, median of {repeats} interleaved runs after {warmup} warm-up; "
-        "inference under torch.inference_mode; training = forward + cross-entropy + backward + SGD step; "
+        "inference under torch.inference_mode; training = forward + cross-entropy + backward + AdamW step "
+        "(torch's fused kernel); "
         "low-precision rows autocast the float32 model",
         "flops_G: analytic multiply-adds per image (the official count); counted_flops_G: multiply-adds of the "
         "matrix products actually executed (hilovit.flops.count_flops); gflops_per_s counts 2 FLOPs per "
@@ -458,13 +476,17 @@ def run_models_benchmark(
                         line += f"; {d} {r['images_per_s'] / mine['float32']['images_per_s']:.2f}x float32"
                 notes.append(line)
     if compile:
-        speedups = [
-            f"{r['model']} {r['dtype']} {r['images_per_s'] / e['images_per_s']:.2f}x"
-            for r in rows if r["mode"] == "compiled"
-            for e in rows if e["mode"] == "inference" and (e["model"], e["dtype"]) == (r["model"], r["dtype"])
-        ]
-        notes.append(f"torch.compile (inductor) speed-up over eager inference on {dev.type}, measured side by side: "
-                     + "; ".join(speedups))
+        for compiled, eager, what in (("compiled", "inference", "inference"),
+                                      ("train compiled", "train", "training")):
+            speedups = [
+                f"{r['model']} {r['dtype']} {r['images_per_s'] / e['images_per_s']:.2f}x (compiled in "
+                f"{r['compile_seconds']:.0f} s)"
+                for r in rows if r["mode"] == compiled
+                for e in rows if e["mode"] == eager and (e["model"], e["dtype"]) == (r["model"], r["dtype"])
+            ]
+            if speedups:
+                notes.append(f"torch.compile (inductor) speed-up over eager {what} on {dev.type}, measured side by "
+                             "side: " + "; ".join(speedups))
     breakdown_notes = _breakdown_notes(breakdown_rows)
     notes += breakdown_notes
     result: Dict[str, Any] = {"rows": rows, "sweep_rows": sweep_rows, "breakdown_rows": breakdown_rows,

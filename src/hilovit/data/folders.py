@@ -256,6 +256,23 @@ def decode_image(path: PathLike, draft: Optional[int] = None) -> Image.Image:
         return _to_rgb(im)
 
 
+def reduce_jpeg_decode(im: Image.Image, room: float) -> float:
+    """Let an opened, not yet loaded JPEG decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode:
+    the DCT does the downscaling, so decoding costs a fraction of the full image) when ``room``,
+    how many times larger than needed the region of interest is, allows it: the largest factor
+    ``f <= room`` is chosen. Returns the factor taken (1.0 for other formats or too little room)."""
+    if room < 2 or getattr(im, "format", None) != "JPEG":
+        return 1.0
+    factor = next(f for f in (8, 4, 2) if f <= room)
+    width, height = im.size
+    # asking for ceil(size / f) per side makes Pillow pick f or the next smaller factor, never a larger one
+    done = im.draft(im.mode if im.mode in ("RGB", "L", "CMYK") else "RGB",
+                    (-(-width // factor), -(-height // factor)))
+    if not done:
+        return 1.0
+    return width / done[1][2]
+
+
 def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> torch.Tensor:
     """Decode an image file to a uint8 tensor (3, img_size, img_size) by :func:`resize_center_crop`.
 
@@ -275,6 +292,9 @@ def _name_some(paths: Sequence[Path], root: Path, limit: int = 5) -> str:
 
     shown = ", ".join(rel(p) for p in paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+DRAFT_MODES = ("train", "all", "off")
 
 
 class ImageFolderDataset(Dataset):
@@ -303,6 +323,11 @@ class ImageFolderDataset(Dataset):
             ImageNet scale) and leave out the unreadable ones with one warning.
         crop_pct, interpolation: the evaluation crop (see :func:`resize_center_crop`); the
             interpolation ('bilinear', 'bicubic', 'nearest', ...) also resizes training crops.
+        draft: when a JPEG may decode at 1/2, 1/4 or 1/8 scale (:func:`reduce_jpeg_decode`), which
+            it does only where the crop still has ``img_size`` pixels per side: ``'train'`` (the
+            default) for training crops, whose box is drawn before decoding; ``'all'`` for
+            evaluation too; ``'off'`` never. Evaluation decodes the full image by default, as the
+            reference protocols do, so its numbers match theirs.
 
     Attributes:
         samples: list of ``(Path, label)`` kept; ``skipped``: paths left out by ``verify``.
@@ -327,7 +352,11 @@ class ImageFolderDataset(Dataset):
         verify: bool = False,
         crop_pct: float = 1.0,
         interpolation: str = "bilinear",
+        draft: str = "train",
     ) -> None:
+        if draft not in DRAFT_MODES:
+            raise ValueError(f"ImageFolderDataset: draft={draft!r}; choose one of {', '.join(DRAFT_MODES)}")
+        self.draft = draft
         if not isinstance(img_size, (int, np.integer)) or isinstance(img_size, bool):
             raise TypeError(f"ImageFolderDataset: img_size must be an int, got {type(img_size).__name__}")
         if img_size < 1:
@@ -413,10 +442,23 @@ class ImageFolderDataset(Dataset):
         return _to_tensor(out)
 
     def _read(self, path: Path) -> torch.Tensor:
-        draft = None
-        if self.train_crop is not None:  # the smallest crop must keep img_size pixels per side
-            draft = int(math.ceil(self.img_size / math.sqrt(self.train_crop[0][0])))
-        return self.make_sample(decode_image(path, draft))
+        with Image.open(path) as im:
+            width, height = im.size
+            if self.train_crop is None:
+                box = None
+                room = min(width, height) / math.ceil(self.img_size / self.crop_pct) if self.draft == "all" else 1.0
+            else:  # the crop is drawn before decoding, so the decoder knows how much of the detail it keeps
+                box = random_resized_crop_box(width, height, *self.train_crop)
+                room = min(box[2], box[3]) / self.img_size if self.draft != "off" else 1.0
+            factor = reduce_jpeg_decode(im, room)
+            im.load()
+            image = _to_rgb(im)
+        if box is None:
+            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation))
+        left, top, w, h = (v / factor for v in box)
+        out = image.resize((self.img_size, self.img_size), pil_interpolation(self.interpolation),
+                           box=(left, top, min(left + w, image.width), min(top + h, image.height)))
+        return _to_tensor(out)
 
     def select(self, indices: Sequence[int]) -> ImageFolderDataset:
         """A new dataset holding the samples at ``indices`` (no re-check of the files)."""

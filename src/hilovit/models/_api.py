@@ -21,6 +21,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from hilovit.runtime import tune_allocator
+
 __all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "init_weights", "check_image_input"]
 
 Indices = Union[int, Sequence[int], None]
@@ -180,6 +182,12 @@ class HierarchicalModel(nn.Module):
     """
 
     _POOLS = ("avg", "")
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The first model built switches glibc to reuse freed activation memory (see
+        # hilovit.runtime.tune_allocator; HILOVIT_NO_MALLOPT=1 leaves the allocator alone).
+        tune_allocator()
 
     # ---- hooks ------------------------------------------------------------------------------
     def _feature_norm(self, i: int, out: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from hilovit.device import is_out_of_memory, resolve_device
+from hilovit.train.compiled import CompiledTraining
 from hilovit.train.config import OptionError, TrainConfig
 from hilovit.train.distributed import (
     DistEnv,
@@ -162,7 +163,9 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
     bar = reporter.bar(n_steps, f"epoch {epoch + 1}/{cfg.epochs}")
     t0 = time.perf_counter()
     last_log = t0
+    compiled: CompiledTraining = ctx["compiled"]
     for i, (images, targets) in enumerate(batches):
+        forward = compiled.module_for_step()
         images = images.to(dev, non_blocking=True)
         targets = targets.to(dev, non_blocking=True)
         with torch.no_grad():
@@ -175,7 +178,7 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
             ctx_sync = ddp_model.no_sync() if (not sync and hasattr(ddp_model, "no_sync")) else _nullctx()
             with ctx_sync:
                 with autocast_context(dev, amp_dtype):
-                    logits = ddp_model(xc)
+                    logits = forward(xc)
                 loss = soft_target_cross_entropy(logits.float(), sc)
                 weight = xc.shape[0] / x.shape[0]
                 if scaler is not None:
@@ -193,6 +196,9 @@ def _train_one_epoch(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> Dic
             sums[2] += xc.shape[0]
         optimizer_step(model, optimizer, scaler, schedule, cfg.clip_grad)
         ctx["step"] += 1
+        timed = compiled.step_done()
+        if timed is not None:
+            reporter.print(compiled.describe(timed))
         if ema is not None:
             ema.update(model)
         elapsed = time.perf_counter() - t0
@@ -233,6 +239,7 @@ def _apply_freezing(ctx: Dict[str, Any], epoch: int, reporter: Reporter) -> None
     changed = set_backbone_frozen(ctx["model"], frozen)
     if changed and ctx["env"].distributed:
         ctx["ddp_model"] = wrap_ddp(ctx["model"], ctx["env"])
+        ctx["compiled"].replace_module(ctx["ddp_model"])
     if frozen and changed:
         reporter.print(f"backbone frozen for the first {plural(cfg.freeze_backbone_epochs, 'epoch')}: only the "
                        "classifier head trains")
@@ -433,7 +440,7 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
                                        steps_per_epoch, min_lr))
     ctx = dict(cfg=cfg, env=env, model=model, ddp_model=ddp_model, optimizer=optimizer, schedule=schedule,
                scaler=scaler, ema=ema, pipeline=pipeline, mixup=mixup, train_batches=train_batches,
-               amp_dtype=amp_dtype, step=step)
+               amp_dtype=amp_dtype, step=step, compiled=CompiledTraining(ddp_model, cfg.compile))
     tensorboard = TensorBoardLog(out / "tensorboard") if (cfg.log_tensorboard and env.is_main) else None
     last_eval: Dict[str, Any] = {}
     last_eval_ema: Dict[str, Any] = {}
@@ -531,6 +538,10 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
         "wall_seconds_total": wall_before + wall,
         "files": {},
     }
+    if cfg.compile:
+        summary["compile"] = ctx["compiled"].result()
+        if not ctx["compiled"].reported:
+            reporter.print(ctx["compiled"].describe(summary["compile"]))
     if last_eval:
         summary.update({
             "test_top1": last_eval["top1"], "test_top5": last_eval["top5"], "test_topk": last_eval.get("top5_k", 5),

@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "layer_ids",
+__all__ = ["fused_adamw_supported",
+           "scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "layer_ids",
            "apply_layer_decay", "optimizer_step"]
 
 REFERENCE_BATCH = 512
@@ -130,6 +131,13 @@ def apply_layer_decay(model: nn.Module, groups: List[Dict[str, Any]], lr: float,
     return out
 
 
+def fused_adamw_supported(model: nn.Module) -> Optional[bool]:
+    """True where every parameter sits on a device with fused AdamW kernels (CPU, CUDA), else None
+    (torch's own choice)."""
+    devices = {p.device.type for p in model.parameters()}
+    return True if devices and devices <= {"cpu", "cuda"} else None
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "adamw",
@@ -141,11 +149,15 @@ def build_optimizer(
     offset_lr_scale: float = 0.01,
     layer_decay: Optional[float] = None,
 ) -> torch.optim.Optimizer:
-    """AdamW (the official recipe) or SGD with Nesterov momentum over :func:`build_param_groups`."""
+    """AdamW (the official recipe; torch's fused kernel where the parameters' device has one) or SGD
+    with Nesterov momentum over :func:`build_param_groups`. Build it after moving the model to its device."""
     groups = build_param_groups(model, lr, weight_decay, offset_lr_scale, layer_decay)
     name = name.lower()
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        # the fused kernel updates every tensor in one pass: on this 2-core CPU, 34 ms against 145 ms of the
+        # default per-tensor loop for LITv2-S's 28M parameters (about 2% of a batch-16 training step)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                 fused=fused_adamw_supported(model))
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r} is not known; choose one of: adamw, sgd")

@@ -3,7 +3,8 @@
 A resumed run keeps the options saved in its ``last.pt``. Only those in :data:`RESUMABLE` may be
 given new values: they change how long the run goes (``epochs``, ``stop_at_epoch``), where the
 data lies (``data_dir``) and how the work is done and reported (``workers``, ``threads``,
-``progress``, ``log_interval``, ``eval_interval``, ``log_tensorboard``), never what is computed. ``pretrained`` is
+``progress``, ``log_interval``, ``eval_interval``, ``log_tensorboard``, ``compile``), never what is computed.
+``pretrained`` is
 fixed like the others: a resumed run continues from its own weights, whatever it started from. Any other option
 given with a value other than the run's own is refused, naming the option and both values.
 
@@ -26,7 +27,7 @@ from hilovit.train.state import load_training_state
 __all__ = ["RESUMABLE", "resolve_run", "describe_changes", "describe_replan"]
 
 RESUMABLE = ("epochs", "stop_at_epoch", "data_dir", "workers", "threads", "progress", "log_interval",
-             "eval_interval", "log_tensorboard")
+             "eval_interval", "log_tensorboard", "compile")
 # Options that say which run this is, not what it computes: never compared.
 _RUN_KEYS = ("resume", "overwrite", "output")
 

@@ -42,7 +42,7 @@ from hilovit.train.distributed import DistEnv, all_reduce_sum, cleanup_distribut
 from hilovit.train.engine import TrainingDivergedError, _average_bn_stats, _epoch_seed, _seed_everything
 from hilovit.train.evaluate import autocast_context, resolve_amp
 from hilovit.train.loaders import epoch_order
-from hilovit.train.optim import optimizer_step
+from hilovit.train.optim import fused_adamw_supported, optimizer_step
 from hilovit.train.report import Reporter as _Reporter
 from hilovit.train.seg_config import PolySchedule, SegTrainConfig
 from hilovit.train.seg_eval import ModelSource, build_segmenter, evaluate_segmentation, seg_cross_entropy
@@ -293,7 +293,8 @@ def _run(cfg: SegTrainConfig, state, env: DistEnv, out: Path, train_ds, eval_ds,
                                info.in_chans, cfg.model_kwargs)
     model.to(env.device)
     # The official optimiser: AdamW with weight decay on every parameter (no paramwise_cfg in the config).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=fused_adamw_supported(model))
     steps_per_epoch = len(train_ds) // cfg.batch_size
     schedule = PolySchedule(optimizer, cfg.lr, cfg.epochs * steps_per_epoch, cfg.poly_power, cfg.min_lr,
                             cfg.warmup_iters, cfg.warmup_ratio)
