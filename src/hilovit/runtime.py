@@ -6,7 +6,8 @@ again. :func:`tune_allocator` tells glibc to keep freed memory for reuse instead
 jemalloc/tcmalloc give). The first hilovit model built in a process calls it (so does the
 ``hilovit`` command). On this project's 2-core AVX2 CPU it makes a LITv2-S training step
 (batch 16, 224) 1.27x faster (4.3 s against 5.4-5.7 s) and a 77 MB element-wise pass 8x faster;
-inference changes by no more than run-to-run noise, and cold torch.compile times are the same
+inference about 1.1x (1.26 s against 1.42 s; ``benchmarks/library_path.md`` has the committed run,
+where the gaps were smaller), and cold torch.compile times are the same
 either way (85 s and 85 s against 76 s and 89 s for ``swin_nano``). The cost: memory freed after a
 peak stays with the process for reuse. ``HILOVIT_NO_MALLOPT=1`` makes it a no-op.
 """
