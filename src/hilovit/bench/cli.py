@@ -202,13 +202,14 @@ def _run_bench_seg(args) -> int:
 
 
 def _image_size(text: str):
+    """``WIDTHxHEIGHT`` -> ``(width, height)``, through the segmentation benchmark's size parser."""
+    from hilovit.bench.seg import parse_size
+
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 2048x1536, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sides, got {text!r}")
-    return w, h
+        height, width = parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 2048x1536 ({e})") from None
+    return width, height
 
 
 def _add_bench_data(sub) -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from hilovit.bench.common import command_line, machine_info, set_threads, write_table
+from hilovit.bench.common import command_line, interleaved_timings, machine_info, set_threads, write_table
 
 __all__ = ["DEFAULT_SIZES", "COLUMNS", "make_jpeg_folder", "run_data_benchmark"]
 
@@ -45,6 +45,8 @@ def make_jpeg_folder(root: Path, size: Tuple[int, int], count: int, quality: int
     """Write ``count`` JPEGs of ``size`` (width, height) into two class folders under ``root``:
     smooth gradients and waves with sensor-like noise, so they compress and decode like photos
     rather than like pure noise (which decodes slower) or flat colour (faster)."""
+    from PIL import Image
+
     width, height = size
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -55,8 +57,6 @@ def make_jpeg_folder(root: Path, size: Tuple[int, int], count: int, quality: int
         img = np.stack([x / width * 255, y / height * 255,
                         128 + 100 * np.sin(x / fx + phase) * np.cos(y / fy)], -1)
         img += rng.normal(0, 8, img.shape).astype(np.float32)
-        from PIL import Image
-
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f"{k:04d}.jpg", quality=quality)
     return root
 
@@ -99,14 +99,7 @@ def _loader_rate(dataset: Dataset, batch: int, batches: int, workers: int) -> fl
 
 
 def _median_time(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(interleaved_timings({"fn": fn}, repeats=repeats, warmup=warmup)["fn"]))
 
 
 def run_data_benchmark(
@@ -217,7 +210,7 @@ def run_data_benchmark(
             r["core_share_at_model_speed"] = trained["images_per_s"] / one_worker
             r["model_images_per_s"] = trained["images_per_s"]
 
-    notes = _notes(rows, pipe, trained, batch, batches, img_size, threads)
+    notes = _notes(rows, pipe, trained, batch, batches, img_size)
     result: Dict[str, Any] = {"rows": rows, "pipeline": pipe, "model": trained, "notes": notes, "files": {}}
     if output:
         result["files"] = write_table(rows, output, "Data path benchmark", command_line(), notes=notes,
@@ -225,7 +218,7 @@ def run_data_benchmark(
     return result
 
 
-def _notes(rows, pipe, trained, batch, batches, img_size, threads) -> List[str]:
+def _notes(rows, pipe, trained, batch, batches, img_size) -> List[str]:
     info = machine_info("cpu")
     notes = [
         f"machine: {info.get('cpu', 'cpu')}, {torch.get_num_threads()} threads in the main process, torch "

@@ -27,15 +27,18 @@ class CompiledTraining:
         eager_steps: steps run eagerly first (the first is a warm-up; the others are the reference).
         steady_steps: compiled steps after the compiling one before :meth:`step_done` reports.
         compile_fn: the compiler (``torch.compile``; a test may pass another).
+        clock: seconds now (``time.perf_counter``; a test may pass a fake one).
     """
 
     def __init__(self, module: nn.Module, enabled: bool, eager_steps: int = 3, steady_steps: int = 3,
-                 compile_fn: Optional[Callable[[nn.Module], nn.Module]] = None) -> None:
+                 compile_fn: Optional[Callable[[nn.Module], nn.Module]] = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if eager_steps < 2 or steady_steps < 1:
             raise ValueError(f"eager_steps must be >= 2 and steady_steps >= 1, got {eager_steps}, {steady_steps}")
         self.module, self.enabled = module, bool(enabled)
         self.eager_steps, self.steady_steps = eager_steps, steady_steps
         self.compile_fn = compile_fn
+        self.clock = clock
         self.compiled: Optional[nn.Module] = None
         self.eager_times: List[float] = []
         self.compiled_times: List[float] = []
@@ -44,13 +47,11 @@ class CompiledTraining:
 
     def replace_module(self, module: nn.Module) -> None:
         """Train ``module`` from now on (e.g. the model wrapped again by DDP); compiled again when due."""
-        self.module = module
-        if self.compiled is not None:
-            self.compiled = None
+        self.module, self.compiled = module, None
 
     def module_for_step(self) -> nn.Module:
         """The module for the step about to run (and start its clock)."""
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
         if not self.enabled or len(self.eager_times) < self.eager_steps:
             return self.module
         if self.compiled is None:
@@ -65,7 +66,7 @@ class CompiledTraining:
         """Stop the step's clock; returns :meth:`result` the first time it is complete, else None."""
         if not self.enabled:
             return None
-        seconds = time.perf_counter() - self._t0
+        seconds = self.clock() - self._t0
         (self.compiled_times if self.compiled is not None else self.eager_times).append(seconds)
         if not self.reported and len(self.compiled_times) > self.steady_steps:
             self.reported = True
