@@ -413,10 +413,16 @@ def test_short_key_bfloat16_path_is_the_softmax_and_skips_the_fused_kernel(monke
     err = (out.double() - ref).abs().max().item()
     # bfloat16 logits, weights and output: a few units of bfloat16 rounding of the output's scale
     assert err < 0.03 * ref.abs().max().item(), err
-    # without a mask the short path still runs; in float32 the fused kernel is used (the refusal shows it)
+    # without a mask the short path still runs
     with torch.inference_mode():
         plain = fast.attention(q, k, v, None, 0.25, 0.0)
     assert (plain.double() - ref_attention(q.double(), k.double(), v.double(), 0.25)).abs().max() < 0.03
+    # float32 inference: the products around a float32 softmax, to float32 rounding of the math
+    with torch.inference_mode():
+        f32 = fast.attention(q.float(), k.float(), v.float(), mask.float(), 0.25, 0.0)
+    assert f32.dtype == torch.float32
+    torch.testing.assert_close(f32.double(), ref, atol=1e-5, rtol=1e-5)
+    # outside the fast path (autograd on, nothing requiring grad) the fused kernel is used
     with pytest.raises(AssertionError, match="fused kernel"):
         fast.attention(q.float(), k.float(), v.float(), mask.float(), 0.25, 0.0)
 
@@ -430,6 +436,54 @@ def test_short_key_path_hands_overflowing_rows_to_the_fused_kernel():
         fused = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, fused, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "band"])
+def test_short_key_training_path_gives_the_fused_kernels_values_and_gradients(monkeypatch, mask_kind):
+    """Under autograd on the CPU, short key sequences run as plain products (no fused kernel): the
+    output and the gradients of q, k, v and the mask are those of the fused kernel's in float32."""
+    g = torch.Generator().manual_seed(3)
+    n, nh, L, hd = 4, 3, 28, 16
+    q, k, v = (torch.randn(n, nh, L, hd, generator=g).requires_grad_() for _ in range(3))
+    mask = None
+    if mask_kind == "broadcast":  # one (1, heads, L, L) bias shared by every window, as Swin's
+        mask = torch.randn(1, nh, L, L, generator=g).requires_grad_()
+    elif mask_kind == "band":  # windows kept apart by -inf, as HiLo's Hi-Fi bands
+        idx = torch.arange(L) % 14 // 2
+        mask = torch.where(idx[:, None] == idx[None, :], 0.0, float("-inf"))
+    grad = torch.randn(n, nh, L, hd, generator=g)
+    leaves = [t for t in (q, k, v, mask) if t is not None and t.requires_grad]
+
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    want = torch.autograd.grad(fused, leaves, grad)
+
+    def refuse(*a, **kw):
+        raise AssertionError("the fused kernel was called")
+
+    monkeypatch.setattr(fast.F, "scaled_dot_product_attention", refuse)
+    out = fast.attention(q, k, v, mask, 0.3, 0.0)
+    got = torch.autograd.grad(out, leaves, grad)
+    torch.testing.assert_close(out, fused, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # bfloat16 (as under autocast): within bfloat16 rounding of the float64 math, gradients included
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    mb = None if mask is None else mask.detach().bfloat16()
+    outb = fast.attention(qb, kb, vb, mb, 0.3, 0.0)
+    assert outb.dtype == torch.bfloat16
+    gb = torch.autograd.grad(outb, (qb, kb, vb), grad.bfloat16())
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = ref_attention(q64, k64, v64, 0.3, None if mask is None else mask.detach().double())
+    g64 = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    assert (outb.double() - ref).abs().max() < 0.03 * ref.abs().max()
+    for a, b in zip(gb, g64):
+        assert (a.double() - b).abs().max() < 0.05 * b.abs().max()
+    # dropout and long key sequences keep the fused kernel
+    with pytest.raises(AssertionError, match="fused kernel"):
+        fast.attention(q, k, v, mask, 0.3, 0.1)
+    long_k = torch.randn(n, nh, fast.SHORT_KEYS + 1, hd, requires_grad=True)
+    with pytest.raises(AssertionError, match="fused kernel"):
+        fast.attention(q, long_k, long_k, None, 0.3, 0.0)
 
 
 def test_window_attention_bfloat16_inference_matches_float64_reference():
