@@ -69,20 +69,19 @@ def test_flop_counting_sees_the_plain_windows_and_inference_the_bands():
     with FlopCounterMode(display=False), torch.no_grad():
         assert "dispatch mode" in fast.why_not_fast(x)
     seen = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    attention = fast.attention
 
-    def spy(q, k, v, attn_mask=None, **kw):
+    def spy(q, k, v, mask, *a):
         seen.append(tuple(k.shape[-2:]))
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+        return attention(q, k, v, mask, *a)
 
     import unittest.mock
 
-    with unittest.mock.patch.object(fast.F, "scaled_dot_product_attention", spy), torch.no_grad():
+    with unittest.mock.patch.object(fast, "attention", spy), torch.no_grad():
         m(x)
     assert (2 * 14, 64) in seen  # the Hi-Fi keys: one band of 2 rows x 14 columns
     seen.clear()
-    with unittest.mock.patch.object(fast.F, "scaled_dot_product_attention", spy), torch.no_grad(), \
-            fast.fast_inference(False):
+    with unittest.mock.patch.object(fast, "attention", spy), torch.no_grad(), fast.fast_inference(False):
         m(x)
     assert (4, 64) in seen and (28, 64) not in seen  # windows of 2x2 tokens
 

@@ -135,5 +135,6 @@ def test_train_with_compile_trains_the_same_model(idx_dir, tmp_path, monkeypatch
     b = load_file(tmp_path / "compiled" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=2e-4, rtol=1e-3, msg=k)
+        # rounding differences of the captured graph (decomposed softmax and casts) grow over 8 steps
+        torch.testing.assert_close(b[k], a[k], atol=5e-4, rtol=1e-3, msg=k)
     assert compiled["test_top1"] == pytest.approx(eager["test_top1"], abs=6.25)  # one of 16 images at most

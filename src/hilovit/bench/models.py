@@ -142,8 +142,9 @@ OP_KINDS: Dict[str, Tuple[str, ...]] = {
 BREAKDOWN_PROTOCOL = (
     "protocol: one profiled inference call per run (torch.profiler, CPU self time of every op, so nested ops "
     "count once), the dtypes interleaved, median over runs per kind; 'fused attention' is PyTorch's "
-    "attention kernel (float32), 'attention products' the two batched products of the bfloat16 short-key "
-    "attention, whose exp, sums and division fall in 'other' with every remaining op (element-wise, "
+    "attention kernel (long key sequences), 'attention products' the two batched products of the short-key "
+    "attention (windows, pooled keys), whose softmax (float32) or exp, sums and division (bfloat16) fall in "
+    "'other' with every remaining op (element-wise, "
     "copies, reductions, sampling); the profiler adds a little time per op, so totals sit slightly above "
     "the timed rows"
 )

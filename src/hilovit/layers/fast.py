@@ -442,8 +442,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
     if dropout_p == 0.0 and k.shape[-2] <= SHORT_KEYS and q.device.type == "cpu":
         if q.dtype == torch.float32 and not why_not_fast(q):
             return _product_attention(q, k, v, mask, scale)
-        if (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, mask))
-                and q.dtype in (torch.float32, torch.bfloat16) and not why_not_fast(q, training=True)):
+        # plain ops, so also under torch.compile (the compiled step keeps eager's formulation) and
+        # dispatch modes (FLOP counters and memory trackers see what runs); only the switch stops it
+        if (_enabled and torch.is_grad_enabled() and q.dtype in (torch.float32, torch.bfloat16)
+                and any(t is not None and t.requires_grad for t in (q, k, v, mask))):
             return _product_attention(q, k, v, mask, scale)
     if dropout_p == 0.0 and q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_KEYS and not why_not_fast(q):
         # keys gathered as rows (contiguous 64-byte runs) and handed over transposed: the product
