@@ -45,7 +45,8 @@ BENCH_DTYPES = $(shell $(BIN)/python -c "import torch; from hilovit.bench.seg im
 
 # Everything `make bench` writes is committed under benchmarks/ and feeds the README's figures (half an hour
 # on 2 cores): attention mechanisms, whole models (inference, training, torch.compile, breakdown, sweep),
-# the data path, and the library path now and before the internal reshape (7800cd4).
+# the data path, the library path now and before the internal reshape (7800cd4), and the attention
+# benchmark again, its ratios compared with the first run's (run-to-run stability).
 bench: $(STAMP)
 	$(BIN)/hilovit bench attention --repeats 10 --dtype $(BENCH_DTYPES) --output benchmarks/attention
 	$(BIN)/hilovit bench models --models swin_t,litv2_s --batch 16 --img-size 224 --dtype $(BENCH_DTYPES) \
@@ -54,6 +55,8 @@ bench: $(STAMP)
 	$(BIN)/hilovit bench data --threads 2 --output benchmarks/data
 	$(BIN)/python benchmarks/library_path.py --before 7800cd4 --repeats 5 --warmup 1 --rounds 2 --train \
 		--output benchmarks/library_path
+	$(BIN)/python benchmarks/repeat_check.py --first benchmarks/attention.csv --output benchmarks/attention_repeat \
+		-- --repeats 10 --dtype $(BENCH_DTYPES)
 	$(BIN)/python scripts/readme_figures.py
 
 # Semantic FPN: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024 and 2048x512, batch 1 (several minutes).

@@ -62,16 +62,12 @@ def _attn(r: Results, mechanism: str, dtype: str = "float32") -> float:
     return float(r.row("attention", mechanism=mechanism, dtype=dtype)["images_per_s"])
 
 
-# the run on the earlier CPU with native bfloat16 products: its bfloat16 rows, kept in benchmarks/bf16_cpu/
-BF16 = "bf16_cpu/"
-
-
-def _model(r: Results, model: str, mode: str, dtype: str, where: str = "") -> dict:
-    return r.row(f"{where}models", model=model, mode=mode, dtype=dtype)
+def _model(r: Results, model: str, mode: str, dtype: str) -> dict:
+    return r.row("models", model=model, mode=mode, dtype=dtype)
 
 
 def _kind(r: Results, model: str, dtype: str, kind: str) -> dict:
-    return r.row(f"{BF16}models_breakdown", model=model, dtype=dtype, kind=kind)
+    return r.row("models_breakdown", model=model, dtype=dtype, kind=kind)
 
 
 def _figures() -> Dict[str, Callable[[Results], str]]:
@@ -79,27 +75,47 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     # attention benchmark (benchmarks/attention.csv)
     f["attn.hilo_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="float32")[
         "speedup_vs_naive_fp32"]))
-    f["attn.hilo_bf16_vs_naive"] = lambda r: _x(float(r.row(f"{BF16}attention", mechanism="HiLo", dtype="bfloat16")[
+    f["attn.hilo_bf16_vs_naive"] = lambda r: _x(float(r.row("attention", mechanism="HiLo", dtype="bfloat16")[
         "speedup_vs_naive_fp32"]))
     f["attn.hilo_share"] = lambda r: _pct(float(r.row("attention", mechanism="HiLo", dtype="float32")[
         "share_of_fp32_matmul"]))
     f["attn.hilo_vs_msa"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "MSA"))
     f["attn.hilo_vs_sra"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "SRA (sr=2)"))
     f["attn.hilo_vs_window"] = lambda r: _x(_attn(r, "HiLo") / _attn(r, "Local window (7)"))
+    # the attention benchmark run again (benchmarks/attention_repeat.csv, benchmarks/repeat_check.py)
+    def repeat(r):
+        return r.csv("attention_repeat")
+
+    f["repeat.agree"] = lambda r: f"{sum(row['agrees'] == 'True' for row in repeat(r))} of {len(repeat(r))}"
+    f["repeat.largest_change"] = lambda r: _pct(max(abs(float(row["change"])) for row in repeat(r)), 1)
+
+    def repeat_hilo_bf16(r, run):
+        return _x(float(r.row("attention_repeat", mechanism="HiLo", dtype="bfloat16",
+                              ratio="speedup_vs_naive_fp32")[run]))
+
+    f["repeat.hilo_bf16.first"] = lambda r: repeat_hilo_bf16(r, "first")
+    f["repeat.hilo_bf16.second"] = lambda r: repeat_hilo_bf16(r, "second")
     # model benchmark (benchmarks/models.csv)
     for model in ("swin_t", "litv2_s"):
         for mode in ("inference", "train"):
             f[f"models.{model}.{mode}.fp32_share"] = (
                 lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "float32")["share_of_fp32_matmul"])))
             f[f"models.{model}.{mode}.bf16_share"] = (
-                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "bfloat16", BF16)["share_of_dtype_matmul"])))
+                lambda r, m=model, o=mode: _pct(float(_model(r, m, o, "bfloat16")["share_of_dtype_matmul"])))
             f[f"models.{model}.{mode}.bf16_speedup"] = (
-                lambda r, m=model, o=mode: _x(float(_model(r, m, o, "bfloat16", BF16)["speedup_vs_first_dtype"])))
+                lambda r, m=model, o=mode: _x(float(_model(r, m, o, "bfloat16")["speedup_vs_first_dtype"])))
         for what, eager, compiled in (("inference", "inference", "compiled"), ("train", "train", "train compiled")):
             f[f"compile.{model}.{what}.speedup"] = lambda r, m=model, e=eager, c=compiled: _x(
                 float(_model(r, m, c, "float32")["images_per_s"]) / float(_model(r, m, e, "float32")["images_per_s"]))
             f[f"compile.{model}.{what}.seconds"] = (
                 lambda r, m=model, c=compiled: f"{float(_model(r, m, c, 'float32')['compile_seconds']):.0f} s")
+    for dtype, col in (("float32", "share_of_fp32_matmul"), ("bfloat16", "share_of_dtype_matmul")):
+        # the reference rate of that run: any row's achieved FLOP/s over its share
+        def rate(r, d=dtype, c=col):
+            row = _model(r, "litv2_s", "inference", d)
+            return f"{float(row['gflops_per_s']) / float(row[c]):.0f}"
+
+        f[f"models.matmul.{dtype}"] = rate
     f["models.litv2_vs_swin.fp32"] = lambda r: _x(
         float(_model(r, "litv2_s", "inference", "float32")["images_per_s"])
         / float(_model(r, "swin_t", "inference", "float32")["images_per_s"]))
@@ -112,7 +128,7 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
             f[f"breakdown.{model}.{key}.share"] = (
                 lambda r, m=model, k=kind: _pct(float(_kind(r, m, "float32", k)["share_of_total"])))
         f[f"breakdown.{model}.attention_fp32_ms"] = (
-            lambda r, m=model: f"{float(_kind(r, m, 'float32', 'fused attention')['ms_per_batch']):.0f} ms")
+            lambda r, m=model: f"{float(_kind(r, m, 'float32', 'attention products')['ms_per_batch']):.0f} ms")
         f[f"breakdown.{model}.attention_bf16_ms"] = (
             lambda r, m=model: f"{float(_kind(r, m, 'bfloat16', 'attention products')['ms_per_batch']):.0f} ms")
     # resolution sweep (benchmarks/models_sweep.csv)
@@ -159,7 +175,28 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
 
             for m in ("litv2_s", "swin_t"):
                 f[f"lib.{key}.{kind}.{m}"] = lambda r, g=row, m=m: _pct(float(g(r)[f"{m} share"]))
+                f[f"lib.{key}.{kind}.{m}_s"] = lambda r, g=row, m=m: f"{float(g(r)[f'{m} s/batch']):.2f} s"
             f[f"lib.{key}.{kind}.ratio"] = lambda r, g=row: _x(float(g(r)["litv2_s/swin_t speed"]))
+            f[f"lib.{key}.{kind}.matmul"] = lambda r, g=row: f"{float(g(r)['matmul GFLOP/s']):.0f}"
+    # the speed targets of the Benchmarks section: met when every figure named reaches its threshold
+    def verdict(*checks):
+        return lambda r: "met" if all(float(get(r)) >= limit for get, limit in checks) else "not met"
+
+    def share(key):  # a percentage figure above, as a fraction
+        return lambda r: float(f[key](r).rstrip("%")) / 100
+
+    def times(key):  # an 'N.NNx' figure above
+        return lambda r: float(f[key](r).rstrip("x"))
+
+    f["target.library"] = verdict((share("lib.now.infer.litv2_s"), 0.83), (times("lib.now.infer.ratio"), 1.2))
+    f["target.bf16_inference"] = verdict((share("models.litv2_s.inference.bf16_share"), 0.80),
+                                         (share("models.swin_t.inference.bf16_share"), 0.80))
+    f["target.train"] = verdict((share("lib.now.train.litv2_s"), 0.80), (share("lib.now.train.swin_t"), 0.80))
+    f["target.bf16_train"] = verdict((share("models.litv2_s.train.bf16_share"), 0.65),
+                                     (share("models.swin_t.train.bf16_share"), 0.65))
+    f["target.hilo"] = verdict((share("attn.hilo_share"), 0.90))
+    f["target.loader"] = lambda r: "met" if max(float(data(r, z)["core_share_at_model_speed"])
+                                                for z in ("500x375", "2048x1536")) < 1 else "not met"
     # segmentation speed (benchmarks/seg.csv, hilovit bench seg)
     for size in ("512x512", "1024x1024", "2048x512"):
         key = size.replace("x", "_")

@@ -26,8 +26,9 @@ def test_make_bench_names_its_output():
     commands = re.findall(r"hilovit bench (\w+)", bench)
     assert commands == ["attention", "models", "data"]
     assert re.findall(r"--output (\S+)", bench) == ["benchmarks/attention", "benchmarks/models", "benchmarks/data",
-                                                     "benchmarks/library_path"]
+                                                     "benchmarks/library_path", "benchmarks/attention_repeat"]
     assert "benchmarks/library_path.py" in bench and "readme_figures.py" in bench
+    assert "benchmarks/repeat_check.py --first benchmarks/attention.csv" in bench  # the stability check
 
 
 def test_a_run_without_output_writes_under_runs(tmp_path, monkeypatch, capsys):

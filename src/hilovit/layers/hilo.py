@@ -33,9 +33,10 @@ class HiLo(nn.Module):
     divisible by the window both agree.
 
     The projections and the attention go through :mod:`hilovit.layers.fast`: in CPU inference
-    they run on oneDNN with weights cast (bfloat16) and packed once, short key sequences attend by
-    two batched products in bfloat16, and narrow maps attend their Hi-Fi windows a band of rows at
-    a time; everywhere else they are the plain modules and
+    they run on oneDNN with weights cast (bfloat16) and packed once, and narrow maps attend their
+    Hi-Fi windows a band of rows at a time; short key sequences (the windows, the pooled keys) attend
+    by two batched products on the CPU in inference and in training (:func:`hilovit.layers.fast.attention`);
+    everywhere else they are the plain modules and
     :func:`~torch.nn.functional.scaled_dot_product_attention`.
 
     Args:
