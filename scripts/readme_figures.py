@@ -87,6 +87,11 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
         return r.csv("attention_repeat")
 
     f["repeat.agree"] = lambda r: f"{sum(row['agrees'] == 'True' for row in repeat(r))} of {len(repeat(r))}"
+    f["repeat.hilo_agree"] = lambda r: "{} of {}".format(
+        sum(row["agrees"] == "True" for row in repeat(r) if row["mechanism"] == "HiLo"),
+        sum(row["mechanism"] == "HiLo" for row in repeat(r)))
+    f["repeat.outliers"] = lambda r: ", ".join(sorted({f"{row['mechanism']} {row['dtype']}" for row in repeat(r)
+                                                       if row["agrees"] != "True"})) or "none"
     f["repeat.largest_change"] = lambda r: _pct(max(abs(float(row["change"])) for row in repeat(r)), 1)
 
     def repeat_hilo_bf16(r, run):
