@@ -420,9 +420,9 @@ _TINY = 1e-30
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
               dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q k^T * scale + mask) v`` for ``(..., heads, L, hd)`` inputs, as
-    :func:`~torch.nn.functional.scaled_dot_product_attention` returns it: ``(..., heads, L, hd)``
-    stored as ``(..., L, heads, hd)``.
+    """``softmax(q k^T * scale + mask) v`` for ``(..., heads, L, hd)`` inputs -> ``(..., heads, L, hd)``
+    (stored as ``(..., L, heads, hd)`` by the fused kernel and the bfloat16 inference path, contiguous
+    from the float32 / training products; callers reshape, which copies only where needed).
 
     In bfloat16 CPU inference with short key sequences (windows, pooled keys) the fused CPU kernel
     spends most of its time on per-row softmax bookkeeping and many tiny products, and is no

@@ -265,7 +265,7 @@ class WindowAttention(nn.Module):
         n = qkv.shape[0] // N
         q, k, v = qkv.view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, N, hd) views, no copy
         drop = self.attn_drop if self.training else 0.0
-        out = fast.attention(q, k, v, mask.to(q.dtype), self.scale, drop)  # (n, nh, N, hd) stored as (n, N, nh, hd)
+        out = fast.attention(q, k, v, mask.to(q.dtype), self.scale, drop)  # (n, nh, N, hd)
         return out.transpose(1, 2).reshape(n * N, self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
