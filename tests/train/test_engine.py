@@ -75,6 +75,35 @@ def test_resume_gives_the_same_weights(idx_dir, tmp_path):
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
 
 
+def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(idx_dir, tmp_path, monkeypatch):
+    """last.pt is written before metrics.csv: a run killed in between leaves a checkpoint of the
+    finished epoch and a metrics file one row short; resuming rewrites the file from the checkpoint."""
+    import hilovit.train.engine as engine
+
+    out = tmp_path / "run"
+    real = engine.write_metrics_csv
+    calls = []
+
+    def killed_on_the_second_epoch(path, rows):
+        calls.append(len(rows))
+        if len(rows) == 2:
+            raise KeyboardInterrupt("killed after last.pt, before metrics.csv")
+        real(path, rows)
+
+    monkeypatch.setattr(engine, "write_metrics_csv", killed_on_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(output=str(out), data=str(idx_dir), **TINY)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1  # the state the kill leaves
+    monkeypatch.setattr(engine, "write_metrics_csv", real)
+    done = train(output=str(out), resume=True, progress="off")  # nothing left to train
+    assert done["finished"] and done["epochs"] == 2
+    history = torch.load(out / "last.pt", weights_only=True)["history"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [float(r["train_loss"]) for r in rows] == pytest.approx([h["train_loss"] for h in history], rel=1e-5)
+
+
 def test_resume_refuses_other_identity_options(idx_dir, tmp_path):
     out = tmp_path / "run"
     train(output=str(out), data=str(idx_dir), **dict(TINY, epochs=2), stop_at_epoch=1)

@@ -413,6 +413,9 @@ def _run(cfg, state, changes, env, out, train_ds, eval_ds, info, in_chans, t_sta
                      pipeline.normalize.std.flatten().tolist(), started_from)
     if env.is_main:
         atomic_write_text(out / "config.yaml", yaml_dump(cfg.to_dict()))
+        if state and history:  # killed between saving last.pt and rewriting these: they follow last.pt again
+            write_metrics_csv(out / "metrics.csv", history)
+            plot_curves(history, out / "curves.png", f"{cfg.model} on {info.name}")
     what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else plural(cfg.epochs, "epoch")
     if cfg.stop_at_epoch and cfg.stop_at_epoch < cfg.epochs:
         what += f", stopping after epoch {cfg.stop_at_epoch}"

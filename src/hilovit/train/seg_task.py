@@ -328,6 +328,8 @@ def _run(cfg: SegTrainConfig, state, env: DistEnv, out: Path, train_ds, eval_ds,
         import yaml
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if state and history:  # a run killed between saving last.pt and rewriting it: it follows the checkpoint
+            _write_metrics_csv(out / "metrics.csv", history)
     what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else f"{cfg.epochs} epochs"
     reporter.print(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {info.num_classes} classes | {info.name}: "
                    f"{len(train_ds)} training, {len(eval_ds)} {info.eval_split} samples, crops "
