@@ -63,6 +63,10 @@ def test_cli_reports_bad_options(capsys):
     assert "unknown dtype 'float8'" in capsys.readouterr().err
     assert main(["bench", "attention", "--mechanisms", "Nope", "--output", ""]) == 2
     assert "no mechanism matches" in capsys.readouterr().err
+    # one unknown name among known ones is named too, not dropped (a name with a comma splits in two)
+    assert main(["bench", "attention", "--mechanisms", "HiLo,Shifted window (7, shift 3)", "--output", ""]) == 2
+    err = capsys.readouterr().err
+    assert "['Shifted window (7', 'shift 3)']" in err and "Shifted window" in err
 
 
 def test_interleaved_timings_visit_rows_in_rounds():

@@ -164,9 +164,12 @@ def run_attention_benchmark(
         raise ValueError(f"sizes must be positive map sides, got {list(sizes)}")
     dev = torch.device(device)
     dts = [(name, parse_dtype(name)) for name in dtypes]
+    known = {m.name for m in MECHANISMS} | {m.family for m in MECHANISMS}
+    unknown = [] if mechanisms is None else [n for n in mechanisms if n not in known]
+    if unknown or (mechanisms is not None and not mechanisms):
+        raise ValueError(f"no mechanism matches {unknown or list(mechanisms)}; choose names or families from: "
+                         f"{', '.join(sorted(known))}")
     chosen = [m for m in MECHANISMS if mechanisms is None or m.name in mechanisms or m.family in mechanisms]
-    if not chosen:
-        raise ValueError(f"no mechanism matches {mechanisms}; choose from: {', '.join(m.name for m in MECHANISMS)}")
     log = (lambda msg: None) if quiet else _log
     log(f"measuring the fp32 matrix-multiply rate on {dev} ...")
     if matmul_n < 1:

@@ -12,7 +12,7 @@ __all__ = ["add_bench_commands", "csv_list", "add_timing_options", "print_notes_
 def csv_list(cast=str):
     def parse(text: str):
         try:
-            items = [cast(t) for t in text.split(",") if t.strip()]
+            items = [cast(t.strip()) for t in text.split(",") if t.strip()]
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from e
         if not items:
@@ -61,7 +61,8 @@ def _add_bench_attention(sub) -> None:
     p.add_argument("--batch", type=positive_int, default=64)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--mechanisms", type=csv_list(), default=None, help="subset of rows, e.g. HiLo,MSA")
+    p.add_argument("--mechanisms", type=csv_list(), default=None,
+                   help="subset of rows by name or family, e.g. 'HiLo,MSA,Shifted window'")
     add_timing_options(p, "runs/bench/attention")
     p.set_defaults(func=_run_bench_attention)
 
