@@ -9,7 +9,7 @@ same dtype. A ratio agrees when the two runs are within ``--tolerance`` (10%) of
     python benchmarks/repeat_check.py --first benchmarks/attention.csv --output benchmarks/attention_repeat \\
         -- --repeats 10 --dtype float32,bfloat16
 
-Writes ``OUTPUT.csv`` and ``OUTPUT.md`` (temporary file + rename) and prints the summary; exits 0
+Writes ``OUTPUT.csv`` and ``OUTPUT.md`` (``hilovit.bench.common.write_table``) and prints the summary; exits 0
 whether or not every ratio agrees (the files say which did not).
 """
 
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from hilovit.bench.common import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_COLUMNS = ("share_of_fp32_matmul", "speedup_vs_naive_fp32")
@@ -66,21 +67,7 @@ def write(table: Sequence[dict], output: Path, command: str, tolerance: float) -
     worst = max(table, key=lambda r: abs(r["change"]))
     summary += (f"; largest change {worst['change']:+.1%} ({worst['mechanism']}, {worst['dtype']}, "
                 f"{worst['ratio']})")
-    cols = list(table[0])
-    lines = ["# Attention benchmark, run twice", "", f"`{command}`", "", summary, "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in table]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".md", "\n".join(lines) + "\n"), (".csv", None)):
-        fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=suffix)
-        with os.fdopen(fd, "w", newline="") as f:
-            if text is not None:
-                f.write(text)
-            else:
-                w = csv.DictWriter(f, fieldnames=cols)
-                w.writeheader()
-                w.writerows(table)
-        os.replace(tmp, output.with_suffix(suffix))
+    write_table(table, output, "Attention benchmark, run twice", command, notes=[summary])
     return summary
 
 

@@ -82,10 +82,8 @@ def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resum
 
     out = tmp_path / "run"
     real = engine.write_metrics_csv
-    calls = []
 
     def killed_on_the_second_epoch(path, rows):
-        calls.append(len(rows))
         if len(rows) == 2:
             raise KeyboardInterrupt("killed after last.pt, before metrics.csv")
         real(path, rows)

@@ -435,31 +435,41 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
     Float32 inference and training under autograd (either dtype) with short key sequences on the
     CPU run as plain products around a float32 softmax (:func:`_product_attention`): at window and
-    pooled-key sizes the fused kernel's forward is 1.3-2x slower, and its backward 1.5-2x slower in
-    float32 and 4-6x in bfloat16, than autograd's through the products; the probabilities it would
-    recompute in backward are small enough to keep. Everywhere else: ``scaled_dot_product_attention``.
+    pooled-key sizes the fused kernel is no faster in any case timed, and far slower forward and
+    backward in bfloat16 (``benchmarks/short_key_attention.md``, made by
+    ``python benchmarks/short_key_attention.py``); the probabilities it would recompute in backward
+    are small enough to keep. Everywhere else: ``scaled_dot_product_attention``.
     """
     if dropout_p == 0.0 and k.shape[-2] <= SHORT_KEYS and q.device.type == "cpu":
-        if q.dtype == torch.float32 and not why_not_fast(q):
-            return _product_attention(q, k, v, mask, scale)
+        if not why_not_fast(q):  # inference
+            if q.dtype == torch.float32:
+                return _product_attention(q, k, v, mask, scale)
+            out = _bfloat16_exp_attention(q, k, v, mask, scale) if q.dtype == torch.bfloat16 else None
+            if out is not None:
+                return out
         # plain ops, so also under torch.compile (the compiled step keeps eager's formulation) and
         # dispatch modes (FLOP counters and memory trackers see what runs); only the switch stops it
-        if (_enabled and torch.is_grad_enabled() and q.dtype in (torch.float32, torch.bfloat16)
-                and any(t is not None and t.requires_grad for t in (q, k, v, mask))):
+        elif (_enabled and torch.is_grad_enabled() and q.dtype in (torch.float32, torch.bfloat16)
+              and any(t is not None and t.requires_grad for t in (q, k, v, mask))):
             return _product_attention(q, k, v, mask, scale)
-    if dropout_p == 0.0 and q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_KEYS and not why_not_fast(q):
-        # keys gathered as rows (contiguous 64-byte runs) and handed over transposed: the product
-        # reads them as B^T, which is ~20% faster than letting matmul gather the 2-byte columns of k^T
-        s = torch.matmul(q, k.contiguous().transpose(-1, -2))
-        e = (s.mul_(scale) if mask is None else torch.add(mask, s, alpha=scale)).exp_()
-        den = e.sum(-1, keepdim=True)  # accumulated in float32 inside, rounded like the output
-        lo, hi = torch.aminmax(den) if den.numel() else (torch.ones(()), torch.ones(()))
-        if bool(lo > _TINY) and bool(hi < math.inf):  # NaN fails both tests
-            o = torch.matmul(e, v)
-            shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
-            out = torch.empty(shape, dtype=o.dtype, device=o.device).transpose(-2, -3)
-            return torch.div(o, den, out=out)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def _bfloat16_exp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                            scale: float) -> Optional[torch.Tensor]:
+    """The bfloat16 inference path of :func:`attention`, or ``None`` where a row sum overflows or vanishes."""
+    # keys gathered as rows (contiguous 64-byte runs) and handed over transposed: the product
+    # reads them as B^T, which is ~20% faster than letting matmul gather the 2-byte columns of k^T
+    s = torch.matmul(q, k.contiguous().transpose(-1, -2))
+    e = (s.mul_(scale) if mask is None else torch.add(mask, s, alpha=scale)).exp_()
+    den = e.sum(-1, keepdim=True)  # accumulated in float32 inside, rounded like the output
+    lo, hi = torch.aminmax(den) if den.numel() else (torch.ones(()), torch.ones(()))
+    if not (bool(lo > _TINY) and bool(hi < math.inf)):  # NaN fails both tests
+        return None
+    o = torch.matmul(e, v)
+    shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
+    out = torch.empty(shape, dtype=o.dtype, device=o.device).transpose(-2, -3)
+    return torch.div(o, den, out=out)
 
 
 def _product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
