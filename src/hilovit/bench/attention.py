@@ -71,7 +71,10 @@ class NaiveHiLo(nn.Module):
         B, H, W, C = x.shape
         s, nh, hd = self.ws, self.h_heads, self.head_dim
         g_h, g_w = H // s, W // s
-        windows = x.reshape(B, g_h, s, g_w, s, C).transpose(2, 3)  # (B, g_h, g_w, s, s, C)
+        # (B, g_h, g_w, s, s, C), cut out as a copy: handed to the projection as a strided view (as
+        # the official code does), bfloat16 autocast makes torch broadcast the weight to every window
+        # row pair (a 3.7 GB copy per call at the benchmark's size), which times page faults, not attention
+        windows = x.reshape(B, g_h, s, g_w, s, C).transpose(2, 3).contiguous()
         qkv = self.h_qkv(windows).reshape(B, g_h * g_w, s * s, 3, nh, hd).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, groups, nh, s*s, hd)
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
