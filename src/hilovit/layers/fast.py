@@ -5,7 +5,9 @@ mode, float32 or bfloat16) they hand their projections, attention and norms to t
 which run oneDNN kernels with the bias, the GELU and a residual addition fused in, keep cast and
 pre-packed weights until the parameters change, and, in bfloat16, attend short key sequences with
 two batched products. Everything else (training, tracing, ONNX export, ``torch.compile``, FLOP
-counting, other devices and dtypes, or the switch turned off) runs the plain modules.
+counting, other devices and dtypes, or the switch turned off) runs the plain modules, except two
+choices that hold under autograd too: short-key attention as products (:func:`attention`) and, in
+CPU training, linear layers on oneDNN's kernel (:func:`dense`).
 
 :func:`why_not_fast` is the one predicate (like ``torch.nn.MultiheadAttention``'s
 ``why_not_fast_path``): it returns the reason the fast path stands aside, ``''`` when it runs.
@@ -47,6 +49,7 @@ __all__ = [
     "cast_weights",
     "linear",
     "linear_with",
+    "dense",
     "conv2d",
     "norm",
     "attention",
@@ -123,9 +126,8 @@ def _under_dispatch_mode() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
-def compute_dtype(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.dtype:
-    """The dtype products of ``x`` (with ``weight``) come out in: the autocast dtype inside autocast."""
-    device = x.device.type
+def _autocast_dtype(device: str) -> Optional[torch.dtype]:
+    """The autocast dtype on ``device``'s type, ``None`` outside autocast."""
     try:
         if torch.is_autocast_enabled(device):
             return torch.get_autocast_dtype(device)
@@ -134,6 +136,14 @@ def compute_dtype(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> tor
             return torch.get_autocast_cpu_dtype()
         if device == "cuda" and torch.is_autocast_enabled():
             return torch.get_autocast_gpu_dtype()
+    return None
+
+
+def compute_dtype(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.dtype:
+    """The dtype products of ``x`` (with ``weight``) come out in: the autocast dtype inside autocast."""
+    auto = _autocast_dtype(x.device.type)
+    if auto is not None:
+        return auto
     return x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
 
 
@@ -389,6 +399,59 @@ def linear_with(x: torch.Tensor, weights: Weights, act: Optional[nn.Module] = No
     return out if residual is None else out.add_(residual)
 
 
+class _OneDnnLinear(torch.autograd.Function):
+    """``x @ w^T + b`` for 2-D ``x`` on oneDNN's linear kernel, forward and input gradient; the weight
+    gradient ``g^T @ x`` and the bias gradient ``g.sum(0)`` are torch's. Under ``create_graph`` the input
+    gradient is ``g @ w`` (differentiable), so double backward works."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _LINEAR_PW(x, w, b, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        g = g.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.mm(g, w) if torch.is_grad_enabled() else _LINEAR_PW(g, w.t(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(g.t(), x)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = g.sum(0)
+        return dx, dw, db
+
+
+def dense(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` under autograd (training), with the products of the forward and of the input
+    gradient on oneDNN's linear kernel instead of torch's ``addmm`` / ``mm``, on the CPU in float32
+    or bfloat16 autocast (the weight cast as autocast casts it). At LITv2-S and Swin-T layer sizes
+    (batch 16, 224) forward plus backward took 1.13-1.34x less time than ``nn.Linear`` in float32 and
+    1.00-1.10x in bfloat16 (``benchmarks/train_linear.md``, made by
+    ``python benchmarks/train_linear.py``). Elsewhere (no autograd, other devices or dtypes, FLOP
+    counting, tracing, ``torch.compile``, the switch off): ``layer(x)``."""
+    w, b = layer.weight, layer.bias
+    if (not torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() == 0 or type(layer) is not nn.Linear
+            or x.dim() == 0 or x.shape[-1] != w.shape[-1] or w.device != x.device
+            or not (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
+            or why_not_fast(x, training=True)):
+        return layer(x)
+    floats = (torch.float32, torch.bfloat16)
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is None:  # no autocast: layer(x) runs in x's dtype, or raises on a mismatch
+        dtype = x.dtype if x.dtype == w.dtype and (b is None or b.dtype == w.dtype) else None
+    elif not all(t.dtype in floats for t in (x, w) + (() if b is None else (b,))):
+        dtype = None  # autocast casts float32 tensors; leave other mixes to it
+    if dtype not in floats or not kernel_ok("linear", dtype):
+        return layer(x)
+    rows = x.reshape(-1, x.shape[-1]).to(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        out = _OneDnnLinear.apply(rows, w.to(dtype), None if b is None else b.to(dtype))
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, act: Optional[nn.Module] = None) -> torch.Tensor:
     """``act(conv(x))`` for a ``(B, C, H, W)`` input in the compute dtype, with the weight cast once;
     a depth-wise convolution with an exact GELU runs as oneDNN's fused kernel."""
@@ -419,10 +482,14 @@ _TINY = 1e-30
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
-              dropout_p: float = 0.0) -> torch.Tensor:
+              dropout_p: float = 0.0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` for ``(..., heads, L, hd)`` inputs -> ``(..., heads, L, hd)``
     (stored as ``(..., L, heads, hd)`` by the fused kernel and the bfloat16 inference path, contiguous
     from the float32 / training products; callers reshape, which copies only where needed).
+
+    ``out``: a ``(..., heads, L, hd)`` tensor (a transposed view of ``(..., L, heads, hd)`` storage)
+    that the bfloat16 inference path writes the result into, sparing the caller a copy. The result
+    is returned either way: ``out`` itself where it was written, else a new tensor (the caller copies).
 
     In bfloat16 CPU inference with short key sequences (windows, pooled keys) the fused CPU kernel
     spends most of its time on per-row softmax bookkeeping and many tiny products, and is no
@@ -444,9 +511,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
         if not why_not_fast(q):  # inference
             if q.dtype == torch.float32:
                 return _product_attention(q, k, v, mask, scale)
-            out = _bfloat16_exp_attention(q, k, v, mask, scale) if q.dtype == torch.bfloat16 else None
-            if out is not None:
-                return out
+            res = _bfloat16_exp_attention(q, k, v, mask, scale, out) if q.dtype == torch.bfloat16 else None
+            if res is not None:
+                return res
         # plain ops, so also under torch.compile (the compiled step keeps eager's formulation) and
         # dispatch modes (FLOP counters and memory trackers see what runs); only the switch stops it
         elif (_enabled and torch.is_grad_enabled() and q.dtype in (torch.float32, torch.bfloat16)
@@ -456,8 +523,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 
 
 def _bfloat16_exp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-                            scale: float) -> Optional[torch.Tensor]:
-    """The bfloat16 inference path of :func:`attention`, or ``None`` where a row sum overflows or vanishes."""
+                            scale: float, out: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """The bfloat16 inference path of :func:`attention`, or ``None`` where a row sum overflows or vanishes;
+    written into ``out`` when that has the result's shape and dtype."""
     # keys gathered as rows (contiguous 64-byte runs) and handed over transposed: the product
     # reads them as B^T, which is ~20% faster than letting matmul gather the 2-byte columns of k^T
     s = torch.matmul(q, k.contiguous().transpose(-1, -2))
@@ -467,8 +535,9 @@ def _bfloat16_exp_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     if not (bool(lo > _TINY) and bool(hi < math.inf)):  # NaN fails both tests
         return None
     o = torch.matmul(e, v)
-    shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
-    out = torch.empty(shape, dtype=o.dtype, device=o.device).transpose(-2, -3)
+    if out is None or out.shape != o.shape or out.dtype != o.dtype:
+        shape = q.shape[:-3] + (q.shape[-2], q.shape[-3], v.shape[-1])
+        out = torch.empty(shape, dtype=o.dtype, device=o.device).transpose(-2, -3)
     return torch.div(o, den, out=out)
 
 

@@ -110,7 +110,7 @@ class HiLo(nn.Module):
         )
 
     def _linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return layer(x) if fast.why_not_fast(x, self) else fast.linear(x, layer)
+        return fast.dense(layer, x) if fast.why_not_fast(x, self) else fast.linear(x, layer)
 
     def _drop(self) -> float:
         return self.attn_drop if self.training else 0.0

@@ -258,15 +258,22 @@ class WindowAttention(nn.Module):
         return fast.cached(self, ("masks", Hp, Wp, dtype, str(device)), (table,), build)
 
     # ---- compute ------------------------------------------------------------------------------
-    def window_attention(self, qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def window_attention(self, qkv: torch.Tensor, mask: torch.Tensor,
+                         out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention within windows: ``qkv (n * N, 3C)`` rows of whole windows sharing one mask
-        ``(1, heads, N, N)`` -> ``(n * N, C)``, before the output projection."""
+        ``(1, heads, N, N)`` -> ``(n * N, C)``, before the output projection; written into ``out``
+        (contiguous, ``(n * N, C)``) when given."""
         N, nh, hd = self.window_tokens, self.num_heads, self.head_dim
         n = qkv.shape[0] // N
         q, k, v = qkv.view(n, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, N, hd) views, no copy
         drop = self.attn_drop if self.training else 0.0
-        out = fast.attention(q, k, v, mask.to(q.dtype), self.scale, drop)  # (n, nh, N, hd)
-        return out.transpose(1, 2).reshape(n * N, self.dim)
+        into = None if out is None else out.view(n, N, nh, hd).transpose(1, 2)
+        att = fast.attention(q, k, v, mask.to(q.dtype), self.scale, drop, out=into)  # (n, nh, N, hd)
+        if out is None:
+            return att.transpose(1, 2).reshape(n * N, self.dim)
+        if att is not into:
+            into.copy_(att)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_grid(self, x, self.dim)
@@ -287,13 +294,13 @@ class WindowAttention(nn.Module):
         if inference:  # pieces of whole windows, written in place
             out = rows.new_empty(rows.shape)
             for s, e, t in plan.chunks(self.window_tokens, self.chunk_rows):
-                out[s:e] = self.window_attention(fast.linear(rows[s:e], self.qkv), masks[t : t + 1])
+                self.window_attention(fast.linear(rows[s:e], self.qkv), masks[t : t + 1], out=out[s:e])
         else:
-            outs = [self.window_attention(self.qkv(rows[s:e]), masks[t : t + 1]) for s, e, t in plan.groups]
+            outs = [self.window_attention(fast.dense(self.qkv, rows[s:e]), masks[t : t + 1]) for s, e, t in plan.groups]
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if plan.inv is not None:
             out = out.index_select(0, plan.inv)  # back to the map's order; drops the padding
-        out = fast.linear(out, self.proj) if inference else self.proj(out)
+        out = fast.linear(out, self.proj) if inference else fast.dense(self.proj, out)
         return self.proj_drop(out).view(B, H, W, C)
 
     def forward_windows(self, x: torch.Tensor) -> torch.Tensor:
