@@ -50,12 +50,24 @@ class Results:
         return rows[0]
 
 
+class _Figure(str):
+    """A figure as the README prints it, keeping the unrounded value (targets are judged on that)."""
+
+    value: float
+
+
+def _figure(text: str, value: float) -> _Figure:
+    fig = _Figure(text)
+    fig.value = value
+    return fig
+
+
 def _x(v: float) -> str:
-    return f"{v:.2f}x"
+    return _figure(f"{v:.2f}x", v)
 
 
 def _pct(v: float, digits: int = 0) -> str:
-    return f"{100 * v:.{digits}f}%"
+    return _figure(f"{100 * v:.{digits}f}%", v)
 
 
 def _attn(r: Results, mechanism: str, dtype: str = "float32") -> float:
@@ -183,15 +195,15 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
                 f[f"lib.{key}.{kind}.{m}_s"] = lambda r, g=row, m=m: f"{float(g(r)[f'{m} s/batch']):.2f} s"
             f[f"lib.{key}.{kind}.ratio"] = lambda r, g=row: _x(float(g(r)["litv2_s/swin_t speed"]))
             f[f"lib.{key}.{kind}.matmul"] = lambda r, g=row: f"{float(g(r)['matmul GFLOP/s']):.0f}"
-    # the speed targets of the Benchmarks section: met when every figure named reaches its threshold
+    # the speed targets of the Benchmarks section: met when every figure named reaches its threshold,
+    # judged on the unrounded value (a 64.6% share prints as 65% and does not meet 65%)
     def verdict(*checks):
         return lambda r: "met" if all(float(get(r)) >= limit for get, limit in checks) else "not met"
 
     def share(key):  # a percentage figure above, as a fraction
-        return lambda r: float(f[key](r).rstrip("%")) / 100
+        return lambda r: f[key](r).value
 
-    def times(key):  # an 'N.NNx' figure above
-        return lambda r: float(f[key](r).rstrip("x"))
+    times = share  # an 'N.NNx' figure above, as a number
 
     f["target.library"] = verdict((share("lib.now.infer.litv2_s"), 0.83), (times("lib.now.infer.ratio"), 1.2))
     f["target.bf16_inference"] = verdict((share("models.litv2_s.inference.bf16_share"), 0.80),
@@ -200,6 +212,7 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     f["target.bf16_train"] = verdict((share("models.litv2_s.train.bf16_share"), 0.65),
                                      (share("models.swin_t.train.bf16_share"), 0.65))
     f["target.hilo"] = verdict((share("attn.hilo_share"), 0.90))
+    f["target.repeat"] = lambda r: "met" if all(row["agrees"] == "True" for row in repeat(r)) else "not met"
     f["target.loader"] = lambda r: "met" if max(float(data(r, z)["core_share_at_model_speed"])
                                                 for z in ("500x375", "2048x1536")) < 1 else "not met"
     # segmentation speed (benchmarks/seg.csv, hilovit bench seg)
