@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.utils.prune as prune
 from torch.utils.flop_counter import FlopCounterMode
 
 from hilovit.layers import fast
@@ -112,3 +113,24 @@ def test_a_training_step_of_a_model_runs_its_linears_on_onednn(monkeypatch):
     linears = [m for m in model.modules() if type(m) is nn.Linear and m is not model.head]
     # float32 weights go in as themselves; the shifted windows' qkv runs once per window type
     assert {id(w) for w in calls} == {id(m.weight) for m in linears}
+
+
+def test_layers_with_hooks_run_through_their_call():
+    """Pruning recomputes the weight in a forward pre-hook: the layer must be called, or the stale
+    weight of the previous forward would be used (and its graph backpropagated twice)."""
+    torch.manual_seed(4)
+    layer = nn.Linear(10, 6)
+    prune.l1_unstructured(layer, "weight", amount=0.5)
+    x = torch.randn(5, 10, requires_grad=True)
+    for _ in range(2):  # a second step would fail on the first step's freed graph
+        out = fast.dense(layer, x)
+        assert not ran_onednn(out)
+        out.sum().backward()
+    assert (layer.weight_orig.grad[layer.weight_mask == 0] == 0).all()
+    seen = []
+    plain = nn.Linear(10, 6)
+    handle = plain.register_forward_hook(lambda m, args, out: seen.append(out))
+    out = fast.dense(plain, x)
+    assert len(seen) == 1 and seen[0] is out
+    handle.remove()
+    assert ran_onednn(fast.dense(plain, x))

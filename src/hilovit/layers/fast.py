@@ -424,19 +424,30 @@ class _OneDnnLinear(torch.autograd.Function):
         return dx, dw, db
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones): weight pruning, spectral
+    and weight norm, adapters and feature taps recompute or read around the call, so it must run."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None)
+                or m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or getattr(m, "_global_backward_pre_hooks", None))
+
+
 def dense(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` under autograd (training), with the products of the forward and of the input
     gradient on oneDNN's linear kernel instead of torch's ``addmm`` / ``mm``, on the CPU in float32
     or bfloat16 autocast (the weight cast as autocast casts it). At LITv2-S and Swin-T layer sizes
     (batch 16, 224) forward plus backward took 1.13-1.34x less time than ``nn.Linear`` in float32 and
     1.00-1.10x in bfloat16 (``benchmarks/train_linear.md``, made by
-    ``python benchmarks/train_linear.py``). Elsewhere (no autograd, other devices or dtypes, FLOP
-    counting, tracing, ``torch.compile``, the switch off): ``layer(x)``."""
+    ``python benchmarks/train_linear.py``). Elsewhere (no autograd, other devices or dtypes, a layer
+    with hooks or a subclass, FLOP counting, tracing, ``torch.compile``, the switch off): ``layer(x)``."""
     w, b = layer.weight, layer.bias
     if (not torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() == 0 or type(layer) is not nn.Linear
             or x.dim() == 0 or x.shape[-1] != w.shape[-1] or w.device != x.device
             or not (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
-            or why_not_fast(x, training=True)):
+            or _has_hooks(layer) or why_not_fast(x, training=True)):
         return layer(x)
     floats = (torch.float32, torch.bfloat16)
     dtype = _autocast_dtype(x.device.type)
