@@ -36,6 +36,8 @@ def test_benchmark_rows_and_files(tmp_path):
         assert r["images_per_s"] > 0 and r["peak_memory_MB"] > 0
         # the banded HiLo also executes its few masked cross-window products
         assert abs(r["counted_flops_M"] - r["flops_M"]) <= 0.1 * r["flops_M"]
+        # the share is of the reference products timed in the same rounds, reported with the result
+        assert r["share_of_fp32_matmul"] == pytest.approx(r["gflops_per_s"] / result["matmul_gflops"])
     naive = next(r for r in rows if r["mechanism"] == "HiLo (naive)" and r["dtype"] == "float32")
     assert naive["speedup_vs_naive_fp32"] == pytest.approx(1.0)
     msa = next(r for r in rows if r["mechanism"] == "MSA" and r["dtype"] == "float32")

@@ -10,6 +10,7 @@ the speed-up of :class:`hilovit.HiLo` is measured in the same run.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,6 @@ from hilovit.bench.common import (
     command_line,
     interleaved_timings,
     machine_info,
-    matmul_rate,
     parse_dtype,
     peak_memory_bytes,
     set_threads,
@@ -174,11 +174,15 @@ def run_attention_benchmark(
                          f"{', '.join(sorted(known))}")
     chosen = [m for m in MECHANISMS if mechanisms is None or m.name in mechanisms or m.family in mechanisms]
     log = (lambda msg: None) if quiet else _log
-    log(f"measuring the fp32 matrix-multiply rate on {dev} ...")
     if matmul_n < 1:
         raise ValueError(f"matmul_n must be >= 1, got {matmul_n}")
-    rate32 = matmul_rate(torch.float32, dev, n=matmul_n)
-    rate_low = {name: matmul_rate(dt, dev, n=matmul_n) for name, dt in dts if dt != torch.float32}
+    # the reference products are timed in the same interleaved rounds as the rows (the machine's
+    # speed drifts; a rate measured once before the rows made shares move by a fifth between runs)
+    ref_dtypes = {"float32": torch.float32, **{name: dt for name, dt in dts if dt != torch.float32}}
+    mats = {name: [torch.randn(matmul_n, matmul_n, device=dev).to(dt) for _ in range(2)]
+            for name, dt in ref_dtypes.items()}
+    ref_fns = {f"matmul|{name}": (lambda a=a, b=b: torch.mm(a, b)) for name, (a, b) in mats.items()}
+    ref_times: Dict[str, List[float]] = {k: [] for k in ref_fns}
     torch.manual_seed(0)
     modules = {m.name: m.build(dim, num_heads).to(dev).eval() for m in chosen}
     if "HiLo (naive)" in modules and "HiLo" in modules:  # same weights: same function, checked below
@@ -203,8 +207,11 @@ def run_attention_benchmark(
                 raise RuntimeError(f"HiLo and HiLo (naive) disagree by {diff:.2e}; the benchmark would be unfair")
         log(f"{size}x{size} tokens, batch {batch}: timing {len(fns)} rows x {repeats} runs (+{warmup} warm-up)")
         times = interleaved_timings(
-            {f"{k[0]}|{k[1]}": f for k, f in fns.items()}, repeats=repeats, warmup=warmup, device=dev, progress=log
+            {**ref_fns, **{f"{k[0]}|{k[1]}": f for k, f in fns.items()}}, repeats=repeats, warmup=warmup, device=dev,
+            progress=log,
         )
+        for k in ref_fns:
+            ref_times[k] += times[k]
         for m in chosen:
             mod = modules[m.name]
             params = sum(p.numel() for p in mod.parameters())
@@ -228,9 +235,15 @@ def run_attention_benchmark(
                         "ms_per_batch": med * 1e3,
                         "peak_memory_MB": peak / 2**20,
                         "gflops_per_s": achieved,
-                        "share_of_fp32_matmul": achieved / rate32,
+                        "share_of_fp32_matmul": math.nan,  # set below, from the rounds' reference rate
                     }
                 )
+    rates = {name: 2.0 * matmul_n**3 / statistics.median(t) / 1e9 for name, t in
+             ((k.split("|", 1)[1], t) for k, t in ref_times.items())}
+    rate32 = rates["float32"]
+    rate_low = {name: r for name, r in rates.items() if name != "float32"}
+    for row in rows:
+        row["share_of_fp32_matmul"] = row["gflops_per_s"] / rate32
     summary = _summarise(rows, sizes)
     for row in rows:
         base = _find(rows, row["tokens"], "HiLo (naive)", "float32")
@@ -238,7 +251,8 @@ def run_attention_benchmark(
     result: Dict[str, object] = {"rows": rows, "summary": summary, "matmul_gflops": rate32, "files": {}}
     notes = [
         f"machine: {machine_info(dev)}",
-        f"fp32 matrix-multiply rate: {rate32:.1f} GFLOP/s ({matmul_n}x{matmul_n}, 2 FLOPs per multiply-add)"
+        f"fp32 matrix-multiply rate: {rate32:.1f} GFLOP/s ({matmul_n}x{matmul_n}, 2 FLOPs per multiply-add, "
+        f"timed in the same interleaved rounds as the rows)"
         + "".join(f"; {n} {r:.1f} GFLOP/s" for n, r in rate_low.items()),
         f"protocol: batch {batch}, dim {dim}, {num_heads} heads, inference mode, median of {repeats} interleaved "
         f"runs after {warmup} warm-up; FLOPs are multiply-adds (analytic; counted = executed ops)",
