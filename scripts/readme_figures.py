@@ -208,7 +208,11 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     f["target.library"] = verdict((share("lib.now.infer.litv2_s"), 0.83), (times("lib.now.infer.ratio"), 1.2))
     f["target.bf16_inference"] = verdict((share("models.litv2_s.inference.bf16_share"), 0.80),
                                          (share("models.swin_t.inference.bf16_share"), 0.80))
-    f["target.train"] = verdict((share("lib.now.train.litv2_s"), 0.80), (share("lib.now.train.swin_t"), 0.80))
+    # both readings (library_path's own processes and the models benchmark, minutes apart, each
+    # against the reference timed in its own rounds): the machine's drift can lift one past the line
+    f["target.train"] = verdict((share("lib.now.train.litv2_s"), 0.80), (share("lib.now.train.swin_t"), 0.80),
+                                (share("models.litv2_s.train.fp32_share"), 0.80),
+                                (share("models.swin_t.train.fp32_share"), 0.80))
     f["target.bf16_train"] = verdict((share("models.litv2_s.train.bf16_share"), 0.65),
                                      (share("models.swin_t.train.bf16_share"), 0.65))
     f["target.hilo"] = verdict((share("attn.hilo_share"), 0.90))
