@@ -200,22 +200,20 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     def verdict(*checks):
         return lambda r: "met" if all(float(get(r)) >= limit for get, limit in checks) else "not met"
 
-    def share(key):  # a percentage figure above, as a fraction
+    def value(key):  # a figure above, unrounded (a percentage as a fraction, 'N.NNx' as N.NN)
         return lambda r: f[key](r).value
 
-    times = share  # an 'N.NNx' figure above, as a number
-
-    f["target.library"] = verdict((share("lib.now.infer.litv2_s"), 0.83), (times("lib.now.infer.ratio"), 1.2))
-    f["target.bf16_inference"] = verdict((share("models.litv2_s.inference.bf16_share"), 0.80),
-                                         (share("models.swin_t.inference.bf16_share"), 0.80))
+    f["target.library"] = verdict((value("lib.now.infer.litv2_s"), 0.83), (value("lib.now.infer.ratio"), 1.2))
+    f["target.bf16_inference"] = verdict((value("models.litv2_s.inference.bf16_share"), 0.80),
+                                         (value("models.swin_t.inference.bf16_share"), 0.80))
     # both readings (library_path's own processes and the models benchmark, minutes apart, each
     # against the reference timed in its own rounds): the machine's drift can lift one past the line
-    f["target.train"] = verdict((share("lib.now.train.litv2_s"), 0.80), (share("lib.now.train.swin_t"), 0.80),
-                                (share("models.litv2_s.train.fp32_share"), 0.80),
-                                (share("models.swin_t.train.fp32_share"), 0.80))
-    f["target.bf16_train"] = verdict((share("models.litv2_s.train.bf16_share"), 0.65),
-                                     (share("models.swin_t.train.bf16_share"), 0.65))
-    f["target.hilo"] = verdict((share("attn.hilo_share"), 0.90))
+    f["target.train"] = verdict((value("lib.now.train.litv2_s"), 0.80), (value("lib.now.train.swin_t"), 0.80),
+                                (value("models.litv2_s.train.fp32_share"), 0.80),
+                                (value("models.swin_t.train.fp32_share"), 0.80))
+    f["target.bf16_train"] = verdict((value("models.litv2_s.train.bf16_share"), 0.65),
+                                     (value("models.swin_t.train.bf16_share"), 0.65))
+    f["target.hilo"] = verdict((value("attn.hilo_share"), 0.90))
     f["target.repeat"] = lambda r: "met" if all(row["agrees"] == "True" for row in repeat(r)) else "not met"
     f["target.loader"] = lambda r: "met" if max(float(data(r, z)["core_share_at_model_speed"])
                                                 for z in ("500x375", "2048x1536")) < 1 else "not met"

@@ -75,20 +75,14 @@ def test_resume_gives_the_same_weights(idx_dir, tmp_path):
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
 
 
-def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(idx_dir, tmp_path, monkeypatch):
+def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(idx_dir, tmp_path, monkeypatch,
+                                                                                 kill_metrics_write):
     """last.pt is written before metrics.csv: a run killed in between leaves a checkpoint of the
     finished epoch and a metrics file one row short; resuming rewrites the file from the checkpoint."""
     import hilovit.train.engine as engine
 
     out = tmp_path / "run"
-    real = engine.write_metrics_csv
-
-    def killed_on_the_second_epoch(path, rows):
-        if len(rows) == 2:
-            raise KeyboardInterrupt("killed after last.pt, before metrics.csv")
-        real(path, rows)
-
-    monkeypatch.setattr(engine, "write_metrics_csv", killed_on_the_second_epoch)
+    real = kill_metrics_write(engine, "write_metrics_csv")
     with pytest.raises(KeyboardInterrupt):
         train(output=str(out), data=str(idx_dir), **TINY)
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2

@@ -170,20 +170,14 @@ def test_resume_after_one_epoch_equals_two_epochs_straight(masks, tmp_path):
         train_segmentation(model=TinySeg, output=str(b), resume=True, batch_size=8, progress="off")
 
 
-def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(masks, tmp_path, monkeypatch):
+def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(masks, tmp_path, monkeypatch,
+                                                                                 kill_metrics_write):
     import csv
 
     import hilovit.train.seg_task as seg_task
 
     out = tmp_path / "run"
-    real = seg_task._write_metrics_csv
-
-    def killed_on_the_second_epoch(path, rows):
-        if len(rows) == 2:
-            raise KeyboardInterrupt("killed after last.pt, before metrics.csv")
-        real(path, rows)
-
-    monkeypatch.setattr(seg_task, "_write_metrics_csv", killed_on_the_second_epoch)
+    real = kill_metrics_write(seg_task, "_write_metrics_csv")
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(model=TinySeg, **fast_options(masks, out))
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2

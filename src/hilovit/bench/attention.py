@@ -182,7 +182,7 @@ def run_attention_benchmark(
     mats = {name: [torch.randn(matmul_n, matmul_n, device=dev).to(dt) for _ in range(2)]
             for name, dt in ref_dtypes.items()}
     ref_fns = {f"matmul|{name}": (lambda a=a, b=b: torch.mm(a, b)) for name, (a, b) in mats.items()}
-    ref_times: Dict[str, List[float]] = {k: [] for k in ref_fns}
+    ref_times: Dict[str, List[float]] = {name: [] for name in mats}
     torch.manual_seed(0)
     modules = {m.name: m.build(dim, num_heads).to(dev).eval() for m in chosen}
     if "HiLo (naive)" in modules and "HiLo" in modules:  # same weights: same function, checked below
@@ -210,8 +210,8 @@ def run_attention_benchmark(
             {**ref_fns, **{f"{k[0]}|{k[1]}": f for k, f in fns.items()}}, repeats=repeats, warmup=warmup, device=dev,
             progress=log,
         )
-        for k in ref_fns:
-            ref_times[k] += times[k]
+        for name in mats:
+            ref_times[name] += times[f"matmul|{name}"]
         for m in chosen:
             mod = modules[m.name]
             params = sum(p.numel() for p in mod.parameters())
@@ -238,8 +238,7 @@ def run_attention_benchmark(
                         "share_of_fp32_matmul": math.nan,  # set below, from the rounds' reference rate
                     }
                 )
-    rates = {name: 2.0 * matmul_n**3 / statistics.median(t) / 1e9 for name, t in
-             ((k.split("|", 1)[1], t) for k, t in ref_times.items())}
+    rates = {name: 2.0 * matmul_n**3 / statistics.median(t) / 1e9 for name, t in ref_times.items()}
     rate32 = rates["float32"]
     rate_low = {name: r for name, r in rates.items() if name != "float32"}
     for row in rows:
