@@ -60,14 +60,15 @@ def test_frozen_input_or_frozen_weight():
     torch.testing.assert_close(gx, grads(lambda m, t: m(t), layer, x)[1][0])
 
 
-def test_bfloat16_autocast_matches_autocast_linear():
+def test_bfloat16_autocast_is_autocast_linear():
+    """Under bfloat16 autocast the kernel was no faster (benchmarks/train_linear.md): the layer runs."""
     torch.manual_seed(2)
     layer = nn.Linear(64, 96)
     x = torch.randn(4, 50, 64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, got = grads(fast.dense, layer, x)
         ref, want = grads(lambda m, t: m(t), layer, x)
-    assert ran_onednn(out)
+    assert not ran_onednn(out)
     assert out.dtype == ref.dtype == torch.bfloat16
     assert [g.dtype for g in got] == [torch.float32] * 3  # float32 parameters get float32 gradients
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

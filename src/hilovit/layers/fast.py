@@ -7,7 +7,7 @@ pre-packed weights until the parameters change, and, in bfloat16, attend short k
 two batched products. Everything else (training, tracing, ONNX export, ``torch.compile``, FLOP
 counting, other devices and dtypes, or the switch turned off) runs the plain modules, except two
 choices that hold under autograd too: short-key attention as products (:func:`attention`) and, in
-CPU training, linear layers on oneDNN's kernel (:func:`dense`).
+float32 CPU training, linear layers on oneDNN's kernel (:func:`dense`).
 
 :func:`why_not_fast` is the one predicate (like ``torch.nn.MultiheadAttention``'s
 ``why_not_fast_path``): it returns the reason the fast path stands aside, ``''`` when it runs.
@@ -34,6 +34,7 @@ from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module_globals  # the global module hooks
 
 __all__ = [
     "set_fast_inference",
@@ -126,8 +127,9 @@ def _under_dispatch_mode() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
-def _autocast_dtype(device: str) -> Optional[torch.dtype]:
-    """The autocast dtype on ``device``'s type, ``None`` outside autocast."""
+def compute_dtype(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.dtype:
+    """The dtype products of ``x`` (with ``weight``) come out in: the autocast dtype inside autocast."""
+    device = x.device.type
     try:
         if torch.is_autocast_enabled(device):
             return torch.get_autocast_dtype(device)
@@ -136,14 +138,6 @@ def _autocast_dtype(device: str) -> Optional[torch.dtype]:
             return torch.get_autocast_cpu_dtype()
         if device == "cuda" and torch.is_autocast_enabled():
             return torch.get_autocast_gpu_dtype()
-    return None
-
-
-def compute_dtype(x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.dtype:
-    """The dtype products of ``x`` (with ``weight``) come out in: the autocast dtype inside autocast."""
-    auto = _autocast_dtype(x.device.type)
-    if auto is not None:
-        return auto
     return x.dtype if weight is None else torch.promote_types(x.dtype, weight.dtype)
 
 
@@ -427,39 +421,31 @@ class _OneDnnLinear(torch.autograd.Function):
 def _has_hooks(module: nn.Module) -> bool:
     """Whether calling ``module`` would run hooks (its own or global ones): weight pruning, spectral
     and weight norm, adapters and feature taps recompute or read around the call, so it must run."""
-    from torch.nn.modules import module as m
-
+    g = _module_globals
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None)
-                or m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
-                or getattr(m, "_global_backward_pre_hooks", None))
+                or g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+                or getattr(g, "_global_backward_pre_hooks", None))
 
 
 def dense(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` under autograd (training), with the products of the forward and of the input
-    gradient on oneDNN's linear kernel instead of torch's ``addmm`` / ``mm``, on the CPU in float32
-    or bfloat16 autocast (the weight cast as autocast casts it). At LITv2-S and Swin-T layer sizes
-    (batch 16, 224) forward plus backward took 1.13-1.34x less time than ``nn.Linear`` in float32 and
-    1.00-1.10x in bfloat16 (``benchmarks/train_linear.md``, made by
-    ``python benchmarks/train_linear.py``). Elsewhere (no autograd, other devices or dtypes, a layer
-    with hooks or a subclass, FLOP counting, tracing, ``torch.compile``, the switch off): ``layer(x)``."""
+    """``layer(x)`` under autograd (training) in float32 on the CPU, with the products of the forward
+    and of the input gradient on oneDNN's linear kernel instead of torch's ``addmm`` / ``mm``: at
+    LITv2-S and Swin-T layer sizes (batch 16, 224) forward plus backward took 1.06-1.18x less time,
+    and whole training steps 1.12x (LITv2-S) and 1.26x (Swin-T) less in the committed run
+    (``benchmarks/train_linear.md``, made by ``python benchmarks/train_linear.py``). Under bfloat16
+    autocast the kernel was no faster (0.94-1.10x per layer, 0.99-1.01x per step), so there, and
+    elsewhere (no autograd, other devices or dtypes, a layer with hooks or a subclass, FLOP counting,
+    tracing, ``torch.compile``, the switch off): ``layer(x)``."""
     w, b = layer.weight, layer.bias
     if (not torch.is_grad_enabled() or x.device.type != "cpu" or x.numel() == 0 or type(layer) is not nn.Linear
             or x.dim() == 0 or x.shape[-1] != w.shape[-1] or w.device != x.device
+            or not x.dtype == w.dtype == compute_dtype(x, w) == torch.float32
+            or (b is not None and b.dtype != torch.float32)
             or not (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad))
-            or _has_hooks(layer) or why_not_fast(x, training=True)):
+            or _has_hooks(layer) or why_not_fast(x, training=True) or not kernel_ok("linear", torch.float32)):
         return layer(x)
-    floats = (torch.float32, torch.bfloat16)
-    dtype = _autocast_dtype(x.device.type)
-    if dtype is None:  # no autocast: layer(x) runs in x's dtype, or raises on a mismatch
-        dtype = x.dtype if x.dtype == w.dtype and (b is None or b.dtype == w.dtype) else None
-    elif not all(t.dtype in floats for t in (x, w) + (() if b is None else (b,))):
-        dtype = None  # autocast casts float32 tensors; leave other mixes to it
-    if dtype not in floats or not kernel_ok("linear", dtype):
-        return layer(x)
-    rows = x.reshape(-1, x.shape[-1]).to(dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        out = _OneDnnLinear.apply(rows, w.to(dtype), None if b is None else b.to(dtype))
+    out = _OneDnnLinear.apply(x.reshape(-1, x.shape[-1]), w, b)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
