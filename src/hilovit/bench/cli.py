@@ -24,7 +24,8 @@ def csv_list(cast=str):
 
 def add_timing_options(p, default_output: str) -> None:
     """Options every benchmark shares: runs, device, threads and where the results go."""
-    p.add_argument("--repeats", type=positive_int, default=10, help="timed runs per row (median reported)")
+    p.add_argument("--repeats", type=positive_int, default=10,
+                   help="timed runs per row (the attention benchmark reports the fastest, the others the median)")
     p.add_argument("--warmup", type=non_negative_int, default=2)
     p.add_argument("--matmul-n", type=positive_int, default=2048,
                    help="side of the reference matrix multiply whose rate the shares are of (default 2048)")
