@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.bench.common import matmul_rate
 from hilovit.layers import fast
 from hilovit.runtime import tune_allocator
 
@@ -59,17 +60,6 @@ def _onednn(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def _matmul_rate(dtype: torch.dtype, repeats: int) -> float:
-    a = torch.randn(2048, 2048, dtype=dtype)
-    a @ a
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ a
-        times.append(time.perf_counter() - t0)
-    return 2 * 2048**3 / statistics.median(times)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=9)
@@ -84,7 +74,7 @@ def main(argv=None) -> None:
           "| nn.Linear share | oneDNN share |")
     print("|---|---|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.bfloat16):
-        rate = _matmul_rate(dtype, args.repeats)
+        rate = matmul_rate(dtype, repeats=args.repeats) * 1e9  # FLOP/s
         for name, rows, n_in, n_out in SHAPES:
             layer = nn.Linear(n_in, n_out)
             x = torch.randn(rows, n_in, dtype=dtype, requires_grad=True)  # as the previous layer gives it

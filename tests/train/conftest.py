@@ -52,21 +52,20 @@ def _keep_torch_threads():
     torch.set_num_threads(n)
 
 
-
 @pytest.fixture
 def kill_metrics_write(monkeypatch):
     """``kill_metrics_write(module, name, at_rows=2)`` makes ``module.name`` (a metrics-file writer
-    ``(path, rows)``) raise KeyboardInterrupt when asked to write ``at_rows`` rows: a run killed after
+    ``(path, rows, ...)``) raise KeyboardInterrupt when asked to write ``at_rows`` rows: a run killed after
     saving that epoch's checkpoint and before its metrics file. Returns the real writer, to put
     back with ``monkeypatch.setattr``."""
 
     def install(module, name: str, at_rows: int = 2):
         real = getattr(module, name)
 
-        def killed(path, rows):
+        def killed(path, rows, *args):
             if len(rows) == at_rows:
                 raise KeyboardInterrupt("killed after last.pt, before metrics.csv")
-            real(path, rows)
+            real(path, rows, *args)
 
         monkeypatch.setattr(module, name, killed)
         return real

@@ -177,12 +177,12 @@ def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resum
     import hilovit.train.seg_task as seg_task
 
     out = tmp_path / "run"
-    real = kill_metrics_write(seg_task, "_write_metrics_csv")
+    real = kill_metrics_write(seg_task, "write_metrics_csv")
     with pytest.raises(KeyboardInterrupt):
         train_segmentation(model=TinySeg, **fast_options(masks, out))
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
-    monkeypatch.setattr(seg_task, "_write_metrics_csv", real)
+    monkeypatch.setattr(seg_task, "write_metrics_csv", real)
     train_segmentation(model=TinySeg, output=str(out), resume=True, progress="off")
     assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1", "2"]
 

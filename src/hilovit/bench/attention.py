@@ -160,8 +160,8 @@ def run_attention_benchmark(
     reference products' rate from their fastest run too: the calls here are short (a tenth to half
     a second), so a busy moment of a shared machine slows some of them, and it slowed the reference
     product more than the rows (over four runs in a row, the fp32 reference's median moved by 20%
-    and the rows' medians by 2-13%; their fastest runs by 6% and 1-7%). ``bfloat16`` and ``float16`` rows run the
-    float32 module under ``torch.autocast``.
+    and the rows' medians by 2-13%; their fastest runs by 6% and 1-7%). ``bfloat16`` and
+    ``float16`` rows run the float32 module under ``torch.autocast``.
     """
     set_threads(threads)
     if batch < 1:

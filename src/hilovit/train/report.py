@@ -16,7 +16,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from hilovit.train.distributed import DistEnv
 from hilovit.train.state import atomic_write_text
@@ -88,12 +88,13 @@ class Reporter:
         return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
 
 
-def write_metrics_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, rows: List[Dict[str, Any]], columns: Sequence[str] = METRIC_COLUMNS) -> None:
+    """``rows`` as a CSV of ``columns`` (floats to 6 significant digits, None empty), written atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _fmt_cell(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _fmt_cell(row.get(k)) for k in columns})
     atomic_write_text(path, buf.getvalue())
 
 

@@ -24,16 +24,14 @@ What differs from classification:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -44,6 +42,7 @@ from hilovit.train.evaluate import autocast_context, resolve_amp
 from hilovit.train.loaders import epoch_order
 from hilovit.train.optim import fused_adamw_supported, optimizer_step
 from hilovit.train.report import Reporter as _Reporter
+from hilovit.train.report import write_metrics_csv
 from hilovit.train.seg_config import PolySchedule, SegTrainConfig
 from hilovit.train.seg_eval import ModelSource, build_segmenter, evaluate_segmentation, seg_cross_entropy
 from hilovit.train.state import (
@@ -157,16 +156,6 @@ def _metadata(cfg: SegTrainConfig, model_name: str, info, in_chans: int) -> Dict
         "crop_size": ",".join(map(str, cfg.crop_size)), "eval_scale": ",".join(map(str, cfg.resolved_eval_scale())),
         "model_kwargs": json.dumps(cfg.model_kwargs), "hilovit_version": __version__,
     }
-
-
-def _write_metrics_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SEG_METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
-                         for k in SEG_METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- one epoch
@@ -329,7 +318,7 @@ def _run(cfg: SegTrainConfig, state, env: DistEnv, out: Path, train_ds, eval_ds,
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         if state and history:  # a run killed between saving last.pt and rewriting it: it follows the checkpoint
-            _write_metrics_csv(out / "metrics.csv", history)
+            write_metrics_csv(out / "metrics.csv", history, SEG_METRIC_COLUMNS)
     what = f"resuming at epoch {start_epoch + 1} of {cfg.epochs}" if state else f"{cfg.epochs} epochs"
     reporter.print(f"{cfg.model}: {n_params / 1e6:.2f}M parameters, {info.num_classes} classes | {info.name}: "
                    f"{len(train_ds)} training, {len(eval_ds)} {info.eval_split} samples, crops "
@@ -372,7 +361,7 @@ def _run(cfg: SegTrainConfig, state, env: DistEnv, out: Path, train_ds, eval_ds,
                 "history": history, "config": cfg.to_dict(), "metadata": meta,
                 "wall_seconds_total": row["wall_seconds"],
             }, out / "last.pt")
-            _write_metrics_csv(out / "metrics.csv", history)
+            write_metrics_csv(out / "metrics.csv", history, SEG_METRIC_COLUMNS)
     return _finish(cfg, env, out, model, info, train_ds, eval_ds, history, last_eval, meta, ctx["step"],
                    start_epoch, end_epoch, n_params, amp_dtype, wall_before, t_start, eval_scale)
 
