@@ -68,7 +68,10 @@ def test_cli_reports_bad_options(capsys):
     # one unknown name among known ones is named too, not dropped (a name with a comma splits in two)
     assert main(["bench", "attention", "--mechanisms", "HiLo,Shifted window (7, shift 3)", "--output", ""]) == 2
     err = capsys.readouterr().err
-    assert "['Shifted window (7', 'shift 3)']" in err and "Shifted window" in err
+    assert "['Shifted window (7', 'shift 3)']" in err
+    # the choices offered name the mechanisms and their families (the text after the unknown names)
+    choices = err.split("choose names or families from:")[1]
+    assert "Shifted window (7, shift 3)" in choices and "Shifted window," in choices and "HiLo," in choices
 
 
 def test_interleaved_timings_visit_rows_in_rounds():
