@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import hilovit
 from hilovit import CheckpointError, build_segmentor, create_model, load_checkpoint
-from hilovit.layers.fpn import FPN
+from hilovit.models.heads.fpn import FPN
 from hilovit.models.segmentation import EncoderDecoder, SwinSegBackbone
 from references import randomize, region_ids
 

@@ -2,7 +2,7 @@
 
 :class:`EncoderDecoder` is mmsegmentation 0.x's segmentor of the same name (the code behind the
 official LITv2 ADE20K checkpoints): a backbone giving four maps at strides 4, 8, 16, 32, an
-:class:`~hilovit.layers.fpn.FPN` neck, an :class:`~hilovit.layers.fpn.FPNHead` decoder, and a
+:class:`~hilovit.models.heads.fpn.FPN` neck, an :class:`~hilovit.models.heads.fpn.FPNHead` decoder, and a
 bilinear resize of the stride-4 logits onto the input. Its state dict is an mmseg checkpoint's
 (``backbone.*``, ``neck.*``, ``decode_head.*``), so the official ``.pth`` files load with every
 key checked through :func:`hilovit.load_checkpoint`.
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hilovit.layers.fpn import FPN, FPNHead
+from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2 import LITv2Backbone
 from hilovit.models.registry import register_model
 from hilovit.models.swin import SwinTransformer
@@ -209,7 +209,7 @@ class EncoderDecoder(nn.Module):
 
     Args:
         backbone: a module returning the multi-scale NCHW maps (e.g. :class:`LITv2SegBackbone`).
-        neck: an :class:`~hilovit.layers.fpn.FPN`; decode_head: an :class:`~hilovit.layers.fpn.FPNHead`.
+        neck: an :class:`~hilovit.models.heads.fpn.FPN`; decode_head: an :class:`~hilovit.models.heads.fpn.FPNHead`.
         test_cfg: ``dict(mode='whole')`` (default) or ``dict(mode='slide', crop_size=(h, w),
             stride=(h, w))``: how ``forward`` and :meth:`predict` run in eval mode.
 

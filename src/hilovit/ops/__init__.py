@@ -1,0 +1,1 @@
+"""Detection operators in plain PyTorch: boxes, anchors, NMS, RoIAlign (``torchvision.ops`` when it imports)."""
