@@ -125,14 +125,14 @@ def test_library_errors_in_the_commands_words(idx_data, tmp_path, capsys):
 
 
 def test_out_of_memory_in_eval_names_the_batch(monkeypatch, capsys):
-    import hilovit.train
+    import hilovit.tasks.classification_eval
 
     def allocation_fails(**kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 4503599627370496 bytes. Error code 12 (Cannot allocate "
                            "memory)")
 
-    monkeypatch.setattr(hilovit.train, "run_eval", allocation_fails)
+    monkeypatch.setattr(hilovit.tasks.classification_eval, "run_eval", allocation_fails)
     rc, err = _run(["eval", "--model", "litv2_nano", "--checkpoint", "x", "--batch-size", "4096"], capsys)
     _one_line(rc, err, "hilovit eval: error: out of memory with --batch-size 4096; use a smaller one")
 

@@ -11,8 +11,10 @@ from PIL import Image
 
 from hilovit import Predictor, create_model
 from hilovit.cli import main
+from hilovit.data.folders import open_image, preprocess_image
 from hilovit.models.checkpoint import CheckpointError, save_safetensors
-from hilovit.predict import load_model, open_image, preprocess_image, read_checkpoint_metadata
+from hilovit.models.checkpoint import read_metadata as read_checkpoint_metadata
+from hilovit.tasks.classification_predict import load_model
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress"]
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image, features
 
 from hilovit.cli import main
-from hilovit.image_files import image_format
-from hilovit.plots import _pyplot, save_figure
 from hilovit.viz import small_map_warning
-from hilovit.viz_seg import save_segmentation_figure
+from hilovit.viz.files import image_format
+from hilovit.viz.plots import _pyplot, save_figure
+from hilovit.viz.segmentation import save_segmentation_figure
 
 MAGIC = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}
 

@@ -1,39 +1,50 @@
-"""hilovit: fast hierarchical vision transformers (HiLo attention, LITv2, Swin Transformer)."""
+"""hilovit: fast hierarchical vision transformers (HiLo attention, LITv2, Swin Transformer).
 
-from hilovit.layers.attention import Attention, SpatialReductionAttention
-from hilovit.layers.fast import fast_inference, set_fast_inference, why_not_fast
-from hilovit.layers.hilo import HiLo
-from hilovit.layers.window_attention import WindowAttention
-from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
-from hilovit.models.hub import DownloadError
-from hilovit.models.litv2 import LITv2, LITv2Backbone
-from hilovit.models.pretrained import list_pretrained, load_pretrained
-from hilovit.models.segmentation import EncoderDecoder, build_segmentor
-from hilovit.models.swin import SwinTransformer
-from hilovit.predict import Predictor
+The public names below are imported on first use, so ``import hilovit`` (and the ``hilovit``
+command's ``--help``) costs nothing until a model, layer or task is asked for.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Attention",
-    "build_segmentor", "EncoderDecoder",
-    "CheckpointError",
-    "DownloadError",
-    "create_model",
-    "fast_inference",
-    "list_models",
-    "list_pretrained",
-    "load_checkpoint",
-    "load_pretrained",
-    "register_model",
-    "set_fast_inference",
-    "HiLo",
-    "LITv2",
-    "LITv2Backbone",
-    "Predictor",
-    "SpatialReductionAttention",
-    "SwinTransformer",
-    "WindowAttention",
-    "why_not_fast",
-    "__version__",
-]
+_EXPORTS = {
+    "Attention": "hilovit.layers.attention",
+    "SpatialReductionAttention": "hilovit.layers.attention",
+    "HiLo": "hilovit.layers.hilo",
+    "WindowAttention": "hilovit.layers.window_attention",
+    "fast_inference": "hilovit.layers.fast",
+    "set_fast_inference": "hilovit.layers.fast",
+    "why_not_fast": "hilovit.layers.fast",
+    "CheckpointError": "hilovit.models.checkpoint",
+    "load_checkpoint": "hilovit.models.checkpoint",
+    "load_model": "hilovit.models.checkpoint",
+    "create_model": "hilovit.models.registry",
+    "list_models": "hilovit.models.registry",
+    "register_model": "hilovit.models.registry",
+    "DownloadError": "hilovit.models.hub",
+    "LITv2": "hilovit.models.litv2",
+    "LITv2Backbone": "hilovit.models.litv2_backbone",
+    "SwinTransformer": "hilovit.models.swin",
+    "list_pretrained": "hilovit.models.pretrained",
+    "load_pretrained": "hilovit.models.pretrained",
+    "EncoderDecoder": "hilovit.models.segmentation",
+    "build_segmentor": "hilovit.models.segmentation",
+    "Predictor": "hilovit.tasks.classification_predict",
+    "train": "hilovit.train.engine",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hilovit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -8,7 +8,8 @@ import re
 from typing import Dict
 
 __all__ = ["OneLineParser", "add_finetune_options", "positive_int", "non_negative_int", "device_name", "onnx_opset",
-           "command_parser", "user_message", "out_of_memory_hint"]
+           "command_parser", "user_message", "out_of_memory_hint", "positive_float", "int_pair", "float_pair", "floats",
+           "options_from_cli", "CLI_AUGMENT_FLAGS"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -38,8 +39,19 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_EXPECTED_DEVICE = "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def device_name(text: str) -> str:
-    """A device this machine has ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'); kept as typed."""
+    """A device this machine has ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'); kept as typed. A name that is not
+    a device is refused without importing torch; whether a CUDA or MPS device exists is asked of torch."""
+    name = text.strip().lower()
+    if not _DEVICE.match(name):
+        hint = " (an NVIDIA GPU is 'cuda')" if name in ("gpu", "nvidia") else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device name; {_EXPECTED_DEVICE}{hint}")
+    if name in ("auto", "cpu"):
+        return text
     from hilovit.device import resolve_device
 
     try:
@@ -53,17 +65,20 @@ _MIN_OPSET = 14  # scaled_dot_product_attention, which every attention layer cal
 
 
 def onnx_opset(text: str) -> int:
-    try:
-        from torch.onnx._constants import ONNX_MAX_OPSET as top
-    except ImportError:
-        top = 20
+    """An ONNX opset from 14 (the first with scaled_dot_product_attention) to the newest torch.onnx writes
+    (asked of torch only for a number that passes the lower bound)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as top
+    except ImportError:
+        top = 20
     if not _MIN_OPSET <= value <= top:
         raise argparse.ArgumentTypeError(f"opset {text} is not supported: choose one from {_MIN_OPSET} (the first "
-                                         f"with scaled_dot_product_attention) to {top}")
+                                         f"with scaled_dot_product_attention) to {top} (the newest this torch "
+                                         "writes)")
     return value
 
 
@@ -115,6 +130,84 @@ def user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
             text = re.sub(rf"(?<![\w.'\"/\\-])({names})(?![\w='\"/(-])",
                           lambda m: flags[m.group(1)] if "_" in m.group(1) else m.group(1), text)
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def int_pair(text: str):
+    """``512`` or ``512,512`` (also ``512x512``) -> ``[512, 512]``."""
+    try:
+        values = [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected one or two positive integers, got {text!r} (e.g. 512 or 512,512)")
+    return values if len(values) == 2 else values * 2
+
+
+def float_pair(text: str):
+    """``LOW,HIGH`` -> ``[low, high]``."""
+    try:
+        lo, hi = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers LOW,HIGH, got {text!r}") from None
+    return [lo, hi]
+
+
+def floats(text: str):
+    """Comma- or space-separated numbers -> a tuple."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+# Command-line flags that set fields of a classification run's ``augment`` (flag dest -> AugmentConfig field).
+CLI_AUGMENT_FLAGS = {
+    "crop": "random_resized_crop",
+    "crop_scale": "scale",
+    "hflip": "hflip",
+    "rand_augment": "rand_augment",
+    "rand_augment_m": "rand_augment_m",
+    "random_erasing": "random_erasing",
+}
+
+
+def options_from_cli(values) -> Dict[str, object]:
+    """Turn parsed ``hilovit train`` flags into training options.
+
+    Flags listed in :data:`CLI_AUGMENT_FLAGS` become fields of ``augment``; ``no_augment`` turns
+    augmentation off; ``config`` (the recipe) and None values are dropped.
+    """
+    out: Dict[str, object] = {}
+    augment: Dict[str, object] = {}
+    for key, value in values.items():
+        if value is None or key in ("config", "func", "command", "version", "json", "task"):
+            continue
+        if key in CLI_AUGMENT_FLAGS:
+            augment[CLI_AUGMENT_FLAGS[key]] = tuple(value) if isinstance(value, list) else value
+        elif key == "no_augment":
+            if value:
+                out["augment"] = "none"
+        else:
+            out[key] = value
+    if augment:
+        if out.get("augment") == "none":
+            raise ValueError("--no-augment contradicts the augmentation flags given "
+                             f"({', '.join('--' + k.replace('_', '-') for k in augment)})")
+        out["augment"] = augment
+    return out
 
 
 def out_of_memory_hint(args) -> str:

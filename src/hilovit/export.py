@@ -1,25 +1,25 @@
-"""ONNX export and its verification against PyTorch (``hilovit export``).
+"""ONNX export and its verification against PyTorch, for every task (``hilovit export``).
 
 Exporter. ``torch.onnx.export(..., dynamo=False)``, the TorchScript-tracing exporter. The
 dynamo-based exporter (the default since torch 2.9) needs the ``onnxscript`` package and goes
 through ``torch.export``, which cannot trace the data-dependent window bookkeeping of
-:class:`~hilovit.layers.attention.WindowAttention` (``nonzero`` over the window types); the tracing
-exporter handles both families with nothing beyond ``onnx`` and ``onnxruntime`` (the ``export``
-extra), and LITv2's deformable convolution (plain PyTorch ops: grid arithmetic, gathers, a matmul)
-exports as ordinary ONNX operators.
+:class:`~hilovit.layers.window_attention.WindowAttention` (``nonzero`` over the window types); the
+tracing exporter handles both families with nothing beyond ``onnx`` and ``onnxruntime`` (the
+``export`` extra), and LITv2's deformable convolution (plain PyTorch ops: grid arithmetic,
+gathers, a matmul) exports as ordinary ONNX operators.
 
-Export form. While tracing, every :class:`~hilovit.layers.window_attention.WindowAttention` runs
-its documented export formulation (:meth:`~hilovit.layers.window_attention.WindowAttention.forward_windows`:
-pad, cyclic shift, window partition by reshapes, one attention call with bias and mask, reverse),
-which computes the same function as its index-plan path with the batch left symbolic, and the
-inference fast path stands aside (:func:`hilovit.layers.fast.why_not_fast`); nothing is patched.
+What is exported. Each task says (:meth:`hilovit.tasks.base.Task.export_spec`): a classifier with
+its input size fixed in the graph and a symbolic batch; a segmenter with symbolic batch, height
+and width, verified at sizes that are multiples of neither 32 nor the windows (every padding
+path is traced, :func:`hilovit.layers.fast.tracing`). While tracing, every window attention runs its
+documented export formulation and the inference fast path stands aside; nothing is patched.
 
 Verification. The file is checked with ``onnx.checker`` and run with onnxruntime (CPU) on random
-inputs: at batch sizes 1 and 3 when the batch is dynamic (the trace used 2), else at the traced
-batch. The largest absolute difference from PyTorch must be at most ``atol`` (1e-4). The file is
-written to a temporary name beside the output and renamed only after it passes, so ``output``
-only ever holds a verified export; on failure nothing is left behind and
-:class:`ExportVerificationError` says by how much it missed.
+inputs at every size and batch the spec lists; the largest absolute difference from PyTorch must
+be at most ``atol`` (1e-4). The file is written to a temporary name beside the output and renamed
+only after it passes, so ``output`` only ever holds a verified export; on failure nothing is left
+behind and :class:`ExportVerificationError` says by how much, and where, it missed. An existing
+file is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -29,23 +29,21 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = [
-    "ExportResult",
-    "ExportVerificationError",
-    "export_onnx",
-    "export_model",
-    "verify_onnx",
-    "DEFAULT_ATOL",
-]
+from hilovit.options import OptionError
+from hilovit.tasks.base import ExportSpec, image_export_spec
+
+__all__ = ["ExportResult", "ExportVerificationError", "export_graph", "export_onnx", "export_model", "verify_onnx",
+           "check_output_file", "check_opset", "DEFAULT_ATOL", "DEFAULT_OPSET", "MIN_OPSET"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_ATOL = 1e-4
 DEFAULT_OPSET = 17
+MIN_OPSET = 14  # scaled_dot_product_attention, which every attention layer calls, needs opset 14
 
 
 class ExportVerificationError(RuntimeError):
@@ -54,15 +52,17 @@ class ExportVerificationError(RuntimeError):
 
 @dataclass
 class ExportResult:
-    """What :func:`export_onnx` wrote and how well it matched PyTorch."""
+    """What :func:`export_graph` wrote and how well it matched PyTorch."""
 
     path: Path
     input_shape: Tuple[int, int, int]
     dynamic_batch: bool
     opset: int
-    diffs: Dict[int, float] = field(default_factory=dict)  # batch size -> max |onnx - torch|
+    diffs: Dict[Any, float] = field(default_factory=dict)  # check label -> max |onnx - torch|
     seconds: float = 0.0
     size_bytes: int = 0
+    dynamic_size: bool = False
+    notes: Tuple[str, ...] = ()
 
     @property
     def max_abs_diff(self) -> float:
@@ -80,17 +80,58 @@ def _require_onnx():
     return onnx, onnxruntime
 
 
-# --------------------------------------------------------------------------- verification
-def verify_onnx(
-    path: PathLike,
-    model: nn.Module,
-    input_shape: Sequence[int],
-    batch_sizes: Sequence[int] = (1, 3),
-    seed: int = 0,
-) -> Dict[int, float]:
-    """Run ``path`` with onnxruntime (CPU) and ``model`` in PyTorch on the same random inputs.
+def check_opset(opset: Any) -> int:
+    """An opset this torch can write: from :data:`MIN_OPSET` to the newest ``torch.onnx`` knows."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as top
+    except ImportError:  # pragma: no cover - older torch
+        top = 20
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
+        raise OptionError(f"{{opset}}={opset!r} is not supported: choose one from {MIN_OPSET} (the first with "
+                          f"scaled_dot_product_attention) to {top} (the newest this torch writes)")
+    return opset
 
-    Returns ``{batch_size: max |onnx - torch|}``. ``model`` runs in eval mode without gradients.
+
+def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = ".onnx") -> Path:
+    """The file an export writes: its folder exists (or is created) and is writable, and an existing
+    file is replaced only with ``overwrite``.
+
+    Raises:
+        OptionError: a directory, an existing file without ``overwrite``, a folder that is a file,
+            or a folder that cannot be written (each named).
+    """
+    from hilovit.train.state import check_writable_dir
+
+    output = Path(output).expanduser()
+    if output.is_dir():
+        raise OptionError(f"{{output}}={str(output)!r} is a directory; give a file name such as model{suffix}")
+    if output.exists() and not overwrite:
+        raise OptionError(f"{{output}}={str(output)!r} exists; give another file name or {{overwrite}} to replace it")
+    for parent in [output.parent, *output.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OptionError(f"{{output}}={str(output)!r}: {str(parent)!r} is a file, not a folder")
+            break
+    try:
+        check_writable_dir(output.parent, "folder of the output file")
+    except ValueError as e:
+        raise OptionError(f"{{output}}={str(output)!r}: {e}") from None
+    return output
+
+
+# --------------------------------------------------------------------------- verification
+def _outputs(module: nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        out = module(x)
+    return [t.float().cpu() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, torch.Tensor]) -> Dict[Any, float]:
+    """Run ``path`` with onnxruntime (CPU) and ``module`` in PyTorch on each of ``checks``
+    (``{label: input}``); returns ``{label: max |onnx - torch|}`` over every output.
+
+    Raises:
+        ExportVerificationError: the graph fails to run at an input, or gives other shapes.
     """
     onnx, ort = _require_onnx()
     onnx.checker.check_model(str(path))
@@ -98,30 +139,82 @@ def verify_onnx(
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    gen = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    diffs = {}
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    was_training = module.training
+    module.eval()
+    diffs: Dict[Any, float] = {}
     try:
-        for b in batch_sizes:
-            x = torch.randn(b, *input_shape, generator=gen)
-            with torch.no_grad():
-                ref = model(x.to(device)).float().cpu()
-            out = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
-            if tuple(out.shape) != tuple(ref.shape):
-                raise ExportVerificationError(
-                    f"{path}: onnxruntime output {tuple(out.shape)} differs in shape from PyTorch {tuple(ref.shape)} "
-                    f"at batch {b}"
-                )
-            diffs[int(b)] = float((out - ref).abs().max()) if out.numel() else 0.0
+        for label, x in checks.items():
+            refs = _outputs(module, x.to(device))
+            try:
+                outs = session.run(None, {input_name: x.cpu().numpy()})
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own error, with the input that failed
+                raise ExportVerificationError(f"the exported graph does not run at input {tuple(x.shape)} (a size "
+                                              f"fixed by the trace?): {str(e).splitlines()[0]}") from e
+            worst = 0.0
+            for ref, out in zip(refs, outs):
+                out = torch.from_numpy(out)
+                if tuple(out.shape) != tuple(ref.shape):
+                    raise ExportVerificationError(
+                        f"{path}: onnxruntime output {tuple(out.shape)} differs in shape from PyTorch "
+                        f"{tuple(ref.shape)} at input {tuple(x.shape)}")
+                if out.numel():
+                    worst = max(worst, float((out.float() - ref).abs().max()))
+            diffs[label] = worst
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return diffs
 
 
 # --------------------------------------------------------------------------- export
-def _input_shape(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]]) -> Tuple[int, int, int]:
+def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 atol: float = DEFAULT_ATOL, overwrite: bool = False) -> ExportResult:
+    """Trace ``spec.module`` to an ONNX file at ``output`` and verify it at ``spec.checks``.
+
+    Raises:
+        ExportVerificationError: a difference above ``atol`` or a check the graph cannot run
+            (``output`` is not written).
+        ImportError: onnx / onnxruntime are not installed (``pip install 'hilovit[export]'``).
+        OptionError: a bad opset or output file (see :func:`check_output_file`).
+    """
+    onnx, _ = _require_onnx()
+    check_opset(opset)
+    output = check_output_file(output, overwrite)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    module = spec.module
+    was_training = module.training
+    module.eval()
+    start = time.perf_counter()
+    dynamic_batch = any(0 in axes for axes in spec.dynamic_axes.values())
+    dynamic_size = any(2 in axes for axes in spec.dynamic_axes.values())
+    try:
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values taken from shapes
+            torch.onnx.export(module, (spec.example.to(device),), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=spec.input_names, output_names=spec.output_names,
+                              dynamic_axes=spec.dynamic_axes or None, do_constant_folding=True)
+        result = ExportResult(path=output, input_shape=spec.input_shape, dynamic_batch=dynamic_batch, opset=opset,
+                              dynamic_size=dynamic_size, notes=tuple(spec.notes))
+        if verify:
+            result.diffs = verify_onnx(tmp, module, spec.checks)
+            if not result.max_abs_diff <= atol:  # also catches NaN
+                raise ExportVerificationError(
+                    f"ONNX export of {type(module).__name__} does not match PyTorch: max |onnx - torch| = "
+                    f"{result.max_abs_diff:.3g} > {atol:g} (per input: {result.diffs}); {output} not written")
+        else:
+            onnx.checker.check_model(str(tmp))
+        os.replace(tmp, output)
+        result.size_bytes = output.stat().st_size
+        result.seconds = time.perf_counter() - start
+        return result
+    finally:
+        module.train(was_training)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _sizes(img_size: Optional[Union[int, Sequence[int]]], model: nn.Module) -> Tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     C, H, W = (int(v) for v in cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224)))
     if img_size is not None:
@@ -132,100 +225,81 @@ def _input_shape(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]]
     return C, H, W
 
 
-def export_onnx(
-    model: nn.Module,
-    output: PathLike,
-    img_size: Optional[Union[int, Sequence[int]]] = None,
-    dynamic_batch: bool = True,
-    opset: int = DEFAULT_OPSET,
-    verify: bool = True,
-    atol: float = DEFAULT_ATOL,
-    seed: int = 0,
-) -> ExportResult:
-    """Export ``model`` to an ONNX file at ``output`` and verify it against PyTorch.
+def export_onnx(model: nn.Module, output: PathLike, img_size: Optional[Union[int, Sequence[int]]] = None,
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, verify: bool = True,
+                atol: float = DEFAULT_ATOL, seed: int = 0, sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                overwrite: bool = False) -> ExportResult:
+    """Export an image model (a classifier, a segmenter: ``(B, C, H, W)`` in, one tensor out) to ONNX.
 
     Args:
-        model: a classifier taking ``(B, C, H, W)`` images (LITv2, Swin, ...); exported in eval mode.
+        model: the module; exported in eval mode.
         output: the ``.onnx`` file; written atomically, and only once verified.
-        img_size: the image size ``H`` or ``(H, W)`` fixed in the graph (default: the model's
-            ``pretrained_cfg['input_size']``).
-        dynamic_batch: leave the batch dimension symbolic (``'batch'``); checked at batches 1 and 3.
-        opset: ONNX opset (17 by default).
-        verify: run onnxruntime against PyTorch; ``False`` only checks the file with ``onnx.checker``.
-        atol: the largest absolute difference accepted.
-        seed: seed of the random inputs.
-
-    Returns:
-        :class:`ExportResult` with the per-batch differences.
-
-    Raises:
-        ExportVerificationError: the difference exceeds ``atol`` (``output`` is not written).
-        ImportError: onnx / onnxruntime are not installed (``pip install 'hilovit[export]'``).
+        img_size: the size ``H`` or ``(H, W)`` fixed in the graph (default: ``pretrained_cfg['input_size']``).
+        dynamic_batch: leave the batch symbolic (checked at batches 1 and 3).
+        sizes: instead of ``img_size``, symbolic height and width, traced at the first size and
+            verified at each (two different ones at least).
+        opset, verify, atol, seed: the ONNX opset (17), whether to run onnxruntime, the largest
+            accepted difference, the seed of the random inputs.
+        overwrite: replace an existing ``output``.
     """
-    onnx, _ = _require_onnx()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    output = Path(output)
-    if output.is_dir():
-        raise ValueError(f"--output {str(output)!r} is a directory; give a file name such as model.onnx")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shape = _input_shape(model, img_size)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    trace_batch = 2 if dynamic_batch else 1
-    dummy = torch.randn(trace_batch, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    num_classes = getattr(model, "num_classes", 1)
-    output_name = "logits" if num_classes else "features"
-    axes = {"input": {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    was_training = model.training
-    model.eval()
-    start = time.perf_counter()
+    C, H, W = _sizes(img_size, model)
+    if sizes is not None:
+        sizes = _check_sizes(sizes)
+        spec = image_export_spec(model, C, sizes, dynamic_batch, True, "logits", seed)
+    else:
+        name = "logits" if getattr(model, "num_classes", 1) else "features"
+        spec = image_export_spec(model, C, [(H, W)], dynamic_batch, False, name, seed)
+    return export_graph(spec, output, opset, verify, atol, overwrite)
+
+
+def _check_sizes(sizes) -> Tuple[Tuple[int, int], ...]:
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints taken from shapes (sizes are fixed)
-            torch.onnx.export(
-                model, (dummy,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                output_names=[output_name], dynamic_axes=axes, do_constant_folding=True,
-            )
-        model.train(was_training)
-        result = ExportResult(path=output, input_shape=shape, dynamic_batch=dynamic_batch, opset=opset)
-        if verify:
-            result.diffs = verify_onnx(tmp, model, shape, (1, 3) if dynamic_batch else (1,), seed=seed + 1)
-            if not result.max_abs_diff <= atol:  # also catches NaN
-                raise ExportVerificationError(
-                    f"ONNX export of {type(model).__name__} does not match PyTorch: max |onnx - torch| = "
-                    f"{result.max_abs_diff:.3g} > {atol:g} (per batch size: {result.diffs}); {output} not written"
-                )
-        else:
-            onnx.checker.check_model(str(tmp))
-        os.replace(tmp, output)
-        result.size_bytes = output.stat().st_size
-        result.seconds = time.perf_counter() - start
-        return result
-    finally:
-        model.train(was_training)
-        if tmp.exists():
-            tmp.unlink()
+        out = tuple((int(h), int(w)) for h, w in sizes)
+    except (TypeError, ValueError):
+        raise ValueError(f"sizes={sizes!r}, expected (height, width) pairs") from None
+    if len(out) < 2 or len(set(out)) < 2 or min(min(s) for s in out) < 1:
+        raise ValueError(f"sizes={sizes!r}, expected at least two different positive sizes")
+    return out
 
 
-def export_model(
-    model: str,
-    output: PathLike,
-    checkpoint: Optional[PathLike] = None,
-    format: str = "onnx",
-    img_size: Optional[Union[int, Sequence[int]]] = None,
-    dynamic_batch: bool = True,
-    opset: int = DEFAULT_OPSET,
-    verify: bool = True,
-    atol: float = DEFAULT_ATOL,
-) -> ExportResult:
-    """``hilovit export``: build the registered ``model`` (sized for ``checkpoint``, see
-    :func:`hilovit.predict.load_model`) and export it with :func:`export_onnx`."""
+def export_model(model: Optional[str], output: PathLike, checkpoint: Optional[PathLike] = None,
+                 format: str = "onnx", img_size: Optional[Union[int, Sequence[int]]] = None,
+                 dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 atol: float = DEFAULT_ATOL, sizes: Optional[Sequence[Tuple[int, int]]] = None,
+                 task: Optional[str] = None, overwrite: bool = False) -> ExportResult:
+    """``hilovit export``: the model of ``checkpoint`` (or the registered ``model``, randomly initialised)
+    exported as its task says (:meth:`hilovit.tasks.base.Task.export_spec`).
+
+    ``img_size`` fixes a classifier's input size; ``sizes`` are the sizes a dense model is verified
+    at (the task's defaults include sizes that are multiples of neither 32 nor the windows)."""
+    from hilovit.models.checkpoint import load_model
+    from hilovit.models.registry import create_model
+    from hilovit.tasks import resolve_task
+
     if format != "onnx":
         raise ValueError(f"--format {format!r} is not supported; the supported format is 'onnx'")
     _require_onnx()
-    from hilovit.predict import load_model
+    check_opset(opset)
+    check_output_file(output, overwrite)
+    the_task = resolve_task(task, checkpoint=checkpoint, model=model)
+    if checkpoint is not None:
+        net, _ = load_model(checkpoint, model, device="cpu")
+    elif model is not None:
+        net = create_model(model).eval()
+    else:
+        raise ValueError("give a --model or a --checkpoint to export")
+    if img_size is not None:
+        C, H, W = _sizes(img_size, net)
+        sizes = [(H, W)]
+    in_chans = int(getattr(net, "in_chans", 3))
+    spec = the_task.export_spec(net, None if sizes is None else _sizes_list(sizes), dynamic_batch, in_chans)
+    return export_graph(spec, output, opset, verify, atol, overwrite)
 
-    net, _ = load_model(model, checkpoint, device="cpu")
-    return export_onnx(net, output, img_size=img_size, dynamic_batch=dynamic_batch, opset=opset, verify=verify,
-                       atol=atol)
+
+def _sizes_list(sizes) -> Tuple[Tuple[int, int], ...]:
+    try:
+        return tuple((int(h), int(w)) for h, w in sizes)
+    except (TypeError, ValueError):
+        raise ValueError(f"sizes={sizes!r}, expected (height, width) pairs") from None

@@ -1,4 +1,5 @@
-"""Process-level settings: a faster allocator for CPU work, and the one autocast helper.
+"""Process-level settings: a faster allocator for CPU work, the one autocast helper, and the choice of the
+autocast dtype (:func:`resolve_amp`, on the one check of native bfloat16, :func:`native_bf16`).
 
 glibc serves every large allocation (a stage-1 activation of a batch is tens of MB) with a
 fresh ``mmap`` and returns it on free, so each pass pays page faults for all of its activations
@@ -23,7 +24,7 @@ from typing import Optional, Union
 
 import torch
 
-__all__ = ["tune_allocator", "autocast_context"]
+__all__ = ["tune_allocator", "autocast_context", "native_bf16", "resolve_amp"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -54,3 +55,30 @@ def autocast_context(device: Union[torch.device, str], dtype: Optional[torch.dty
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def native_bf16(device: Union[torch.device, str] = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 natively: CUDA, or a CPU whose oneDNN has bfloat16
+    instructions (AVX512-BF16/AMX). Elsewhere bfloat16 products are emulated and slower than float32."""
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: Union[torch.device, str]) -> Optional[torch.dtype]:
+    """The autocast dtype for ``amp`` on ``device``: ``'off'`` None; ``'auto'`` float16 on CUDA, and on
+    CPU bfloat16 where it is native (:func:`native_bf16`), float32 (None) elsewhere."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if amp == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if native_bf16(device) else None
+    raise ValueError(f"amp={amp!r}: choose one of auto, bf16, fp16, off")

@@ -67,11 +67,11 @@ def test_rows_ratios_growth_and_files(tmp_path, monkeypatch):
 
 
 def test_bf16_skip_reason_follows_the_native_check(monkeypatch):
-    ev = importlib.import_module("hilovit.train.evaluate")
+    ev = importlib.import_module("hilovit.runtime")
 
-    monkeypatch.setattr(ev, "_native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(ev, "native_bf16", lambda device="cpu": False)
     assert "no native bfloat16" in seg_bench.bf16_skip_reason(torch.device("cpu"))
-    monkeypatch.setattr(ev, "_native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(ev, "native_bf16", lambda device="cpu": True)
     assert seg_bench.bf16_skip_reason(torch.device("cpu")) is None
     assert seg_bench.bf16_skip_reason(torch.device("cuda")) is None
 

@@ -22,8 +22,8 @@ from hilovit.models.checkpoint import (
     read_checkpoint,
     save_safetensors,
 )
-from hilovit.predict import Predictor
 from hilovit.runtime import autocast_context
+from hilovit.tasks.classification_predict import Predictor
 
 META = {"model": "litv2_nano", "classes": json.dumps(["a", "b", "c"]), "img_size": "28", "in_chans": "1",
         "mean": "0.25", "std": "0.5", "dataset": "fashion-mnist"}
@@ -178,9 +178,10 @@ def test_outputs_are_0644_under_the_usual_umask(net, tmp_path):
 
 
 def test_autocast_context_has_one_home():
-    from hilovit.train.evaluate import autocast_context as from_eval
+    import hilovit.train.engine as engine
+    from hilovit.tasks import segmentation_eval
 
-    assert from_eval is autocast_context
+    assert engine.autocast_context is autocast_context and segmentation_eval.autocast_context is autocast_context
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast_context(torch.device("cpu"), torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16

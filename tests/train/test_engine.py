@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 
 from hilovit import CheckpointError, create_model, load_checkpoint
 from hilovit.cli import main
-from hilovit.train import TrainConfig, train
+from hilovit.tasks.classification import ClassificationConfig
 from hilovit.train import state as state_mod
+from hilovit.train import train
 
 TINY = dict(model="litv2_nano", epochs=2, batch_size=32, eval_subset=16, progress="off", threads=1, base_lr=4e-3,
             warmup_epochs=0.5)
@@ -132,10 +133,10 @@ def test_kill_during_training_leaves_last_epoch_and_resumes(idx_dir, tmp_path, m
     out = tmp_path / "run"
     real = engine._train_one_epoch
 
-    def dies_in_epoch_two(ctx, epoch, reporter):
+    def dies_in_epoch_two(task, run, ctx, epoch, reporter):
         if epoch == 1:
             raise KeyboardInterrupt("killed")
-        return real(ctx, epoch, reporter)
+        return real(task, run, ctx, epoch, reporter)
 
     monkeypatch.setattr(engine, "_train_one_epoch", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
@@ -198,11 +199,11 @@ def test_existing_run_needs_resume_or_overwrite(idx_dir, tmp_path):
 
 def test_bad_options_name_the_flag():
     with pytest.raises(ValueError, match="^epochs=0: expected a positive integer"):
-        TrainConfig(epochs=0)
+        ClassificationConfig(epochs=0)
     with pytest.raises(ValueError, match="^amp='fp8'"):
-        TrainConfig(amp="fp8")
+        ClassificationConfig(amp="fp8")
     with pytest.raises(ValueError, match="unknown training option"):
-        TrainConfig.from_dict({"epochz": 3})
+        ClassificationConfig.from_dict({"epochz": 3})
 
 
 def test_cli_reports_errors_in_one_line(idx_dir, tmp_path, capsys):
@@ -217,7 +218,7 @@ def test_checkpoint_of_another_architecture_or_class_count(idx_dir, tmp_path):
     from PIL import Image
 
     from hilovit.models.checkpoint import save_safetensors
-    from hilovit.train import run_eval
+    from hilovit.tasks.classification_eval import run_eval
 
     out = tmp_path / "run"
     train(output=str(out), data=str(idx_dir), **dict(TINY, epochs=1, batch_size=64))

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from hilovit import create_model
 from hilovit.cli import main
-from hilovit.train import TrainConfig, train
+from hilovit.tasks.classification import ClassificationConfig
+from hilovit.train import train
 from hilovit.train.config import OptionError
 from hilovit.train.optim import CosineWarmupSchedule, build_optimizer, build_param_groups
 
@@ -95,14 +96,20 @@ def test_layer_decay_counts_swin_blocks_through_its_stages():
     with pytest.raises(ValueError, match=r"layer_decay=1\.5"):
         build_param_groups(model, 1.0, 0.05, layer_decay=1.5)
     with pytest.raises(OptionError, match="layer_decay"):
-        TrainConfig(layer_decay=0.0)
+        ClassificationConfig(layer_decay=0.0)
 
 
 # ----------------------------------------------------------------------------- starting weights
 def test_run_starts_from_the_file_and_records_it(idx_dir, weights_file, tmp_path, capsys):
-    from hilovit.train.finetune import build_model, resolve_weights
+    from types import SimpleNamespace
 
-    cfg = TrainConfig(data=str(idx_dir), pretrained=str(weights_file), **opts(epochs=1))
+    from hilovit.tasks.classification import TASK
+    from hilovit.train.finetune import resolve_weights
+
+    def build_model(cfg, num_classes, in_chans, weights):
+        return TASK.build_model(cfg, SimpleNamespace(num_classes=num_classes, in_chans=in_chans), weights, None), None
+
+    cfg = ClassificationConfig(data=str(idx_dir), pretrained=str(weights_file), **opts(epochs=1))
     model, _ = build_model(cfg, 10, 1, resolve_weights(cfg))  # the engine's own construction
     file_sd = torch.load(weights_file, weights_only=True)["model"]
     for k, v in model.state_dict().items():
@@ -120,7 +127,7 @@ def test_run_starts_from_the_file_and_records_it(idx_dir, weights_file, tmp_path
     assert meta["pretrained"] == str(weights_file) and meta["pretrained_sha256"] == digest
     assert torch.load(out / "last.pt", weights_only=True)["weights"] == record
     # a run's output folder is a source too: its model.safetensors
-    cfg = TrainConfig(data=str(idx_dir), pretrained=str(out), **opts(epochs=1))
+    cfg = ClassificationConfig(data=str(idx_dir), pretrained=str(out), **opts(epochs=1))
     plan = resolve_weights(cfg)
     assert plan.given == str(out) and plan.path == out / "model.safetensors"
     model, _ = build_model(cfg, 10, 1, plan)
@@ -167,11 +174,11 @@ def test_a_source_that_cannot_be_used_is_refused_in_one_line(idx_dir, tmp_path, 
 
 
 def test_a_name_sets_the_model_and_the_recipe_ships():
-    cfg = TrainConfig.from_sources("finetune", pretrained="litv2_s.alpha_0_5", data="DIR")
+    cfg = ClassificationConfig.from_sources("finetune", pretrained="litv2_s.alpha_0_5", data="DIR")
     assert cfg.model == "litv2_s.alpha_0_5" and cfg.layer_decay == 0.75 and cfg.warmup_epochs == 1
     assert cfg.scaled_lr()[0] == pytest.approx(2.5e-4 * 64 / 512)
-    assert TrainConfig.from_dict({"initial_checkpoint": "w.pth"}).pretrained == "w.pth"
-    assert TrainConfig.from_dict({"pretrained": "w.pth"}).model == "litv2_nano"  # a file leaves the model alone
+    assert ClassificationConfig.from_dict({"initial_checkpoint": "w.pth"}).pretrained == "w.pth"
+    assert ClassificationConfig.from_dict({"pretrained": "w.pth"}).model == "litv2_nano"  # a file keeps the model
 
 
 def test_resume_keeps_its_weights_and_refuses_other_ones(idx_dir, weights_file, tmp_path):
@@ -309,11 +316,11 @@ def test_a_tagged_name_picks_its_file_and_the_variant(monkeypatch, tmp_path):
 
     fetched = []
     monkeypatch.setattr(hub, "fetch", lambda source, **kw: fetched.append((source, kw)) or tmp_path / "w.pth")
-    for cfg in (TrainConfig.from_dict({"pretrained": "litv2_s.alpha_0_5"}),
-                TrainConfig(model="litv2_s", pretrained="litv2_s.alpha_0_5")):
+    for cfg in (ClassificationConfig.from_dict({"pretrained": "litv2_s.alpha_0_5"}),
+                ClassificationConfig(model="litv2_s", pretrained="litv2_s.alpha_0_5")):
         plan = resolve_weights(cfg)
         assert plan.model == "litv2_s.alpha_0_5" and plan.given == "litv2_s.alpha_0_5"
         assert plan.source.endswith("/v1.1/alpha_0_5.pth") and plan.path == tmp_path / "w.pth"
     assert fetched[-1][1]["file_name"] == "litv2_s-alpha_0_5.pth"
-    plan = resolve_weights(TrainConfig(model="swin_t", pretrained=True))  # True: the model's default weights
+    plan = resolve_weights(ClassificationConfig(model="swin_t", pretrained=True))  # True: the model's default weights
     assert plan.model == "swin_t" and plan.source.endswith("swin_tiny_patch4_window7_224.pth")

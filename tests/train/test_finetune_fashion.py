@@ -6,13 +6,14 @@ committed result (``benchmarks/finetune.json``) the README quotes."""
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from hilovit.train import TrainConfig
-from hilovit.train.finetune import build_model, resolve_weights
+from hilovit.tasks.classification import TASK, ClassificationConfig
+from hilovit.train.finetune import resolve_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("finetune_vs_scratch", ROOT / "benchmarks" / "finetune_vs_scratch.py")
@@ -31,9 +32,9 @@ def test_finetuned_run_starts_from_the_file_and_beats_scratch(fashion_dir, pretr
     weights, pre = pretrained_run
     data = bench.image_folder(fashion_dir, tmp_path / "folder")
     # step 0: the model the engine builds holds the file's tensors, the head (3 classes, not 10) excepted
-    cfg = TrainConfig(data=str(data), pretrained=str(weights), output=str(tmp_path / "x"), **bench.FINETUNE)
+    cfg = ClassificationConfig(data=str(data), pretrained=str(weights), output=str(tmp_path / "x"), **bench.FINETUNE)
     notes = []
-    model, _ = build_model(cfg, num_classes=3, in_chans=1, weights=resolve_weights(cfg), log=notes.append)
+    model = TASK.build_model(cfg, SimpleNamespace(num_classes=3, in_chans=1), resolve_weights(cfg), notes.append)
     assert len(notes) == 1 and "head.weight" in notes[0]  # the one adaptation: a new classifier
     saved, own = load_file(str(weights)), model.state_dict()
     backbone = [k for k in own if not k.startswith("head.")]

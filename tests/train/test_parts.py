@@ -8,20 +8,21 @@ import torch
 import torch.nn as nn
 
 from hilovit import create_model
+from hilovit.cli_support import options_from_cli
 from hilovit.data import AugmentConfig
+from hilovit.tasks.classification import ClassificationConfig
 from hilovit.train import (
     CosineWarmupSchedule,
     ModelEma,
     SyncBatchNormCPU,
     TrainBatches,
-    TrainConfig,
     build_optimizer,
     build_param_groups,
     convert_sync_batchnorm,
     epoch_order,
     scale_lr,
 )
-from hilovit.train.config import list_recipes, options_from_cli
+from hilovit.train.config import list_recipes
 
 
 def test_schedule_warmup_then_cosine():
@@ -46,9 +47,9 @@ def test_schedule_warmup_then_cosine():
 
 def test_linear_scaling_and_explicit_lr():
     assert scale_lr(5e-4, 1024) == pytest.approx(1e-3)
-    lr, min_lr, warm = TrainConfig(batch_size=256, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6).scaled_lr()
+    lr, min_lr, warm = ClassificationConfig(batch_size=256, base_lr=1e-3, min_lr=1e-5, warmup_lr=1e-6).scaled_lr()
     assert (lr, min_lr, warm) == pytest.approx((5e-4, 5e-6, 5e-7))
-    lr, min_lr, _ = TrainConfig(batch_size=256, lr=0.1, base_lr=1e-3, min_lr=1e-5).scaled_lr()
+    lr, min_lr, _ = ClassificationConfig(batch_size=256, lr=0.1, base_lr=1e-3, min_lr=1e-5).scaled_lr()
     assert (lr, min_lr) == pytest.approx((0.1, 1e-3))
 
 
@@ -75,17 +76,17 @@ def test_param_groups_no_decay_and_offset_rate():
 def test_config_precedence_recipe_then_flags(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("epochs: 7\nbatch-size: 64\naugment:\n  hflip: false\n  scale: [0.5, 1.0]\n")
-    cfg = TrainConfig.from_sources(recipe, epochs=3, augment={"random_erasing": 0.25})
+    cfg = ClassificationConfig.from_sources(recipe, epochs=3, augment={"random_erasing": 0.25})
     assert cfg.epochs == 3 and cfg.batch_size == 64
     assert cfg.augment.hflip is False and cfg.augment.scale == (0.5, 1.0) and cfg.augment.random_erasing == 0.25
-    assert TrainConfig.from_sources(recipe, augment="none").augment is None
+    assert ClassificationConfig.from_sources(recipe, augment="none").augment is None
     assert "fashion-mnist" in list_recipes()
-    assert TrainConfig.from_sources("fashion-mnist").model == "litv2_nano"
+    assert ClassificationConfig.from_sources("fashion-mnist").model == "litv2_nano"
     with pytest.raises(FileNotFoundError, match="fashion-mnist"):
-        TrainConfig.from_sources("no-such-recipe")
+        ClassificationConfig.from_sources("no-such-recipe")
     opts = options_from_cli({"epochs": 2, "hflip": False, "crop_scale": [0.4, 1.0], "config": "x", "json": True})
     assert opts == {"epochs": 2, "augment": {"hflip": False, "scale": (0.4, 1.0)}}
-    assert isinstance(TrainConfig.from_dict(opts).augment, AugmentConfig)
+    assert isinstance(ClassificationConfig.from_dict(opts).augment, AugmentConfig)
 
 
 def test_batches_split_over_processes_like_one_process():

@@ -263,7 +263,7 @@ def run_attention_benchmark(
     if output:
         files = write_table(rows, output, "Attention benchmark", command_line(), notes=notes)
         if plot:
-            from hilovit.viz import plot_attention_benchmark
+            from hilovit.viz.plots import plot_attention_benchmark
 
             files["png"] = plot_attention_benchmark(rows, Path(output).with_suffix(".png"))
         result["files"] = files

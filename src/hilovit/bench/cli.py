@@ -158,8 +158,6 @@ def _run_bench_models(args) -> int:
 
 
 def _add_bench_seg(sub) -> None:
-    from hilovit.bench.seg import DEFAULT_PAIR, QUICK_SIZES, _size_label
-
     p = sub.add_parser(
         "seg",
         help="segmentation: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024, 2048x512 (batch 1)",
@@ -167,12 +165,12 @@ def _add_bench_seg(sub) -> None:
         "dense-prediction sizes: ms per image, speed ratio, time growth vs pixel growth, official FLOPs and "
         "the share of the machine's float32 matmul rate.",
     )
-    p.add_argument("--model", default=DEFAULT_PAIR[0])
-    p.add_argument("--baseline", default=DEFAULT_PAIR[1])
+    p.add_argument("--model", default="semfpn_litv2_s")
+    p.add_argument("--baseline", default="semfpn_swin_t")
     p.add_argument("--sizes", type=csv_list(), default=None,
                    help="N or WxH, comma-separated (default 512,1024,2048x512); growths relative to the first")
     p.add_argument("--quick", action="store_true",
-                   help=f"tiny sizes ({','.join(_size_label(s) for s in QUICK_SIZES)}) for a check in seconds")
+                   help="tiny sizes (32x32,64x64) for a check in seconds")
     p.add_argument("--dtype", type=csv_list(), default=["float32", "bfloat16"],
                    help="float32,bfloat16 (bfloat16 only where native; otherwise a skipped row)")
     p.add_argument("--num-classes", type=int, default=150)
@@ -215,8 +213,6 @@ def _image_size(text: str):
 
 
 def _add_bench_data(sub) -> None:
-    from hilovit.bench.data import DEFAULT_SIZES
-
     p = sub.add_parser(
         "data",
         help="the data path: JPEG decode, crop and batching per worker and with 2 workers, beside a training step",
@@ -224,7 +220,7 @@ def _add_bench_data(sub) -> None:
         "photo-sized JPEGs, with and without reduced-scale decoding, the device-side augmentation and a model's "
         "training step, in one process; and the share of a core the loader needs at the model's speed.",
     )
-    p.add_argument("--sizes", type=csv_list(_image_size), default=list(DEFAULT_SIZES),
+    p.add_argument("--sizes", type=csv_list(_image_size), default=[(500, 375), (2048, 1536)],
                    help="WIDTHxHEIGHT of the generated JPEGs (default 500x375,2048x1536)")
     p.add_argument("--folder", default=None, help="time a folder of class subfolders of your own images instead")
     p.add_argument("--files", type=positive_int, default=16, help="JPEGs written per size (default 16)")

@@ -510,7 +510,7 @@ def run_models_benchmark(
 
 def plot_models_benchmark(rows: List[Dict[str, Any]], sweep_rows: List[Dict[str, Any]], path: Path) -> Path:
     """Images/s per model and dtype (inference, training) and, with a sweep, time and memory vs tokens."""
-    from hilovit.viz import _pyplot, plot_bars, plot_sweep, save_figure
+    from hilovit.viz.plots import _pyplot, plot_bars, plot_sweep, save_figure
 
     plt = _pyplot()
     modes = list(dict.fromkeys(r["mode"] for r in rows))

@@ -87,9 +87,9 @@ def bf16_skip_reason(device: torch.device) -> Optional[str]:
     """``None`` where bfloat16 is native on ``device``, else why its timing would be meaningless."""
     if device.type == "cuda":
         return None
-    from hilovit.train.evaluate import _native_cpu_bf16
+    from hilovit.runtime import native_bf16
 
-    if _native_cpu_bf16():
+    if native_bf16(device):
         return None
     return ("skipped: this CPU has no native bfloat16 (oneDNN reports no AVX512-BF16/AMX); emulated bfloat16 "
             "is slower than float32 and would time the emulation, not the models")
@@ -270,7 +270,7 @@ def _notes(rows, model, baseline, hws, dts, num_classes, repeats, warmup, matmul
 def plot_seg_benchmark(rows: Sequence[Dict[str, Any]], path: Path) -> Path:
     """Milliseconds per image of both models per size (one panel per timed dtype) and the time growth
     against the pixel growth."""
-    from hilovit.viz import _pyplot, plot_bars, save_figure
+    from hilovit.viz.plots import _pyplot, plot_bars, save_figure
 
     plt = _pyplot()
     timed = [r for r in rows if r["status"] == "timed"]

@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -254,6 +254,80 @@ def decode_image(path: PathLike, draft: Optional[int] = None) -> Image.Image:
             im.draft("RGB", (int(draft), int(draft)))
         im.load()
         return _to_rgb(im)
+
+
+def open_image(image, in_chans: int = 3) -> Image.Image:
+    """Decode ``image`` (a path, a PIL image or a uint8 array) to a PIL image in RGB (``L`` for 1 channel).
+
+    Any Pillow mode works: palette and grey images are expanded, transparency is composited on
+    white, 16-bit and float images are scaled to 8 bits; animated files give their first frame.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a readable image (names the file and the reason), or the model's
+            channels are neither 1 nor 3.
+    """
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        rgb = _to_rgb(image)
+    else:
+        path = Path(image)
+        if not path.exists():
+            raise FileNotFoundError(f"image {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"image {str(path)!r} is a directory, not an image file")
+        try:
+            rgb = decode_image(path)
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types
+            raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: {e}") from e
+    if in_chans == 1:
+        return rgb.convert("L")
+    if in_chans != 3:
+        raise ValueError(f"images can be prepared for 1 or 3 channels, the model has in_chans={in_chans}")
+    return rgb
+
+
+_RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # hilovit.data.PIL_INTERPOLATION
+
+
+def _cfg_value(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """A PIL image -> the normalised ``(C, H, W)`` float tensor that ``cfg`` (a ``pretrained_cfg``) asks for.
+
+    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (for a square input size the
+    shorter side, keeping the aspect ratio; else both sides) with ``cfg['interpolation']``, centre
+    crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
+    """
+    C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
+    crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
+    interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
+    if interp not in _RESAMPLE:
+        raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
+    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp)
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr.copy())
+    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+    if x.shape[0] != C:
+        raise ValueError(f"prepared image has {x.shape[0]} channels but the model expects {C}")
+    return (x - _stats(cfg, "mean", 0.0, C)) / _stats(cfg, "std", 1.0, C)
+
+
+def _stats(cfg: Mapping[str, Any], key: str, default: float, C: int) -> torch.Tensor:
+    """``cfg[key]`` as a ``(C, 1, 1)`` tensor; RGB statistics for a grey model are averaged."""
+    values = [float(v) for v in _cfg_value(cfg, key, (default,) * C)]
+    if len(values) != C:
+        if C == 1 or len(values) == 1:
+            values = [sum(values) / len(values)] * C
+        else:
+            raise ValueError(f"pretrained_cfg[{key!r}] has {len(values)} values for a {C}-channel model")
+    return torch.tensor(values, dtype=torch.float32).view(C, 1, 1)
 
 
 def reduce_jpeg_decode(im: Image.Image, room: float) -> float:

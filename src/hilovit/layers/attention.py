@@ -189,17 +189,3 @@ class SpatialReductionAttention(nn.Module):
         if r > 1:
             total += M * C * C * r * r
         return int(total)
-
-
-
-def __getattr__(name: str):
-    # HiLo and window attention have their own files; they stay importable from here
-    if name == "HiLo":
-        from hilovit.layers.hilo import HiLo
-
-        return HiLo
-    if name in ("WindowAttention", "WindowPlan"):
-        from hilovit.layers import window_attention
-
-        return getattr(window_attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

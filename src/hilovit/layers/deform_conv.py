@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hilovit.layers import fast
+
 try:  # optional compiled kernel with identical semantics
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
 except Exception:  # ImportError, or a torchvision built for another torch
@@ -93,7 +95,7 @@ def _check_args(
     and comparing them would bake the example's shapes into the trace; the checks are skipped
     then (the same call has already passed them in eager mode)."""
     _check_geometry(stride, padding, dilation)
-    if torch.jit.is_tracing():
+    if fast.tracing():
         kh, kw = weight.shape[-2:]
         H, W = input.shape[-2:]
         return (
@@ -206,7 +208,7 @@ def deform_columns(
     sdtype = input.dtype if input.dtype == torch.bfloat16 else cdtype
     img = img.reshape(B * Hp * Wp, C).to(sdtype)  # one row per pixel
 
-    if torch.onnx.is_in_onnx_export():
+    if fast.tracing():
         # Plain gathers (ONNX Gather) and a weighted sum.
         cols = torch.index_select(img, 0, rows.reshape(-1)).reshape(-1, 4, C)  # (B*Ho*Wo*K, 4, C)
         cols = (cols * wts.unsqueeze(-1)).sum(1)  # (B*Ho*Wo*K, C)
@@ -265,7 +267,7 @@ def deform_conv2d(
     padding = _pair(padding, "padding")
     dilation = _pair(dilation, "dilation")
     out_hw = _check_args(input, offset, weight, bias, stride, padding, dilation)
-    if _tv_deform_conv2d is not None and not torch.onnx.is_in_onnx_export():
+    if _tv_deform_conv2d is not None and not fast.tracing():
         return _tv_deform_conv2d(input, offset, weight, bias, stride, padding, dilation)
     return _deform_conv2d_pytorch(input, offset, weight, bias, stride, padding, dilation, out_hw)
 
@@ -411,7 +413,7 @@ class DeformConv2dPack(DeformConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         # Check here: nn.Conv2d would accept an unbatched (C, H, W) input or fail less clearly.
-        if not torch.jit.is_tracing():
+        if not fast.tracing():
             _check_input(x, self.weight)
         offset = self.conv_offset(x)  # (B, 2*kh*kw, Ho, Wo)
         return deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation)

@@ -49,7 +49,7 @@ class PatchEmbed(nn.Module):
             )
         ph, pw = self.patch_size
         H, W = x.shape[2], x.shape[3]
-        if H % ph or W % pw:
+        if H % ph or W % pw or fast.tracing():  # a trace keeps the padding symbolic, even when 0 at trace time
             x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))
         cd = fast.inference_dtype(x, self)
         if cd is not None:

@@ -162,7 +162,7 @@ class HiLo(nn.Module):
             out = self.hifi(x)
         else:
             out = torch.cat((self.hifi(x), self.lofi(x)), dim=-1)
-        if out.shape[1] != H or out.shape[2] != W or torch.jit.is_tracing():
+        if out.shape[1] != H or out.shape[2] != W or fast.tracing():
             out = out[:, :H, :W]
         out = self.proj_drop(out)
         return out.reshape(B, H * W, C) if flat else out

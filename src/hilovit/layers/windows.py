@@ -12,6 +12,8 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from hilovit.layers import fast
+
 __all__ = [
     "to_2tuple",
     "pad_to_multiple",
@@ -43,7 +45,7 @@ def pad_to_multiple(x: torch.Tensor, multiple: IntOrPair) -> Tuple[torch.Tensor,
     H, W = x.shape[1], x.shape[2]
     pad_h = (mh - H % mh) % mh
     pad_w = (mw - W % mw) % mw
-    if pad_h or pad_w or torch.jit.is_tracing():  # a trace keeps the padding symbolic, even when 0 at trace time
+    if pad_h or pad_w or fast.tracing():  # a trace keeps the padding symbolic, even when 0 at trace time
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     return x, pad_h, pad_w
 

@@ -416,20 +416,21 @@ def same_model(a: str, b: str) -> bool:
         return False
 
 
-_CLASSIFIER_KEYS = ("head.weight", "head.fc.weight")
+_CLASSIFIER_KEYS = ("head.weight", "head.fc.weight", "decode_head.conv_seg.weight")
 _STEM_KEYS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
 
 
 def _sizes_from_state_dict(sd: StateDict) -> Dict[str, int]:
-    """``num_classes`` from the classifier's rows, ``in_chans`` from the stem convolution."""
+    """``num_classes`` from the classifier's rows (a classifier's ``head``, a segmenter's ``conv_seg``),
+    ``in_chans`` from the stem convolution."""
     out: Dict[str, int] = {}
     for key in _CLASSIFIER_KEYS:
         w = sd.get(key)
-        if w is not None and w.dim() == 2:
+        if w is not None and w.dim() in (2, 4):
             out["num_classes"] = int(w.shape[0])
             break
     else:
-        if not any(k.startswith("head.") for k in sd):
+        if not any(k.startswith("head.") for k in sd) and not any(k.startswith("backbone.") for k in sd):
             out["num_classes"] = 0
     for key in _STEM_KEYS:
         w = sd.get(key)
@@ -437,6 +438,30 @@ def _sizes_from_state_dict(sd: StateDict) -> Dict[str, int]:
             out["in_chans"] = int(w.shape[1])
             break
     return out
+
+
+def _sizes(sd: StateDict, info: Mapping[str, Any]) -> Dict[str, Any]:
+    """Constructor arguments a checkpoint implies: what a training run recorded (classes, channels, its
+    constructor arguments), else what the shapes say."""
+    kwargs: Dict[str, Any] = dict(_sizes_from_state_dict(sd))
+    for key in ("num_classes", "in_chans"):
+        if info.get(key) is not None:
+            kwargs[key] = info[key]
+    recorded = info.get("model_kwargs")
+    if isinstance(recorded, str) and recorded.strip():
+        try:
+            recorded = json.loads(recorded)
+        except json.JSONDecodeError:
+            recorded = None
+    if isinstance(recorded, Mapping):
+        kwargs.update({k: v for k, v in recorded.items() if k not in ("num_classes", "in_chans")})
+    return kwargs
+
+
+def sizes_from_checkpoint(source: Source) -> Dict[str, Any]:
+    """The constructor arguments ``source`` implies (``num_classes``, ``in_chans``, recorded ``model_kwargs``)."""
+    sd, raw = read_checkpoint(source)
+    return _sizes(sd, parse_metadata(raw))
 
 
 def load_model(
@@ -495,7 +520,7 @@ def load_model(
             raise CheckpointError(f"checkpoint {where} records no model name: name the model to build")
         model = trained_as
     if isinstance(model, str):
-        kwargs = {**_sizes_from_state_dict(sd), **overrides}
+        kwargs = {**_sizes(sd, info), **overrides}
         if info["img_size"] is not None:
             kwargs.setdefault("img_size", info["img_size"])
         net = create_model(model, **kwargs)

@@ -51,7 +51,7 @@ from hilovit.models._api import (
 )
 from hilovit.models.registry import register_model
 
-__all__ = ["LITv2", "LITv2Backbone", "ConvFFNBlock", "HiLoBlock", "LITStage"]
+__all__ = ["LITv2", "ConvFFNBlock", "HiLoBlock", "LITStage", "param_groups"]
 _RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
 
 
@@ -422,9 +422,7 @@ class LITv2(HierarchicalModel):
 
     def param_groups(self, lr: float, weight_decay: float = 0.05, offset_lr_scale: float = 0.01,
                      **kwargs) -> List[Dict[str, Any]]:
-        """Optimiser parameter groups as the official recipe; see :func:`hilovit.train.optim.param_groups`."""
-        from hilovit.train.optim import param_groups
-
+        """Optimiser parameter groups as the official recipe; see :func:`param_groups`."""
         return param_groups(self, lr, weight_decay, offset_lr_scale, **kwargs)
 
     # ----------------------------------------------------------------- sizes
@@ -524,12 +522,63 @@ class LITv2(HierarchicalModel):
         return litv2_filter(self, state_dict)
 
 
-def __getattr__(name: str):
-    if name == "param_groups":  # its home is hilovit.train.optim; importable from here too
-        from hilovit.train.optim import param_groups
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.05,
+    offset_lr_scale: float = 0.01,
+    no_weight_decay: Sequence[str] = (),
+    scale_offset_bias: bool = False,
+) -> List[Dict[str, Any]]:
+    """Optimiser parameter groups as the official LITv2 recipe builds them.
 
-        return param_groups
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    * ``'decay'``: every other trainable parameter, ``weight_decay``;
+    * ``'no_decay'``: 1-D parameters (norms, biases), ``*.bias`` and the names in
+      ``model.no_weight_decay()`` or ``no_weight_decay``, weight decay 0;
+    * ``'offset'``: the DTM offset predictors' weights (``*conv_offset.weight``), with
+      ``lr * offset_lr_scale`` (the official ``OFFSET_LR_MULTI = 0.01``) and ``weight_decay``. As in
+      the official code their biases fall in ``'no_decay'`` at the full rate, unless
+      ``scale_offset_bias`` (then they join the offset rate, still without decay).
+
+    Frozen parameters are left out, as are empty groups. Each group carries ``name`` and
+    ``lr_scale`` (for schedulers that rescale per group).
+
+    Example::
+
+        >>> model = hilovit.create_model("litv2_nano")
+        >>> [g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.05)]
+        ['decay', 'no_decay', 'offset']
+        >>> opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05))
+    """
+    if lr <= 0 or offset_lr_scale < 0 or weight_decay < 0:
+        raise ValueError(
+            f"expected lr > 0, weight_decay >= 0, offset_lr_scale >= 0; got lr={lr}, weight_decay={weight_decay}, "
+            f"offset_lr_scale={offset_lr_scale}"
+        )
+    skip = set(no_weight_decay)
+    if hasattr(model, "no_weight_decay"):
+        skip |= set(model.no_weight_decay())
+    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
+    decay, no_decay, offset, offset_no_decay = [], [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_offset = "conv_offset" in name and offset_lr_scale != 1.0
+        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
+            (offset_no_decay if is_offset and scale_offset_bias else no_decay).append(p)
+        elif is_offset:
+            offset.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
+        {"name": "offset", "params": offset, "lr": lr * offset_lr_scale, "weight_decay": weight_decay,
+         "lr_scale": offset_lr_scale},
+        {"name": "offset_no_decay", "params": offset_no_decay, "lr": lr * offset_lr_scale, "weight_decay": 0.0,
+         "lr_scale": offset_lr_scale},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 # --------------------------------------------------------------------------- registry
@@ -598,5 +647,3 @@ def litv2_nano(**kwargs) -> LITv2:
     stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
     return _create({"url": "", "crop_pct": 1.0, "mean": stats, "std": stats}, defaults, **kwargs)
 
-
-from hilovit.models.litv2_backbone import LITv2Backbone  # noqa: E402  (its own file; importable from here too)

@@ -386,9 +386,23 @@ def apply_cfg(model: nn.Module, entry: PretrainedWeights) -> None:
 
 # --------------------------------------------------------------------------- the model list
 def _matches(pattern: str, *names: str) -> bool:
+    """A shell pattern (``'litv2*'``) matches the whole name; a plain word (``'litv2'``) anywhere in it."""
     import fnmatch
 
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
     return any(fnmatch.fnmatch(n, pattern) for n in names if n)
+
+
+def _gflops(model) -> Any:
+    """``model.flops()`` in G multiply-adds, or None where the model has no count for its configuration."""
+    flops = getattr(model, "flops", None)
+    if not callable(flops):
+        return None
+    try:
+        return round(flops() / 1e9, 2)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
 
 
 def model_rows(pattern: str = "*", pretrained: bool = False) -> List[Dict[str, Any]]:
@@ -397,7 +411,7 @@ def model_rows(pattern: str = "*", pretrained: bool = False) -> List[Dict[str, A
     (multiply-adds at the input size, ``model.flops()``), input size, the official top-1, where
     the weights are published and whether they are in the cache. Models are built on the meta
     device (no memory, no time)."""
-    from hilovit.models.registry import _ALIASES, create_model, list_models
+    from hilovit.models.registry import _ALIASES, create_model, list_models, model_task
 
     aliases: Dict[str, List[str]] = {}
     for alias, target in _ALIASES.items():
@@ -416,11 +430,12 @@ def model_rows(pattern: str = "*", pretrained: bool = False) -> List[Dict[str, A
             with torch.device("meta"):
                 model = create_model(label if pretrained else name)
             cfg = model.pretrained_cfg
-            flops = getattr(model, "flops", None)
+            gflops = _gflops(model)
             rows.append({
                 "model": label,
+                "task": model_task(name),
                 "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                "GFLOPs": round(flops() / 1e9, 2) if callable(flops) else None,
+                "GFLOPs": gflops if gflops is not None else "-",
                 "input": "x".join(str(s) for s in cfg.get("input_size", ())),
                 "crop_pct": cfg.get("crop_pct"),
                 "top1": entry.top1 if entry is not None and entry.top1 is not None else "-",

@@ -13,20 +13,23 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "is_model", "resolve_name"]
+__all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "is_model", "resolve_name",
+           "model_task", "split_tag"]
 
 _ENTRYPOINTS: Dict[str, Callable[..., nn.Module]] = {}
 _ALIASES: Dict[str, str] = {}
+_TASKS: Dict[str, str] = {}
 
 
-def register_model(fn: Optional[Callable] = None, *, aliases: Iterable[str] = ()):
-    """Decorator registering ``fn`` under its ``__name__`` (and any ``aliases``)."""
+def register_model(fn: Optional[Callable] = None, *, aliases: Iterable[str] = (), task: str = "classification"):
+    """Decorator registering ``fn`` under its ``__name__`` (and any ``aliases``) as a model of ``task``."""
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = f.__name__
         if name in _ENTRYPOINTS or name in _ALIASES:
             raise ValueError(f"model name {name!r} is registered twice")
         _ENTRYPOINTS[name] = f
+        _TASKS[name] = task
         for alias in aliases:
             if alias in _ENTRYPOINTS or alias in _ALIASES:
                 raise ValueError(f"model alias {alias!r} is registered twice")
@@ -67,13 +70,29 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     return _ENTRYPOINTS[key]
 
 
+def split_tag(name: str) -> Tuple[str, Optional[str]]:
+    """``'litv2_s.alpha_0_5'`` -> ``('litv2_s', 'alpha_0_5')``; ``'litv2_s'`` -> ``('litv2_s', None)``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    base, dot, tag = name.partition(".")
+    if dot and not tag:
+        raise ValueError(f"model name {name!r} ends with '.': expected 'name' or 'name.tag'")
+    return base, (tag or None)
+
+
+def model_task(name: str) -> Optional[str]:
+    """The task of a registered model (a name or alias, with or without a tag); None for a function
+    placed in the registry without :func:`register_model`."""
+    model_entrypoint(name)
+    base = name.partition(".")[0]
+    return _TASKS.get(_ALIASES.get(base, base))
+
+
 def resolve_name(name: str) -> Tuple[str, Optional[str]]:
     """``(registered name, tag)`` for a name, an alias or either with a tag.
 
     ``'swin_base_patch4_window12_384.ms_in22k_ft_in1k'`` -> ``('swin_b_384', 'ms_in22k_ft_in1k')``.
     """
-    from hilovit.models.pretrained import split_tag
-
     base, tag = split_tag(name)
     model_entrypoint(base)  # an unknown name: ValueError listing the registered ones
     return _ALIASES.get(base, base), tag

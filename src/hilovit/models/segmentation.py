@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.models.heads.fpn import FPN, FPNHead
-from hilovit.models.litv2 import LITv2Backbone
+from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.registry import register_model
 from hilovit.models.swin import SwinTransformer
 
@@ -531,7 +531,7 @@ def _swin(depths: List[int], drop_path_rate: float) -> Dict[str, Any]:
 _ADE = {"dataset": "ade20k", "reduce_zero_label": True, "crop_size": (512, 512)}
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_litv2_s(**kwargs) -> EncoderDecoder:
     """LITv2-S + Semantic FPN, ADE20K (official ``litv2_s_fpn_r50_512x512_80k_ade20k``): 31,449,486
     parameters (backbone 27,076,344, neck 2,729,984, head 1,643,158); official 44.3 mIoU, 41 GFLOPs."""
@@ -539,21 +539,21 @@ def semfpn_litv2_s(**kwargs) -> EncoderDecoder:
     return _create(_litv2(96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2), dict(_ADE, url=url), **kwargs)
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_litv2_m(**kwargs) -> EncoderDecoder:
     """LITv2-M + Semantic FPN, ADE20K: 52,435,854 parameters; official 45.7 mIoU, 63 GFLOPs."""
     url = _RELEASE + "litv2_m_fpn_r50_512x512_80k_ade20k.pth"
     return _create(_litv2(96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2), dict(_ADE, url=url), **kwargs)
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_litv2_b(**kwargs) -> EncoderDecoder:
     """LITv2-B + Semantic FPN, ADE20K: 89,993,518 parameters; official 47.2 mIoU, 93 GFLOPs."""
     url = _RELEASE + "litv2_b_fpn_r50_512x512_80k_ade20k.pth"
     return _create(_litv2(128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3), dict(_ADE, url=url), **kwargs)
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_litv2_nano(**kwargs) -> EncoderDecoder:
     """A small LITv2 + Semantic FPN for 128 x 128 scenes (``fashion-scenes``): no pretrained weights.
 
@@ -569,14 +569,14 @@ def semfpn_litv2_nano(**kwargs) -> EncoderDecoder:
                                 dataset="fashion-scenes", reduce_zero_label=False), **kwargs)
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_swin_t(**kwargs) -> EncoderDecoder:
     """Swin-T + Semantic FPN (the LITv2 FPN recipe on the official Swin segmentation backbone, for
     comparison; no published checkpoint: ``url`` is empty). Drop path 0.2 as LITv2-S's config."""
     return _create(_swin([2, 2, 6, 2], 0.2), dict(_ADE), **kwargs)
 
 
-@register_model
+@register_model(task="segmentation")
 def semfpn_swin_s(**kwargs) -> EncoderDecoder:
     """Swin-S + Semantic FPN (as :func:`semfpn_swin_t`, ``depths=[2, 2, 18, 2]``, drop path 0.3)."""
     return _create(_swin([2, 2, 18, 2], 0.3), dict(_ADE), **kwargs)

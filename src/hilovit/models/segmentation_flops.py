@@ -20,7 +20,7 @@ __all__ = ["official_flops"]
 
 
 def _backbone_args(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    from hilovit.models.litv2 import LITv2Backbone
+    from hilovit.models.litv2_backbone import LITv2Backbone
 
     args = {n: p.default for n, p in inspect.signature(LITv2Backbone.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty}

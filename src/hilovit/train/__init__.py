@@ -1,4 +1,7 @@
-"""Training and evaluation: the engine behind ``hilovit train`` and ``hilovit eval``.
+"""The training engine behind ``hilovit train`` (every task), and its parts.
+
+The names below are imported on first use (the tasks import the engine's parts, and the engine
+imports the tasks: importing this package pulls in neither).
 
 Example::
 
@@ -6,52 +9,49 @@ Example::
     >>> summary = train(model="litv2_nano", data="fashion-mnist", epochs=1, train_subset=2000,
     ...                 batch_size=64, output="runs/quick")
     >>> summary["test_top1"]  # doctest: +SKIP
+    >>> summary = train(model="semfpn_litv2_nano", epochs=1, train_subset=200, output="runs/seg")  # segmentation
 """
 
-from hilovit.train.config import TrainConfig, list_recipes, load_recipe
-from hilovit.train.distributed import DistEnv, SyncBatchNormCPU, convert_sync_batchnorm, init_distributed
-from hilovit.train.ema import ModelEma
-from hilovit.train.engine import format_summary, print_summary, train
-from hilovit.train.evaluate import evaluate, format_eval, run_eval
-from hilovit.train.loaders import BatchPipeline, EvalBatches, TrainBatches, epoch_order
-from hilovit.train.optim import CosineWarmupSchedule, build_optimizer, build_param_groups, scale_lr
-from hilovit.train.seg_config import PolySchedule, SegTrainConfig
-from hilovit.train.seg_eval import evaluate_segmentation, format_seg_eval, run_seg_eval
-from hilovit.train.seg_task import format_seg_summary, train_segmentation
-from hilovit.train.state import atomic_torch_save, get_rng_state, load_training_state, set_rng_state
+import importlib
 
-__all__ = [
-    "BatchPipeline",
-    "CosineWarmupSchedule",
-    "DistEnv",
-    "EvalBatches",
-    "ModelEma",
-    "PolySchedule",
-    "SegTrainConfig",
-    "SyncBatchNormCPU",
-    "TrainBatches",
-    "TrainConfig",
-    "atomic_torch_save",
-    "build_optimizer",
-    "build_param_groups",
-    "convert_sync_batchnorm",
-    "epoch_order",
-    "evaluate",
-    "evaluate_segmentation",
-    "format_eval",
-    "format_seg_eval",
-    "format_seg_summary",
-    "format_summary",
-    "get_rng_state",
-    "init_distributed",
-    "list_recipes",
-    "load_recipe",
-    "load_training_state",
-    "print_summary",
-    "run_eval",
-    "run_seg_eval",
-    "scale_lr",
-    "set_rng_state",
-    "train",
-    "train_segmentation",
-]
+_EXPORTS = {
+    "TrainConfig": "hilovit.train.config",
+    "list_recipes": "hilovit.train.config",
+    "load_recipe": "hilovit.train.config",
+    "DistEnv": "hilovit.train.distributed",
+    "SyncBatchNormCPU": "hilovit.train.distributed",
+    "convert_sync_batchnorm": "hilovit.train.distributed",
+    "init_distributed": "hilovit.train.distributed",
+    "ModelEma": "hilovit.train.ema",
+    "train": "hilovit.train.engine",
+    "format_summary": "hilovit.train.report",
+    "print_summary": "hilovit.train.report",
+    "BatchPipeline": "hilovit.train.loaders",
+    "EvalBatches": "hilovit.train.loaders",
+    "TrainBatches": "hilovit.train.loaders",
+    "epoch_order": "hilovit.train.loaders",
+    "CosineWarmupSchedule": "hilovit.train.optim",
+    "PolySchedule": "hilovit.train.optim",
+    "build_optimizer": "hilovit.train.optim",
+    "build_param_groups": "hilovit.train.optim",
+    "scale_lr": "hilovit.train.optim",
+    "atomic_torch_save": "hilovit.train.state",
+    "get_rng_state": "hilovit.train.state",
+    "load_training_state": "hilovit.train.state",
+    "set_rng_state": "hilovit.train.state",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hilovit.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

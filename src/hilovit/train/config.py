@@ -1,408 +1,288 @@
-"""The training configuration: defaults, YAML recipes and command-line overrides, in that order.
+"""Training configurations: the options every task shares, YAML recipes and overrides, in that order.
 
-A recipe is a YAML mapping of :class:`TrainConfig` fields (``augment:`` may be a mapping of
-:class:`~hilovit.data.AugmentConfig` fields, ``model_kwargs:`` a mapping of constructor
-arguments). ``--config NAME`` also accepts the name of a recipe shipped in
-``hilovit/train/recipes/`` (``fashion-mnist``; see :func:`list_recipes`).
+:class:`TrainConfig` holds what the engine itself reads (model, data, length, batch, rate, the
+hardware, checkpoints, fine-tuning); each task subclasses it with its own options and defaults
+(:class:`hilovit.tasks.classification.ClassificationConfig`,
+:class:`hilovit.tasks.segmentation.SegmentationConfig`, ...). Every field declares its check
+(:mod:`hilovit.options`) beside its default, so one loop validates a configuration.
+
+A recipe is a YAML mapping of a configuration's fields (``task:`` names the task it is for);
+``--config NAME`` also accepts the name of a recipe shipped in ``hilovit/train/recipes/``
+(:func:`list_recipes`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Union
 
 import yaml
 
-from hilovit.data import AugmentConfig
+from hilovit.options import (
+    OptionError,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_number,
+    check_pair,
+    check_str,
+)
 
-__all__ = ["TrainConfig", "OptionError", "load_recipe", "list_recipes", "merge_options", "options_from_cli",
-           "default_augment", "RECIPE_DIR"]
+__all__ = ["TrainConfig", "OptionError", "option", "load_recipe", "list_recipes", "merge_options", "RECIPE_DIR",
+           "IN_MEMORY", "AMP_CHOICES", "PROGRESS_CHOICES"]
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
-_AMP = ("auto", "bf16", "fp16", "off")
-_PROGRESS = ("auto", "bar", "log", "off")
-_OPTIMIZERS = ("adamw", "sgd")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+PROGRESS_CHOICES = ("auto", "bar", "log", "off")
+IN_MEMORY = "state dict (in memory)"  # how a state dict given as ``pretrained`` is written down
+Check = Callable[[Any, str], Any]
 
 
-class OptionError(ValueError):
-    """A training option that cannot be used, with a message that names options.
-
-    The message is written with options as ``{name}`` (a :class:`TrainConfig` field); ``str(error)``
-    shows them as the Python names (``batch_size=8192 is larger ...``), :meth:`render` as the
-    caller wants them (the command line shows ``--batch-size=8192 is larger ...``).
-    """
-
-    def __init__(self, template: str) -> None:
-        self.template = template
-        super().__init__(self.render())
-
-    def render(self, name: Callable[[str], str] = str) -> str:
-        """The message with each option written as ``name(field)``."""
-        return re.sub(r"\{([a-z][a-z0-9_]*)\}",
-                      lambda m: name(m.group(1)) if m.group(1) in _FIELD_NAMES else m.group(0), self.template)
+# --------------------------------------------------------------------------- field checks
+def option(default: Any = MISSING, check: Optional[Check] = None, default_factory: Any = MISSING):
+    """A configuration field with its check ``check(value, name) -> value`` (the value as stored)."""
+    return field(default=default, default_factory=default_factory, metadata={"check": check})
 
 
-def default_augment() -> AugmentConfig:
-    """The default training augmentation: random resized crop of 60-100% of the area, horizontal flip."""
-    return AugmentConfig(scale=(0.6, 1.0))
+def positive_int(allow_none: bool = False) -> Check:
+    return lambda v, n: check_int(v, n, 1, allow_none=allow_none)
 
 
+def non_negative_int() -> Check:
+    return lambda v, n: check_int(v, n, 0)
+
+
+def number(minimum: Optional[float] = 0.0, min_open: bool = False, maximum: Optional[float] = None,
+           allow_none: bool = False) -> Check:
+    return lambda v, n: check_number(v, n, minimum, maximum, min_open=min_open, allow_none=allow_none)
+
+
+def fraction(include_one: bool = False) -> Check:
+    return lambda v, n: check_fraction(v, n, include_one=include_one)
+
+
+def choice(*choices: Any) -> Check:
+    return lambda v, n: check_choice(v, n, choices)
+
+
+def flag() -> Check:
+    return check_bool
+
+
+def text(what: str = "a non-empty string", allow_none: bool = False) -> Check:
+    return lambda v, n: check_str(v, n, what, allow_none=allow_none)
+
+
+def pair(cast: Callable[[Any], Any] = int, minimum: Optional[float] = 1, allow_none: bool = False) -> Check:
+    return lambda v, n: check_pair(v, n, cast, minimum, allow_none=allow_none)
+
+
+def mapping() -> Check:
+    def check(v, n):
+        if not isinstance(v, Mapping):
+            raise OptionError(f"{{{n}}}={v!r}: expected a mapping of constructor arguments")
+        return dict(v)
+    return check
+
+
+def _weights(v, n):
+    if v is None or v is False:
+        return None
+    if isinstance(v, os.PathLike):
+        v = os.fspath(v)
+    if not isinstance(v, (bool, str, Mapping)) or (isinstance(v, str) and not v.strip()):
+        raise OptionError(f"{{{n}}}={v!r}: expected a model name, NAME.TAG, a file path, a URL, 'hf-hub:org/name' "
+                          "or a state dict")
+    return v
+
+
+# --------------------------------------------------------------------------- the shared options
 @dataclass
 class TrainConfig:
-    """Everything one training run needs. The defaults are the official LITv2/Swin recipe
-    (AdamW, base rate 5e-4 per 512 images, weight decay 0.05, cosine with warm-up, clipping at
-    5, label smoothing 0.1) with the augmentation and length scaled down for small images.
+    """The options of a training run that every task shares (the engine reads these).
 
     Attributes:
         model: a registered model name (``hilovit.list_models()``).
-        data: ``'fashion-mnist'`` or a folder (see :func:`hilovit.data.build_datasets`).
-        output: folder for ``last.pt``, ``model.safetensors``, ``metrics.csv``, ``summary.json``, curves.
-        epochs: training epochs; batch_size: images per optimiser step over all processes.
-        lr: the learning rate itself; None derives it as ``base_lr * batch_size / 512``.
-        base_lr, min_lr, warmup_lr: rates for a batch of 512, scaled linearly to ``batch_size``.
-        warmup_epochs: linear warm-up length (may be fractional).
-        weight_decay: AdamW's decoupled decay (none on norms, biases, position tables).
-        optimizer: ``'adamw'`` or ``'sgd'``; betas, eps, momentum: their settings.
-        clip_grad: maximum global gradient norm (0 or None: no clipping).
-        accum_steps: split each process's share of the batch into this many micro-batches
-            (gradient accumulation: same result, less memory).
-        offset_lr_scale: LITv2's rate multiplier for the deformable offsets (official 0.01).
-        label_smoothing, mixup, cutmix, mixup_prob, mixup_switch_prob: targets and mixing.
-        augment: an :class:`~hilovit.data.AugmentConfig` (or a mapping of its fields); None = none.
-        drop_path: stochastic depth rate (None: the model's default).
-        model_kwargs: more constructor arguments for the model.
-        img_size: model input side (None: the model's default, e.g. 28 for ``litv2_nano``).
-        in_chans: model input channels (None: the data's, 1 for Fashion-MNIST).
-        train_subset: use the first N training images; eval_subset: the first N evaluation images.
-        data_dir, val_split: see :func:`~hilovit.data.build_datasets`.
-        model_ema, model_ema_decay: keep and evaluate an EMA of the weights.
-        amp: ``'auto'`` (bfloat16 autocast on CPU, float16 with a gradient scaler on CUDA),
-            ``'bf16'``, ``'fp16'`` or ``'off'``.
-        device: ``'auto'``, ``'cpu'``, ``'cuda'``.
+        data: the task's embedded data set or a folder (see the task's ``build_data``).
+        output: folder for ``last.pt``, ``model.safetensors``, ``metrics.csv``, ``summary.json``.
+        epochs: passes over the training data; batch_size: samples per optimiser step over all processes.
+        lr: the learning rate (a task may derive it when None); min_lr: the end of the schedule.
+        weight_decay: AdamW's decoupled decay; clip_grad: maximum gradient norm (None or 0: none).
+        accum_steps: split each process's share of a batch into this many micro-batches (gradient
+            accumulation: same result, less memory).
+        drop_path: stochastic depth rate (None: the model's default); model_kwargs: more constructor arguments.
+        train_subset, eval_subset: the first N training / evaluation samples.
+        data_dir, val_split: where the embedded data lies; the hold-out fraction of a folder without a split.
+        model_ema, model_ema_decay: keep and evaluate an exponential moving average of the weights.
+        amp: ``'auto'``, ``'bf16'``, ``'fp16'`` or ``'off'`` (see :func:`hilovit.runtime.resolve_amp`).
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``.
         grad_checkpointing: recompute blocks in the backward pass (less memory, slower).
-        compile: run the training forward and backward through ``torch.compile`` (inductor). The
-            first few steps of each process run eagerly and are timed, then the model is
-            compiled; the log and ``summary.json`` (``compile``) give the compile time and the
-            step time against the eager one. Evaluation stays eager.
+        compile: ``torch.compile`` the training step after a few timed eager steps.
         sync_bn: synchronise BatchNorm statistics across processes.
         seed: seeds the model, the order of the data and the augmentation.
-        workers: DataLoader workers for image folders (in-memory data needs none).
-        threads: torch CPU threads per process (None: torch's choice, or shared out under torchrun).
-        eval_interval: evaluate every N epochs (the last epoch always).
-        eval_batch_size: batch of evaluation (None: 2 x batch_size per process).
-        log_interval: steps between log lines when the progress bar is off.
-        progress: ``'auto'`` (a bar on a terminal, log lines otherwise), ``'bar'``, ``'log'``, ``'off'``.
-        pretrained: start from these weights (fine-tuning): a model name with published weights,
-            ``NAME.TAG`` (``hilovit models --pretrained``), a file path, an ``http(s)://`` URL,
-            ``'hf-hub:org/name'``, True (the published weights of ``model``) or, from Python, a state
-            dict. The model is built for the data's classes and channels; a classifier of another
-            size is re-initialised. A name also sets ``model`` when ``model`` is not given.
-            Ignored on ``resume`` (the run's own weights are used). Alias: ``initial_checkpoint``.
-        layer_decay: layer-wise learning-rate decay in (0, 1] (BEiT/timm): the rate of layer ``i`` of
-            ``L`` blocks is multiplied by ``layer_decay ** (L + 1 - i)``; None = off.
-        freeze_backbone_epochs: train only the classifier head for this many first epochs (as many as
-            ``epochs`` or more: the backbone never trains, a linear probe).
-        log_tensorboard: also write TensorBoard scalars into ``output/tensorboard/`` (needs
-            ``pip install hilovit[tensorboard]``).
+        workers: DataLoader workers; threads: torch CPU threads per process.
+        eval_interval: evaluate every N epochs (the last epoch always); eval_batch_size: its batch.
+        log_interval: steps between log lines when the progress bar is off; progress: ``'auto'``,
+            ``'bar'``, ``'log'`` or ``'off'``.
+        pretrained: starting weights: a model with published weights (``NAME`` or ``NAME.TAG``), a
+            file or training output folder, an ``http(s)://`` URL, ``'hf-hub:org/name'``, True (the
+            published weights of ``model``) or a state dict. Weights of another task's model give
+            their backbone (ImageNet classifier -> segmenter or detector).
+        freeze_backbone_epochs: train only the task's head for this many first epochs.
+        log_tensorboard: also write TensorBoard scalars into ``output/tensorboard/``.
         resume: continue from ``output/last.pt``; overwrite: start afresh even if ``output`` has a run.
-        stop_at_epoch: end this process after that epoch (the schedule still follows ``epochs``);
-            continue later with ``resume``.
+        stop_at_epoch: end this process after that epoch (the schedule still follows ``epochs``).
     """
 
-    model: str = "litv2_nano"
-    data: str = "fashion-mnist"
-    output: str = "runs/train"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: Optional[float] = None
-    base_lr: float = 5e-4
-    min_lr: float = 5e-6
-    warmup_lr: float = 5e-7
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    betas: Tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9
-    clip_grad: Optional[float] = 5.0
-    accum_steps: int = 1
-    offset_lr_scale: float = 0.01
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    augment: Optional[AugmentConfig] = field(default_factory=default_augment)
-    drop_path: Optional[float] = None
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    img_size: Optional[int] = None
-    in_chans: Optional[int] = None
-    train_subset: Optional[int] = None
-    eval_subset: Optional[int] = None
-    data_dir: Optional[str] = None
-    val_split: float = 0.0
-    model_ema: bool = False
-    model_ema_decay: float = 0.999
-    amp: str = "auto"
-    device: str = "auto"
-    grad_checkpointing: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    seed: int = 0
-    workers: int = 2
-    threads: Optional[int] = None
-    eval_interval: int = 1
-    eval_batch_size: Optional[int] = None
-    log_interval: int = 50
-    progress: str = "auto"
-    pretrained: Optional[Union[bool, str, Mapping[str, Any]]] = None
-    layer_decay: Optional[float] = None
-    freeze_backbone_epochs: int = 0
-    log_tensorboard: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    stop_at_epoch: Optional[int] = None
+    task: ClassVar[str] = ""
+    _by_task: ClassVar[Dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.task:
+            TrainConfig._by_task[cls.task] = cls
+
+    model: str = option("", text("a model name"))
+    data: str = option("", text("a data set name or a folder"))
+    output: str = option("runs/train", text("a folder"))
+    epochs: int = option(10, positive_int())
+    batch_size: int = option(16, positive_int())
+    lr: Optional[float] = option(None, number(0.0, min_open=True, allow_none=True))
+    min_lr: float = option(0.0, number())
+    weight_decay: float = option(0.05, number())
+    clip_grad: Optional[float] = option(None, number(allow_none=True))
+    accum_steps: int = option(1, positive_int())
+    drop_path: Optional[float] = option(None, number(allow_none=True))
+    model_kwargs: Dict[str, Any] = option(check=mapping(), default_factory=dict)
+    train_subset: Optional[int] = option(None, positive_int(allow_none=True))
+    eval_subset: Optional[int] = option(None, positive_int(allow_none=True))
+    data_dir: Optional[str] = option(None, text("a folder", allow_none=True))
+    val_split: float = option(0.0, fraction())
+    model_ema: bool = option(False, flag())
+    model_ema_decay: float = option(0.999, number(0.0, maximum=1.0))
+    amp: str = option("auto", choice(*AMP_CHOICES))
+    device: str = option("auto", text("a device name"))
+    grad_checkpointing: bool = option(False, flag())
+    compile: bool = option(False, flag())
+    sync_bn: bool = option(False, flag())
+    seed: int = option(0, non_negative_int())
+    workers: int = option(2, non_negative_int())
+    threads: Optional[int] = option(None, positive_int(allow_none=True))
+    eval_interval: int = option(1, positive_int())
+    eval_batch_size: Optional[int] = option(None, positive_int(allow_none=True))
+    log_interval: int = option(50, positive_int())
+    progress: str = option("auto", choice(*PROGRESS_CHOICES))
+    pretrained: Optional[Union[bool, str, Mapping[str, Any]]] = option(None, _weights)
+    freeze_backbone_epochs: int = option(0, non_negative_int())
+    log_tensorboard: bool = option(False, flag())
+    resume: bool = option(False, flag())
+    overwrite: bool = option(False, flag())
+    stop_at_epoch: Optional[int] = option(None, positive_int(allow_none=True))
 
     def __post_init__(self) -> None:
         self.validate()
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_sources(cls, config: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> TrainConfig:
-        """Defaults, then the recipe ``config`` (a YAML path or a packaged recipe name), then ``overrides``.
+    def option_names(cls) -> List[str]:
+        return [f.name for f in fields(cls)]
 
-        ``overrides`` whose value is None are ignored (so unset command-line options do not hide
-        the recipe). Unknown keys raise ``ValueError`` naming them.
-        """
+    @classmethod
+    def from_sources(cls, config: Optional[Union[str, os.PathLike]] = None, **overrides: Any) -> TrainConfig:
+        """Defaults, then the recipe ``config`` (a YAML path or a packaged recipe name), then ``overrides``
+        (those whose value is None are ignored, so unset command-line options do not hide the recipe)."""
         values = load_recipe(config) if config is not None else {}
         return cls.from_dict(merge_options(values, overrides))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known - {"initial_checkpoint"})
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        if "initial_checkpoint" in values:  # timm's name for the same thing
-            alias = values.pop("initial_checkpoint")
-            if alias is not None and values.get("pretrained") not in (None, alias):
-                raise OptionError(f"{{pretrained}}={values['pretrained']!r} and initial_checkpoint={alias!r} name "
-                                  "two different sources of weights; give one")
-            if alias is not None:
-                values["pretrained"] = alias
-        if "model" not in values:
-            from hilovit.train.finetune import model_of_weights
+        """A configuration from a mapping of options (``task:`` must be this task's, if present).
 
-            named = model_of_weights(values.get("pretrained"))
-            if named is not None:
-                values["model"] = named
-        aug = values.get("augment", "default")
-        if aug == "default":
-            values.pop("augment", None)
-        else:
-            values["augment"] = _as_augment(aug)
-        if "betas" in values:
-            values["betas"] = tuple(float(b) for b in values["betas"])
+        Raises:
+            OptionError: an unknown option (naming the task it belongs to, when it belongs to one).
+        """
+        values = {str(k).replace("-", "_"): v for k, v in values.items()}
+        task = values.pop("task", None)
+        if task is not None and task != cls.task:
+            raise OptionError(f"{{task}}={task!r} does not match this {cls.task} configuration")
+        values = cls.normalize(values)
+        unknown = sorted(set(values) - set(cls.option_names()))
+        if unknown:
+            raise OptionError(_unknown_message(cls, unknown))
         return cls(**values)
 
+    @classmethod
+    def normalize(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+        """Aliases and derived options before the fields are set (a task may extend it)."""
+        return values
+
     def to_dict(self) -> Dict[str, Any]:
-        """Plain types only (for JSON, YAML and checkpoints)."""
-        out = {}
+        """Plain types only (for JSON, YAML and checkpoints), ``task`` first."""
+        out: Dict[str, Any] = {"task": self.task}
         for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, AugmentConfig):
-                v = {k: list(x) if isinstance(x, tuple) else x for k, x in dataclasses.asdict(v).items()}
-            elif isinstance(v, tuple):
-                v = list(v)
-            elif f.name == "pretrained" and isinstance(v, Mapping):
-                v = IN_MEMORY  # tensors do not belong in YAML, JSON or the options of a checkpoint
-            elif isinstance(v, dict):
-                v = dict(v)
-            out[f.name] = v
+            out[f.name] = _plain(f.name, getattr(self, f.name))
         return out
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        def positive_int(name: str, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise OptionError(f"{_flag(name)}={v!r}: expected a positive integer")
-
-        def non_negative(name: str, allow_none: bool = False) -> None:
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise OptionError(f"{_flag(name)}={v!r}: expected a number >= 0")
-
-        if not isinstance(self.model, str) or not self.model:
-            raise OptionError(f"{{model}}={self.model!r}: expected a model name")
-        if not isinstance(self.data, (str, os.PathLike)) or not str(self.data):
-            raise OptionError(f"{{data}}={self.data!r}: expected 'fashion-mnist' or a folder")
-        self.data = str(self.data)
-        self.output = str(self.output)
-        for name in ("epochs", "batch_size", "accum_steps", "eval_interval", "log_interval"):
-            positive_int(name)
-        for name in ("train_subset", "eval_subset", "img_size", "in_chans", "eval_batch_size", "threads",
-                     "stop_at_epoch"):
-            positive_int(name, allow_none=True)
-        if self.lr is not None and (isinstance(self.lr, bool) or not self.lr > 0):
-            raise OptionError(f"{{lr}}={self.lr!r}: expected a positive number")
-        if not (isinstance(self.base_lr, (int, float)) and self.base_lr > 0):
-            raise OptionError(f"{{base_lr}}={self.base_lr!r}: expected a positive number")
-        for name in ("min_lr", "warmup_lr", "warmup_epochs", "weight_decay", "eps", "momentum", "offset_lr_scale",
-                     "mixup", "cutmix", "model_ema_decay"):
-            non_negative(name)
-        non_negative("clip_grad", allow_none=True)
-        non_negative("drop_path", allow_none=True)
-        if self.warmup_epochs > self.epochs:
-            raise OptionError(f"{{warmup_epochs}}={self.warmup_epochs} is longer than {{epochs}}={self.epochs}")
-        if isinstance(self.val_split, bool) or not isinstance(self.val_split, (int, float)) \
-                or not 0.0 <= self.val_split < 1.0:
-            raise OptionError(f"{{val_split}}={self.val_split!r}: expected a fraction in [0, 1)")
-        for name in ("label_smoothing",):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise OptionError(f"{_flag(name)}={v!r}: expected a value in [0, 1)")
-        for name in ("mixup_prob", "mixup_switch_prob"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise OptionError(f"{_flag(name)}={v!r}: expected a probability in [0, 1]")
-        if not self.model_ema_decay < 1.0:
-            raise OptionError(f"{{model_ema_decay}}={self.model_ema_decay!r}: expected a value in [0, 1)")
-        if self.optimizer not in _OPTIMIZERS:
-            raise OptionError(f"{{optimizer}}={self.optimizer!r}: choose one of {', '.join(_OPTIMIZERS)}")
-        if self.amp not in _AMP:
-            raise OptionError(f"{{amp}}={self.amp!r}: choose one of {', '.join(_AMP)}")
-        if self.progress not in _PROGRESS:
-            raise OptionError(f"{{progress}}={self.progress!r}: choose one of {', '.join(_PROGRESS)}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise OptionError(f"{{workers}}={self.workers!r}: expected an integer >= 0")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise OptionError(f"{{seed}}={self.seed!r}: expected an integer >= 0")
-        if not isinstance(self.model_kwargs, dict):
-            raise OptionError(f"{{model_kwargs}}={self.model_kwargs!r}: expected a mapping of constructor arguments")
-        if self.augment is not None and not isinstance(self.augment, AugmentConfig):
-            self.augment = _as_augment(self.augment)
+        """Check every field through its declared check, then the relations between fields."""
+        for f in fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                setattr(self, f.name, check(getattr(self, f.name), f.name))
         if self.stop_at_epoch is not None and self.stop_at_epoch > self.epochs:
             raise OptionError(f"{{stop_at_epoch}}={self.stop_at_epoch} is beyond {{epochs}}={self.epochs}")
-        if self.pretrained is not None and not isinstance(self.pretrained, (bool, str, os.PathLike, Mapping)):
-            raise OptionError(f"{{pretrained}}={self.pretrained!r}: expected a model name, NAME.TAG, a file path, a "
-                              "URL, 'hf-hub:org/name' or a state dict")
-        if isinstance(self.pretrained, os.PathLike):
-            self.pretrained = os.fspath(self.pretrained)
-        if isinstance(self.pretrained, str) and not self.pretrained.strip():
-            raise OptionError("{pretrained}='': expected a model name, NAME.TAG, a file path, a URL or "
-                              "'hf-hub:org/name'")
-        if self.pretrained is False:
-            self.pretrained = None
-        if self.layer_decay is not None and (isinstance(self.layer_decay, bool)
-                                             or not isinstance(self.layer_decay, (int, float))
-                                             or not 0 < self.layer_decay <= 1):
-            raise OptionError(f"{{layer_decay}}={self.layer_decay!r}: expected a number in (0, 1] (or unset: off)")
-        fbe = self.freeze_backbone_epochs
-        if isinstance(fbe, bool) or not isinstance(fbe, int) or fbe < 0:
-            raise OptionError(f"{{freeze_backbone_epochs}}={fbe!r}: expected an integer >= 0")
-        if not isinstance(self.compile, bool):
-            raise OptionError(f"{{compile}}={self.compile!r}: expected true or false")
-        if not isinstance(self.log_tensorboard, bool):
-            raise OptionError(f"{{log_tensorboard}}={self.log_tensorboard!r}: expected true or false")
         if self.resume and self.overwrite:
             raise OptionError("{resume} and {overwrite} contradict each other; choose one")
-
-    # ------------------------------------------------------------------ derived
-    def scaled_lr(self) -> Tuple[float, float, float]:
-        """``(lr, min_lr, warmup_lr)`` for this batch size (``lr`` as given when set explicitly)."""
-        from hilovit.train.optim import scale_lr
-
-        lr = self.lr if self.lr is not None else scale_lr(self.base_lr, self.batch_size)
-        ratio = lr / self.base_lr  # min_lr and warmup_lr keep their proportion to base_lr
-        return lr, self.min_lr * ratio, self.warmup_lr * ratio
+        if self.model_ema_decay >= 1.0:
+            raise OptionError(f"{{model_ema_decay}}={self.model_ema_decay!r}: expected a value in [0, 1)")
 
 
-_FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
-IN_MEMORY = "state dict (in memory)"  # how a state dict given as ``pretrained`` is written down
+def _plain(name: str, v: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {k: list(x) if isinstance(x, tuple) else x for k, x in dataclasses.asdict(v).items()}
+    if isinstance(v, tuple):
+        return list(v)
+    if name == "pretrained" and isinstance(v, Mapping):
+        return IN_MEMORY  # tensors do not belong in YAML, JSON or the options of a checkpoint
+    if isinstance(v, dict):
+        return dict(v)
+    return v
 
 
-def _flag(name: str) -> str:
-    """``name`` marked as an option in an :class:`OptionError` message."""
-    return "{" + name + "}"
-
-
-def _as_augment(value: Any) -> Optional[AugmentConfig]:
-    if value is None or value is False or value == "none":
-        return None
-    if isinstance(value, AugmentConfig):
-        return value
-    if value is True:
-        return AugmentConfig()
-    if isinstance(value, Mapping):
-        known = {f.name for f in fields(AugmentConfig)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise OptionError(f"{{augment}} has unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
-        vals = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-        return dataclasses.replace(default_augment(), **vals)  # fields not given keep the defaults
-    raise OptionError(f"{{augment}}={value!r}: expected a mapping of AugmentConfig fields, 'none' or null")
+def _unknown_message(cls: type, unknown: List[str]) -> str:
+    """Unknown options, and for each that another task takes, which task that is."""
+    owners: Dict[str, str] = {}
+    for name, other in TrainConfig._by_task.items():
+        if name != cls.task:
+            for key in unknown:
+                if key in other.option_names():
+                    owners.setdefault(key, name)
+    parts = [f"{{{k}}}" + (f" (a {owners[k]} option)" if k in owners else "") for k in unknown]
+    return (f"unknown training option(s) for {cls.task}: {', '.join(parts)}; the {cls.task} task takes "
+            f"{', '.join(sorted(cls.option_names()))}")
 
 
 def merge_options(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
     """``base`` updated with the ``overrides`` that are not None; two ``augment`` mappings merge field by field."""
+    import dataclasses
+
     out = dict(base)
     for key, value in overrides.items():
         if value is None:
             continue
         if key == "augment" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = {**out[key], **value}
-        elif key == "augment" and isinstance(value, Mapping) and isinstance(out.get(key), AugmentConfig):
+        elif key == "augment" and isinstance(value, Mapping) and dataclasses.is_dataclass(out.get(key)):
             out[key] = dataclasses.replace(out[key], **{k: tuple(v) if isinstance(v, list) else v
                                                           for k, v in value.items()})
         else:
             out[key] = value
-    return out
-
-
-# Command-line flags that set fields of ``augment`` (flag dest -> AugmentConfig field).
-CLI_AUGMENT_FLAGS = {
-    "crop": "random_resized_crop",
-    "crop_scale": "scale",
-    "hflip": "hflip",
-    "rand_augment": "rand_augment",
-    "rand_augment_m": "rand_augment_m",
-    "random_erasing": "random_erasing",
-}
-
-
-def options_from_cli(values: Mapping[str, Any]) -> Dict[str, Any]:
-    """Turn parsed ``hilovit train`` flags into :class:`TrainConfig` options.
-
-    Flags listed in :data:`CLI_AUGMENT_FLAGS` become fields of ``augment``; ``no_augment`` turns
-    augmentation off; ``config`` (the recipe) and None values are dropped.
-    """
-    out: Dict[str, Any] = {}
-    augment: Dict[str, Any] = {}
-    for key, value in values.items():
-        if value is None or key in ("config", "func", "command", "version", "json"):
-            continue
-        if key in CLI_AUGMENT_FLAGS:
-            augment[CLI_AUGMENT_FLAGS[key]] = tuple(value) if isinstance(value, list) else value
-        elif key == "no_augment":
-            if value:
-                out["augment"] = "none"
-        else:
-            out[key] = value
-    if augment:
-        if out.get("augment") == "none":
-            raise ValueError("--no-augment contradicts the augmentation flags given "
-                             f"({', '.join('--' + k.replace('_', '-') for k in augment)})")
-        out["augment"] = augment
     return out
 
 
@@ -432,3 +312,4 @@ def load_recipe(config: Union[str, os.PathLike]) -> Dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"recipe {str(path)!r} must be a mapping of training options, got {type(values).__name__}")
     return {str(k).replace("-", "_"): v for k, v in values.items()}
+

@@ -15,9 +15,13 @@ classes and input channels) and the weights are adapted as :func:`hilovit.create
 them: a classifier of another size keeps its fresh initialisation, the stem is summed (one
 channel) or repeated (more), Swin's position tables are resized. Each adaptation is announced.
 
+A model of another task names its backbone: ``hilovit train --task segmentation --model
+semfpn_litv2_s --pretrained litv2_s`` fetches the official ImageNet classifier and loads its backbone
+into the segmenter (:func:`hilovit.models.pretrained.adapt_state_dict` says what is left fresh).
+
 The weights are located (and downloaded) by :func:`resolve_weights` before any data is read, so a
-source that cannot be found stops the run with one line. :func:`build_model` is the one function
-the engine builds its model with.
+source that cannot be found stops the run with one line; each task builds its model and calls
+:func:`load_weights`.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch.nn as nn
 
-from hilovit.train.config import IN_MEMORY, OptionError, TrainConfig
+from hilovit.options import OptionError
+from hilovit.train.config import IN_MEMORY, TrainConfig
 
-__all__ = ["WeightsPlan", "model_of_weights", "resolve_weights", "build_model", "head_prefixes", "set_backbone_frozen",
+__all__ = ["WeightsPlan", "model_of_weights", "resolve_weights", "load_weights", "check_heads", "set_backbone_frozen",
            "hold_backbone_norms", "weights_record"]
 
 
@@ -92,21 +97,25 @@ def resolve_weights(cfg: TrainConfig) -> Optional[WeightsPlan]:
     from hilovit.models import hub
     from hilovit.models.checkpoint import same_model
     from hilovit.models.pretrained import get_pretrained
-    from hilovit.models.registry import resolve_name
+    from hilovit.models.registry import model_task, resolve_name
 
     model, source, sha256, file_name = cfg.model, None, None, None
     named = True if given is True else model_of_weights(given)
     if named is not None:
+        weights_of, kwargs = model, cfg.model_kwargs
         if named is not True:
             base, _ = resolve_name(named)
             own, _ = resolve_name(cfg.model)
-            if not same_model(base, own):
+            if model_task(base) != model_task(own):  # another task's model: its backbone is what is wanted
+                weights_of, kwargs = named, {}
+            elif not same_model(base, own):
                 raise OptionError(f"{{pretrained}}={given!r} names weights of {base}, but {{model}}={cfg.model!r}; "
                                   "leave {model} out (the name sets it) or give a file of that model")
-            model = named if "." in named else (cfg.model if "." in cfg.model else named)
-        base, tag = resolve_name(model)
+            else:
+                model = weights_of = named if "." in named else (cfg.model if "." in cfg.model else named)
+        base, tag = resolve_name(weights_of)
         try:
-            entry = get_pretrained(base, tag, cfg.model_kwargs, required=True)
+            entry = get_pretrained(base, tag, kwargs, required=True)
         except ValueError as e:
             raise OptionError(f"{{pretrained}}={given!r}: {e}") from None
         source, sha256, file_name = entry.url, entry.sha256, entry.file_name
@@ -129,44 +138,30 @@ def resolve_weights(cfg: TrainConfig) -> Optional[WeightsPlan]:
     return WeightsPlan(given, model, source, Path(path))
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_chans: int, weights: Optional[WeightsPlan] = None,
-                log=None) -> Tuple[nn.Module, int]:
-    """The model of a run: ``cfg.model`` (or the weights' tagged name) for ``num_classes`` and ``in_chans``,
-    with ``weights`` loaded and adapted. ``log(message)`` receives one line per adaptation (a classifier
-    re-initialised, the stem fitted to the channels). Returns ``(model, img_size)``; the record of the
-    weights (:func:`weights_record`) is on ``model.pretrained_cfg['weights']``."""
-    from hilovit.models import create_model
+def load_weights(model: nn.Module, weights: Optional[WeightsPlan], log=None) -> None:
+    """Load a run's starting ``weights`` into ``model``, adapted as :func:`hilovit.create_model` adapts
+    them (a classifier's backbone into a segmenter or detector included). ``log(message)`` receives one
+    line per adaptation; without ``log`` they are warnings. The record of the weights
+    (:func:`weights_record`) is on ``model.pretrained_cfg['weights']``."""
+    if weights is None:
+        return
     from hilovit.models.checkpoint import CheckpointError
     from hilovit.models.pretrained import load_file, load_pretrained
 
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.update(num_classes=num_classes, in_chans=in_chans)
-    if cfg.img_size is not None:
-        kwargs["img_size"] = cfg.img_size
-    if cfg.drop_path is not None:
-        kwargs["drop_path_rate"] = cfg.drop_path
-    name = weights.model if weights is not None else cfg.model
-    try:
-        model = create_model(name, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {name!r} does not accept these options {sorted(kwargs)}: {e}") from e
-    if weights is not None:
-        with warnings.catch_warnings(record=True) as notes:
-            warnings.simplefilter("always")
-            try:
-                if weights.state_dict is not None:
-                    load_pretrained(model, weights.state_dict)
-                else:
-                    load_file(model, weights.path, origin=weights.source)
-            except CheckpointError as e:
-                raise OptionError(f"{{pretrained}}={_short(weights.given)}: {e}") from None
-        for note in notes:
-            if log is not None:
-                log(f"pretrained weights: {note.message}")
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        try:
+            if weights.state_dict is not None:
+                load_pretrained(model, weights.state_dict)
             else:
-                warnings.warn(note.message, stacklevel=2)
-    img_size = cfg.img_size or int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (0, 224))[-1])
-    return model, img_size
+                load_file(model, weights.path, origin=weights.source)
+        except CheckpointError as e:
+            raise OptionError(f"{{pretrained}}={_short(weights.given)}: {e}") from None
+    for note in notes:
+        if log is not None:
+            log(f"pretrained weights: {note.message}")
+        else:
+            warnings.warn(note.message, stacklevel=2)
 
 
 def _short(given: Any) -> str:
@@ -189,28 +184,26 @@ def weights_record(model: nn.Module, weights: Optional[WeightsPlan]) -> Optional
     }
 
 
-def head_prefixes(model: nn.Module) -> List[str]:
-    """Names of the classifier modules (``pretrained_cfg['classifier']``, default ``'head'``)."""
-    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "head")
-    heads = [heads] if isinstance(heads, str) else list(heads)
+def check_heads(model: nn.Module, heads: List[str]) -> List[str]:
+    """The ``heads`` (module names) that ``model`` has; an error when it has none of them."""
     own = [n for n, _ in model.named_parameters()]
     found = [h for h in heads if any(n == h or n.startswith(h + ".") for n in own)]
     if not found:
-        raise OptionError(f"{{freeze_backbone_epochs}} needs a classifier head to train, and "
-                          f"{type(model).__name__} has none ({', '.join(heads)})")
+        raise OptionError(f"{{freeze_backbone_epochs}} needs a head to train, and {type(model).__name__} has "
+                          f"none ({', '.join(heads)})")
     return found
 
 
-def set_backbone_frozen(model: nn.Module, frozen: bool) -> int:
-    """``requires_grad = not frozen`` on every parameter outside the classifier head; the number of
-    parameters (elements) that changed state.
+def set_backbone_frozen(model: nn.Module, frozen: bool, heads: List[str]) -> int:
+    """``requires_grad = not frozen`` on every parameter outside the ``heads`` (module names); the
+    number of parameters (elements) that changed state.
 
     A frozen parameter gets no gradient, so the optimiser neither moves it nor keeps state for it
     (AdamW skips parameters without a gradient, weight decay included): when it thaws, its moments
     start afresh, exactly as after a resume at that epoch. BatchNorm statistics are held by
     :func:`hold_backbone_norms`.
     """
-    heads = head_prefixes(model)
+    heads = check_heads(model, heads)
     changed = 0
     for name, p in model.named_parameters():
         if any(name == h or name.startswith(h + ".") for h in heads):
@@ -221,10 +214,10 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> int:
     return changed
 
 
-def hold_backbone_norms(model: nn.Module) -> None:
-    """Put the backbone's BatchNorm layers in eval mode (call after ``model.train()``): a frozen backbone
-    keeps its running statistics too (LITv2's token merging normalises with BatchNorm)."""
-    heads = head_prefixes(model)
+def hold_backbone_norms(model: nn.Module, heads: List[str]) -> None:
+    """Put the BatchNorm layers outside the ``heads`` in eval mode (call after ``model.train()``): a frozen
+    backbone keeps its running statistics too (LITv2's token merging normalises with BatchNorm)."""
+    heads = check_heads(model, heads)
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(name == h or name.startswith(h + ".")
                                                                       for h in heads):

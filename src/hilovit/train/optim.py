@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["fused_adamw_supported",
-           "scale_lr", "param_groups", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "layer_ids",
-           "apply_layer_decay", "optimizer_step"]
+           "scale_lr", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "PolySchedule",
+           "layer_ids", "apply_layer_decay", "optimizer_step"]
 
 REFERENCE_BATCH = 512
 
@@ -176,7 +176,7 @@ class CosineWarmupSchedule:
     step count alone, so the rate is a function of the step and resumes exactly.
 
     Args:
-        optimizer: its groups may carry ``lr_scale`` (default 1).
+        optimizer: its groups may carry ``lr_scale`` (default 1); None plans the rates alone.
         base_lr, min_lr, warmup_lr: the rates (already scaled to the batch).
         total_steps: optimiser steps in the whole run (>= 1).
         warmup_steps: steps of warm-up (0 = none).
@@ -203,7 +203,7 @@ class CosineWarmupSchedule:
 
     def _apply(self, step: int) -> None:
         lr = self.lr_at(step)
-        for g in self.optimizer.param_groups:
+        for g in (self.optimizer.param_groups if self.optimizer is not None else ()):
             g["lr"] = lr * g.get("lr_scale", 1.0)
 
     def step(self, step: Optional[int] = None) -> None:
@@ -227,63 +227,47 @@ class CosineWarmupSchedule:
         self._apply(self.last_step)
 
 
-def param_groups(
-    model: nn.Module,
-    lr: float,
-    weight_decay: float = 0.05,
-    offset_lr_scale: float = 0.01,
-    no_weight_decay: Sequence[str] = (),
-    scale_offset_bias: bool = False,
-) -> List[Dict[str, Any]]:
-    """Optimiser parameter groups as the official LITv2 recipe builds them.
+class PolySchedule(CosineWarmupSchedule):
+    """mmcv's per-iteration ``poly`` policy with an optional linear warm-up (the official segmentation one).
 
-    * ``'decay'``: every other trainable parameter, ``weight_decay``;
-    * ``'no_decay'``: 1-D parameters (norms, biases), ``*.bias`` and the names in
-      ``model.no_weight_decay()`` or ``no_weight_decay``, weight decay 0;
-    * ``'offset'``: the DTM offset predictors' weights (``*conv_offset.weight``), with
-      ``lr * offset_lr_scale`` (the official ``OFFSET_LR_MULTI = 0.01``) and ``weight_decay``. As in
-      the official code their biases fall in ``'no_decay'`` at the full rate, unless
-      ``scale_offset_bias`` (then they join the offset rate, still without decay).
-
-    Frozen parameters are left out, as are empty groups. Each group carries ``name`` and
-    ``lr_scale`` (for schedulers that rescale per group).
-
-    Example::
-
-        >>> model = hilovit.create_model("litv2_nano")
-        >>> [g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.05)]
-        ['decay', 'no_decay', 'offset']
-        >>> opt = torch.optim.AdamW(param_groups(model, lr=1e-3, weight_decay=0.05))
+    ``lr(t) = (base_lr - min_lr) * (1 - t / total) ** power + min_lr``; during the first
+    ``warmup_iters`` steps it is multiplied by ``1 - (1 - t / warmup_iters) * (1 - warmup_ratio)``.
+    The state is the step count alone, so a resumed run follows the same rates; groups' ``lr_scale``
+    applies as in :class:`CosineWarmupSchedule`.
     """
-    if lr <= 0 or offset_lr_scale < 0 or weight_decay < 0:
-        raise ValueError(
-            f"expected lr > 0, weight_decay >= 0, offset_lr_scale >= 0; got lr={lr}, weight_decay={weight_decay}, "
-            f"offset_lr_scale={offset_lr_scale}"
-        )
-    skip = set(no_weight_decay)
-    if hasattr(model, "no_weight_decay"):
-        skip |= set(model.no_weight_decay())
-    keywords = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
-    decay, no_decay, offset, offset_no_decay = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_offset = "conv_offset" in name and offset_lr_scale != 1.0
-        if p.ndim <= 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords):
-            (offset_no_decay if is_offset and scale_offset_bias else no_decay).append(p)
-        elif is_offset:
-            offset.append(p)
+
+    def __init__(self, optimizer: Optional[torch.optim.Optimizer], base_lr: float, total_steps: int,
+                 power: float = 0.9, min_lr: float = 0.0, warmup_iters: int = 0, warmup_ratio: float = 1e-6) -> None:
+        if total_steps < 1:
+            raise ValueError(f"PolySchedule: total_steps={total_steps}, expected >= 1")
+        self.optimizer = optimizer
+        self.power, self.warmup_ratio = float(power), float(warmup_ratio)
+        self.base_lr, self.min_lr, self.warmup_lr = float(base_lr), float(min_lr), 0.0
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_iters)  # a warm-up may outlast the run
+        self.last_step = 0
+        self._apply(0)
+
+    @property
+    def warmup_iters(self) -> int:
+        return self.warmup_steps
+
+    def lr_at(self, step: int) -> float:
+        t = min(max(step, 0), self.total_steps)
+        lr = (self.base_lr - self.min_lr) * (1.0 - t / self.total_steps) ** self.power + self.min_lr
+        if step < self.warmup_steps:
+            lr *= 1.0 - (1.0 - step / self.warmup_steps) * (1.0 - self.warmup_ratio)
+        return lr
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "power": self.power, "warmup_ratio": self.warmup_ratio}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.power = float(state.get("power", self.power))
+        self.warmup_ratio = float(state.get("warmup_ratio", self.warmup_ratio))
+        if "base_lr" in state:
+            super().load_state_dict(state)
         else:
-            decay.append(p)
-    groups = [
-        {"name": "decay", "params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"name": "no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"name": "offset", "params": offset, "lr": lr * offset_lr_scale, "weight_decay": weight_decay,
-         "lr_scale": offset_lr_scale},
-        {"name": "offset_no_decay", "params": offset_no_decay, "lr": lr * offset_lr_scale, "weight_decay": 0.0,
-         "lr_scale": offset_lr_scale},
-    ]
-    return [g for g in groups if g["params"]]
+            self.step(int(state["last_step"]))
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, schedule,

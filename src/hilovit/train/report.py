@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Sequence
 from hilovit.train.distributed import DistEnv
 from hilovit.train.state import atomic_write_text
 
-__all__ = ["METRIC_COLUMNS", "Reporter", "write_metrics_csv", "yaml_dump", "plot_curves", "print_summary",
+__all__ = ["Reporter", "write_metrics_csv", "yaml_dump", "plot_curves", "print_summary",
            "format_summary", "plural", "logger", "PlainHandler", "use_plain_output", "TensorBoardLog"]
 
 logger = logging.getLogger("hilovit.train")
@@ -54,11 +54,6 @@ def use_plain_output() -> None:
 
 use_plain_output()
 
-METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
-                  "eval_top1_ema", "eval_top5_ema", "images_per_second", "train_seconds", "eval_seconds",
-                  "wall_seconds"]
-
-
 def plural(n: int, word: str, bare: bool = False) -> str:
     """``'1 epoch'``, ``'2 epochs'`` (``bare``: the word alone, in the form ``n`` asks for)."""
     form = word if n == 1 else word + "s"
@@ -88,7 +83,7 @@ class Reporter:
         return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
 
 
-def write_metrics_csv(path: Path, rows: List[Dict[str, Any]], columns: Sequence[str] = METRIC_COLUMNS) -> None:
+def write_metrics_csv(path: Path, rows: List[Dict[str, Any]], columns: Sequence[str]) -> None:
     """``rows`` as a CSV of ``columns`` (floats to 6 significant digits, None empty), written atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
@@ -114,7 +109,7 @@ def yaml_dump(obj) -> str:
 
 def plot_curves(history, path: Path, title: str) -> None:
     try:
-        from hilovit.viz import plot_training_curves
+        from hilovit.viz.plots import plot_training_curves
 
         plot_training_curves(history, path, title)
     except Exception as e:  # noqa: BLE001 - a picture must never stop training
@@ -122,14 +117,21 @@ def plot_curves(history, path: Path, title: str) -> None:
 
 
 class TensorBoardLog:
-    """Per-epoch scalars for TensorBoard (``torch.utils.tensorboard.SummaryWriter``) in ``folder``:
-    ``train/loss``, ``train/top1``, ``train/lr``, ``train/images_per_second``, ``eval/loss``,
-    ``eval/top1``, ``eval/top5`` (and ``eval/top1_ema``), at step = epoch. Written on rank 0 only."""
+    """Per-epoch scalars for TensorBoard (``torch.utils.tensorboard.SummaryWriter``) in ``folder``: each
+    number of an epoch's row as ``train/<name>`` (``train/loss``, ``train/top1``, ``train/lr``,
+    ``train/images_per_second``, ...) or ``eval/<name>`` for the evaluation's (``eval/top1``,
+    ``eval/miou``, ``eval/top1_ema``, ...), at step = epoch. Written on rank 0 only."""
 
     EXTRA = "tensorboard"
-    TAGS = {"train_loss": "train/loss", "train_top1": "train/top1", "lr": "train/lr",
-            "images_per_second": "train/images_per_second", "eval_loss": "eval/loss", "eval_top1": "eval/top1",
-            "eval_top5": "eval/top5", "eval_top1_ema": "eval/top1_ema", "eval_top5_ema": "eval/top5_ema"}
+    SKIP = ("epoch", "step", "train_images", "train_seconds", "eval_seconds", "wall_seconds")
+
+    @classmethod
+    def tag(cls, key: str) -> str:
+        """The scalar's tag for a row entry: ``eval_top1`` -> ``eval/top1``, ``lr`` -> ``train/lr``."""
+        for prefix in ("train_", "eval_"):
+            if key.startswith(prefix):
+                return prefix[:-1] + "/" + key[len(prefix):]
+        return "train/" + key
 
     @classmethod
     def check_available(cls) -> None:
@@ -138,7 +140,7 @@ class TensorBoardLog:
             import tensorboard  # noqa: F401
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError as e:
-            from hilovit.train.config import OptionError
+            from hilovit.options import OptionError
 
             raise OptionError(f"{{log_tensorboard}} needs TensorBoard, which is not installed ({e}): "
                               f"pip install 'hilovit[{cls.EXTRA}]'") from None
@@ -151,10 +153,9 @@ class TensorBoardLog:
 
     def write_epoch(self, row: Dict[str, Any]) -> None:
         epoch = int(row["epoch"])
-        for key, tag in self.TAGS.items():
-            value = row.get(key)
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(tag, float(value), epoch)
+        for key, value in row.items():
+            if key not in self.SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(self.tag(key), float(value), epoch)
         self.writer.flush()
 
     def close(self) -> None:
@@ -181,16 +182,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
         output = str(Path(last).parent) if last else summary.get("config", {}).get("output") or "OUTPUT"
         lines.append(f"stopped after epoch {summary['epochs']} of {summary['epochs_planned']}; "
                      f"continue with: hilovit train --resume --output {shlex.quote(output)}")
-    k = summary.get("test_topk", 5)  # top-min(5, classes)
-    if "test_top1" in summary:
-        lines.append(f"{summary['model']} on {summary['dataset']} ({summary['eval_split']}, "
-                     f"{summary['eval_images']} images): top-1 {summary['test_top1']:.2f}%  "
-                     f"top-{k} {summary['test_top5']:.2f}%  loss {summary['test_loss']:.4f}")
-    if "test_top1_ema" in summary:
-        lines.append(f"EMA weights: top-1 {summary['test_top1_ema']:.2f}%  top-{k} {summary['test_top5_ema']:.2f}%")
+    from hilovit.tasks import get_task
+
+    lines += get_task(summary.get("task", "classification")).format_summary(summary)
     ips = summary.get("train_images_per_second")
     lines.append(f"{plural(summary['epochs'], 'epoch')}, {plural(summary['steps'], 'step')}, "
-                 f"{'n/a' if ips is None else f'{ips:.0f}'} training images/s, "
+                 f"{'n/a' if ips is None else (f'{ips:.0f}' if ips >= 10 else f'{ips:.1f}')} training images/s, "
                  f"wall time {summary['wall_seconds']:.0f} s ({summary['wall_seconds'] / 60:.1f} min)")
     for kind, path in summary.get("files", {}).items():
         lines.append(f"  {kind}: {path}")

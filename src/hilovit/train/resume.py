@@ -17,7 +17,6 @@ same plan). :func:`describe_replan` states what that does to the rate.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from hilovit.train.config import IN_MEMORY, OptionError, TrainConfig, load_recipe, merge_options
@@ -32,13 +31,14 @@ RESUMABLE = ("epochs", "stop_at_epoch", "data_dir", "workers", "threads", "progr
 _RUN_KEYS = ("resume", "overwrite", "output")
 
 
-def resolve_run(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
+def resolve_run(task, config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
                 ) -> Tuple[TrainConfig, Dict[str, Any], List[Tuple[str, Any, Any]]]:
     """The configuration of this run, the state to resume from (``{}`` for a new run) and the changes.
 
     Args:
-        config: a whole :class:`TrainConfig` (then ``recipe`` and ``overrides`` must be empty).
-        recipe: a recipe path or packaged recipe name, or None.
+        task: the :class:`~hilovit.tasks.base.Task` (its ``config_class`` reads the options).
+        config: a whole configuration (then ``recipe`` and ``overrides`` must be empty).
+        recipe: a recipe path or packaged recipe name, or None (the task's default recipe, if any).
         overrides: keyword options (None values are ignored).
 
     Returns:
@@ -50,26 +50,35 @@ def resolve_run(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
         OptionError: an option outside :data:`RESUMABLE` differs from the run's own, or the new
             ``epochs`` is not beyond the epochs already trained.
     """
+    cls = task.config_class
     if config is not None:
         if recipe is not None or overrides:
-            raise TypeError("train: pass either a TrainConfig or recipe/keyword options, not both")
+            raise TypeError("train: pass either a configuration or recipe/keyword options, not both")
         explicit = config.to_dict()
     else:
+        if recipe is None and not overrides.get("resume"):
+            recipe = task.default_recipe(overrides)
         explicit = merge_options(load_recipe(recipe) if recipe is not None else {}, overrides)
     explicit = _weights_as_written(explicit)
+    explicit.pop("task", None)
     if not explicit.get("resume"):
-        return (config if config is not None else TrainConfig.from_dict(explicit)), {}, []
+        return (config if config is not None else cls.from_dict(explicit)), {}, []
     if explicit.get("overwrite"):
         raise OptionError("{resume} and {overwrite} contradict each other; choose one")
-    output = str(explicit.get("output", TrainConfig.output))
+    output = str(explicit.get("output", cls.output))
     out = Path(output).expanduser()
     state = load_training_state(out / "last.pt")
-    saved = TrainConfig.from_dict({**(state.get("config") or {}), "resume": False, "overwrite": False,
-                                   "stop_at_epoch": None}).to_dict()
+    saved_options = dict(state.get("config") or {})
+    saved_task = saved_options.pop("task", "classification")
+    if saved_task != task.name:
+        raise OptionError(f"cannot resume the run in {str(out)!r} as {task.name}: it is a {saved_task} run")
+    saved = cls.from_dict({**saved_options, "resume": False, "overwrite": False, "stop_at_epoch": None}).to_dict()
     given = {k: v for k, v in explicit.items() if k not in _RUN_KEYS and v is not None}
     wanted = merge_options(saved, given)
-    if "augment" in given:
-        wanted["augment"] = TrainConfig.from_dict({"augment": wanted["augment"]}).to_dict()["augment"]
+    unknown = set(given) - set(saved)
+    if not unknown:  # each value as the configuration stores it (tuples, nested options) before comparing
+        wanted = cls.from_dict({**wanted, "resume": False, "overwrite": False, "stop_at_epoch": None}).to_dict()
+        wanted["stop_at_epoch"] = given.get("stop_at_epoch")
     differing = [k for k in given if k in saved and _norm(wanted[k]) != _norm(saved[k]) and k != "stop_at_epoch"]
     refused = [k for k in differing if k not in RESUMABLE]
     if refused:
@@ -85,10 +94,11 @@ def resolve_run(config: Optional[TrainConfig], recipe, overrides: Dict[str, Any]
                           f"{plural(done, 'epoch', bare=True)}; give more to continue it, or leave {{epochs}} out")
     wanted.update(resume=True, overwrite=False, output=output,
                   stop_at_epoch=given.get("stop_at_epoch"))
-    for key in set(given) - set(saved):  # unknown options: from_dict names them
+    for key in unknown:  # unknown options: from_dict names them
         wanted[key] = given[key]
+    wanted.pop("task", None)
     changes = [(k, saved[k], wanted[k]) for k in differing]
-    return TrainConfig.from_dict(wanted), state, changes
+    return cls.from_dict(wanted), state, changes
 
 
 def _weights_as_written(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -116,16 +126,6 @@ def describe_replan(lr_at_old, lr_at_new, step: int, old_epochs: int, new_epochs
             f"{plural(new_epochs, 'epoch', bare=True)} ({total} steps); at step {step} the rate is "
             f"{lr_at_new(step):.3g} (the {old_epochs}-epoch plan had {lr_at_old(step):.3g}) and decays to "
             f"{min_lr:.3g} at step {total}")
-
-
-def schedule_rate(base_lr: float, min_lr: float, warmup_lr: float, warmup_epochs: float, epochs: int,
-                  steps_per_epoch: int):
-    """``step -> rate`` of the warm-up + cosine plan for ``epochs`` epochs (the engine's schedule)."""
-    from hilovit.train.optim import CosineWarmupSchedule
-
-    total = epochs * steps_per_epoch
-    warmup = min(total, int(round(warmup_epochs * steps_per_epoch)))
-    return CosineWarmupSchedule(SimpleNamespace(param_groups=[]), base_lr, total, warmup, min_lr, warmup_lr).lr_at
 
 
 def _show(v: Any) -> str:

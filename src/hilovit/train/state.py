@@ -12,13 +12,14 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 import torch
 
+from hilovit.io import atomic_write
+
 __all__ = [
-    "atomic_write",
     "atomic_torch_save",
     "atomic_write_text",
     "write_json",
@@ -32,25 +33,18 @@ __all__ = [
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def atomic_write(path: PathLike, write: Callable[[Any], None], binary: bool = True) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
-
-    On any error (or KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
-    """
-    from hilovit.io import atomic_write as write_atomically  # the one atomic writer (stale temporaries removed)
-
-    with write_atomically(path, "wb" if binary else "w") as f:
-        write(f)
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj, path)``, atomically (see :func:`hilovit.io.atomic_write`)."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
     return Path(path)
 
 
-def atomic_torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj, path)``, atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text), binary=False)
+    """``text`` into ``path``, atomically (see :func:`hilovit.io.atomic_write`)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

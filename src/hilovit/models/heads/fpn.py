@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.layers import fast
+
 __all__ = ["ConvModule", "FPN", "FPNHead", "build_norm"]
 
 _NORMS = {"BN": "bn", "BN2d": "bn", "SyncBN": "bn", "GN": "gn"}
@@ -300,7 +302,7 @@ class FPNHead(nn.Module):
         for i in range(1, len(x)):
             y = self.scale_heads[i](x[i])
             # traced, the resize is always kept (an identity at equal sizes), so other input sizes still add up
-            if y.shape[2:] != out.shape[2:] or torch.jit.is_tracing():
+            if y.shape[2:] != out.shape[2:] or fast.tracing():
                 y = F.interpolate(y, size=out.shape[2:], mode="bilinear", align_corners=self.align_corners)
             out = out + y
         if self.dropout is not None:

@@ -1,5 +1,5 @@
-"""Pictures: benchmark plots, training curves, and what HiLo's branches see (frequency maps, attention
-maps). Matplotlib; PNG, JPEG or WebP by the file's extension, written atomically."""
+"""What HiLo's branches see (frequency maps) and attention maps, for ``hilovit viz``. Matplotlib; PNG,
+JPEG or WebP by the file's extension, written atomically."""
 
 from __future__ import annotations
 
@@ -9,18 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from hilovit.plots import (  # noqa: F401 - the plots live there; re-exported for old imports
-    _pyplot,
-    plot_attention_benchmark,
-    plot_bars,
-    plot_confusion_matrix,
-    plot_sweep,
-    plot_training_curves,
-    save_figure,
-)
+from hilovit.viz.plots import _pyplot, save_figure
 
-__all__ = ["save_figure", "plot_attention_benchmark", "plot_bars", "plot_sweep", "plot_training_curves",
-           "plot_confusion_matrix", "hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
+__all__ = ["hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
            "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "small_map_warning",
            "hilo_branches", "plot_hilo",
            "lofi_attention", "window_attention", "WindowAttentionInput", "AttentionMap", "attention_map",
@@ -503,7 +494,8 @@ def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size
     (``img_size``: another input size ``H`` or ``(H, W)``). Returns ``(model, x (1, C, H, W), display)``."""
     import numpy as np
 
-    from hilovit.predict import load_model, open_image, preprocess_image
+    from hilovit.data.folders import open_image, preprocess_image
+    from hilovit.tasks.classification_predict import load_model
 
     net, _ = load_model(model, checkpoint)
     cfg = dict(net.pretrained_cfg)
@@ -527,7 +519,7 @@ def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = 
 
     The picture's format follows ``output``'s extension (.png, .jpg/.jpeg, .webp); a map too small to
     mean much gets one warning line on stderr (:func:`small_map_warning`)."""
-    from hilovit.image_files import image_format
+    from hilovit.viz.files import image_format
 
     image_format(output)  # refused before the model runs
     net, x, display = _model_input(image, model, checkpoint, img_size)
@@ -543,7 +535,7 @@ def viz_attention(image, model: str, output, checkpoint=None, layer: Optional[in
                   query: Optional[Tuple[float, float]] = None, heads: int = 4) -> Tuple[Path, AttentionMap]:
     """``hilovit viz attention``: one query's attention over ``image``; returns (path, map). Formats and
     the small-map warning as :func:`viz_hilo`."""
-    from hilovit.image_files import image_format
+    from hilovit.viz.files import image_format
 
     image_format(output)
     net, x, display = _model_input(image, model, checkpoint, img_size)

@@ -97,7 +97,7 @@ def save_segmentation_grid(rows: Sequence[Tuple], path: PathLike, classes: Seque
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from hilovit.image_files import image_format
+    from hilovit.viz.files import image_format
 
     if not rows:
         raise ValueError("save_segmentation_grid: rows is empty, expected (image, truth, prediction) triples")
@@ -124,7 +124,7 @@ def save_segmentation_grid(rows: Sequence[Tuple], path: PathLike, classes: Seque
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    from hilovit.image_files import write_figure
+    from hilovit.viz.files import write_figure
 
     try:
         return write_figure(fig, path, dpi=100, tight=False)  # PNG, JPEG or WebP by the extension

@@ -10,7 +10,8 @@ from PIL import Image
 
 from hilovit import Predictor, create_model
 from hilovit.cli import main
-from hilovit.train import run_eval, train
+from hilovit.tasks.classification_eval import run_eval
+from hilovit.train import train
 
 WNIDS = ("n01440764", "n01443537", "n15075141")  # tench (0), goldfish (1), toilet tissue (999)
 

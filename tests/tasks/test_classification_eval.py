@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 from hilovit.cli import main
-from hilovit.train import BatchPipeline, evaluate, run_eval, train
+from hilovit.tasks.classification_eval import evaluate, run_eval
+from hilovit.train import BatchPipeline, train
 
 
 class _Fixed(nn.Module):
@@ -106,7 +107,7 @@ def folder_run(tmp_path):
 
 
 def test_eval_uses_the_recorded_data_and_keeps_an_earlier_report(folder_run):
-    from hilovit.train.evaluate import format_eval
+    from hilovit.tasks.classification_eval import format_eval
 
     root, run = folder_run
     kw = dict(threads=1, progress="off", workers=0, default_output="eval")

@@ -11,7 +11,7 @@ from PIL import Image
 from hilovit import create_model
 from hilovit.cli import main
 from hilovit.models.checkpoint import save_safetensors
-from hilovit.train.seg_eval import resolve_inference, run_seg_eval
+from hilovit.tasks.segmentation_eval import resolve_inference, run_seg_eval
 
 K = 3
 CROP, STRIDE = 32, 20
@@ -96,7 +96,7 @@ def test_cli_slide_eval(run, by_hand, capsys):
     assert "expected one or two positive integers, got '0'" in capsys.readouterr().err
     assert main([*base, "--crop-size", "32"]) == 2  # a crop with whole-image inference
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "apply to mode='slide' only" in err[0]
+    assert len(err) == 1 and "apply to --mode='slide' only" in err[0]
 
 
 def test_resolve_inference_defaults_and_errors():

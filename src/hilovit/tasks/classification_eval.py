@@ -1,9 +1,9 @@
-"""Evaluation: top-1, top-5, loss, per-class accuracy, confusion matrix, images/s.
+"""Evaluating a classifier: the metric loop of training and ``hilovit eval`` of a checkpoint or published weights.
 
-:func:`evaluate` runs a model over evaluation batches (summing over processes when distributed);
-:func:`run_eval` is ``hilovit eval``: it rebuilds the model, loads a checkpoint (refusing one
-made for another architecture or number of classes, and saying what differs), evaluates and
-writes a JSON report and a confusion-matrix PNG.
+:func:`evaluate` runs a model over evaluation batches (top-1, top-5, loss, per-class accuracy,
+confusion matrix; summed over processes when distributed). :func:`run_eval` rebuilds the model,
+loads a checkpoint (refusing one made for another architecture or number of classes, and saying
+what differs), evaluates and writes a JSON report and a confusion-matrix PNG.
 """
 
 from __future__ import annotations
@@ -18,47 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hilovit.runtime import autocast_context
-from hilovit.train.distributed import all_reduce_sum
+from hilovit.runtime import resolve_amp
 
-# autocast_context lives in hilovit.runtime; importable from here too
-__all__ = ["evaluate", "run_eval", "autocast_context", "resolve_amp", "recorded_data", "format_eval"]
+__all__ = ["evaluate", "run_eval", "recorded_data", "format_eval", "folder_eval_dataset", "default_img_size"]
 
 
-def _native_cpu_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``amp`` on ``device``: ``'off'`` None; ``'auto'`` float16 on CUDA, and on
-    CPU bfloat16 where oneDNN computes it natively (AVX512-BF16/AMX), float32 (None) elsewhere, where
-    bfloat16 products are emulated and slower than float32."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if _native_cpu_bf16() else None
-    raise ValueError(f"amp={amp!r}: choose one of auto, bf16, fp16, off")
-
-
+# --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batches,
-    pipeline: nn.Module,
-    num_classes: int,
-    device: torch.device,
-    amp_dtype: Optional[torch.dtype] = None,
-    progress=None,
-) -> Dict[str, Any]:
+def evaluate(model: nn.Module, batches, pipeline: nn.Module, num_classes: int, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None, progress=None) -> Dict[str, Any]:
     """Evaluate ``model`` on ``batches`` of ``(uint8 images, targets)``.
 
     Args:
@@ -76,6 +44,9 @@ def evaluate(
         ``confusion[i][j]`` counts images of class i predicted as j, per-class accuracy is
         None for a class without images. Summed over all processes when distributed.
     """
+    from hilovit.runtime import autocast_context
+    from hilovit.train.distributed import all_reduce_sum
+
     model.eval()
     pipeline.eval()
     k = min(5, num_classes)
@@ -92,8 +63,7 @@ def evaluate(
         topk = logits.topk(k, dim=1).indices
         sums[1] += float((topk == targets[:, None]).any(dim=1).sum())
         sums[2] += targets.numel()
-        pred = topk[:, 0]
-        flat = (targets * num_classes + pred).cpu()
+        flat = (targets * num_classes + topk[:, 0]).cpu()
         confusion += torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
         if progress is not None:
             progress(targets.numel())
@@ -107,24 +77,19 @@ def evaluate(
     per_class = [None if per_class_total[i] == 0 else float(100.0 * confusion[i, i] / per_class_total[i])
                  for i in range(num_classes)]
     return {
-        "n": n,
-        "loss": float(sums[0] / n),
-        "top1": float(100.0 * confusion.diagonal().sum() / n),
-        "top5": float(100.0 * sums[1] / n),
-        "top5_k": k,
-        "per_class_accuracy": per_class,
-        "confusion": confusion.long().tolist(),
-        "seconds": seconds,
+        "n": n, "loss": float(sums[0] / n), "top1": float(100.0 * confusion.diagonal().sum() / n),
+        "top5": float(100.0 * sums[1] / n), "top5_k": k, "per_class_accuracy": per_class,
+        "confusion": confusion.long().tolist(), "seconds": seconds,
         "images_per_second": n / seconds if seconds > 0 else float("nan"),
     }
 
 
-# --------------------------------------------------------------------------- checkpoints
 def default_img_size(model_name: str) -> int:
     """The input side a registered model is built for (its ``pretrained_cfg['input_size']``)."""
     from hilovit.models import create_model
 
-    probe = create_model(model_name)
+    with torch.device("meta"):
+        probe = create_model(model_name)
     return int((getattr(probe, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1])
 
 
@@ -267,7 +232,7 @@ def run_eval(
             output folder (its ``model.safetensors``). It is loaded by
             :func:`hilovit.models.checkpoint.load_model`: the classes, ``in_chans`` and ``img_size``
             follow the checkpoint (its shapes and metadata) unless given here.
-        pretrained: instead of a checkpoint, published weights (:func:`hilovit.predict.pretrained_model`):
+        pretrained: instead of a checkpoint, published weights (:func:`hilovit.models._builder.pretrained_model`):
             True (the model's default), a tag (``'alpha_0_5'``), a file, a URL or ``'hf-hub:org/name'``.
             Their ``pretrained_cfg`` gives the input size, ``crop_pct``, interpolation and mean/std:
             the official evaluation protocol. ``data`` must be named.
@@ -337,7 +302,7 @@ def run_eval(
     if img_size:
         overrides["img_size"] = int(img_size)
     if use_pretrained:
-        from hilovit.predict import pretrained_model
+        from hilovit.models._builder import pretrained_model
 
         net = pretrained_model(model, pretrained, device=dev, **overrides)
         cfg = dict(net.pretrained_cfg)
@@ -412,7 +377,7 @@ def run_eval(
     if len(classes) > _PICTURE_MAX_CLASSES:
         result["confusion"] = None  # 1000 x 1000 counts: neither drawn nor stored
     from hilovit.train.state import write_json
-    from hilovit.viz import plot_confusion_matrix
+    from hilovit.viz.plots import plot_confusion_matrix
 
     if result["confusion"] is None:
         png = None

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hilovit.train.evaluate import autocast_context
-from hilovit.train.seg_metrics import SegMetric
+from hilovit.runtime import autocast_context
+from hilovit.tasks.segmentation_metrics import SegMetric
 
 __all__ = ["seg_cross_entropy", "normalize_images", "resolve_inference", "infer_logits", "evaluate_segmentation",
            "load_seg_checkpoint", "run_seg_eval", "format_seg_eval", "seg_metadata_of", "build_segmenter"]
@@ -131,6 +131,37 @@ def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
     if tuple(logits.shape[-2:]) != out_size:
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
     return logits
+
+
+@torch.no_grad()
+def infer_labels(model: nn.Module, images: torch.Tensor, mean, std, out_size: Optional[Tuple[int, int]] = None,
+                 eval_scale: Optional[Tuple[int, int]] = None, inference: Optional[Dict[str, Any]] = None,
+                 rows_per_chunk: int = 512) -> torch.Tensor:
+    """Label maps (B, *out_size) int64: the argmax of :func:`infer_logits`, with the bilinear resize of
+    the logits to ``out_size`` done ``rows_per_chunk`` output rows at a time, so a large image never
+    holds its full-size logits in memory (a 10000 x 10000 image with 11 classes: 4.4 GB). Each band
+    uses ``F.interpolate``'s sampling positions and weights (float32, as its CPU kernel); the labels
+    equal the argmax of the whole resize except where two classes tie to within float rounding."""
+    out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
+    logits = infer_logits(model, images, mean, std, None, eval_scale, None, inference)
+    H, W = out_size
+    if tuple(logits.shape[-2:]) == out_size or H * W <= rows_per_chunk * max(W, 1024):
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False).argmax(1) \
+            if tuple(logits.shape[-2:]) != out_size else logits.argmax(1)
+    h = logits.shape[-2]
+    scale = torch.tensor(h, dtype=torch.float32) / H
+    labels = torch.empty(logits.shape[0], H, W, dtype=torch.int64, device=logits.device)
+    for top in range(0, H, rows_per_chunk):
+        bottom = min(H, top + rows_per_chunk)
+        ys = ((torch.arange(top, bottom, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+        y0 = ys.long().clamp(max=h - 1)
+        y1 = torch.where(y0 < h - 1, y0 + 1, y0)
+        wy = (ys - y0).to(logits.device).view(1, 1, -1, 1)
+        rows = logits[:, :, y0.to(logits.device)] * (1 - wy) + logits[:, :, y1.to(logits.device)] * wy
+        if rows.shape[-1] != W:  # the height is right: this resize moves along the width alone
+            rows = F.interpolate(rows, size=(bottom - top, W), mode="bilinear", align_corners=False)
+        labels[:, top:bottom] = rows.argmax(1)
+    return labels
 
 
 def _collate_list(samples):
@@ -333,8 +364,8 @@ def run_seg_eval(
         ``per_class_iou`` and ``per_class_acc`` ({class: percent or None}), ``images``, ``seconds``.
     """
     from hilovit.data.segmentation import build_seg_datasets
+    from hilovit.runtime import resolve_amp
     from hilovit.train.distributed import resolve_device
-    from hilovit.train.evaluate import resolve_amp
 
     if threads:
         torch.set_num_threads(int(threads))

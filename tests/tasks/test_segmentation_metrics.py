@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hilovit.train.seg_metrics import SegMetric, intersect_and_union, metrics_from_areas
+from hilovit.tasks.segmentation_metrics import SegMetric, intersect_and_union, metrics_from_areas
 
 
 def numpy_reference(preds, labels, num_classes, ignore_index=255):

@@ -12,10 +12,11 @@ from PIL import Image
 
 from hilovit.cli import main
 from hilovit.models import registry
-from hilovit.train.seg_config import PolySchedule, SegTrainConfig
-from hilovit.train.seg_eval import infer_logits, load_seg_checkpoint, normalize_images, seg_cross_entropy
-from hilovit.train.seg_metrics import SegMetric
-from hilovit.train.seg_task import train_segmentation
+from hilovit.tasks.segmentation import SegmentationConfig
+from hilovit.tasks.segmentation_eval import infer_logits, load_seg_checkpoint, normalize_images, seg_cross_entropy
+from hilovit.tasks.segmentation_metrics import SegMetric
+from hilovit.train import train
+from hilovit.train.optim import PolySchedule
 
 NUM_CLASSES = 3
 SHADES = (20, 130, 240)  # the grey level of each class in the synthetic images
@@ -116,13 +117,13 @@ def test_poly_schedule_is_mmcv_poly_with_warmup():
         if t < 10:
             poly *= 1 - (1 - t / 10) * (1 - 0.1)
         assert math.isclose(opt.param_groups[0]["lr"], poly, rel_tol=1e-12)
-    assert SegTrainConfig().lr == 1e-4 and SegTrainConfig().weight_decay == 1e-4  # the official ADE20K optimiser
+    assert SegmentationConfig().lr == 1e-4 and SegmentationConfig().weight_decay == 1e-4  # official ADE20K
 
 
 # --------------------------------------------------------------------------- training
 def test_training_lowers_the_loss_and_summary_equals_recomputed_metric(masks, tmp_path):
     out = tmp_path / "run"
-    s = train_segmentation(model=TinySeg, **fast_options(masks, out, epochs=3, eval_scale=(24, 24)))
+    s = train(task="segmentation", model=TinySeg, **fast_options(masks, out, epochs=3, eval_scale=(24, 24)))
     rows = list(__import__("csv").DictReader(open(out / "metrics.csv")))
     losses = [float(r["train_loss"]) for r in rows]
     assert len(losses) == 3 and losses[-1] < 0.7 * losses[0], losses
@@ -157,40 +158,40 @@ def test_training_lowers_the_loss_and_summary_equals_recomputed_metric(masks, tm
 
 def test_resume_after_one_epoch_equals_two_epochs_straight(masks, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train_segmentation(model=TinySeg, **fast_options(masks, a))
-    first = train_segmentation(model=TinySeg, **fast_options(masks, b, stop_at_epoch=1))
+    train(task="segmentation", model=TinySeg, **fast_options(masks, a))
+    first = train(task="segmentation", model=TinySeg, **fast_options(masks, b, stop_at_epoch=1))
     assert not first["finished"] and not (b / "model.safetensors").exists()
-    train_segmentation(model=TinySeg, output=str(b), resume=True, progress="off")
+    train(task="segmentation", model=TinySeg, output=str(b), resume=True, progress="off")
     wa = torch.load(a / "last.pt", weights_only=True)
     wb = torch.load(b / "last.pt", weights_only=True)
     assert wa["step"] == wb["step"] == 2 * (24 // 4)
     for k in wa["model"]:
         assert torch.equal(wa["model"][k], wb["model"][k]), k
-    with pytest.raises(ValueError, match="--batch-size"):
-        train_segmentation(model=TinySeg, output=str(b), resume=True, batch_size=8, progress="off")
+    with pytest.raises(ValueError, match="batch_size=8 \\(the run's: 4\\)"):
+        train(task="segmentation", model=TinySeg, output=str(b), resume=True, batch_size=8, progress="off")
 
 
 def test_a_kill_between_the_checkpoint_and_the_metrics_file_is_repaired_on_resume(masks, tmp_path, monkeypatch,
                                                                                  kill_metrics_write):
     import csv
 
-    import hilovit.train.seg_task as seg_task
+    import hilovit.train.engine as seg_task
 
     out = tmp_path / "run"
     real = kill_metrics_write(seg_task, "write_metrics_csv")
     with pytest.raises(KeyboardInterrupt):
-        train_segmentation(model=TinySeg, **fast_options(masks, out))
+        train(task="segmentation", model=TinySeg, **fast_options(masks, out))
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 1
     monkeypatch.setattr(seg_task, "write_metrics_csv", real)
-    train_segmentation(model=TinySeg, output=str(out), resume=True, progress="off")
+    train(task="segmentation", model=TinySeg, output=str(out), resume=True, progress="off")
     assert [r["epoch"] for r in csv.DictReader((out / "metrics.csv").open())] == ["1", "2"]
 
 
 def test_fashion_scenes_with_its_recipe(idx_dir, tmp_path):
-    s = train_segmentation(model=TinySeg, data="fashion-scenes", data_dir=str(idx_dir), output=str(tmp_path / "f"),
-                           epochs=1, train_subset=8, eval_subset=4, batch_size=4, threads=None, amp="off",
-                           progress="off", predictions=0)
+    s = train(task="segmentation", model=TinySeg, data="fashion-scenes", data_dir=str(idx_dir),
+              output=str(tmp_path / "f"), epochs=1, train_subset=8, eval_subset=4, batch_size=4, threads=None,
+              amp="off", progress="off", predictions=0)
     cfg = s["config"]
     assert cfg["crop_size"] == [128, 128] and cfg["poly_power"] == 1.0  # from the packaged fashion-scenes recipe
     assert s["eval_images"] == 4 and len(s["per_class_iou"]) == 11
@@ -219,7 +220,7 @@ def test_cli_train_eval_predict(masks, tmp_path, capsys, tiny_registered):
                  str(tmp_path / "pred")]) == 0
     written = Image.open(tmp_path / "pred" / f"{img.stem}_labels.png")
     assert written.mode == "P" and written.size == Image.open(img).size
-    from hilovit.predict_seg import SegPredictor
+    from hilovit.tasks.segmentation_predict import SegPredictor
 
     labels = SegPredictor(out).predict(img)
     assert labels.shape == (24, 24) and np.array_equal(np.array(written), labels.numpy())
@@ -244,8 +245,9 @@ def test_cli_bad_input_gives_one_clear_line(masks, tmp_path, capsys, tiny_regist
     # a recipe saying `task: segmentation` goes to segmentation without --task
     assert main(["train", "--config", "fashion-scenes", "--model", "nope", "--output", str(tmp_path / "x")]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
-    assert main(["train", "--task", "detection"]) == 2
-    assert "choose one of classification, segmentation" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: one line, exit 2
+        main(["train", "--task", "captioning"])
+    assert "invalid choice: 'captioning'" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()
 
 
@@ -262,7 +264,7 @@ def test_whole_image_inference_resizes_logits_to_the_label():
 
 
 def test_segmentation_figure(tmp_path):
-    from hilovit.viz_seg import colorize, save_segmentation_figure, seg_palette
+    from hilovit.viz.segmentation import colorize, save_segmentation_figure, seg_palette
 
     pal = seg_palette(11)
     assert len({tuple(c) for c in pal}) == 11 and tuple(pal[0]) == (0, 0, 0)
@@ -292,7 +294,7 @@ class PlainSeg(nn.Module):
 SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_seg_task import PlainSeg
+from test_segmentation_task import PlainSeg
 from hilovit.models import registry
 from hilovit.cli import main
 registry._load_families()
@@ -315,7 +317,7 @@ def test_two_processes_match_one(masks, tmp_path):
     from safetensors.torch import load_file
 
     opts = fast_options(masks, tmp_path / "one", epochs=1, batch_size=8, predictions=0, photometric=True)
-    one = train_segmentation(model=PlainSeg, **opts)
+    one = train(task="segmentation", model=PlainSeg, **opts)
     script = tmp_path / "run_plain.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
     with socket.socket() as s:
@@ -344,10 +346,9 @@ def test_two_processes_match_one(masks, tmp_path):
 # --------------------------------------------------------------------------- ONNX
 def test_export_segmenter_dynamic_height_width(tmp_path):
     pytest.importorskip("onnxruntime")
-    from hilovit.export import ExportVerificationError
-    from hilovit.export_seg import export_segmenter
+    from hilovit.export import ExportVerificationError, export_onnx
 
-    res = export_segmenter(TinySeg(), tmp_path / "seg.onnx", in_chans=3, sizes=((32, 32), (24, 40)))
+    res = export_onnx(TinySeg(), tmp_path / "seg.onnx", sizes=((32, 32), (24, 40)))
     assert res.path.is_file() and set(res.diffs) == {"1x32x32", "3x24x40"} and res.max_abs_diff < 1e-4
 
     class FixedSize(TinySeg):  # a trace that freezes the output size must be refused, nothing written
@@ -356,5 +357,5 @@ def test_export_segmenter_dynamic_height_width(tmp_path):
             return F.interpolate(y, size=(int(x.shape[-2]), int(x.shape[-1])), mode="bilinear", align_corners=False)
 
     with pytest.raises(ExportVerificationError):
-        export_segmenter(FixedSize(), tmp_path / "bad.onnx", in_chans=3, sizes=((32, 32), (24, 40)))
+        export_onnx(FixedSize(), tmp_path / "bad.onnx", sizes=((32, 32), (24, 40)))
     assert not (tmp_path / "bad.onnx").exists()

@@ -23,7 +23,7 @@ def _pyplot():
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save ``fig`` to ``path`` (PNG, JPEG or WebP by its extension; an unknown one is a ValueError)
     through a temporary file, then close it."""
-    from hilovit.image_files import write_figure
+    from hilovit.viz.files import write_figure
 
     try:
         return write_figure(fig, path, dpi=dpi)
@@ -96,7 +96,7 @@ def plot_attention_benchmark(rows: List[dict], path: str | os.PathLike) -> Path:
 
 
 _CURVE_LABELS = {
-    "train_loss": "train (mixed/smoothed targets, augmented)",
+    "train_loss": "train (augmented)",
     "eval_loss": "evaluation",
     "train_top1": "train (augmented)",
     "eval_top1": "evaluation",
@@ -105,20 +105,25 @@ _CURVE_LABELS = {
 
 
 def plot_training_curves(rows: List[dict], path: str | os.PathLike, title: str = "training") -> Path:
-    """Loss, accuracy and learning rate per epoch, from the rows of a training run's ``metrics.csv``.
+    """Loss, the task's metrics and the learning rate per epoch, from the rows of a training run's ``metrics.csv``.
 
-    Each row needs ``epoch``, ``train_loss``, ``train_top1``, ``lr``; ``eval_loss`` and
-    ``eval_top1`` are drawn where present (epochs without evaluation are skipped).
+    Each row needs ``epoch``, ``train_loss``, ``lr``; ``eval_loss`` and every percentage the rows
+    carry (``train_top1``, ``eval_top1``, ``eval_top1_ema``; ``train_pixel_acc``, ``eval_miou``, ...;
+    ``eval_ap50``, ...) are drawn where present (epochs without evaluation are skipped).
     """
     plt = _pyplot()
+    skip = ("epoch", "step", "lr", "train_loss", "eval_loss", "images_per_second", "train_images", "train_seconds",
+            "eval_seconds", "wall_seconds")
+    metrics = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in skip
+               and (k.startswith("train_") or k.startswith("eval_"))]
 
     def series(key):
         pts = [(float(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "", "nan")]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (keys, label) in zip(axes[:2], ((("train_loss", "eval_loss"), "loss"),
-                                            (("train_top1", "eval_top1", "eval_top1_ema"), "top-1 accuracy (%)"))):
+    percent = "top-1 accuracy (%)" if metrics and all("top" in k for k in metrics) else "metric (%)"
+    for ax, (keys, label) in zip(axes[:2], ((("train_loss", "eval_loss"), "loss"), (tuple(metrics), percent))):
         for key in keys:
             xs, ys = series(key)
             if xs:

@@ -1,0 +1,147 @@
+"""The one option validator: checks of ints, numbers, choices, flags and pairs with one message style.
+
+Every check raises :class:`OptionError` (a ``ValueError``) whose message names the option as
+``{name}``; ``str(error)`` shows the Python name (``batch_size=0: expected an int >= 1``) and
+:meth:`OptionError.render` lets the command line show its flag instead (``--batch-size=0: ...``).
+Training configurations, model constructors, data sets and the command line all check through
+these functions, so a bad value reads the same wherever it is given. Nothing here imports torch.
+
+Example::
+
+    >>> check_int(0, "batch_size", minimum=1)
+    Traceback (most recent call last):
+    OptionError: batch_size=0: expected a positive integer
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+
+__all__ = ["OptionError", "check_int", "check_number", "check_choice", "check_bool", "check_pair", "check_str",
+           "check_fraction"]
+
+_FIELD = re.compile(r"\{([a-z_][a-z0-9_.]*)\}")
+
+
+class OptionError(ValueError):
+    """An option that cannot be used; the message names options as ``{name}`` placeholders.
+
+    ``str(error)`` writes them as the Python names, :meth:`render` as the caller wants them (the
+    command line writes ``--batch-size``).
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.render())
+
+    def render(self, name: Callable[[str], str] = str) -> str:
+        """The message with each option written as ``name(option)``."""
+        return _FIELD.sub(lambda m: name(m.group(1)), self.template)
+
+
+def _fail(name: str, value: Any, expected: str) -> OptionError:
+    return OptionError(f"{{{name}}}={value!r}: expected {expected}")
+
+
+def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
+              allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int in ``[minimum, maximum]`` (bools refused); None passes with ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum) \
+            or (maximum is not None and value > maximum):
+        if minimum == 1 and maximum is None:
+            expected = "a positive integer"
+        elif minimum is not None:
+            expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+        else:
+            expected = "an integer" + (f" <= {maximum}" if maximum is not None else "")
+        raise _fail(name, value, expected)
+    return int(value)
+
+
+def check_number(value: Any, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
+                 min_open: bool = False, max_open: bool = False, allow_none: bool = False) -> Optional[float]:
+    """``value`` as a finite float within the bounds (``*_open``: the bound itself excluded)."""
+    if value is None and allow_none:
+        return None
+    lo = "" if minimum is None else ("(" if min_open else "[") + f"{minimum:g}"
+    hi = "" if maximum is None else f"{maximum:g}" + (")" if max_open else "]")
+    if lo and hi:
+        expected = f"a number in {lo}, {hi}"
+    elif lo:
+        expected = f"a number {'>' if min_open else '>='} {minimum:g}"
+    elif hi:
+        expected = f"a number {'<' if max_open else '<='} {maximum:g}"
+    else:
+        expected = "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(name, value, expected)
+    if minimum is not None and (value < minimum or (min_open and value == minimum)):
+        raise _fail(name, value, expected)
+    if maximum is not None and (value > maximum or (max_open and value == maximum)):
+        raise _fail(name, value, expected)
+    return float(value)
+
+
+def check_fraction(value: Any, name: str, allow_none: bool = False, include_one: bool = False) -> Optional[float]:
+    """A fraction in ``[0, 1)`` (a probability in ``[0, 1]`` with ``include_one``)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 \
+            or (value == 1.0 and not include_one):
+        raise _fail(name, value, "a probability in [0, 1]" if include_one else "a fraction in [0, 1)")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any], allow_none: bool = False) -> Any:
+    """``value`` if it is one of ``choices``."""
+    choices = tuple(choices)
+    if value is None and allow_none:
+        return None
+    if value not in choices:
+        raise OptionError(f"{{{name}}}={value!r}: choose one of {', '.join(map(str, choices))}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """A real bool (``1`` or ``'yes'`` are refused: a recipe says ``true``/``false``)."""
+    if not isinstance(value, bool):
+        raise _fail(name, value, "true or false")
+    return value
+
+
+def check_str(value: Any, name: str, what: str = "a non-empty string", allow_none: bool = False) -> Optional[str]:
+    """A non-empty string (paths given as ``os.PathLike`` are turned into strings)."""
+    import os
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(name, value, what)
+    return value
+
+
+def check_pair(value: Any, name: str, cast: Callable[[Any], Any] = int, minimum: Optional[float] = 1,
+               allow_none: bool = False) -> Optional[Tuple[Any, Any]]:
+    """One value or two as a pair ``(a, b)`` (``512`` -> ``(512, 512)``), each at least ``minimum``."""
+    if value is None and allow_none:
+        return None
+    items: Sequence[Any]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = (value, value)
+    elif isinstance(value, (list, tuple)) and len(value) in (1, 2):
+        items = tuple(value) * (2 if len(value) == 1 else 1)
+    else:
+        raise _fail(name, value, "one or two numbers")
+    kind = "integers" if cast is int else "numbers"
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (cast is int and float(v) != int(v)) \
+                or not math.isfinite(v) or (minimum is not None and v < minimum):
+            bound = f" >= {minimum:g}" if minimum is not None else ""
+            raise _fail(name, value, f"one or two {kind}{bound}")
+    return cast(items[0]), cast(items[1])
