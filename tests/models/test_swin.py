@@ -360,11 +360,20 @@ def test_model_api():
     model.reset_classifier(3)
     assert model.head.out_features == 3 and model.num_classes == 3
     model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), torch.nn.Identity)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()  # no drop path: each call computes the same features
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 128)
-    feats = model.forward_features(torch.randn(1, 3, 64, 64))
-    assert feats.shape == (1, 2, 2, 128)
-    assert isinstance(hilovit.SwinTransformer, type)
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 2, 2, 128)  # unpooled, channels last
+        pooled = feats.mean(dim=(1, 2))
+        torch.testing.assert_close(model(x), pooled)  # without a classifier: the pooled features
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), pooled)
+        model.reset_classifier(5)
+        head = model.get_classifier()
+        assert head is model.head and (head.in_features, head.out_features) == (128, 5)
+        torch.testing.assert_close(model(x), pooled @ head.weight.T + head.bias)
+    assert type(create_model("swin_nano")) is hilovit.SwinTransformer  # the public class is what the registry builds
 
 
 def test_registry_configs():
