@@ -1,14 +1,28 @@
 """Reference implementations shared by the tests, written in the official (B, N, C) style with
-explicit NCHW tensors, padding and ``grid_sample``; run them in float64 to compare."""
+explicit NCHW tensors, padding and ``grid_sample``; run them in float64 to compare.
+
+The attention references (:func:`ref_hilo`, :func:`ref_window_attention`) read the module's weights only and
+compute in float64 whatever the module's dtype, leaving the module untouched: they serve as the reference for
+the float32 paths and for the bfloat16 ones. :data:`BF16_EPS` is bfloat16's unit roundoff, the unit of the
+bfloat16 tolerances."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.layers.embed import DeformableTokenMerging
+from hilovit.layers.hilo import HiLo
 from hilovit.layers.mlp import ConvFFN
+from hilovit.layers.window_attention import WindowAttention
+
+# bfloat16 keeps 8 significant bits: a rounding moves a value by at most 2**-8 of itself. A result computed
+# through n bfloat16 roundings in series (inputs, weights, products, softmax, output) is expected within a
+# few n * BF16_EPS of its scale; the tests state n for each path.
+BF16_EPS = 2.0**-8
 
 
 def ref_deform_conv(x, offset, weight, bias, stride=2):
@@ -80,3 +94,112 @@ def region_ids(Hp, Wp, ws, shift):
             rj = 0 if j < Wp - ws else (1 if j < Wp - shift else 2)
             ids[i, j] = 3 * ri + rj
     return ids
+
+
+def linear_term_scale(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``max_i (sum_j |w_ij x_j| + |b_i|)`` over a batch ``x`` (float64): the size of the terms a linear layer
+    adds up. Rounding errors of its inputs and weights are relative to these terms, not to the output, which
+    cancellation can make far smaller (a classifier's logits)."""
+    w = layer.weight.detach().double().abs()
+    b = 0.0 if layer.bias is None else layer.bias.detach().double().abs()
+    return (x.detach().double().abs() @ w.T + b).max()
+
+
+# --------------------------------------------------------------------------- attention, float64
+def ref_attention(q, k, v, scale, bias=None):
+    """softmax(q k^T * scale + bias) v with explicit products (in the dtype given: pass float64)."""
+    attn = (q @ k.transpose(-2, -1)) * scale
+    if bias is not None:
+        attn = attn + bias
+    return attn.softmax(dim=-1) @ v
+
+
+def heads(x, n):
+    """``(..., L, n*d) -> (..., n, L, d)``."""
+    return x.unflatten(-1, (n, -1)).transpose(-3, -2)
+
+
+def merge(x):
+    """``(..., n, L, d) -> (..., L, n*d)``."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def linear64(layer: nn.Linear, t: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied in float64 (its weight and bias cast; the layer itself untouched)."""
+    bias = None if layer.bias is None else layer.bias.detach().double()
+    return F.linear(t.double(), layer.weight.detach().double(), bias)
+
+
+def ref_hilo(m: HiLo, x: torch.Tensor, pool_floor: bool = False) -> torch.Tensor:
+    """HiLo on ``(B, H, W, C)`` from its definition, in float64: the map zero-padded to the window, Hi-Fi
+    windows cut out one by one, Lo-Fi keys pooled by a loop over the cells, cropped back. ``pool_floor``:
+    no padding, the pooled keys of whole cells only (the official classification code). Returns float64."""
+    x = x.detach().double()
+    B, H, W, C = x.shape
+    s = m.ws
+    outs = []
+    if s > 1 and not pool_floor:
+        Hp, Wp = s * math.ceil(H / s), s * math.ceil(W / s)
+        xp = torch.zeros(B, Hp, Wp, C, dtype=torch.float64)
+        xp[:, :H, :W] = x
+    else:
+        Hp, Wp, xp = H, W, x
+    if m.h_heads:
+        hi = torch.zeros(B, Hp, Wp, m.h_dim, dtype=torch.float64)
+        for i in range(0, Hp, s):
+            for j in range(0, Wp, s):
+                win = xp[:, i : i + s, j : j + s].reshape(B, s * s, C)
+                q, k, v = linear64(m.h_qkv, win).chunk(3, dim=-1)
+                o = merge(ref_attention(heads(q, m.h_heads), heads(k, m.h_heads), heads(v, m.h_heads), m.scale))
+                hi[:, i : i + s, j : j + s] = o.reshape(B, s, s, m.h_dim)
+        outs.append(linear64(m.h_proj, hi)[:, :H, :W])
+    if m.l_heads:
+        if s > 1:
+            cells = [xp[:, i : i + s, j : j + s].mean(dim=(1, 2))
+                     for i in range(0, Hp - s + 1, s) for j in range(0, Wp - s + 1, s)]
+            src = torch.stack(cells, dim=1)
+        else:
+            src = x.reshape(B, H * W, C)
+        q = linear64(m.l_q, x.reshape(B, H * W, C))
+        k, v = linear64(m.l_kv, src).chunk(2, dim=-1)
+        o = merge(ref_attention(heads(q, m.l_heads), heads(k, m.l_heads), heads(v, m.l_heads), m.scale))
+        outs.append(linear64(m.l_proj, o).reshape(B, H, W, m.l_dim))
+    return torch.cat(outs, dim=-1)
+
+
+def ref_window_attention(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    """Swin (S)W-MSA on ``(B, H, W, C)`` by hand, in float64: zero-pad to the window, roll by the shift, loop
+    over the windows, add the relative-position bias offset by offset and -100 between tokens of different
+    regions, roll back, crop. Square windows. Returns float64."""
+    B, H, W, C = x.shape
+    ws, shift = m.window_size[0], m.shift_size[0]
+    Hp, Wp = ws * math.ceil(H / ws), ws * math.ceil(W / ws)
+    xp = torch.zeros(B, Hp, Wp, C, dtype=torch.float64)
+    xp[:, :H, :W] = x.detach().double()
+    if shift:
+        xp = torch.roll(xp, (-shift, -shift), (1, 2))
+        region = region_ids(Hp, Wp, ws, shift)
+    table = m.relative_position_bias_table.detach().double()  # ((2ws-1)^2, heads)
+    coords = [(a, b) for a in range(ws) for b in range(ws)]
+
+    def offset(qa, qb, ka, kb):
+        return (qa - ka + ws - 1) * (2 * ws - 1) + (qb - kb + ws - 1)
+
+    bias = torch.stack(
+        [torch.stack([table[offset(qa, qb, ka, kb)] for (ka, kb) in coords]) for (qa, qb) in coords]
+    ).permute(2, 0, 1)  # (heads, N, N)
+    out = torch.zeros(B, Hp, Wp, C, dtype=torch.float64)
+    n = m.num_heads
+    for i in range(0, Hp, ws):
+        for j in range(0, Wp, ws):
+            win = xp[:, i : i + ws, j : j + ws].reshape(B, ws * ws, C)
+            q, k, v = linear64(m.qkv, win).chunk(3, dim=-1)
+            b = bias
+            if shift:
+                r = region[i : i + ws, j : j + ws].reshape(-1)
+                b = b + torch.where(r[:, None] == r[None, :], 0.0, -100.0).double()
+            o = merge(ref_attention(heads(q, n), heads(k, n), heads(v, n), m.scale, b))
+            out[:, i : i + ws, j : j + ws] = linear64(m.proj, o).reshape(B, ws, ws, C)
+    if shift:
+        out = torch.roll(out, (shift, shift), (1, 2))
+    return out[:, :H, :W]

@@ -180,25 +180,53 @@ def _small_model(name, dtype):
     return _MODELS[key]
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
-@given(name=st.sampled_from(["litv2_nano", "swin_nano", "semfpn_litv2_nano"]),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
-       b=st.integers(0, 2), h=st.integers(1, 100), w=st.integers(1, 100))
-def test_small_models_give_the_right_shape_or_a_clear_error(name, dtype, b, h, w):
-    """Any batch (0 included), any side from 1 to 100, float32/float64/bfloat16 weights: the output shape the
-    model promises, or a ValueError/TypeError that says what was wrong; never another exception."""
-    model = _small_model(name, dtype)
-    chans = model.pretrained_cfg["input_size"][0]
-    x = torch.randn(b, chans, h, w, dtype=dtype)
-    try:
-        with torch.inference_mode():
-            y = model(x)
-    except (ValueError, TypeError) as e:
-        assert str(e), "an error without a message"
-        return
+SMALL_MODELS = ["litv2_nano", "swin_nano", "semfpn_litv2_nano"]
+
+
+def _min_side(model) -> int:
+    """The smallest image side the model documents: ``min_input_size`` (a segmentor: its backbone's)."""
+    side = getattr(model, "min_input_size", None)
+    return model.backbone.min_input_size if side is None else side
+
+
+def _check_output(name, model, y, b, h, w, dtype):
     if name.startswith("semfpn"):
         assert y.shape == (b, model.decode_head.num_classes, h, w)
     else:
         assert y.shape == (b, model.num_classes)
     assert y.dtype == dtype
     assert bool(torch.isfinite(y.float()).all())
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(name=st.sampled_from(SMALL_MODELS),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+       b=st.integers(0, 2), h=st.integers(1, 100), w=st.integers(1, 100))
+def test_small_models_give_the_right_shape_or_a_clear_error(name, dtype, b, h, w):
+    """Any batch (0 included), any side from 1 to 100, float32/float64/bfloat16 weights: below the model's
+    documented smallest side a ValueError naming the image size; from it up, the output shape the model
+    promises."""
+    model = _small_model(name, dtype)
+    chans = model.pretrained_cfg["input_size"][0]
+    x = torch.randn(b, chans, h, w, dtype=dtype)
+    if min(h, w) < _min_side(model):
+        with pytest.raises(ValueError, match=f"{h}x{w}"), torch.inference_mode():
+            model(x)
+        return
+    with torch.inference_mode():
+        y = model(x)
+    _check_output(name, model, y, b, h, w, dtype)
+
+
+@pytest.mark.parametrize("name", SMALL_MODELS)
+def test_small_models_smallest_side_is_exact(name):
+    """One pixel below ``min_input_size`` along either side is refused; that size itself works."""
+    model = _small_model(name, torch.float32)
+    chans, side = model.pretrained_cfg["input_size"][0], _min_side(model)
+    assert side >= 2, side  # every model here needs more than one pixel
+    for h, w in ((side - 1, side), (side, side - 1)):
+        with pytest.raises(ValueError, match=f"{h}x{w}"), torch.inference_mode():
+            model(torch.randn(1, chans, h, w))
+    with torch.inference_mode():
+        y = model(torch.randn(1, chans, side, side))
+    _check_output(name, model, y, 1, side, side, torch.float32)

@@ -8,6 +8,7 @@ grid_sample deformable conv), run in float64 on odd and non-square sizes.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -314,14 +315,29 @@ def test_param_groups_offset_lr():
 
 
 def test_bfloat16_autocast_close():
+    """bfloat16 autocast against the float64 official-style reference (:func:`ref_stages`). Each block's
+    branch holds about 8 bfloat16 roundings in series (its attention or convolution, as the layer tests
+    count; the token mergings' sampling positions are rounded too), and the roundings of the 5 blocks,
+    3 token mergings and the norms add up along the residual stream: twice one branch's budget, 16 *
+    BF16_EPS (6%) of the scale, bounds the pooled features. The classifier adds up 128 of them with
+    weights of both signs, so its logits are held to the same 16 * BF16_EPS of the size of its terms
+    (:func:`linear_term_scale`)."""
+    from references import BF16_EPS, linear_term_scale
+
     model = _randomize(LITv2(num_classes=3, **TINY)).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = model(x)
-    assert y.dtype in (torch.bfloat16, torch.float32)
-    assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.1
+            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        model64 = copy.deepcopy(model).double()
+        pooled64 = _ln(model64.norm, ref_stages(model64, x.double())[-1][0]).mean(1)
+        ref = model64.head(pooled64)
+    assert y.dtype in (torch.bfloat16, torch.float32) and y.shape == ref.shape
+    err = float((pooled.double() - pooled64).abs().max() / pooled64.abs().max())
+    assert err < 16 * BF16_EPS, err
+    err = float((y.double() - ref).abs().max() / linear_term_scale(model.head, pooled64))
+    assert err < 16 * BF16_EPS, err
 
 
 # ------------------------------------------------------------------------------ checkpoints

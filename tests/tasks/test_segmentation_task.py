@@ -309,7 +309,6 @@ def test_two_processes_match_one(masks, tmp_path):
     """torchrun with 2 processes (Gloo) gives one process's weights and mIoU: the loss is normalised by the labelled
     pixels of the global batch, the augmentation depends on (seed, epoch, index) only, the metric is summed."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -320,17 +319,15 @@ def test_two_processes_match_one(masks, tmp_path):
     one = train(task="segmentation", model=PlainSeg, **opts)
     script = tmp_path / "run_plain.py"
     script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     flags = ["--model", "plain_seg", "--data", str(masks), "--num-classes", "3", "--output", str(tmp_path / "two"),
              "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--crop-size", "16", "--img-scale", "64,16",
              "--amp", "off", "--workers", "0", "--progress", "log", "--predictions", "0", "--seed", "3",
              "--threads", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={port}", str(script), "train", "--task", "segmentation", *flags]
+    # --standalone: the rendezvous binds a free port itself (no port picked beforehand that another process could take)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           str(script), "train", "--task", "segmentation", *flags]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout and proc.stdout.count("epoch 1/1: train loss") == 1

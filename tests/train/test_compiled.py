@@ -3,8 +3,9 @@
 The compiler is replaced by a wrapper that records its calls and advances a fake clock by a known
 time in its first call (the "compilation"), so the schedule (eager steps first, one compilation,
 compiled steps after) and the reported numbers are checked exactly. The last test runs a real
-compiled training (TorchDynamo and AOTAutograd through the ``aot_eager`` backend); inductor's code
-generation is checked in ``tests/test_compile.py``.
+compiled training (TorchDynamo and AOTAutograd through the ``aot_eager`` backend) with the timer on a
+scripted clock, so the summary's timing is exact too; inductor's code generation is checked in
+``tests/test_compile.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ class _Clock:
         return self.now
 
 
+class _ScriptedClock:
+    """A clock read twice per training step (its start, then its end): the ``n``-th step lasts ``durations[n]``."""
+
+    def __init__(self, durations) -> None:
+        self.durations, self.calls, self.now = list(durations), 0, 0.0
+
+    def __call__(self) -> float:
+        if self.calls % 2:
+            self.now += self.durations[self.calls // 2]
+        self.calls += 1
+        return self.now
+
+
 class _FakeCompiled(nn.Module):
     def __init__(self, inner: nn.Module, delay: float, clock: _Clock) -> None:
         super().__init__()
@@ -37,8 +51,10 @@ class _FakeCompiled(nn.Module):
         return self.inner(x)
 
 
-def _run(steps: int, enabled: bool = True, eager_cost: float = 0.02, compiled_cost: float = 0.01,
-         compile_delay: float = 0.2):
+def _run(steps: int, enabled: bool = True, eager_cost: float = 0.015625, compiled_cost: float = 0.0078125,
+         compile_delay: float = 0.25, warmup_cost: float = 0.0):
+    """``steps`` steps of ``nn.Identity`` on the fake clock; the first eager step costs ``warmup_cost`` more.
+    Costs that are multiples of a power of two keep every sum and difference of the clock exact."""
     model = nn.Identity()
     made = []
     clock = _Clock()
@@ -54,6 +70,7 @@ def _run(steps: int, enabled: bool = True, eager_cost: float = 0.02, compiled_co
         used.append(module)
         module(1)
         clock.now += eager_cost if module is model else compiled_cost
+        clock.now += warmup_cost if len(used) == 1 else 0.0
         r = timer.step_done()
         if r is not None:
             reports.append(r)
@@ -69,14 +86,35 @@ def test_eager_steps_first_then_one_compilation():
 
 
 def test_report_separates_compile_time_from_step_time():
-    *_, reports, timer = _run(8, eager_cost=0.03, compiled_cost=0.01, compile_delay=0.25)
+    """On the fake clock every figure is exact: the compiling step less a steady one, the medians of the
+    eager steps after the warm-up and of the compiled steps after the compiling one, their ratio."""
+    *_, reports, timer = _run(8, eager_cost=0.03125, compiled_cost=0.0078125, compile_delay=0.5, warmup_cost=1.0)
     r = reports[0]
-    assert r["compile_seconds"] == pytest.approx(0.25, abs=0.06)
-    assert r["eager_step_ms"] == pytest.approx(30, abs=8)
-    assert r["compiled_step_ms"] == pytest.approx(10, abs=8)
-    assert r["speedup"] > 1.5
-    assert r["steps_timed"] == {"eager": 2, "compiled": 3}
-    assert "compiling took" in CompiledTraining.describe(r)
+    assert r == {"compile_seconds": 0.5, "eager_step_ms": 31.25, "compiled_step_ms": 7.8125, "speedup": 4.0,
+                 "steps_timed": {"eager": 2, "compiled": 3}}
+    assert timer.result() == {**r, "steps_timed": {"eager": 2, "compiled": 4}}  # one more steady step since
+    assert CompiledTraining.describe(r) == ("torch.compile: compiling took 0.5 s; a training step takes 8 ms "
+                                            "compiled vs 31 ms eager (4.00x, medians of 3 and 2 steps)")
+
+
+def test_report_takes_medians_of_uneven_steps():
+    """Steps of different lengths: the median, not the mean or the last, of each kind (warm-up and compiling
+    steps left out)."""
+    clock = _Clock()
+    costs = iter([4.0, 0.5, 0.125, 0.25, 2.0 + 0.0625, 0.0625, 1.0, 0.125, 0.0625])  # 3 eager, compiling, 5 more
+
+    def compile_fn(m):
+        return m  # the same module: the fake clock alone says what each step cost
+
+    timer = CompiledTraining(nn.Identity(), True, eager_steps=4, steady_steps=5, compile_fn=compile_fn, clock=clock)
+    for cost in costs:
+        timer.module_for_step()
+        clock.now += cost
+        timer.step_done()
+    # eager after the warm-up: 0.5, 0.125, 0.25 -> median 0.25; compiled after the compiling step:
+    # 0.0625, 1.0, 0.125, 0.0625 -> median (0.0625 + 0.125) / 2 = 0.09375; compile 2.0625 - 0.09375
+    assert timer.result() == {"compile_seconds": 1.96875, "eager_step_ms": 250.0, "compiled_step_ms": 93.75,
+                              "speedup": 0.25 / 0.09375, "steps_timed": {"eager": 3, "compiled": 4}}
 
 
 def test_too_few_steps_give_no_result_but_say_so():
@@ -125,12 +163,23 @@ def test_train_with_compile_trains_the_same_model(idx_dir, tmp_path, monkeypatch
         return real(module, backend="aot_eager", **kw)
 
     monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
+    # the engine's timer reads a scripted clock: a 1 s warm-up, eager steps of 1/32 s, a compiling step 0.5 s
+    # longer than the steady compiled steps of 1/128 s (powers of two: every figure below is exact)
+    clock = _ScriptedClock([1.0, 0.03125, 0.03125, 0.5 + 0.0078125] + [0.0078125] * 4)
+    real_init = CompiledTraining.__init__
+
+    def init_with_clock(self, module, enabled, *args, **kwargs):
+        real_init(self, module, enabled, *args, **{**kwargs, "clock": clock})
+
+    monkeypatch.setattr(CompiledTraining, "__init__", init_with_clock)
     compiled = train(output=str(tmp_path / "compiled"), compile=True, **opts)
     assert len(calls) == 1
     assert "compile" not in eager
     timing = compiled["compile"]
-    assert timing["steps_timed"] == {"eager": 2, "compiled": 4}  # 8 steps: 3 eager, the compiling one, 4 more
-    assert timing["compile_seconds"] >= 0 and timing["speedup"] > 0
+    # 8 steps: 3 eager, the compiling one, 4 more; each step read the clock twice, nothing else did
+    assert clock.calls == 16
+    assert timing == {"compile_seconds": 0.5, "eager_step_ms": 31.25, "compiled_step_ms": 7.8125, "speedup": 4.0,
+                      "steps_timed": {"eager": 2, "compiled": 4}}
     a = load_file(tmp_path / "eager" / "model.safetensors")
     b = load_file(tmp_path / "compiled" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -12,7 +12,6 @@ parameters drift apart by ~lr per step while every other one agrees.
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -25,12 +24,6 @@ from hilovit.train import train
 
 ARGS = dict(model="litv2_nano", epochs=1, batch_size=16, train_subset=64, eval_subset=16, mixup=0.0, cutmix=0.0,
             drop_path=0.0, amp="off", seed=3, warmup_epochs=0.0, base_lr=0.2, label_smoothing=0.1, optimizer="sgd")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _flags(options: dict) -> list:
@@ -47,8 +40,9 @@ def test_two_processes_match_one(idx_dir, tmp_path):
 
     two = tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+    # --standalone: the rendezvous store binds a free port itself (localhost:0) and the workers share it, so no
+    # port is picked beforehand that another process could take
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            "-m", "hilovit", "train", "--data", str(idx_dir), "--output", str(two), "--no-augment", "--sync-bn",
            "--progress", "log", "--log-interval", "1", *_flags(ARGS)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)

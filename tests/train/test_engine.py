@@ -149,52 +149,86 @@ def test_kill_during_training_leaves_last_epoch_and_resumes(idx_dir, tmp_path, m
 
 
 # ----------------------------------------------------------------------------- bad input
-def _fails_fast(match, **options):
-    t0 = time.perf_counter()
-    with pytest.raises((ValueError, FileNotFoundError), match=match) as err:
-        train(**options)
-    assert time.perf_counter() - t0 < 30
-    return str(err.value)
+class _ModelBuilt(BaseException):
+    """Raised by the patched model builder (a BaseException, so that no ``except Exception`` swallows it)."""
 
 
-def test_unknown_model_lists_choices(idx_dir, tmp_path):
-    msg = _fails_fast("unknown model", **dict(TINY, model="litv2_nanoo"), data=str(idx_dir), output=str(tmp_path / "o"))
+def _refuse_model_builds(monkeypatch) -> None:
+    """Replace the builder of the model to train (``build_model``, wherever the engine takes it from) by one
+    that raises :class:`_ModelBuilt`."""
+    import hilovit.train.engine as engine_mod
+    import hilovit.train.finetune as finetune_mod
+
+    def refuse(*args, **kwargs):
+        raise _ModelBuilt("the model was built")
+
+    for module in (engine_mod, finetune_mod):
+        if hasattr(module, "build_model"):
+            monkeypatch.setattr(module, "build_model", refuse)
+
+
+@pytest.fixture
+def fails_fast(monkeypatch):
+    """``fails_fast(match, **options)``: ``train(**options)`` must raise the error matching ``match`` before the
+    model to train is built. Returns the message."""
+    _refuse_model_builds(monkeypatch)
+
+    def run(match, **options):
+        try:
+            with pytest.raises((ValueError, FileNotFoundError), match=match) as err:
+                train(**options)
+        except _ModelBuilt:
+            pytest.fail(f"the model was built before the error matching {match!r}")
+        return str(err.value)
+
+    return run
+
+
+def test_valid_options_reach_the_refused_builder(idx_dir, tmp_path, monkeypatch):
+    """The check above is live: with good options, training gets as far as the patched builder."""
+    _refuse_model_builds(monkeypatch)
+    with pytest.raises(_ModelBuilt):
+        train(**TINY, data=str(idx_dir), output=str(tmp_path / "o"))
+
+
+def test_unknown_model_lists_choices(idx_dir, tmp_path, fails_fast):
+    msg = fails_fast("unknown model", **dict(TINY, model="litv2_nanoo"), data=str(idx_dir), output=str(tmp_path / "o"))
     assert "litv2_nano" in msg and "swin_nano" in msg
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
-def test_unknown_dataset_lists_choices(tmp_path):
-    msg = _fails_fast("neither a known dataset", **TINY, data="mnist-fashion", output=str(tmp_path / "o"))
+def test_unknown_dataset_lists_choices(tmp_path, fails_fast):
+    msg = fails_fast("neither a known dataset", **TINY, data="mnist-fashion", output=str(tmp_path / "o"))
     assert "fashion-mnist" in msg
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, fails_fast):
     missing = tmp_path / "no-such-folder"
-    msg = _fails_fast("no-such-folder", **TINY, data=str(missing), output=str(tmp_path / "o"))
+    msg = fails_fast("no-such-folder", **TINY, data=str(missing), output=str(tmp_path / "o"))
     assert "folder" in msg
 
 
-def test_batch_larger_than_dataset(idx_dir, tmp_path):
-    _fails_fast(r"batch_size=64 is larger than the training set: 50 images",
+def test_batch_larger_than_dataset(idx_dir, tmp_path, fails_fast):
+    fails_fast(r"batch_size=64 is larger than the training set: 50 images",
                 **dict(TINY, batch_size=64), train_subset=50, data=str(idx_dir), output=str(tmp_path / "o"))
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
-def test_unwritable_output_folder(idx_dir, tmp_path):
+def test_unwritable_output_folder(idx_dir, tmp_path, fails_fast):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    _fails_fast("output folder .* (not writable|not a directory)", **TINY, data=str(idx_dir),
+    fails_fast("output folder .* (not writable|not a directory)", **TINY, data=str(idx_dir),
                 output=str(blocker / "run"))
-    _fails_fast("exists and is not a directory", **TINY, data=str(idx_dir), output=str(blocker))
+    fails_fast("exists and is not a directory", **TINY, data=str(idx_dir), output=str(blocker))
 
 
-def test_existing_run_needs_resume_or_overwrite(idx_dir, tmp_path):
+def test_existing_run_needs_resume_or_overwrite(idx_dir, tmp_path, fails_fast):
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(b"x")
-    _fails_fast("already holds a training run", **TINY, data=str(idx_dir), output=str(out))
-    _fails_fast("not a readable training checkpoint", **TINY, data=str(idx_dir), output=str(out), resume=True)
-    _fails_fast("does not exist", **TINY, data=str(idx_dir), output=str(tmp_path / "empty"), resume=True)
+    fails_fast("already holds a training run", **TINY, data=str(idx_dir), output=str(out))
+    fails_fast("not a readable training checkpoint", **TINY, data=str(idx_dir), output=str(out), resume=True)
+    fails_fast("does not exist", **TINY, data=str(idx_dir), output=str(tmp_path / "empty"), resume=True)
 
 
 def test_bad_options_name_the_flag():

@@ -283,7 +283,6 @@ def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir,
     when the backbone thaws, so two processes still give the weights of one (SGD, synchronised BatchNorm;
     see test_distributed.py for why)."""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -291,13 +290,11 @@ def test_frozen_then_thawed_backbone_under_torchrun_matches_one_process(idx_dir,
                 drop_path=0.0, amp="off", seed=3, warmup_epochs=0.0, base_lr=0.2, optimizer="sgd",
                 freeze_backbone_epochs=1, pretrained=str(weights_file))
     train(data=str(idx_dir), output=str(tmp_path / "one"), augment="none", progress="off", threads=1, **args)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     flags = [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "hilovit", "train", "--data", str(idx_dir),
+    # --standalone: the rendezvous binds a free port itself (no port picked beforehand that another process could take)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+           "-m", "hilovit", "train", "--data", str(idx_dir),
            "--output", str(tmp_path / "two"), "--no-augment", "--sync-bn", "--progress", "log", *flags]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=220)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

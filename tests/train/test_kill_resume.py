@@ -1,16 +1,21 @@
-"""A training process killed with SIGKILL at random moments, then resumed, ends with the weights of a run never killed.
+"""A training process killed with SIGKILL at chosen moments, then resumed, ends with the weights of a run never killed.
 
-The kills land anywhere: in a training step, in the evaluation, in the checkpoint write. Each
-time, ``last.pt`` must still load (the write is atomic), ``--resume`` must continue from it, and
-the final weights, EMA weights and per-epoch losses must equal, bit for bit, those of an
-uninterrupted run; no temporary file may be left in the output folder.
+The moments are read from the process itself: its log (``--log-interval 1`` prints every step) and
+its output folder. Three kills, each a different case:
 
-The moments are drawn from a random seed printed on failure; set ``HILOVIT_KILL_SEED`` to replay one.
+1. at step 2 of epoch 1, before any checkpoint exists: the next start is a new run;
+2. the moment ``last.pt`` of epoch 1 appears (before ``metrics.csv`` and ``curves.png`` follow it);
+3. at step 2 of epoch 2 of the resumed run, ``last.pt`` still holding epoch 1.
+
+Each kill must have landed before the run finished (exit code -9, no ``summary.json``), leaving the
+checkpoint of the epoch expected at that moment, loadable (the write is atomic). A temporary file as a
+kill in the middle of a write leaves it is then planted; ``--resume`` must remove it and continue, and
+the final weights, EMA weights and per-epoch losses must equal, bit for bit, those of an uninterrupted
+run with the same seed.
 """
 
 import csv
 import os
-import random
 import select
 import signal
 import subprocess
@@ -23,69 +28,87 @@ import torch
 from safetensors.torch import load_file
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-FLAGS = ["--model", "litv2_nano", "--epochs", "2", "--batch-size", "16", "--train-subset", "48", "--eval-subset", "16",
-         "--threads", "1", "--amp", "off", "--progress", "log", "--log-interval", "1", "--seed", "5", "--mixup", "0.2",
-         "--cutmix", "0.2", "--model-ema", "--model-ema-decay", "0.9", "--warmup-epochs", "0.5", "--base-lr", "4e-3"]
-MAX_KILLS = 2
+STEPS = 6  # per epoch: 96 training images in batches of 16, so a kill at step 2 is 4 steps from the checkpoint
+FLAGS = ["--model", "litv2_nano", "--epochs", "2", "--batch-size", "16", "--train-subset", str(16 * STEPS),
+         "--eval-subset", "16", "--threads", "1", "--amp", "off", "--progress", "log", "--log-interval", "1",
+         "--seed", "5", "--mixup", "0.2", "--cutmix", "0.2", "--model-ema", "--model-ema-decay", "0.9",
+         "--warmup-epochs", "0.5", "--base-lr", "4e-3"]
+TIMEOUT = 120.0  # seconds one process may take to reach its kill point (a few seconds when the machine is idle)
 
 
 def _start(data: Path, out: Path, resume: bool) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "hilovit", "train", "--data", str(data), "--output", str(out), *FLAGS]
     cmd += ["--resume"] if resume else []
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
 
 
-def _wait_for_steps(proc: subprocess.Popen, steps: int, deadline: float) -> str:
-    """Read the process's output until it has logged ``steps`` training steps or ended; returns what it printed."""
-    seen, text = 0, []
-    while seen < steps and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if not ready:
-            continue
-        line = proc.stdout.readline()
-        if not line:  # the process ended
-            break
-        text.append(line)
-        seen += "  step " in line
-    return "".join(text)
+def _kill_when(proc: subprocess.Popen, reached, what: str) -> str:
+    """Read ``proc``'s output unbuffered; SIGKILL it as soon as ``reached(output so far)`` is true.
+
+    Fails the test when the process ends first or does not get there within :data:`TIMEOUT` seconds.
+    Returns the output up to the kill.
+    """
+    fd, text = proc.stdout.fileno(), b""
+    deadline = time.monotonic() + TIMEOUT
+    while not reached(text.decode(errors="replace")):
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"timed out after {TIMEOUT:.0f} s waiting for {what}:\n{text.decode(errors='replace')[-3000:]}")
+        if select.select([fd], [], [], 0.005)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                proc.wait()
+                pytest.fail(f"the run ended (exit code {proc.returncode}) before {what}:\n"
+                            f"{text.decode(errors='replace')[-3000:]}")
+            text += chunk
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return text.decode(errors="replace") + f"--- SIGKILL at {what}\n"
+
+
+def _step(epoch: int, step: int):
+    return lambda text: f"epoch {epoch}/2  step {step}/{STEPS} " in text
+
+
+def _check_killed(proc: subprocess.Popen, out: Path, epoch_on_disk, log: str) -> None:
+    """The kill landed before the run finished, and left the checkpoint of ``epoch_on_disk`` (None: none)."""
+    assert proc.returncode == -signal.SIGKILL, f"exit code {proc.returncode}, not killed:\n{log[-3000:]}"
+    assert not (out / "summary.json").exists() and not (out / "model.safetensors").exists(), log[-3000:]
+    if epoch_on_disk is None:
+        assert not (out / "last.pt").exists(), log[-3000:]
+    else:
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)  # whole, whatever the moment
+        assert state["epoch"] == epoch_on_disk and state["step"] == epoch_on_disk * STEPS, log[-3000:]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sigkill_at_random_moments_then_resume_gives_the_same_bits(idx_dir, tmp_path):
-    seed = int(os.environ.get("HILOVIT_KILL_SEED", int.from_bytes(os.urandom(4), "little")))
-    rng = random.Random(seed)
+def test_sigkill_at_chosen_steps_then_resume_gives_the_same_bits(idx_dir, tmp_path):
     straight = _start(idx_dir, tmp_path / "straight", resume=False)  # runs beside the killed one
-
     out = tmp_path / "killed"
-    deadline = time.monotonic() + 200
-    log, kills, dead_pid = [], 0, None
-    while kills < MAX_KILLS and time.monotonic() < deadline:
-        proc = _start(idx_dir, out, resume=(out / "last.pt").exists())
-        steps = rng.randint(1, 4)  # of the 6 steps (2 epochs of 3)
-        delay = rng.uniform(0.0, 0.5)
-        log.append(_wait_for_steps(proc, steps, deadline))
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-            dead_pid = proc.pid
-            log.append(f"--- killed after {steps} steps + {delay:.2f} s\n")
-        proc.communicate(timeout=60)
-        if (out / "last.pt").exists():  # whatever the moment, the checkpoint on disk is whole
-            state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-            assert 1 <= state["epoch"] <= 2, f"seed {seed}"
-        if (out / "summary.json").exists():
-            break
-    context = f"seed {seed}:\n" + "".join(log)[-4000:]
-    if dead_pid is not None:  # what a kill during a write leaves behind, whether or not this run's kills did
-        (out / f".last.pt.tmp-{dead_pid}").write_bytes(b"partial")
+    log = []
 
-    final = _start(idx_dir, out, resume=(out / "last.pt").exists())
-    final_out, _ = final.communicate(timeout=240)
+    proc = _start(idx_dir, out, resume=False)
+    log.append(_kill_when(proc, _step(1, 2), "epoch 1, step 2"))
+    _check_killed(proc, out, None, "".join(log))
+
+    proc = _start(idx_dir, out, resume=False)  # nothing to resume: a new run
+    log.append(_kill_when(proc, lambda _: (out / "last.pt").exists(), "the first last.pt"))
+    _check_killed(proc, out, 1, "".join(log))
+
+    proc = _start(idx_dir, out, resume=True)
+    log.append(_kill_when(proc, _step(2, 2), "epoch 2, step 2 of the resumed run"))
+    _check_killed(proc, out, 1, "".join(log))
+    context = "".join(log)[-4000:]
+    assert "resuming at epoch 2 of 2" in context, context
+    (out / f".last.pt.tmp-{proc.pid}").write_bytes(b"partial")  # what a kill during the write leaves behind
+
+    final = _start(idx_dir, out, resume=True)
+    final_out = final.communicate(timeout=TIMEOUT)[0].decode(errors="replace")
     assert final.returncode == 0, context + final_out[-3000:]
-    straight_out, _ = straight.communicate(timeout=240)
+    straight_out = straight.communicate(timeout=TIMEOUT)[0].decode(errors="replace")
     assert straight.returncode == 0, straight_out[-3000:]
 
     for name in ("model.safetensors", "model_ema.safetensors"):
