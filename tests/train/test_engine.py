@@ -154,17 +154,15 @@ class _ModelBuilt(BaseException):
 
 
 def _refuse_model_builds(monkeypatch) -> None:
-    """Replace the builder of the model to train (``build_model``, wherever the engine takes it from) by one
+    """Replace the builder of the model to train (the task's ``build_model``, which the engine calls) by one
     that raises :class:`_ModelBuilt`."""
-    import hilovit.train.engine as engine_mod
-    import hilovit.train.finetune as finetune_mod
+    from hilovit.tasks import TASK_NAMES, get_task
 
     def refuse(*args, **kwargs):
         raise _ModelBuilt("the model was built")
 
-    for module in (engine_mod, finetune_mod):
-        if hasattr(module, "build_model"):
-            monkeypatch.setattr(module, "build_model", refuse)
+    for name in TASK_NAMES:
+        monkeypatch.setattr(type(get_task(name)), "build_model", refuse)
 
 
 @pytest.fixture
