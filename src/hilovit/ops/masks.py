@@ -65,6 +65,8 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_shape: Sequence[int],
     if N == 0:
         return out
     boxes = boxes.to(device=device, dtype=torch.float32)
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes must be finite; got NaN or infinite coordinates")
     x1, y1, x2, y2 = boxes.unbind(1)
     x0i = (x1.floor() - 1).clamp(min=0).long()  # the window, as _do_paste_mask with one box
     y0i = (y1.floor() - 1).clamp(min=0).long()
@@ -166,8 +168,9 @@ def rle_to_mask(rle: Union[Dict[str, Any], Sequence[Dict[str, Any]]]) -> np.ndar
     items = [rle] if single else list(rle)
     if not all(isinstance(r, dict) and "size" in r and "counts" in r for r in items):
         raise ValueError("rle must be a dict with 'size' and 'counts' or a list of them")
-    mask_util = _mask_util()
-    coded = [{"size": list(r["size"]), "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str)
-              else r["counts"]} for r in items]
-    masks = [mask_util.decode(r).astype(bool) for r in coded]
-    return masks[0] if single else np.stack(masks) if masks else np.zeros((0, 0, 0), dtype=bool)
+    coded = [{"size": [int(v) for v in r["size"]],
+              "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in items]
+    if not coded:
+        return np.zeros((0, 0, 0), dtype=bool)
+    masks = _mask_util().decode(coded).astype(bool).transpose(2, 0, 1)  # (H, W, N) -> (N, H, W)
+    return masks[0] if single else np.ascontiguousarray(masks)

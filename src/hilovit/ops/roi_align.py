@@ -139,7 +139,7 @@ def roi_align(
     in_dtype = features.dtype
     cdtype = torch.float64 if in_dtype == torch.float64 else torch.float32
     feats = features.to(cdtype)
-    rois = rois.to(cdtype)
+    rois = rois.detach().to(cdtype)  # as mmcv: no gradient to the RoI coordinates
     _check_rois(rois, features.shape[0], scale, aligned)
     if rois.shape[0] == 0:
         return features.new_zeros((0, features.shape[1], ph, pw))

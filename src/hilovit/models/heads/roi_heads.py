@@ -330,6 +330,8 @@ class FCNMaskHead(nn.Module):
         if bboxes.shape != (N, 4) or labels.shape != (N,):
             raise ValueError(f"bboxes must be ({N}, 4) and labels ({N},), got {tuple(bboxes.shape)} and "
                              f"{tuple(labels.shape)}")
+        if len(scale_factor) != 2 or not all(float(v) > 0 for v in scale_factor):
+            raise ValueError(f"scale_factor must be (w_scale, h_scale) > 0, got {scale_factor!r}")
         sf = bboxes.new_tensor([float(v) for v in scale_factor]).repeat(2)
         if rescale:
             H, W = int(ori_shape[0]), int(ori_shape[1])
