@@ -203,3 +203,78 @@ def ref_window_attention(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     if shift:
         out = torch.roll(out, (shift, shift), (1, 2))
     return out[:, :H, :W]
+
+def ref_roi_align(features, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True,
+                  pool_mode="avg", dtype=None):
+    """Scalar transcription of mmcv 2.1's CPU ``ROIAlignForward<T>`` (``pre_calc_for_bilinear_interpolate``
+    and the per-channel accumulation), with NumPy scalars of ``dtype`` (default: the features' dtype) so
+    every operation rounds as the C++ ``T`` arithmetic does. ``features`` (B, C, H, W), ``rois`` (K, 5);
+    returns a float64 tensor (K, C, pooled_h, pooled_w) holding the ``T`` results."""
+    import math
+
+    import numpy as np
+
+    T = np.dtype(dtype or np.dtype(str(features.dtype).replace("torch.", ""))).type
+    X = features.detach().cpu().numpy().astype(T)
+    R = rois.detach().cpu().numpy().astype(T)
+    B, C, H, W = X.shape
+    PH, PW = (output_size, output_size) if isinstance(output_size, int) else output_size
+    scale = T(np.float32(spatial_scale))  # the launcher's `float spatial_scale`
+    out = np.zeros((R.shape[0], C, PH, PW), dtype=np.float64)
+    for n in range(R.shape[0]):
+        b = int(R[n, 0])
+        offset = T(0.5) if aligned else T(0.0)
+        start_w, start_h = R[n, 1] * scale - offset, R[n, 2] * scale - offset
+        end_w, end_h = R[n, 3] * scale - offset, R[n, 4] * scale - offset
+        roi_w, roi_h = end_w - start_w, end_h - start_h
+        if aligned:
+            assert roi_w >= 0 and roi_h >= 0
+        else:
+            roi_w, roi_h = max(roi_w, T(1.0)), max(roi_h, T(1.0))
+        bin_h, bin_w = roi_h / T(PH), roi_w / T(PW)
+        gh = sampling_ratio if sampling_ratio > 0 else int(math.ceil(np.float32(roi_h / PH)))  # ceilf
+        gw = sampling_ratio if sampling_ratio > 0 else int(math.ceil(np.float32(roi_w / PW)))
+        count = T(max(gh * gw, 1))
+        pre = []  # (pos1..pos4, w1..w4) per (ph, pw, iy, ix), as pre_calc
+        for ph in range(PH):
+            for pw in range(PW):
+                for iy in range(gh):
+                    yy = start_h + T(ph) * bin_h + T(iy + 0.5) * bin_h / T(gh)
+                    for ix in range(gw):
+                        xx = start_w + T(pw) * bin_w + T(ix + 0.5) * bin_w / T(gw)
+                        y, x = yy, xx
+                        if y < -1.0 or y > H or x < -1.0 or x > W:
+                            pre.append((0, 0, 0, 0, T(0), T(0), T(0), T(0)))
+                            continue
+                        y = T(0) if y <= 0 else y
+                        x = T(0) if x <= 0 else x
+                        y_low, x_low = int(y), int(x)
+                        if y_low >= H - 1:
+                            y_high = y_low = H - 1
+                            y = T(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= W - 1:
+                            x_high = x_low = W - 1
+                            x = T(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly, lx = y - T(y_low), x - T(x_low)
+                        hy, hx = T(1.0 - float(ly)), T(1.0 - float(lx))  # `1. - ly`: double, then T
+                        pre.append((y_low * W + x_low, y_low * W + x_high, y_high * W + x_low, y_high * W + x_high,
+                                    hy * hx, hy * lx, ly * hx, ly * lx))
+        for c in range(C):
+            img = X[b, c].reshape(-1)
+            k = 0
+            for ph in range(PH):
+                for pw in range(PW):
+                    acc, maxval = T(0.0), T(-10000.0)
+                    for _ in range(gh * gw):
+                        p1, p2, p3, p4, w1, w2, w3, w4 = pre[k]
+                        val = w1 * img[p1] + w2 * img[p2] + w3 * img[p3] + w4 * img[p4]
+                        if val > maxval:
+                            maxval = val
+                        acc = acc + val
+                        k += 1
+                    out[n, c, ph, pw] = maxval if pool_mode == "max" else acc / count
+    return torch.from_numpy(out)
