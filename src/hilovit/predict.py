@@ -3,8 +3,8 @@
 Images are decoded with Pillow in any mode (grey, RGBA, palette, 16-bit ...), made RGB (or grey
 for ``in_chans=1`` models; transparency composited on white) and prepared as the model's
 ``pretrained_cfg`` says, the way timm evaluates: resize to ``input_size / crop_pct`` (the shorter
-side, for square inputs) with its ``interpolation``, centre crop to ``input_size``, scale to
-[0, 1], normalise with ``mean``/``std``.
+side, for square inputs, or both sides with ``crop_mode='squash'``) with its ``interpolation``,
+centre crop to ``input_size``, scale to [0, 1], normalise with ``mean``/``std``.
 
 A checkpoint sizes the model it is loaded into: the number of classes comes from its classifier,
 the image channels from its first convolution, and what the training engine stored beside the
@@ -182,20 +182,24 @@ def _cfg_value(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
 def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     """A PIL image -> the normalised ``(C, H, W)`` float tensor that ``cfg`` (a ``pretrained_cfg``) asks for.
 
-    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (for a square input size the
-    shorter side, keeping the aspect ratio; else both sides) with ``cfg['interpolation']``, centre
-    crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
+    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (``cfg['crop_mode']``
+    ``'center'``, the default, with a square input size: the shorter side, keeping the aspect
+    ratio; ``'squash'`` or a non-square input size: both sides) with ``cfg['interpolation']``,
+    centre crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
     """
-    from hilovit.data.folders import resize_center_crop
+    from hilovit.data.folders import CROP_MODES, resize_center_crop
 
     C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
     crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
+    crop_mode = _cfg_value(cfg, "crop_mode", "center")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"pretrained_cfg['crop_mode'] = {crop_mode!r}; expected one of {', '.join(CROP_MODES)}")
     interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
     if interp not in _RESAMPLE:
         raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
-    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp)
+    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp, crop_mode)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr.copy())
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
