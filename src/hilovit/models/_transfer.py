@@ -81,13 +81,12 @@ def download_max_bytes() -> int:
     return int(_env_number(MAX_BYTES_VARIABLE, DEFAULT_MAX_BYTES, int))
 
 
-
 def fetch_hint(url: str, dest: Path) -> str:
+    """The ``curl`` command that puts ``url`` at ``dest`` by hand, for an error message."""
     return (
         f"Fetch it by hand:\n    curl -fL --create-dirs -o {shlex.quote(str(dest))} {shlex.quote(url)}\n"
         f"then run again (the cached file is used), or pass the file itself: pretrained={str(dest)!r}"
     )
-
 
 
 # --------------------------------------------------------------------------- partial files
@@ -104,6 +103,7 @@ def _pid_running(pid: int) -> bool:
 
 
 def partial_path(dest: Path) -> Path:
+    """A new partial file name beside ``dest``: ``.<name>.<host>.<pid>-<random>.partial``."""
     return dest.with_name(f".{dest.name}.{_HOST}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
 
 

@@ -100,7 +100,6 @@ def is_url(text: str) -> bool:
     return isinstance(text, str) and text.split("://", 1)[0].lower() in ("http", "https") and "://" in text
 
 
-
 def cache_dir() -> Path:
     """Where downloaded weights live: ``<torch.hub.get_dir()>/checkpoints`` (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -185,7 +184,6 @@ def verify_cached(path: Union[str, os.PathLike], sha256: Optional[str] = None) -
     path = Path(path)
     record = _record_path(path)
     digest = file_sha256(path)
-    recorded = None
     if record.is_file():
         text = record.read_text(encoding="utf-8", errors="replace").split()
         recorded = text[0].lower() if text else ""
@@ -245,8 +243,8 @@ def download(
         try:
             _, ctype = transfer(url, tmp, dest, timeout, sys.stderr.isatty() if progress is None else progress)
         except urllib.error.HTTPError as e:
-            raise DownloadError(f"HTTP {e.code} ({e.reason}) for {url}: the server has no such file. "
-                                + fetch_hint(url, dest)) from None
+            why = "the server has no such file" if e.code in (404, 410) else "the server refused it"
+            raise DownloadError(f"HTTP {e.code} ({e.reason}) for {url}: {why}. " + fetch_hint(url, dest)) from None
         except (TimeoutError, socket.timeout) as e:
             raise DownloadError(f"{url} did not answer within {timeout:g} s ({TIMEOUT_VARIABLE}={timeout:g}): {e}. "
                                 + fetch_hint(url, dest)) from None
