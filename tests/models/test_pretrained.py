@@ -6,10 +6,8 @@ from the official fixtures; ``TORCH_HOME`` points into ``tmp_path``.
 """
 
 import hashlib
-import http.server
 import json
 import socket
-import threading
 import warnings
 
 import pytest
@@ -17,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from file_server import FileServer
 from hilovit import create_model
 from hilovit.cli import main
 from hilovit.models import LITv2Backbone
-from hilovit.models.hub import DownloadError, cache_dir
+from hilovit.models.hub import DownloadError, cache_dir, cached_path
 from hilovit.models.pretrained import _TABLE, get_pretrained, list_pretrained, load_pretrained
 from hilovit.models.registry import resolve_name
 
@@ -30,74 +29,6 @@ DET = "litv2det_e16_70x102_a0.9_ws0042"
 
 
 # --------------------------------------------------------------------------- a local file server
-class FileServer:
-    """Serves ``files[path] = bytes`` on 127.0.0.1; ``mode[path]`` = 'cut' (announces the whole
-    length, sends half, closes) or 'cut-nohead' (the same, and refuses HEAD). Paths under
-    ``/<org>/<name>/resolve/`` answer as the Hugging Face hub does."""
-
-    def __init__(self):
-        self.files, self.mode, self.requests = {}, {}, []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            timeout = 10  # a stuck client cannot hold the server past this
-
-            def log_message(self, *args):
-                pass
-
-            def _answer(self, body_too: bool):
-                server.requests.append((self.command, self.path))
-                path = self.path.split("?")[0]
-                data, mode = server.files.get(path), server.mode.get(path)
-                hf = "/resolve/" in path
-                if data is None:
-                    self.send_response(404)
-                    if hf:
-                        self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if not body_too and mode == "cut-nohead":
-                    self.send_response(405)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                if hf:
-                    self.send_header("X-Repo-Commit", "0" * 40)
-                    self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
-                self.end_headers()
-                if body_too:
-                    self.wfile.write(data[: len(data) // 2] if mode else data)
-                    self.wfile.flush()
-                    if mode:
-                        self.close_connection = True
-
-            def do_GET(self):
-                self._answer(True)
-
-            def do_HEAD(self):
-                self._answer(False)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.running = True
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def stop(self):
-        if self.running:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join(timeout=5)
-            self.running = False
-
-
 @pytest.fixture
 def server():
     srv = FileServer()
@@ -148,6 +79,12 @@ def _cache_files():
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
+def _cached_name(url, name=None):
+    """The cache name written here from the URL alone: ``<stem>-<8 hex of sha256(url)><ext>``."""
+    stem, _, ext = (name or url.rsplit("/", 1)[1]).rpartition(".")
+    return f"{stem}-{hashlib.sha256(url.encode()).hexdigest()[:8]}.{ext}"
+
+
 # --------------------------------------------------------------------------- downloads and the cache
 def test_download_gives_the_file_and_the_official_outputs(lit, torch_home):
     ctor, sd, io, data, url = lit
@@ -155,10 +92,14 @@ def test_download_gives_the_file_and_the_official_outputs(lit, torch_home):
     _assert_equal_weights(model, sd)
     with torch.no_grad():
         torch.testing.assert_close(model(io["input"]), io["logits"], atol=1e-4, rtol=1e-4)
-    assert _cache_files() == ["litv2_s.pth"]  # nothing else (no temporary file) left beside it
-    assert (torch_home / "hub" / "checkpoints" / "litv2_s.pth").read_bytes() == data
+    name = _cached_name(url)
+    # nothing else (no partial file) beside the file and its hash record
+    assert _cache_files() == [name, name + ".sha256"]
+    assert (torch_home / "hub" / "checkpoints" / name).read_bytes() == data
+    digest = hashlib.sha256(data).hexdigest()
+    assert (cache_dir() / (name + ".sha256")).read_text() == f"{digest}  {name}\n"  # sha256sum's format
     weights = model.pretrained_cfg["weights"]
-    assert weights["source"] == url and weights["sha256"] == hashlib.sha256(data).hexdigest()
+    assert weights["source"] == url and weights["sha256"] == digest
 
 
 def test_cache_is_reused_without_the_network(lit, server):
@@ -168,6 +109,57 @@ def test_cache_is_reused_without_the_network(lit, server):
     server.stop()
     again = create_model("litv2_s", pretrained=True, pretrained_cfg_overlay=dict(url=url), **ctor)
     _assert_equal_weights(again, sd)
+
+
+def test_equal_file_names_from_other_urls_are_other_cache_entries(fixtures_dir, tmp_path, server):
+    ctor, sd, _ = _fixture(fixtures_dir, LIT)
+    sd2 = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}  # "v2" of the same file name
+    server.files["/v1/w.pth"] = _official_pth(tmp_path, sd, "v1.pth")
+    server.files["/v2/w.pth"] = _official_pth(tmp_path, sd2, "v2.pth")
+    first = create_model("litv2_s", pretrained=server.url("/v1/w.pth"), **ctor)
+    second = create_model("litv2_s", pretrained=server.url("/v2/w.pth"), **ctor)
+    _assert_equal_weights(first, sd)
+    _assert_equal_weights(second, sd2)  # not the v1 file cached under the same name
+    assert [m for m, _ in server.requests].count("GET") == 2
+    names = [_cached_name(server.url(f"/v{i}/w.pth")) for i in (1, 2)]
+    assert names[0] != names[1] and _cache_files() == sorted(names + [n + ".sha256" for n in names])
+
+
+def test_a_cached_file_changed_on_disk_is_refused_with_both_hashes(lit, server):
+    ctor, sd, _, data, url = lit
+    create_model("litv2_s", pretrained=url, **ctor)
+    server.stop()  # from here on the cache alone
+    path = cache_dir() / _cached_name(url)
+    good = hashlib.sha256(data).hexdigest()
+    for changed in (data[:-10], data[:100] + bytes([data[100] ^ 1]) + data[101:]):  # cut short; one bit flipped
+        path.write_bytes(changed)
+        with pytest.raises(DownloadError, match="changed since it was downloaded") as err:
+            create_model("litv2_s", pretrained=url, **ctor)
+        msg = str(err.value)
+        assert good in msg and hashlib.sha256(changed).hexdigest() in msg
+        assert f"rm -f {path} {path}.sha256" in msg
+    path.write_bytes(data)  # restored: loads again
+    _assert_equal_weights(create_model("litv2_s", pretrained=url, **ctor), sd)
+    # a hash given by the caller is checked against the cached file too
+    with pytest.raises(DownloadError, match=f"SHA-256 mismatch for the cached file.*expected {'1' * 64}, got {good}"):
+        create_model("litv2_s", pretrained=url, pretrained_cfg_overlay=dict(sha256="1" * 64), **ctor)
+    (cache_dir() / (path.name + ".sha256")).write_text("not a hash\n")
+    with pytest.raises(DownloadError, match="hash record .* is unreadable"):
+        create_model("litv2_s", pretrained=url, **ctor)
+
+
+def test_a_file_put_in_the_cache_by_hand_is_checked_against_the_callers_hash(lit, server):
+    ctor, sd, _, data, url = lit
+    server.stop()
+    path = cached_path(url)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)  # what the curl command of the error message does
+    good = hashlib.sha256(data).hexdigest()
+    _assert_equal_weights(create_model("litv2_s", pretrained=url, pretrained_cfg_overlay=dict(sha256=good),
+                                       **ctor), sd)
+    assert _cache_files() == [path.name]  # no record is invented for a file that was not downloaded
+    with pytest.raises(DownloadError, match=f"expected {'2' * 64}, got {good}"):
+        create_model("litv2_s", pretrained=url, pretrained_cfg_overlay=dict(sha256="2" * 64), **ctor)
 
 
 @pytest.mark.parametrize("mode", ["cut", "cut-nohead"])
@@ -180,13 +172,13 @@ def test_interrupted_transfer_leaves_no_cached_file(lit, server, mode):
     assert _cache_files() == []
     del server.mode["/v1.0/litv2_s.pth"]  # the server recovers: the next call downloads the whole file
     create_model("litv2_s", pretrained=True, pretrained_cfg_overlay=dict(url=url), **ctor)
-    assert _cache_files() == ["litv2_s.pth"]
+    assert _cache_files() == [_cached_name(url), _cached_name(url) + ".sha256"]
 
 
 def test_a_cut_file_is_recognised_when_the_server_does_not_announce_its_length(tmp_path):
     from safetensors.torch import save_file
 
-    from hilovit.models.hub import _check_whole
+    from hilovit.models._transfer import check_whole as _check_whole
 
     save_file({"a": torch.randn(100), "b": torch.randn(7)}, str(tmp_path / "w.safetensors"))
     torch.save({"model": {"a": torch.randn(100)}}, tmp_path / "w.pth")
@@ -224,7 +216,8 @@ def test_offline_never_downloads_and_says_how_to_fetch(lit, server, monkeypatch,
     monkeypatch.setenv(var, "1")
     with pytest.raises(DownloadError) as err:
         create_model("litv2_s", pretrained=True, pretrained_cfg_overlay=dict(url=url), **ctor)
-    target = cache_dir() / "litv2_s.pth"
+    target = cache_dir() / _cached_name(url)
+    assert cached_path(url) == target
     msg = str(err.value)
     assert f"{var}=1" in msg and f"curl -fL --create-dirs -o {target} {url}" in msg and f"pretrained='{target}'" in msg
     assert server.requests == []
@@ -251,9 +244,11 @@ def test_no_network_is_a_clear_error():
 def test_alpha_picks_the_matching_release_file(fixtures_dir, tmp_path, monkeypatch):
     ctor, sd, _ = _fixture(fixtures_dir, LIT)  # trained (here: drawn) with alpha 0.5
     entry = get_pretrained("litv2_s", model_kwargs={"alpha": 0.5})
-    assert entry.name == "litv2_s.alpha_0_5" and entry.url.endswith("/v1.1/alpha_0_5.pth")
+    assert entry.name == "litv2_s.alpha_0_5" and entry.url.endswith("/v1.1/alpha_0.5.pth")
+    # the entry's file_name keeps working: the URL's hash is added to it
+    assert entry.cache_path == str(cache_dir() / _cached_name(entry.url, "litv2_s-alpha_0_5.pth"))
     (cache_dir()).mkdir(parents=True)
-    (cache_dir() / "litv2_s-alpha_0_5.pth").write_bytes(_official_pth(tmp_path, sd))
+    (cache_dir() / _cached_name(entry.url, "litv2_s-alpha_0_5.pth")).write_bytes(_official_pth(tmp_path, sd))
     monkeypatch.setenv("HILOVIT_OFFLINE", "1")
     model = create_model("litv2_s", pretrained=True, **ctor)
     _assert_equal_weights(model, sd)
@@ -376,7 +371,7 @@ def test_timm_names_resolve_to_our_names_and_tags():
     assert m.num_classes == 21841 and m.window_size == 12 and m.img_size == (384, 384)
     assert m.pretrained_cfg["url"].endswith("/v1.0.0/swin_base_patch4_window12_384_22k.pth")
     assert m.pretrained_cfg["crop_pct"] == 1.0 and m.pretrained_cfg["top1"] is None
-    assert a.pretrained_cfg["url"].endswith("/v1.1/alpha_0_2.pth") and a.layers[2].blocks[0].attn.l_heads == 2
+    assert a.pretrained_cfg["url"].endswith("/v1.1/alpha_0.2.pth") and a.layers[2].blocks[0].attn.l_heads == 2
     assert len([n for n in list_pretrained("litv2_s.alpha_*")]) == 7
     with pytest.raises(ValueError, match="unknown pretrained tag 'in21k'.*swin_t.ms_in1k"):
         create_model("swin_t.in21k")
@@ -391,12 +386,13 @@ def test_table_agrees_with_the_models_and_the_official_release_layout():
         for w in tags.values():
             assert tuple(w.input_size[1:]) == tuple(net.img_size), w.name
             assert w.crop_pct == (1.0 if w.input_size[1] >= 384 else 0.875), w.name
+            assert w.crop_mode == ("squash" if w.input_size[1] >= 384 else "center"), w.name
             assert (w.num_classes == 21841) == (w.tag == "ms_in22k") == (w.top1 is None and model.startswith("swin"))
             family = "ziplab/LITv2/releases/download/v1." if model.startswith("litv2") else "SwinTransformer/storage/"
             assert w.url.startswith("https://github.com/" + family) and w.url.endswith(".pth"), w.name
     assert {w.url.rsplit("/", 1)[1] for w in _TABLE["litv2_s"].values()} == {
-        "litv2_s.pth", "alpha_0.pth", "alpha_0_2.pth", "alpha_0_4.pth", "alpha_0_5.pth", "alpha_0_7.pth",
-        "alpha_0_9.pth", "alpha_1.pth"}
+        "litv2_s.pth", "alpha_0.pth", "alpha_0.2.pth", "alpha_0.4.pth", "alpha_0.5.pth", "alpha_0.7.pth",
+        "alpha_0.9.pth", "alpha_1.pth"}
 
 
 def test_pretrained_false_builds_random_weights_and_bad_values_are_named(tmp_path):
@@ -427,7 +423,8 @@ def test_models_command_lists_params_flops_top1_source_and_cache(fixtures_dir, c
     assert abs(float(row[2]) - official["flops"] / 1e9) < 0.01 * official["flops"] / 1e9
     assert row[3:] == ["3x224x224", "82.00", "https://github.com/ziplab/LITv2/releases/download/v1.0/litv2_s.pth", "no"]
     cache_dir().mkdir(parents=True)
-    (cache_dir() / "litv2_s.pth").write_bytes(b"x")
+    cached = get_pretrained("litv2_s").cache_path
+    open(cached, "wb").write(b"x")
     assert main(["models", "litv2_s"]) == 0
     assert capsys.readouterr().out.splitlines()[2].rstrip(" |").endswith("yes")
     assert main(["models", "--pretrained", "swin_tiny*"]) == 0
@@ -436,7 +433,7 @@ def test_models_command_lists_params_flops_top1_source_and_cache(fixtures_dir, c
     assert "timm/swin_tiny_patch4_window7_224.ms_in22k_ft_in1k" in out[1] and "80.90" in out[1]
     monkeypatch.setenv("HILOVIT_OFFLINE", "1")
     assert main(["models", "litv2_s", "--download"]) == 0  # cached: no network needed
-    assert capsys.readouterr().out.splitlines()[-1] == f"litv2_s: {cache_dir() / 'litv2_s.pth'}"
+    assert capsys.readouterr().out.splitlines()[-1] == f"litv2_s: {cached}"
     assert main(["models", "litv2_m", "--download"]) == 1
     assert "curl -fL" in capsys.readouterr().err
     assert main(["models", "nothing*"]) == 1

@@ -57,7 +57,7 @@ def test_eval_pretrained_on_a_val_folder(official_file, val_dir, tmp_path, capsy
     assert r["top1"] == pytest.approx(100 * 2 / 6) and r["top5"] == pytest.approx(100 * 4 / 6)
     assert r["per_class"]["tench"] == 0.0 and r["per_class"]["toilet tissue"] == 100.0
     assert r["per_class"]["goldfish"] == 0.0 and r["per_class"]["golden retriever"] is None
-    assert r["preprocessing"] == {"img_size": 32, "crop_pct": 0.875, "interpolation": "bicubic",
+    assert r["preprocessing"] == {"img_size": 32, "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
                                   "mean": pytest.approx([0.5] * 3), "std": pytest.approx([0.5] * 3)}
     assert r["confusion"] is None  # 1000 x 1000: neither stored nor drawn
     written = json.loads((tmp_path / "out" / "eval.json").read_text())
@@ -94,7 +94,7 @@ def test_official_weights_offline_is_one_clear_error(val_dir, tmp_path, monkeypa
     assert rc == 2 and "releases/download/v1.0/litv2_s.pth" in err and "Traceback" not in err
     image = next((val_dir / WNIDS[0]).iterdir())
     assert main(["predict", str(image), "--model", "litv2_s", "--pretrained", "alpha_0_5"]) == 2
-    assert "v1.1/alpha_0_5.pth" in capsys.readouterr().err
+    assert "v1.1/alpha_0.5.pth" in capsys.readouterr().err
 
 
 def test_eval_checkpoint_on_a_whole_class_folder(tmp_path):

@@ -317,7 +317,7 @@ def test_a_tagged_name_picks_its_file_and_the_variant(monkeypatch, tmp_path):
                 ClassificationConfig(model="litv2_s", pretrained="litv2_s.alpha_0_5")):
         plan = resolve_weights(cfg)
         assert plan.model == "litv2_s.alpha_0_5" and plan.given == "litv2_s.alpha_0_5"
-        assert plan.source.endswith("/v1.1/alpha_0_5.pth") and plan.path == tmp_path / "w.pth"
+        assert plan.source.endswith("/v1.1/alpha_0.5.pth") and plan.path == tmp_path / "w.pth"
     assert fetched[-1][1]["file_name"] == "litv2_s-alpha_0_5.pth"
     plan = resolve_weights(ClassificationConfig(model="swin_t", pretrained=True))  # True: the model's default weights
     assert plan.model == "swin_t" and plan.source.endswith("swin_tiny_patch4_window7_224.pth")

@@ -10,7 +10,8 @@
   training, :func:`random_resized_crop_box` + a resize to ``img_size`` (the random-resized crop of
   the whole picture); evaluation, :func:`resize_center_crop`, the official protocol: the shorter
   side to ``int(img_size / crop_pct)`` with the configured interpolation, then the centre
-  ``img_size`` square.
+  ``img_size`` square (``crop_mode='squash'``: both sides to that size, then the centre; the whole
+  image for ``crop_pct=1``, as the official 384 models are evaluated).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def _check_crop_pct(crop_pct) -> float:
     return float(crop_pct)
 
 
+CROP_MODES = ("center", "squash")
+
+
+def _check_crop_mode(crop_mode) -> str:
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode={crop_mode!r}; expected one of {', '.join(map(repr, CROP_MODES))}")
+    return crop_mode
+
+
 def _check_range(name: str, value) -> Tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value)
@@ -78,22 +88,25 @@ def _check_range(name: str, value) -> Tuple[float, float]:
 
 # ----------------------------------------------------------------------------- sample geometry
 def resize_center_crop(image: Image.Image, size: Union[int, Tuple[int, int]], crop_pct: float = 1.0,
-                       interpolation: str = "bilinear") -> Image.Image:
-    """The evaluation protocol of the official models (and timm) on a PIL image.
+                       interpolation: str = "bilinear", crop_mode: str = "center") -> Image.Image:
+    """The evaluation protocol of the official models (and timm's ``crop_mode``) on a PIL image.
 
-    For a square ``size`` S: resize so the shorter side is ``int(S / crop_pct)`` (the longer one
-    ``int(short * long / shorter)``, keeping the aspect ratio), then crop the centre S x S
-    (offsets ``round((side - S) / 2)``). For ``size=(H, W)`` both sides are resized to
-    ``int(H / crop_pct)``, ``int(W / crop_pct)`` first. ``crop_pct=1`` keeps the largest centred
-    square.
+    ``crop_mode='center'``: for a square ``size`` S, resize so the shorter side is
+    ``int(S / crop_pct)`` (the longer one ``int(short * long / shorter)``, keeping the aspect
+    ratio), then crop the centre S x S (offsets ``round((side - S) / 2)``); ``crop_pct=1`` keeps
+    the largest centred square. ``crop_mode='squash'`` (and any ``size=(H, W)`` with H != W):
+    resize both sides to ``int(H / crop_pct)``, ``int(W / crop_pct)``, ignoring the aspect
+    ratio, then crop the centre; with ``crop_pct=1`` the whole image is resized to H x W (the
+    official evaluation of the 384 models).
     """
     H, W = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     if H < 1 or W < 1:
         raise ValueError(f"size={size!r}; expected positive sides")
     crop_pct = _check_crop_pct(crop_pct)
+    squash = _check_crop_mode(crop_mode) == "squash"
     resample = pil_interpolation(interpolation)
     w, h = image.size
-    if H == W:
+    if H == W and not squash:
         short = int(H / crop_pct)
         new = (short, max(1, int(short * h / w))) if w <= h else (max(1, int(short * w / h)), short)
     else:
@@ -299,9 +312,10 @@ def _cfg_value(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
 def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     """A PIL image -> the normalised ``(C, H, W)`` float tensor that ``cfg`` (a ``pretrained_cfg``) asks for.
 
-    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (for a square input size the
-    shorter side, keeping the aspect ratio; else both sides) with ``cfg['interpolation']``, centre
-    crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
+    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (``cfg['crop_mode']``
+    ``'center'``, the default, with a square input size: the shorter side, keeping the aspect
+    ratio; ``'squash'`` or a non-square input size: both sides) with ``cfg['interpolation']``,
+    centre crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
     """
     C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
     crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
@@ -310,7 +324,10 @@ def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
     if interp not in _RESAMPLE:
         raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
-    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp)
+    crop_mode = _cfg_value(cfg, "crop_mode", "center")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"pretrained_cfg['crop_mode'] = {crop_mode!r}; expected one of {', '.join(CROP_MODES)}")
+    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp, crop_mode)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     x = torch.from_numpy(arr.copy())
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
@@ -347,14 +364,16 @@ def reduce_jpeg_decode(im: Image.Image, room: float) -> float:
     return width / done[1][2]
 
 
-def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear") -> torch.Tensor:
+def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear",
+               crop_mode: str = "center") -> torch.Tensor:
     """Decode an image file to a uint8 tensor (3, img_size, img_size) by :func:`resize_center_crop`.
 
-    The default (``crop_pct=1``, bilinear) keeps the largest centred square, resized to
+    The default (``crop_pct=1``, bilinear, centre) keeps the largest centred square, resized to
     ``img_size``; the official models' evaluation uses their ``pretrained_cfg`` values (e.g.
-    0.875, bicubic). The file is decoded at full resolution, as the official evaluation does.
+    0.875, bicubic; ``'squash'`` for the 384 models). The file is decoded at full resolution, as
+    the official evaluation does.
     """
-    return _to_tensor(resize_center_crop(decode_image(path), img_size, crop_pct, interpolation))
+    return _to_tensor(resize_center_crop(decode_image(path), img_size, crop_pct, interpolation, crop_mode))
 
 
 def _name_some(paths: Sequence[Path], root: Path, limit: int = 5) -> str:
@@ -395,8 +414,8 @@ class ImageFolderDataset(Dataset):
             ``classes`` then defaults to the subfolders of ``root``.
         verify: check every file at construction (:func:`check_image`, a header parse: slow at
             ImageNet scale) and leave out the unreadable ones with one warning.
-        crop_pct, interpolation: the evaluation crop (see :func:`resize_center_crop`); the
-            interpolation ('bilinear', 'bicubic', 'nearest', ...) also resizes training crops.
+        crop_pct, interpolation, crop_mode: the evaluation crop (see :func:`resize_center_crop`);
+            the interpolation ('bilinear', 'bicubic', 'nearest', ...) also resizes training crops.
         draft: when a JPEG may decode at 1/2, 1/4 or 1/8 scale (:func:`reduce_jpeg_decode`), which
             it does only where the crop still has ``img_size`` pixels per side: ``'train'`` (the
             default) for training crops, whose box is drawn before decoding; ``'all'`` for
@@ -427,6 +446,7 @@ class ImageFolderDataset(Dataset):
         crop_pct: float = 1.0,
         interpolation: str = "bilinear",
         draft: str = "train",
+        crop_mode: str = "center",
     ) -> None:
         if draft not in DRAFT_MODES:
             raise ValueError(f"ImageFolderDataset: draft={draft!r}; choose one of {', '.join(DRAFT_MODES)}")
@@ -439,6 +459,7 @@ class ImageFolderDataset(Dataset):
         self.img_size = int(img_size)
         self.strict = bool(strict)
         self.crop_pct = _check_crop_pct(crop_pct)
+        self.crop_mode = _check_crop_mode(crop_mode)
         pil_interpolation(interpolation)
         self.interpolation = interpolation.lower()
         self.train_crop: Optional[Tuple[Tuple[float, float], Tuple[float, float]]] = None
@@ -497,9 +518,12 @@ class ImageFolderDataset(Dataset):
         self.train_crop = (_check_range("scale", scale), _check_range("ratio", ratio))
         return self
 
-    def set_eval_crop(self, crop_pct: float = 1.0, interpolation: Optional[str] = None) -> ImageFolderDataset:
+    def set_eval_crop(self, crop_pct: float = 1.0, interpolation: Optional[str] = None,
+                      crop_mode: Optional[str] = None) -> ImageFolderDataset:
         """Make evaluation samples (:func:`resize_center_crop`; the default). Returns the dataset itself."""
         self.crop_pct = _check_crop_pct(crop_pct)
+        if crop_mode is not None:
+            self.crop_mode = _check_crop_mode(crop_mode)
         if interpolation is not None:
             pil_interpolation(interpolation)
             self.interpolation = interpolation.lower()
@@ -509,7 +533,8 @@ class ImageFolderDataset(Dataset):
     def make_sample(self, image: Image.Image) -> torch.Tensor:
         """A decoded RGB image -> the uint8 sample (3, img_size, img_size), as this dataset makes them."""
         if self.train_crop is None:
-            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation))
+            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation,
+                                                 self.crop_mode))
         left, top, w, h = random_resized_crop_box(image.width, image.height, *self.train_crop)
         out = image.resize((self.img_size, self.img_size), pil_interpolation(self.interpolation),
                            box=(left, top, left + w, top + h))
@@ -528,7 +553,8 @@ class ImageFolderDataset(Dataset):
             im.load()
             image = _to_rgb(im)
         if box is None:
-            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation))
+            return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation,
+                                                 self.crop_mode))
         left, top, w, h = (v / factor for v in box)
         out = image.resize((self.img_size, self.img_size), pil_interpolation(self.interpolation),
                            box=(left, top, min(left + w, image.width), min(top + h, image.height)))
@@ -581,7 +607,7 @@ class ImageFolderDataset(Dataset):
 
     def __repr__(self) -> str:
         crop = (f"train_crop(scale={self.train_crop[0]}, ratio={self.train_crop[1]})" if self.train_crop
-                else f"crop_pct={self.crop_pct}")
+                else f"crop_pct={self.crop_pct}, crop_mode={self.crop_mode!r}")
         return (f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
                 f"img_size={self.img_size}, {crop}, interpolation={self.interpolation!r}, "
                 f"skipped={len(self.skipped)})")

@@ -1,12 +1,30 @@
 """Fetching weight files: URLs into the torch hub cache, ``hf-hub:`` repositories, local paths.
 
-Downloads go through :func:`torch.hub.download_url_to_file` into
-``$TORCH_HOME/hub/checkpoints`` (:func:`torch.hub.get_dir`). A file reaches its cache name only
-once it is whole: it is written under a temporary name, its length is compared with the length
-the server announced, a zip or safetensors file is checked for its closing record, a known
-SHA-256 is compared, and only then is it renamed. A file already in the cache is used without
-touching the network. ``HILOVIT_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) turns every download off;
-the error then names the URL and the one command that fetches it by hand.
+Downloads land in ``$TORCH_HOME/hub/checkpoints`` (:func:`torch.hub.get_dir`), each under a name
+keyed by its URL: ``<stem>-<8 hex digits of sha256(url)><ext>`` (``litv2_s-1b2c3d4e.pth``), so
+two URLs ending in the same file name never share a cache entry. A file reaches that name only
+once it is whole and is a weights file:
+
+* it is streamed over ``urllib`` (:mod:`hilovit.models._transfer`) into a
+  ``.<name>.<host>.<pid>-<random>.partial`` file, with a read
+  timeout (``HILOVIT_DOWNLOAD_TIMEOUT`` seconds, default 30: a server that stops sending is an
+  error, not a hang) and a size bound (the length the server announced, on the GET or a HEAD
+  request; without one, ``HILOVIT_DOWNLOAD_MAX_BYTES``, default 4 GiB);
+* redirects are followed only to ``http(s)://`` URLs; a server that refuses HEAD still works;
+* a body shorter than announced, a zip or safetensors file without its end, and anything that is
+  not a safetensors, ``torch.save`` zip or pickle file (an HTML page served with status 200) is
+  deleted with an error naming the URL, the content type and what the bytes look like;
+* a SHA-256 given by the caller (``sha256=``, ``pretrained_cfg_overlay={'sha256': ...}``) must match;
+* the file's SHA-256 is recorded beside it (``<name>.sha256``, in ``sha256sum`` format) and then
+  the partial file is renamed. Partial files whose process is gone (a kill) or untouched for
+  twice the timeout are removed when the next download into the cache starts.
+
+A cached file is used without the network, after its SHA-256 is compared with the recorded one
+(and with the caller's): a file changed or cut short on disk is an error naming both hashes and
+the ``rm`` command that clears it (a file put there by hand has no record: only the caller's
+hash is checked).
+``HILOVIT_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) turns every download off; the error then names the
+URL and the ``curl`` command that fetches it by hand.
 
 ``hf-hub:org/name`` sources need the optional ``huggingface_hub`` package
 (``pip install 'hilovit[hub]'``), imported only for them.
@@ -16,19 +34,30 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
+import re
 import shlex
+import socket
 import sys
+import time
 import urllib.error
-import urllib.request
-import uuid
-import zipfile
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import torch
+
+from hilovit.models._transfer import (
+    TIMEOUT_VARIABLE,
+    DownloadError,
+    check_download,
+    download_max_bytes,
+    download_timeout,
+    fetch_hint,
+    partial_path,
+    sweep_partials,
+    transfer,
+)
 
 __all__ = [
     "DownloadError",
@@ -36,25 +65,22 @@ __all__ = [
     "cache_dir",
     "cached_path",
     "download",
+    "download_max_bytes",
+    "download_timeout",
     "file_sha256",
     "fetch",
     "hf_hub_file",
     "is_url",
     "offline_reason",
+    "sweep_partials",
+    "verify_cached",
 ]
 
 HF_HUB_PREFIX = "hf-hub:"
 OFFLINE_VARIABLES = ("HILOVIT_OFFLINE", "HF_HUB_OFFLINE")
 # The files a Hugging Face model repository keeps its weights in, in the order they are tried.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_HEAD_TIMEOUT_S = 30.0
-
-
-class DownloadError(RuntimeError):
-    """Weights could not be fetched (offline, unreachable, missing, cut short or corrupted).
-
-    The message names the source and, where a by-hand fetch can help, the command for it.
-    """
+_CHUNK = 1 << 20
 
 
 def _true(value: Optional[str]) -> bool:
@@ -70,6 +96,7 @@ def offline_reason() -> Optional[str]:
 
 
 def is_url(text: str) -> bool:
+    """Whether ``text`` is an ``http://`` or ``https://`` URL."""
     return isinstance(text, str) and text.split("://", 1)[0].lower() in ("http", "https") and "://" in text
 
 
@@ -86,75 +113,91 @@ def _url_file_name(url: str) -> str:
 
 
 def cached_path(url: str, file_name: Optional[str] = None) -> Path:
-    """The cache file ``url`` is (or would be) stored in: ``file_name`` or the URL's last path part."""
+    """The cache file ``url`` is (or would be) stored in.
+
+    ``<stem>-<h><ext>`` in :func:`cache_dir`, where ``<stem><ext>`` is ``file_name`` (default: the
+    URL's last path part) and ``<h>`` the first 8 hex digits of the SHA-256 of the whole URL.
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a non-empty str, got {url!r}")
     name = file_name or _url_file_name(url)
-    if os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
+    if not isinstance(name, str) or os.sep in name or (os.altsep and os.altsep in name) or name in (".", ".."):
         raise ValueError(f"file_name must be a plain file name, got {name!r}")
-    return cache_dir() / name
+    stem, ext = os.path.splitext(name)
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:8]
+    return cache_dir() / f"{stem}-{key}{ext}"
 
 
-def file_sha256(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+_DIGESTS: Dict[Tuple, str] = {}
+
+
+def file_sha256(path: Union[str, os.PathLike], chunk: int = _CHUNK) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks.
+
+    The result is remembered for a file untouched for 2 s (same inode, size and times), so a
+    cached file is hashed once per process however often it is checked and loaded.
+    """
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time() - st.st_mtime > 2.0:  # a younger file may still change within its time stamp's tick
+        if len(_DIGESTS) > 256:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
+    return digest
 
 
-def _fetch_hint(url: str, dest: Path) -> str:
-    return (
-        f"Fetch it by hand:\n    curl -fL --create-dirs -o {shlex.quote(str(dest))} {shlex.quote(url)}\n"
-        f"then run again (the cached file is used), or pass the file itself: pretrained={str(dest)!r}"
-    )
+# --------------------------------------------------------------------------- the cache's hash records
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
-def _announced_size(url: str) -> Optional[int]:
-    """The Content-Length a HEAD request announces (None when the server does not say).
+def _write_record(path: Path, digest: str) -> None:
+    """Write ``<path>.sha256`` (``sha256sum`` format) through a temporary file and a rename."""
+    from hilovit.io import atomic_write
 
-    A missing file (404/410) raises :class:`DownloadError` at once; other refusals of HEAD are left
-    to the download itself.
+    with atomic_write(_record_path(path), "w") as f:
+        f.write(f"{digest}  {path.name}\n")
+
+
+def _clear_hint(path: Path) -> str:
+    return (f"Delete it and run again to download it anew:\n    rm -f {shlex.quote(str(path))} "
+            f"{shlex.quote(str(_record_path(path)))}")
+
+
+def verify_cached(path: Union[str, os.PathLike], sha256: Optional[str] = None) -> str:
+    """Check a cached file against the SHA-256 recorded beside it at download and, if given,
+    ``sha256``; return its SHA-256. A file put in the cache by hand has no record: only ``sha256``
+    is checked.
+
+    Raises:
+        DownloadError: the file no longer matches its record (changed or cut short on disk), the
+            record is unreadable, or the file's hash is not ``sha256``; the message names both
+            hashes and the command that deletes the file.
     """
-    req = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "hilovit"})
-    try:
-        with urllib.request.urlopen(req, timeout=_HEAD_TIMEOUT_S) as r:
-            length = r.headers.get("Content-Length")
-    except urllib.error.HTTPError as e:
-        if e.code in (404, 410):
-            raise
-        return None
-    try:
-        return int(length) if length is not None else None
-    except ValueError:
-        return None
-
-
-def _check_whole(path: Path) -> None:
-    """Raise :class:`DownloadError` if a zip (``torch.save``) or safetensors file lacks its end."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(9)
-        if head[:4] == b"PK\x03\x04":
-            if not zipfile.is_zipfile(f):
-                raise DownloadError(f"a zip archive of {size} bytes without its closing record")
-            return
-        if len(head) < 9 or head[8:9] != b"{":
-            return  # another format (a legacy pickle): nothing to check here
-        n = int.from_bytes(head[:8], "little")
-        if 8 + n > size:
-            raise DownloadError(f"a safetensors file of {size} bytes whose header alone needs {8 + n}")
-        f.seek(8)
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            return  # not safetensors after all
-    if not isinstance(header, dict):
-        return
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
-    need = 8 + n + (max(ends) if ends else 0)
-    if size < need:
-        raise DownloadError(f"a safetensors file of {size} bytes, {need} expected")
+    path = Path(path)
+    record = _record_path(path)
+    digest = file_sha256(path)
+    if record.is_file():
+        text = record.read_text(encoding="utf-8", errors="replace").split()
+        recorded = text[0].lower() if text else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", recorded):
+            raise DownloadError(f"the hash record {record} of the cached file {path} is unreadable "
+                                f"({recorded[:80]!r}). " + _clear_hint(path))
+        if recorded != digest:
+            raise DownloadError(
+                f"the cached file {path} changed since it was downloaded (or was cut short on disk): SHA-256 "
+                f"recorded at download {recorded}, now {digest}. " + _clear_hint(path))
+    if sha256 is not None and digest != sha256.lower():
+        raise DownloadError(f"SHA-256 mismatch for the cached file {path}: expected {sha256.lower()}, got {digest}. "
+                            + _clear_hint(path))
+    return digest
 
 
 def download(
@@ -163,60 +206,61 @@ def download(
     sha256: Optional[str] = None,
     progress: Optional[bool] = None,
 ) -> Path:
-    """Return the cached copy of ``url``, downloading it first if needed.
+    """Return the cached copy of ``url``, downloading it first if needed (see the module's notes).
 
     Args:
         url: an ``http(s)://`` URL.
-        file_name: the name in the cache (default: the URL's last path part).
-        sha256: the expected hex SHA-256; a mismatch deletes the download and raises.
-        progress: a progress bar on stderr (default: when stderr is a terminal).
+        file_name: the name in the cache before the URL's hash is added (default: the URL's last
+            path part); see :func:`cached_path`.
+        sha256: the expected hex SHA-256, checked after a download and on every use of the cached file.
+        progress: a progress line on stderr (default: when stderr is a terminal).
 
     Raises:
-        DownloadError: downloads are off and the file is not cached, the server is unreachable,
-            answers with an HTTP error, or the transfer is cut short or corrupted. Nothing is
-            left under the cache name in any of these cases.
+        DownloadError: downloads are off and the file is not cached; the server is unreachable,
+            answers with an HTTP error, redirects off http(s), stalls for the timeout, sends less
+            or more than announced, or sends something that is not a weights file; a hash does
+            not match. Nothing is left under the cache name in any of these cases.
+        ValueError: a bad ``url``, ``sha256`` or ``HILOVIT_DOWNLOAD_*`` setting.
     """
     if not is_url(url):
         raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
-    if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64):
+    if sha256 is not None and (not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     dest = cached_path(url, file_name)
     if dest.is_file():
+        verify_cached(dest, sha256)
         return dest
     reason = offline_reason()
     if reason is not None:
         raise DownloadError(f"{url} is not in the cache ({dest}) and downloads are off ({reason}). "
-                            + _fetch_hint(url, dest))
+                            + fetch_hint(url, dest))
+    timeout = download_timeout()
+    download_max_bytes()  # a bad setting fails before any transfer
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.download")
-    if progress is None:
-        progress = sys.stderr.isatty()
+    sweep_partials(dest.parent, timeout)
+    tmp = partial_path(dest)
     try:
-        expected = _announced_size(url)
-        torch.hub.download_url_to_file(url, str(tmp), progress=progress)
-        size = tmp.stat().st_size
-        if expected is not None and size != expected:
-            raise DownloadError(f"the transfer of {url} was cut short: {size} of {expected} bytes arrived; "
-                                "nothing was cached. Run again, or " + _fetch_hint(url, dest))
         try:
-            _check_whole(tmp)
-        except DownloadError as e:
-            raise DownloadError(f"the transfer of {url} was cut short ({e}); nothing was cached. "
-                                + _fetch_hint(url, dest)) from None
-        if sha256 is not None:
-            digest = file_sha256(tmp)
-            if digest != sha256.lower():
-                raise DownloadError(
-                    f"SHA-256 mismatch for {url}: expected {sha256.lower()}, got {digest}. The downloaded file "
-                    f"was deleted and nothing was cached (the published file changed, or the transfer was corrupted)."
-                )
+            _, ctype = transfer(url, tmp, dest, timeout, sys.stderr.isatty() if progress is None else progress)
+        except urllib.error.HTTPError as e:
+            why = "the server has no such file" if e.code in (404, 410) else "the server refused it"
+            raise DownloadError(f"HTTP {e.code} ({e.reason}) for {url}: {why}. " + fetch_hint(url, dest)) from None
+        except (TimeoutError, socket.timeout) as e:
+            raise DownloadError(f"{url} did not answer within {timeout:g} s ({TIMEOUT_VARIABLE}={timeout:g}): {e}. "
+                                + fetch_hint(url, dest)) from None
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
+            why = getattr(e, "reason", None) or e
+            if isinstance(why, (TimeoutError, socket.timeout)):
+                why = f"no answer within {timeout:g} s ({TIMEOUT_VARIABLE}={timeout:g})"
+            raise DownloadError(f"cannot download {url}: {why}. " + fetch_hint(url, dest)) from None
+        check_download(url, tmp, dest, ctype)
+        digest = file_sha256(tmp)
+        if sha256 is not None and digest != sha256.lower():
+            raise DownloadError(
+                f"SHA-256 mismatch for {url}: expected {sha256.lower()}, got {digest}. The downloaded file "
+                f"was deleted and nothing was cached (the published file changed, or the transfer was corrupted).")
+        _write_record(dest, digest)
         os.replace(tmp, dest)
-    except urllib.error.HTTPError as e:
-        raise DownloadError(f"HTTP {e.code} ({e.reason}) for {url}: the server has no such file. "
-                            + _fetch_hint(url, dest)) from None
-    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
-        why = getattr(e, "reason", None) or e
-        raise DownloadError(f"cannot download {url}: {why}. " + _fetch_hint(url, dest)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

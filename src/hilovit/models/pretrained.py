@@ -36,10 +36,12 @@ __all__ = [
     "load_file",
     "load_pretrained",
     "split_tag",
+    "timm_default_tag",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_MODES = ("center", "squash")
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,11 @@ class PretrainedWeights:
     ``variant_args`` are constructor arguments that define the variant the file was trained as
     (``alpha`` for the LITv2-S alpha series); ``model_args`` are defaults the file implies
     (``num_classes=21841`` for ImageNet-22k) that a caller may still override.
-    ``crop_pct``/``interpolation``/``mean``/``std`` are the official evaluation's preprocessing:
-    resize the shorter side to ``size / crop_pct``, centre-crop ``size``, normalise.
+    ``crop_pct``/``crop_mode``/``interpolation``/``mean``/``std`` are the official evaluation's
+    preprocessing, with timm's meaning: ``crop_mode='center'`` resizes the shorter side to
+    ``size / crop_pct`` (keeping the aspect ratio) and centre-crops ``size``; ``'squash'`` resizes
+    both sides to ``size / crop_pct`` (the official 384 evaluation: the whole image to 384x384 when
+    ``crop_pct`` is 1) and centre-crops ``size``. Then normalise with ``mean``/``std``.
     """
 
     model: str
@@ -60,6 +65,7 @@ class PretrainedWeights:
     num_classes: int = 1000
     input_size: Tuple[int, int, int] = (3, 224, 224)
     crop_pct: float = 0.875
+    crop_mode: str = "center"
     interpolation: str = "bicubic"
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
@@ -70,6 +76,10 @@ class PretrainedWeights:
     variant_args: Mapping[str, Any] = field(default_factory=dict)
     model_args: Mapping[str, Any] = field(default_factory=dict)
     paper: str = ""
+
+    def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"{self.model}.{self.tag}: crop_mode={self.crop_mode!r}; expected one of {CROP_MODES}")
 
     @property
     def name(self) -> str:
@@ -87,7 +97,8 @@ class PretrainedWeights:
         return {
             "tag": self.tag, "url": self.url, "hf_hub_id": self.hf_hub_id, "sha256": self.sha256,
             "file_name": self.file_name, "num_classes": self.num_classes, "input_size": self.input_size,
-            "crop_pct": self.crop_pct, "interpolation": self.interpolation, "mean": self.mean, "std": self.std,
+            "crop_pct": self.crop_pct, "crop_mode": self.crop_mode, "interpolation": self.interpolation,
+            "mean": self.mean, "std": self.std,
             "top1": self.top1, "dataset": self.dataset, "paper": self.paper,
         }
 
@@ -112,28 +123,34 @@ def _swin(model: str, tag: str, file: str, top1: Optional[float], timm_name: str
     elif tag == "ms_in22k_ft_in1k":
         kw.setdefault("dataset", "imagenet-22k, fine-tuned on imagenet-1k")
     if kw.get("input_size", (3, 224, 224))[1] >= 384:
-        kw.setdefault("crop_pct", 1.0)  # the official 384 fine-tuning configs evaluate without a crop
+        kw.update(_SQUASH)
     return PretrainedWeights(model=model, tag=tag, url=_SWIN + file, top1=top1, paper=_SWIN_PAPER,
                              hf_hub_id=f"timm/{timm_name}.{tag}", **kw)
 
 
-# LITv2: classification/README.md of ziplab/LITv2 (release v1.0; single-crop 224, crop 224/256 as
-# the official TEST.CROP evaluation, bicubic). The alpha series (release v1.1) is LITv2-S trained
-# with other shares of Lo-Fi heads; the top-1 of those files is not recorded here.
-_S384 = dict(input_size=(3, 384, 384), crop_pct=1.0)
-_ALPHAS = ((0.0, "alpha_0"), (0.2, "alpha_0_2"), (0.4, "alpha_0_4"), (0.5, "alpha_0_5"), (0.7, "alpha_0_7"),
-           (0.9, "alpha_0_9"), (1.0, "alpha_1"))
+# The official 384 models are evaluated with TEST.CROP False (configs/*384*.yaml of both
+# projects): the whole image resized to 384x384, no crop.
+_SQUASH = dict(crop_pct=1.0, crop_mode="squash")
+# LITv2: README.md of ziplab/LITv2 (release v1.0; single-crop 224, crop 224/256 as the official
+# TEST.CROP evaluation, bicubic). The alpha series (release v1.1) is LITv2-S trained with other
+# shares of Lo-Fi heads: (alpha, tag, release file, official top-1). The tags keep underscores;
+# the release's file names have the decimal point.
+_S384 = dict(input_size=(3, 384, 384), **_SQUASH)
+_ALPHAS = ((0.0, "alpha_0", "alpha_0.pth", 81.16), (0.2, "alpha_0_2", "alpha_0.2.pth", 81.89),
+           (0.4, "alpha_0_4", "alpha_0.4.pth", 81.81), (0.5, "alpha_0_5", "alpha_0.5.pth", 81.88),
+           (0.7, "alpha_0_7", "alpha_0.7.pth", 81.94), (0.9, "alpha_0_9", "alpha_0.9.pth", 82.03),
+           (1.0, "alpha_1", "alpha_1.pth", 81.89))
 _ENTRIES: List[PretrainedWeights] = [
     _litv2("litv2_s", "in1k", "v1.0/litv2_s.pth", 82.0, variant_args={"alpha": 0.9}),
     *(
-        _litv2("litv2_s", tag, f"v1.1/{tag}.pth", None, variant_args={"alpha": a}, file_name=f"litv2_s-{tag}.pth")
-        for a, tag in _ALPHAS
+        _litv2("litv2_s", tag, f"v1.1/{file}", top1, variant_args={"alpha": a}, file_name=f"litv2_s-{tag}.pth")
+        for a, tag, file, top1 in _ALPHAS
     ),
     _litv2("litv2_m", "in1k", "v1.0/litv2_m.pth", 83.3),
     _litv2("litv2_b", "in1k", "v1.0/litv2_b.pth", 83.6),
     _litv2("litv2_b_384", "in1k", "v1.0/litv2_b_384.pth", 84.7, **_S384),
     # Swin: MODELHUB.md of microsoft/Swin-Transformer. The official evaluation resizes 224 models to
-    # 256 and centre-crops (crop_pct 0.875; timm uses 0.9) and resizes 384 models straight to 384.
+    # 256 and centre-crops (crop_pct 0.875; timm uses 0.9) and resizes 384 models straight to 384x384.
     _swin("swin_t", "ms_in1k", "v1.0.0/swin_tiny_patch4_window7_224.pth", 81.2, "swin_tiny_patch4_window7_224"),
     _swin("swin_t", "ms_in22k_ft_in1k", "v1.0.8/swin_tiny_patch4_window7_224_22kto1k_finetune.pth", 80.9,
           "swin_tiny_patch4_window7_224"),
@@ -162,6 +179,17 @@ _ENTRIES: List[PretrainedWeights] = [
           "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
 ]
 # The first entry of a model is its default (the tag ``pretrained=True`` loads without one).
+# timm's own names follow timm's default instead: the first tag of the name in timm's
+# ``default_cfgs`` (timm/models/swin_transformer.py), where the ImageNet-22k fine-tuned weights come
+# first except for Swin-T.
+_TIMM_DEFAULT_TAGS = {
+    "swin_tiny_patch4_window7_224": "ms_in1k",
+    "swin_small_patch4_window7_224": "ms_in22k_ft_in1k",
+    "swin_base_patch4_window7_224": "ms_in22k_ft_in1k",
+    "swin_large_patch4_window7_224": "ms_in22k_ft_in1k",
+    "swin_base_patch4_window12_384": "ms_in22k_ft_in1k",
+    "swin_large_patch4_window12_384": "ms_in22k_ft_in1k",
+}
 _TABLE: Dict[str, Dict[str, PretrainedWeights]] = {}
 for _w in _ENTRIES:
     if _w.tag in _TABLE.setdefault(_w.model, {}):
@@ -178,6 +206,12 @@ def split_tag(name: str) -> Tuple[str, Optional[str]]:
     if dot and not tag:
         raise ValueError(f"model name {name!r} ends with '.': expected 'name' or 'name.tag'")
     return base, (tag or None)
+
+
+def timm_default_tag(name: str) -> Optional[str]:
+    """The tag timm loads for one of timm's untagged names (``'swin_small_patch4_window7_224'`` ->
+    ``'ms_in22k_ft_in1k'``); None for other names (ours default to their first published weights)."""
+    return _TIMM_DEFAULT_TAGS.get(name)
 
 
 def list_pretrained(pattern: str = "*") -> List[str]:
@@ -352,7 +386,7 @@ def load_file(model: nn.Module, path: Union[str, os.PathLike], origin: Optional[
         if os.path.dirname(os.path.abspath(path)) != str(hub.cache_dir().resolve()):
             raise
         raise CheckpointError(f"{e}\nThe cached file {path} cannot be read (a fetch by hand cut short?): delete it "
-                              "and run again to download it anew.") from None
+                              "and run again to download it anew (with its .sha256 record, if there is one).") from None
     return _load(model, state_dict, record, strict)
 
 

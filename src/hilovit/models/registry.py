@@ -92,10 +92,14 @@ def resolve_name(name: str) -> Tuple[str, Optional[str]]:
     """``(registered name, tag)`` for a name, an alias or either with a tag.
 
     ``'swin_base_patch4_window12_384.ms_in22k_ft_in1k'`` -> ``('swin_b_384', 'ms_in22k_ft_in1k')``.
+    One of timm's names without a tag gets timm's default tag (``'swin_small_patch4_window7_224'``
+    -> ``('swin_s', 'ms_in22k_ft_in1k')``); other names without one give None.
     """
+    from hilovit.models.pretrained import timm_default_tag
+
     base, tag = split_tag(name)
     model_entrypoint(base)  # an unknown name: ValueError listing the registered ones
-    return _ALIASES.get(base, base), tag
+    return _ALIASES.get(base, base), (tag if tag is not None else timm_default_tag(base))
 
 
 _SOURCE_KEYS = ("file", "url", "hf_hub_id")

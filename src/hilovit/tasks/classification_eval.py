@@ -137,14 +137,14 @@ def _is_class_folder(path: Path) -> bool:
 
 
 def folder_eval_dataset(folder, num_classes: int, img_size: int, crop_pct: float = 1.0,
-                        interpolation: str = "bilinear", strict: bool = False):
+                        interpolation: str = "bilinear", strict: bool = False, crop_mode: str = "center"):
     """Every image of a folder of class folders, labelled for a ``num_classes`` classifier.
 
     Folders named by ImageNet-1k WordNet ids (``n01440764``) or class names (``tench``) get their
     ImageNet label for a 1000-class model (any subset of the 1000 classes; all 1000 folders sorted
     are the ImageNet label order); otherwise the sorted folder names are the labels, and their
     number must equal ``num_classes``. Samples follow the evaluation protocol
-    (:func:`hilovit.data.resize_center_crop` with ``crop_pct`` and ``interpolation``).
+    (:func:`hilovit.data.resize_center_crop` with ``crop_pct``, ``interpolation`` and ``crop_mode``).
 
     Returns:
         ``(dataset, info)``: an :class:`~hilovit.data.ImageFolderDataset` and a
@@ -173,7 +173,7 @@ def folder_eval_dataset(folder, num_classes: int, img_size: int, crop_pct: float
     else:
         classes, files = names, samples
     ds = ImageFolderDataset(root, img_size, classes=classes, files=files, strict=strict, crop_pct=crop_pct,
-                            interpolation=interpolation)
+                            interpolation=interpolation, crop_mode=crop_mode)
     info = DatasetInfo(name=f"folder:{root}", classes=tuple(classes), num_classes=len(classes), in_chans=3,
                        mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD), input_size=(3, img_size, img_size),
                        eval_split="all")
@@ -234,8 +234,8 @@ def run_eval(
             follow the checkpoint (its shapes and metadata) unless given here.
         pretrained: instead of a checkpoint, published weights (:func:`hilovit.models._builder.pretrained_model`):
             True (the model's default), a tag (``'alpha_0_5'``), a file, a URL or ``'hf-hub:org/name'``.
-            Their ``pretrained_cfg`` gives the input size, ``crop_pct``, interpolation and mean/std:
-            the official evaluation protocol. ``data`` must be named.
+            Their ``pretrained_cfg`` gives the input size, ``crop_pct``, ``crop_mode``, interpolation
+            and mean/std: the official evaluation protocol. ``data`` must be named.
         data, data_dir, val_split, seed: the dataset (:func:`hilovit.data.build_datasets`); its
             evaluation split is used. A folder of class folders alone (the ImageNet ``val/`` layout)
             is evaluated whole (:func:`folder_eval_dataset`). None: what the checkpoint records
@@ -311,6 +311,7 @@ def run_eval(
         mean, std = cfg.get("mean"), cfg.get("std")
         crop_pct = float(crop_pct if crop_pct is not None else cfg.get("crop_pct") or 1.0)
         interpolation = interpolation or cfg.get("interpolation") or "bilinear"
+        crop_mode = cfg.get("crop_mode") or "center"
         recorded: Dict[str, Any] = {}
     else:
         recorded = recorded_data(ckpt_path, read_metadata(ckpt_path))
@@ -330,16 +331,18 @@ def run_eval(
         mean, std = meta["mean"], meta["std"]
         crop_pct = float(crop_pct if crop_pct is not None else 1.0)
         interpolation = interpolation or "bilinear"
+        crop_mode = "center"
         source = str(ckpt_path)
     val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
     seed = int(recorded.get("seed", 0) if seed is None else seed)
     path = Path(str(data)).expanduser()
     if val_split == 0 and _is_class_folder(path):
-        eval_ds, info = folder_eval_dataset(path, net.num_classes, img_size, crop_pct, interpolation)
+        eval_ds, info = folder_eval_dataset(path, net.num_classes, img_size, crop_pct, interpolation,
+                                            crop_mode=crop_mode)
     else:
         _, eval_ds, info = build_datasets(data, img_size, data_dir=data_dir, val_split=val_split, seed=seed)
         if isinstance(eval_ds, ImageFolderDataset):
-            eval_ds.set_eval_crop(crop_pct, interpolation)
+            eval_ds.set_eval_crop(crop_pct, interpolation, crop_mode)
     if net.num_classes != info.num_classes:
         raise CheckpointError(
             f"{'weights' if use_pretrained else 'checkpoint'} {source!r} have a classifier for {net.num_classes} "
@@ -369,7 +372,8 @@ def run_eval(
         "split": info.eval_split,
         "classes": classes,
         "per_class": dict(zip(_unique(classes), result["per_class_accuracy"])),
-        "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "interpolation": interpolation,
+        "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "crop_mode": crop_mode,
+                          "interpolation": interpolation,
                           "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "skipped_images": skipped,
         "files": {},
@@ -415,7 +419,8 @@ def format_eval(result: Dict[str, Any], classes: Optional[Sequence[str]] = None)
     ]
     pre = result.get("preprocessing")
     if pre:
-        lines.append(f"preprocessing: {pre['img_size']} px, crop_pct {pre['crop_pct']:g}, {pre['interpolation']}, "
+        crop = f"crop_pct {pre['crop_pct']:g}" + (" (squash)" if pre.get("crop_mode") == "squash" else "")
+        lines.append(f"preprocessing: {pre['img_size']} px, {crop}, {pre['interpolation']}, "
                      f"mean {tuple(round(v, 4) for v in pre['mean'])}, std {tuple(round(v, 4) for v in pre['std'])}")
     skipped = result.get("skipped_images") or []
     if skipped:
