@@ -5,6 +5,7 @@ from hilovit.layers.fast import fast_inference, set_fast_inference, why_not_fast
 from hilovit.layers.hilo import HiLo
 from hilovit.layers.window_attention import WindowAttention
 from hilovit.models import CheckpointError, create_model, list_models, load_checkpoint, register_model
+from hilovit.models.detector import RetinaNet, build_detector
 from hilovit.models.hub import DownloadError
 from hilovit.models.litv2 import LITv2, LITv2Backbone
 from hilovit.models.pretrained import list_pretrained, load_pretrained
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attention",
     "build_segmentor", "EncoderDecoder",
+    "build_detector", "RetinaNet",
     "CheckpointError",
     "DownloadError",
     "create_model",
