@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hilovit import create_model
-from hilovit.export_seg import export_segmenter
+from hilovit.export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -14,13 +14,15 @@ def test_semfpn_litv2_nano_onnx_matches_eager(tmp_path):
     torch.manual_seed(0)
     net = create_model("semfpn_litv2_nano", num_classes=5).eval()
     out = tmp_path / "nano.onnx"
-    res = export_segmenter(net, out, in_chans=1, sizes=((32, 32), (48, 80)))
+    res = export_onnx(net, out, sizes=((32, 32), (48, 80)))  # traced at a size every stage divides
     assert res.path == out and out.stat().st_size > 100_000 and res.max_abs_diff < 1e-4
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.name == "input" and inp.shape[1] == 1 and isinstance(inp.shape[2], str)  # symbolic height
     gen = torch.Generator().manual_seed(1)
-    for b, h, w in ((2, 72, 40),):  # a size and batch the export did not see, not a multiple of 32
+    # sizes and batches the export did not see, multiples of neither 32 nor the windows: every padding path
+    # (patch embedding, HiLo windows, odd token merging, FPN resizes) must have been traced, not frozen
+    for b, h, w in ((2, 72, 40), (1, 100, 70), (1, 77, 129), (1, 33, 33)):
         x = torch.randn(b, 1, h, w, generator=gen)
         with torch.no_grad():
             ref = net(x)

@@ -30,6 +30,8 @@ _EXPORTS = {
     "load_pretrained": "hilovit.models.pretrained",
     "EncoderDecoder": "hilovit.models.segmentation",
     "build_segmentor": "hilovit.models.segmentation",
+    "RetinaNet": "hilovit.models.detector",
+    "build_detector": "hilovit.models.detector",
     "Predictor": "hilovit.tasks.classification_predict",
     "train": "hilovit.train.engine",
 }

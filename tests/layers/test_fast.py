@@ -166,7 +166,8 @@ def _relative_error(a, b, ref):
 
 
 # every classifier and backbone; of the segmenters (the same backbones under an FPN) the small one
-FAST_MODELS = [n for n in hilovit.list_models() if not n.startswith("semfpn_")] + ["semfpn_litv2_nano"]
+# (detectors: tests/models/test_retinanet.py)
+FAST_MODELS = [n for n in hilovit.list_models() if not n.startswith(("semfpn_", "retinanet_"))] + ["semfpn_litv2_nano"]
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)

@@ -52,7 +52,8 @@ def image_size(model):
     return size[0], min(size[1], 64), min(size[2], 64)
 
 
-ALL = [n for n in list_models() if not n.startswith("semfpn_")]  # segmentation: tests/models/test_segmentation.py
+# segmentation and detection: tests/models/test_segmentation.py, test_retinanet.py
+ALL = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_"))]
 
 
 def test_registry_has_the_swin_family():

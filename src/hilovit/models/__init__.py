@@ -2,6 +2,7 @@
 
 from hilovit.models import swin  # noqa: F401  (registers swin_*)
 from hilovit.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from hilovit.models.detector import build_detector  # noqa: F401  (registers retinanet_*)
 from hilovit.models.litv2 import LITv2  # registers litv2_*
 from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.registry import create_model, list_models, register_model

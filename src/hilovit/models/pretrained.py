@@ -293,9 +293,11 @@ def _cfg_stats(values: Tuple[float, ...], in_chans: int) -> Tuple[float, ...]:
 def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Fit a checkpoint's state dict to ``model`` before :func:`hilovit.load_checkpoint`.
 
-    * An mmdet/mmseg checkpoint (keys under ``backbone.``) keeps its backbone (the family's
-      filter strips the prefix); a segmentation backbone's ``norm0`` is dropped with a warning
-      when the model (the detection backbone) has no norm on stage 0.
+    * An mmdet/mmseg checkpoint (keys under ``backbone.``) loaded into a backbone or classifier
+      keeps its backbone (the family's filter strips the prefix); a segmentation backbone's
+      ``norm0`` is dropped with a warning when the model (the detection backbone) has no norm on
+      stage 0. Into a detector or segmentor (a model with ``backbone.*`` keys of its own) it loads
+      whole.
     * The stem convolution (``pretrained_cfg['first_conv']``) is adapted to the model's input
       channels: summed for one channel, else repeated and scaled (a warning says so).
     * A model without a classifier (``num_classes=0``) drops the checkpoint's.
@@ -304,12 +306,12 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     :func:`hilovit.load_checkpoint` and the family's ``checkpoint_filter_fn``.
     """
     sd = dict(state_dict)
-    if sd and any(k.startswith("backbone.") for k in sd):
+    own = model.state_dict()
+    if sd and any(k.startswith("backbone.") for k in sd) and not any(k.startswith("backbone.") for k in own):
         sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
         prefix = "backbone."
-    else:
+    else:  # a plain checkpoint, or a whole detector / segmentor's for a model that has a backbone part
         prefix = ""
-    own = model.state_dict()
     extra_norm0 = [k for k in sd if k[len(prefix):].startswith("norm0.") and k[len(prefix):] not in own]
     if extra_norm0 and getattr(model, "features_only", False):
         warnings.warn("the checkpoint normalises stage 0 (norm0, a segmentation backbone); this model returns "

@@ -11,6 +11,7 @@ import fnmatch
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 __all__ = ["register_model", "create_model", "list_models", "model_entrypoint", "is_model", "resolve_name",
@@ -125,6 +126,17 @@ def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
     return pretrained, overlay.get("sha256"), overlay.get("file_name")
 
 
+def _own_url(base: str, kwargs: Dict[str, Any]) -> str:
+    """The ``url`` of the ``pretrained_cfg`` a model sets itself (dense-prediction models, whose
+    official files are not in the weights table), read from a copy built on the meta device."""
+    try:
+        with torch.device("meta"):
+            model = model_entrypoint(base)(**kwargs)
+    except (TypeError, ValueError):
+        return ""  # bad arguments: the real build below reports them
+    return str((getattr(model, "pretrained_cfg", None) or {}).get("url") or "")
+
+
 def create_model(
     name: str,
     pretrained: Union[bool, str, os.PathLike, None] = False,
@@ -175,7 +187,11 @@ def create_model(
         )
     base, tag = resolve_name(name)
     wants_official = pretrained is True and not any(overlay.get(k) for k in _SOURCE_KEYS)
-    entry = weights.get_pretrained(base, tag, kwargs, required=wants_official)
+    # a model outside the weights table may name its official file in its own pretrained_cfg
+    own_url = _own_url(base, kwargs) if wants_official and tag is None and not weights.list_pretrained(base) else ""
+    entry = weights.get_pretrained(base, tag, kwargs, required=wants_official and not own_url)
+    if own_url:
+        overlay["url"] = own_url
     path = source = None
     if pretrained is not None and pretrained is not False:
         source, sha256, file_name = _pretrained_source(pretrained, entry, overlay, name)

@@ -7,70 +7,17 @@ and ``nn.BatchNorm2d`` (2 per element when affine), ``nn.ReLU``, ``nn.AvgPool2d`
 convolution itself, ``F.interpolate`` and the head's ``SyncBN``), plus the script's hand-added
 attention terms for stage 2 (HiLo) and stage 3 (MSA), which assume a head size of 32 and
 ``H // 16``, ``H // 32`` maps. :func:`official_flops` reproduces it from the configuration, so it
-costs nothing and reads no activations.
+costs nothing and reads no activations. The backbone part is shared with the detection count
+(:mod:`hilovit.models.litv2_flops`).
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any, Dict, Mapping, Tuple
+from typing import Dict, Tuple
+
+from hilovit.models.litv2_flops import attention_terms, backbone_args, backbone_hooks, stage_sizes
 
 __all__ = ["official_flops"]
-
-
-def _backbone_args(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    from hilovit.models.litv2_backbone import LITv2Backbone
-
-    args = {n: p.default for n, p in inspect.signature(LITv2Backbone.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-    args.update({k: v for k, v in cfg.items() if k != "type"})
-    return args
-
-
-def _hilo_hooks(C: int, heads: int, alpha: float, ws: int, h: int, w: int) -> int:
-    """Linear layers and the Lo-Fi average pool of the official (padding) HiLo on an h x w map."""
-    head_dim = C // heads
-    l_heads = int(heads * alpha)
-    if ws == 1:
-        l_heads = heads
-    h_heads = heads - l_heads
-    l_dim, h_dim = l_heads * head_dim, h_heads * head_dim
-    Np = (ws * math.ceil(h / ws)) * (ws * math.ceil(w / ws))
-    total = 0
-    if l_heads > 0:
-        total += Np * C * l_dim + Np * l_dim * l_dim  # l_q, l_proj
-        if ws > 1:
-            kv = (Np // (ws * ws))
-            total += Np * C + kv * C * 2 * l_dim  # sr (AvgPool2d input), l_kv on the pooled map
-        else:
-            total += Np * C * 2 * l_dim
-    if h_heads > 0:
-        total += Np * C * 3 * h_dim + Np * h_dim * h_dim  # h_qkv, h_proj
-    return total
-
-
-def _backbone(args: Mapping[str, Any], H: int, W: int) -> int:
-    p, C0, cin = args["patch_size"], args["embed_dim"], args["in_chans"]
-    h, w = math.ceil(H / p), math.ceil(W / p)
-    total = (p * p * cin * C0 + C0) * h * w  # patch projection with bias
-    if args["patch_norm"]:
-        total += 2 * h * w * C0
-    n = len(args["depths"])
-    local_ws = list(args["local_ws"])
-    for i in range(n):
-        C, N = C0 * 2**i, h * w
-        hid = int(C * args["mlp_ratio"])
-        per_block = 2 * N * C + N * C * hid + (9 * hid + hid) * N + N * hid * C  # norm2, fc1, dwconv, fc2
-        if args["has_msa"][i]:
-            per_block += 2 * N * C + _hilo_hooks(C, args["num_heads"][i], args["alpha"], local_ws[i], h, w)
-        total += args["depths"][i] * per_block
-        if i in args["out_indices"]:
-            total += 2 * N * C  # the output LayerNorm norm{i}
-        if i < n - 1:  # DTM: offset conv (8 channels, 2x2, stride 2, bias) and BatchNorm2d(2C)
-            h, w = h // 2, w // 2
-            total += (4 * C * 8 + 8) * h * w + 2 * (2 * C) * h * w
-    return total
 
 
 def _neck_head(model, sizes) -> int:
@@ -110,28 +57,11 @@ def official_flops(model, img_size: Tuple[int, int] = (512, 512)) -> Dict[str, i
         raise ValueError("official_flops: the official get_flops formula is defined for LITv2 backbones built by "
                          "build_segmentor; this model has none")
     H, W = img_size
-    args = _backbone_args(cfg["backbone"])
+    args = backbone_args(cfg["backbone"])
     if len(args["depths"]) != 4 or list(args["out_indices"]) != [0, 1, 2, 3]:
         raise ValueError("official_flops: the official formula assumes four stages, all returned")
-    sizes, h, w = [], math.ceil(H / args["patch_size"]), math.ceil(W / args["patch_size"])
-    for _ in range(4):
-        sizes.append((h, w))
-        h, w = h // 2, w // 2
-    hooks = _backbone(args, H, W) + _neck_head(model, sizes)
-
-    heads2, heads3 = args["num_heads"][2], args["num_heads"][3]
-    ws = args["local_ws"][2]
-    l_dim = int(args["alpha"] * heads2) * 32
-    h_dim = (heads2 - int(args["alpha"] * heads2)) * 32
-    h2, w2 = H // 16, W // 16
-    Hp, Wp = ws * math.ceil(h2 / ws), ws * math.ceil(w2 / ws)
-    hilo = (Hp // ws) * (Wp // ws) * (ws * ws) ** 2 * h_dim * 2 + Hp * Wp * l_dim * (Hp // ws) * (Wp // ws) * 2
-    n3 = (H // 32) * (W // 32)
-    msa = n3 * heads3 * 32 * n3 * 2
-    out = {
-        "mmcv_get_model_complexity_info": int(hooks),
-        "get_flops_hilo_stage3_added": int(hilo * args["depths"][2]),
-        "get_flops_msa_stage4_added": int(msa * args["depths"][3]),
-    }
+    sizes = stage_sizes(args, H, W)
+    hooks = backbone_hooks(args, H, W, normed=(0, 1, 2, 3)) + _neck_head(model, sizes)
+    out = {"mmcv_get_model_complexity_info": int(hooks), **attention_terms(args, H, W)}
     out["total"] = sum(out.values())
     return out

@@ -4,7 +4,7 @@ Whole-image inference (mmseg's ``mode='whole'``): the uint8 image is optionally 
 its aspect ratio (the official test ``Resize(img_scale=(2048, 512), keep_ratio=True)``), scaled to
 [0, 1] and normalised, run through the model, and the logits are resized bilinearly to the size of
 the label map before the argmax. The metrics sum intersections and unions over the whole data set
-(:class:`~hilovit.train.seg_metrics.SegMetric`), then average IoU over the classes present.
+(:class:`~hilovit.tasks.segmentation_metrics.SegMetric`), then average IoU over the classes present.
 """
 
 from __future__ import annotations

@@ -104,6 +104,18 @@ class ConvModule(nn.Module):
         return x
 
 
+def _extra_convs_mode(add_extra_convs: Any, on_inputs: Optional[bool]):
+    """``False`` or the source of the first extra conv, from mmdet's / mmseg's arguments."""
+    if add_extra_convs is False or add_extra_convs is None:
+        return False
+    if add_extra_convs is True:
+        return "on_output" if on_inputs is False else "on_input"
+    if add_extra_convs not in ("on_input", "on_lateral", "on_output"):
+        raise ValueError(f"FPN add_extra_convs must be False, True, 'on_input', 'on_lateral' or 'on_output', "
+                         f"got {add_extra_convs!r}")
+    return add_extra_convs
+
+
 def _check_channels(value, name: str) -> List[int]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
         raise ValueError(f"{name} must be a non-empty list of ints, got {value!r}")
@@ -125,18 +137,26 @@ class FPN(nn.Module):
     ``laterals[i - 1] += interpolate(laterals[i], size=laterals[i - 1].shape[2:], **upsample_cfg)``
     (default ``mode='nearest'``: PyTorch's legacy nearest, source index ``floor(dst * in / out)``,
     so 4 -> 9 rows reads ``[0, 0, 0, 1, 1, 2, 2, 3, 3]``); ``outs[i] = fpn_convs[i](laterals[i])``
-    (3x3). Extra levels beyond the inputs (``num_outs`` larger) are 1x1 max-pools with stride 2.
+    (3x3). Extra levels beyond the inputs (``num_outs`` larger) are 1x1 max-pools with stride 2
+    (mmseg and mmdet with ``add_extra_convs=False``) or 3x3 stride-2 convolutions (mmdet's
+    ``add_extra_convs``): the first reads the last input map used (``'on_input'``), the last lateral
+    (``'on_lateral'``) or the last output (``'on_output'``), each further one the previous extra
+    output (through a ReLU first when ``relu_before_extra_convs``). RetinaNet uses ``start_level=1,
+    add_extra_convs='on_input', num_outs=5``: outputs at strides 8 to 128.
 
     Args:
         in_channels: channels of each input map; out_channels: of every output.
         num_outs: number of outputs; start_level, end_level: the inputs used (``end_level=-1``: all).
-        add_extra_convs: only ``False`` (extra levels by max-pooling).
-        no_norm_on_lateral, extra_convs_on_inputs, relu_before_extra_convs: accepted (no effect without
-            extra convs or norms).
-        conv_cfg, norm_cfg, act_cfg: only ``None`` (the neck of the official Semantic FPN configs).
+        add_extra_convs: ``False``, ``'on_input'``, ``'on_lateral'``, ``'on_output'``, or ``True``
+            (mmdet's meaning, ``'on_input'``; with ``extra_convs_on_inputs=False`` given explicitly,
+            mmseg's older meaning ``'on_output'``).
+        relu_before_extra_convs: a ReLU before every extra conv after the first.
+        no_norm_on_lateral: accepted (no effect without norms).
+        conv_cfg, norm_cfg, act_cfg: only ``None`` (the necks of the official configs).
         upsample_cfg: keyword arguments of ``F.interpolate`` for the top-down path.
 
-    Keys: ``lateral_convs.{i}.conv.{weight,bias}``, ``fpn_convs.{i}.conv.{weight,bias}``.
+    Keys: ``lateral_convs.{i}.conv.{weight,bias}``, ``fpn_convs.{i}.conv.{weight,bias}`` (the extra
+    convs follow the output convs in ``fpn_convs``).
     """
 
     def __init__(
@@ -147,7 +167,7 @@ class FPN(nn.Module):
         start_level: int = 0,
         end_level: int = -1,
         add_extra_convs: Any = False,
-        extra_convs_on_inputs: bool = False,
+        extra_convs_on_inputs: Optional[bool] = None,
         relu_before_extra_convs: bool = False,
         no_norm_on_lateral: bool = False,
         conv_cfg: Optional[Mapping[str, Any]] = None,
@@ -173,8 +193,12 @@ class FPN(nn.Module):
         used = self.backbone_end_level - start_level
         if num_outs < used:
             raise ValueError(f"FPN num_outs ({num_outs}) must be at least the number of levels used ({used})")
-        if add_extra_convs:
-            raise ValueError(f"FPN add_extra_convs={add_extra_convs!r} is not supported; use False")
+        self.add_extra_convs = _extra_convs_mode(add_extra_convs, extra_convs_on_inputs)
+        if not isinstance(relu_before_extra_convs, bool):
+            raise ValueError(f"FPN relu_before_extra_convs must be a bool, got {relu_before_extra_convs!r}")
+        self.relu_before_extra_convs = relu_before_extra_convs
+        if self.add_extra_convs and end_level != -1 and num_outs > used:
+            raise ValueError(f"FPN with end_level={end_level} allows no extra levels: num_outs must be {used}")
         for name, cfg in (("conv_cfg", conv_cfg), ("norm_cfg", norm_cfg), ("act_cfg", act_cfg)):
             if cfg is not None:
                 raise ValueError(f"FPN {name}={cfg!r} is not supported; the Semantic FPN neck uses None")
@@ -186,6 +210,11 @@ class FPN(nn.Module):
             ConvModule(self.in_channels[i], out_channels, 1) for i in range(start_level, self.backbone_end_level)
         )
         self.fpn_convs = nn.ModuleList(ConvModule(out_channels, out_channels, 3, padding=1) for _ in range(used))
+        if self.add_extra_convs:
+            for i in range(num_outs - used):
+                cin = self.in_channels[self.backbone_end_level - 1] if i == 0 and self.add_extra_convs == "on_input" \
+                    else out_channels
+                self.fpn_convs.append(ConvModule(cin, out_channels, 3, stride=2, padding=1))
         for m in self.modules():  # mmseg's FPN init: Xavier-uniform convolutions, zero biases
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
@@ -201,9 +230,17 @@ class FPN(nn.Module):
             else:
                 up = F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], **self.upsample_cfg)
             laterals[i - 1] = laterals[i - 1] + up
-        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
-        while len(outs) < self.num_outs:
-            outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        used = len(laterals)
+        outs = [self.fpn_convs[i](laterals[i]) for i in range(used)]
+        if self.num_outs > used and not self.add_extra_convs:
+            while len(outs) < self.num_outs:
+                outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+        elif self.num_outs > used:
+            source = {"on_input": inputs[self.backbone_end_level - 1], "on_lateral": laterals[-1],
+                      "on_output": outs[-1]}[self.add_extra_convs]
+            outs.append(self.fpn_convs[used](source))
+            for i in range(used + 1, self.num_outs):
+                outs.append(self.fpn_convs[i](F.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]))
         return outs
 
 
