@@ -463,8 +463,9 @@ def _add_models(commands) -> None:
 
 def _run_models(args) -> int:
     from hilovit.bench.common import format_table
+    from hilovit.models._builder import model_rows
     from hilovit.models.hub import DownloadError, download
-    from hilovit.models.pretrained import get_pretrained, model_rows
+    from hilovit.models.pretrained import get_pretrained
     from hilovit.models.registry import split_tag
 
     if args.download and args.pattern is None:
@@ -474,9 +475,9 @@ def _run_models(args) -> int:
         print(f"hilovit models: no {'published weights' if args.pretrained else 'model'} matches "
               f"{args.pattern!r}", file=sys.stderr)
         return 1
-    cols = ["model", "params_M", "GFLOPs", "input", "top1", "weights", "cached"]
+    cols = ["model", "params_M", "GFLOPs", "input", "result", "weights", "cached"]
     if args.pretrained:
-        cols = ["model", "params_M", "GFLOPs", "input", "crop_pct", "top1", "dataset", "weights", "hf_hub_id",
+        cols = ["model", "params_M", "GFLOPs", "input", "crop_pct", "result", "dataset", "weights", "hf_hub_id",
                 "cached"]
     print(format_table(rows, cols))
     if not args.download:

@@ -274,8 +274,7 @@ def export_model(model: Optional[str], output: PathLike, checkpoint: Optional[Pa
 
     ``img_size`` fixes a classifier's input size; ``sizes`` are the sizes a dense model is verified
     at (the task's defaults include sizes that are multiples of neither 32 nor the windows)."""
-    from hilovit.models.checkpoint import load_model
-    from hilovit.models.registry import create_model
+    from hilovit.models._builder import create_model, load_model
     from hilovit.tasks import resolve_task
 
     if format != "onnx":

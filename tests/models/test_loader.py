@@ -15,10 +15,10 @@ from hilovit import create_model
 from hilovit.cli import main
 from hilovit.data.idx import write_idx
 from hilovit.io import atomic_write, temporary_name
+from hilovit.models._builder import load_model
 from hilovit.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    load_model,
     read_checkpoint,
     save_safetensors,
 )

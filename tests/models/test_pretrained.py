@@ -381,6 +381,8 @@ def test_timm_names_resolve_to_our_names_and_tags():
 
 def test_table_agrees_with_the_models_and_the_official_release_layout():
     for model, tags in _TABLE.items():
+        if not model.startswith(("litv2", "swin")):
+            continue  # the segmentation and detection files: tests/models/test_pretrained_table.py
         with torch.device("meta"):
             net = create_model(model)
         for w in tags.values():

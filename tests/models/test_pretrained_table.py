@@ -16,7 +16,7 @@ from PIL import Image
 from hilovit import create_model
 from hilovit.data import ImageFolderDataset, resize_center_crop
 from hilovit.data.folders import preprocess_image
-from hilovit.models.pretrained import _TABLE, get_pretrained, timm_default_tag
+from hilovit.models.pretrained import _TABLE, get_pretrained
 from hilovit.models.registry import resolve_name
 
 LIT = "https://github.com/ziplab/LITv2/releases/download/"
@@ -62,12 +62,29 @@ TIMM_SWIN_CFGS = [
 ]
 
 
+# The dense-prediction files: ziplab/LITv2 segmentation/README.md (ADE20K mIoU) and detection/README.md
+# (COCO box AP), release v1.0.
+OFFICIAL_DENSE = {
+    "semfpn_litv2_s.ade20k": (LIT + "v1.0/litv2_s_fpn_r50_512x512_80k_ade20k.pth", {"miou": 44.3}),
+    "semfpn_litv2_m.ade20k": (LIT + "v1.0/litv2_m_fpn_r50_512x512_80k_ade20k.pth", {"miou": 45.7}),
+    "semfpn_litv2_b.ade20k": (LIT + "v1.0/litv2_b_fpn_r50_512x512_80k_ade20k.pth", {"miou": 47.2}),
+    "retinanet_litv2_s.coco": (LIT + "v1.0/retinanet_litv2_s_fpn_1x_coco.pth", {"box_ap": 44.0}),
+    "retinanet_litv2_m.coco": (LIT + "v1.0/retinanet_litv2_m_fpn_1x_coco.pth", {"box_ap": 46.0}),
+    "retinanet_litv2_b.coco": (LIT + "v1.0/retinanet_litv2_b_fpn_1x_coco.pth", {"box_ap": 46.7}),
+    "retinanet_litv2_s_ws4.coco": (LIT + "v1.0/retinanet_litv2_s_fpn_1x_coco_ws_4.pth", {"box_ap": 43.7}),
+    "retinanet_litv2_m_ws4.coco": (LIT + "v1.0/retinanet_litv2_m_fpn_1x_coco_ws_4.pth", {"box_ap": 45.8}),
+    "retinanet_litv2_b_ws4.coco": (LIT + "v1.0/retinanet_litv2_b_fpn_1x_coco_ws_4.pth", {"box_ap": 46.3}),
+}
+
+
 # --------------------------------------------------------------------------- the official tables
 def test_every_entry_matches_the_official_tables():
     entries = {w.name: w for tags in _TABLE.values() for w in tags.values()}
-    assert sorted(entries) == sorted(OFFICIAL)
+    assert sorted(entries) == sorted([*OFFICIAL, *OFFICIAL_DENSE])
     for name, (url, top1) in OFFICIAL.items():
         assert (entries[name].url, entries[name].top1) == (url, top1), name
+    for name, (url, metrics) in OFFICIAL_DENSE.items():
+        assert (entries[name].url, dict(entries[name].metrics), entries[name].top1) == (url, metrics, None), name
     alphas = {w.tag: w.variant_args["alpha"] for w in _TABLE["litv2_s"].values() if w.tag.startswith("alpha")}
     assert alphas == {"alpha_0": 0.0, "alpha_0_2": 0.2, "alpha_0_4": 0.4, "alpha_0_5": 0.5, "alpha_0_7": 0.7,
                       "alpha_0_9": 0.9, "alpha_1": 1.0}
@@ -95,7 +112,7 @@ def test_timm_names_without_a_tag_load_timms_default():
     assert defaults["swin_tiny_patch4_window7_224"] == "ms_in1k"
     for arch, tag in defaults.items():
         base, resolved = resolve_name(arch)
-        assert resolved == tag and timm_default_tag(arch) == tag, arch
+        assert resolved == tag, arch
         with torch.device("meta"):
             cfg = create_model(arch).pretrained_cfg
         assert cfg["tag"] == tag and cfg["url"] == OFFICIAL[f"{base}.{tag}"][0], arch

@@ -85,7 +85,7 @@ def resolve_models(patterns: Optional[Sequence[str]] = None) -> List[str]:
 def build_model(name: str, img_size: Optional[Size] = None, **overrides: Any) -> nn.Module:
     """``create_model(name, img_size=img_size, **overrides)``; without ``img_size`` for families that
     do not take it."""
-    from hilovit.models.registry import create_model
+    from hilovit.models._builder import create_model
 
     if img_size is not None:
         try:

@@ -132,7 +132,7 @@ def run_seg_benchmark(
             reference matrix multiply.
     """
     from hilovit.flops import count_flops
-    from hilovit.models.registry import create_model
+    from hilovit.models._builder import create_model
 
     set_threads(threads)
     for name, value in (("repeats", repeats), ("matmul_n", matmul_n), ("num_classes", num_classes)):

@@ -1,16 +1,18 @@
 """Model families; importing this package registers every named config."""
 
 from hilovit.models import swin  # noqa: F401  (registers swin_*)
+from hilovit.models._builder import create_model, load_model
 from hilovit.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from hilovit.models.detector import build_detector  # noqa: F401  (registers retinanet_*)
 from hilovit.models.litv2 import LITv2  # registers litv2_*
 from hilovit.models.litv2_backbone import LITv2Backbone
-from hilovit.models.registry import create_model, list_models, register_model
+from hilovit.models.registry import list_models, register_model
 from hilovit.models.segmentation import build_segmentor  # noqa: F401  (registers semfpn_*)
 from hilovit.models.swin import SwinTransformer
 
 __all__ = [
     "create_model",
+    "load_model",
     "list_models",
     "register_model",
     "load_checkpoint",

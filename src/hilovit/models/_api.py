@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from hilovit.runtime import tune_allocator
 
-__all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "init_weights", "check_image_input"]
+__all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "init_weights", "check_image_input",
+           "update_pretrained_cfg"]
 
 Indices = Union[int, Sequence[int], None]
 
@@ -120,6 +121,16 @@ class FeatureInfo(list):
     def get_dicts(self, keys: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
         keys = list(keys) if keys is not None else None
         return [dict(e) if keys is None else {k: e[k] for k in keys} for e in self]
+
+
+def update_pretrained_cfg(model: nn.Module, base: Optional[Dict[str, Any]] = None, **changes: Any) -> Dict[str, Any]:
+    """The one writer of ``model.pretrained_cfg``: ``base`` (default: the current one) updated with
+    ``changes``, set on the model and returned. Families, the model builder, loading and
+    ``reset_classifier`` all go through here, so the configuration is never half-replaced."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {}) if base is None else dict(base)
+    cfg.update(changes)
+    model.pretrained_cfg = cfg
+    return cfg
 
 
 def init_weights(m: nn.Module) -> None:
@@ -231,9 +242,8 @@ class HierarchicalModel(nn.Module):
             init_weights(self.head)
         else:
             self.head = nn.Identity()
-        cfg = getattr(self, "pretrained_cfg", None)
-        if cfg is not None:
-            self.pretrained_cfg = {**cfg, "num_classes": num_classes}
+        if getattr(self, "pretrained_cfg", None) is not None:
+            update_pretrained_cfg(self, num_classes=num_classes)
 
     # ---- forward ----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,22 +1,152 @@
-"""Building models with their weights: published weights by tag, and files or URLs that size the model.
+"""The model builder: a registered model with its weights and its ``pretrained_cfg``, set in one place.
 
-:func:`pretrained_model` is ``create_model(name, pretrained=...)`` where ``pretrained`` may also be a
-tag of the model's published weights, and where a weights file, local or fetched from a URL, sizes
-the model (classes, channels, recorded constructor arguments) before the weights are loaded: the
-same file gives the same model wherever it comes from.
+* :func:`create_model` (``hilovit.create_model``): timm's meaning of ``pretrained``: the published
+  weights of a tag (the table each family fills, :mod:`hilovit.models.pretrained`), a file, a URL or
+  ``hf-hub:``; the weights are fetched before the model is built (fail fast), the entry's
+  ``pretrained_cfg`` applied (:func:`apply_cfg`) and the weights adapted and loaded
+  (:func:`hilovit.models.pretrained.load_file`: input channels, a new classifier, an mmdet/mmseg
+  checkpoint's backbone, a classifier's backbone into a segmenter or detector).
+* :func:`pretrained_model`: ``create_model`` where ``pretrained`` may also be a tag, and where a file,
+  local or fetched from a URL, sizes the model first.
+* :func:`load_model` (``hilovit.load_model``): the model a checkpoint or a training run was made as,
+  sized from it (recorded task, classes, channels, constructor arguments), loaded strictly.
+* :func:`model_rows`: what ``hilovit models`` lists.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Union
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["pretrained_model"]
+from hilovit.models._api import update_pretrained_cfg
+from hilovit.models.checkpoint import CheckpointError, Source, _load_into
+from hilovit.models.registry import model_entrypoint, resolve_name, same_model, split_tag
+
+__all__ = ["create_model", "pretrained_model", "load_model", "apply_cfg", "model_rows"]
 
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
+
+
+def _cfg_stats(values: Tuple[float, ...], in_chans: int) -> Tuple[float, ...]:
+    if len(values) == in_chans:
+        return tuple(values)
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    return tuple(values[i % len(values)] for i in range(in_chans))
+
+
+_SOURCE_KEYS = ("file", "url", "hf_hub_id")
+
+
+def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
+    """``(source, sha256, file_name)`` for ``pretrained`` (True, a path, a URL or 'hf-hub:...')."""
+    if pretrained is True:
+        if overlay.get("file"):
+            return overlay["file"], overlay.get("sha256"), None
+        if overlay.get("url"):
+            return overlay["url"], overlay.get("sha256"), overlay.get("file_name")
+        if overlay.get("hf_hub_id"):
+            return "hf-hub:" + overlay["hf_hub_id"], overlay.get("sha256"), None
+        if entry is None:
+            raise ValueError(f"no pretrained weights are published for {name!r}; pass a file: pretrained='path.pth', "
+                             "a URL, or 'hf-hub:org/name'")
+        return entry.url, overlay.get("sha256", entry.sha256), entry.file_name
+    if isinstance(pretrained, os.PathLike):
+        pretrained = os.fspath(pretrained)
+    if not pretrained:
+        raise ValueError("pretrained is an empty string; expected False, True, a file path, a URL or 'hf-hub:org/name'")
+    return pretrained, overlay.get("sha256"), overlay.get("file_name")
+
+
+def create_model(
+    name: str,
+    pretrained: Union[bool, str, os.PathLike, None] = False,
+    pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model, with timm's meaning of ``pretrained``.
+
+    Args:
+        name: a registered name or alias (see :func:`list_models`), optionally with a weights tag:
+            ``'litv2_s.alpha_0_5'``, ``'swin_tiny_patch4_window7_224.ms_in22k_ft_in1k'`` (see
+            ``hilovit models --pretrained``). A tag sets the model's ``pretrained_cfg`` and the
+            arguments the weights need (``alpha``, ``num_classes=21841`` for ImageNet-22k).
+        pretrained: ``False`` (or None): random initialisation. ``True``: the official weights of
+            the tag (default: the model's first published weights; for ``litv2_s`` the file matching
+            an ``alpha=`` argument), downloaded once into the torch hub cache
+            (``$TORCH_HOME/hub/checkpoints``). A path, an ``http(s)://`` URL or
+            ``'hf-hub:org/name'``: that file. ``HILOVIT_OFFLINE=1`` never downloads.
+        pretrained_cfg_overlay: entries that replace the weights' config, as timm's: ``url``,
+            ``file`` (a local path), ``hf_hub_id``, ``sha256``, or preprocessing keys (``crop_pct``,
+            ``mean``, ...).
+        **kwargs: constructor arguments (``num_classes=10``, ``in_chans=1``, ``img_size=384``,
+            ``window_size=12``, ``drop_path_rate=0.1``, ...). Weights are adapted as timm does: a
+            classifier of another size is re-initialised (a warning names it), the stem is summed
+            for one input channel, Swin's relative-position tables are resized bicubically.
+
+    Raises:
+        ValueError: an unknown name or tag, or no published weights fit the arguments.
+        hilovit.models.hub.DownloadError: the weights cannot be fetched (the message says how to
+            fetch them by hand).
+
+    Example::
+
+        >>> model = create_model("litv2_s", pretrained=True)              # official ImageNet-1k weights
+        >>> model = create_model("litv2_s", alpha=0.5, pretrained=True)   # the alpha = 0.5 checkpoint
+        >>> model = create_model("swin_t", pretrained=True, num_classes=10, in_chans=1)
+    """
+    from hilovit.models import hub
+    from hilovit.models import pretrained as weights
+
+    if pretrained_cfg_overlay is not None and not isinstance(pretrained_cfg_overlay, dict):
+        raise TypeError(f"pretrained_cfg_overlay must be a dict, got {type(pretrained_cfg_overlay).__name__}")
+    overlay = dict(pretrained_cfg_overlay or {})
+    if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
+        raise TypeError(
+            "pretrained must be False, True, a file path, an http(s):// URL or 'hf-hub:org/name', "
+            f"got {type(pretrained).__name__}"
+        )
+    base, tag = resolve_name(name)
+    wants_official = pretrained is True and not any(overlay.get(k) for k in _SOURCE_KEYS)
+    entry = weights.get_pretrained(base, tag, kwargs, required=wants_official)
+    path = source = None
+    if pretrained is not None and pretrained is not False:
+        source, sha256, file_name = _pretrained_source(pretrained, entry, overlay, name)
+        path = hub.fetch(source, sha256=sha256, file_name=file_name)  # before building: fail fast
+    args = dict(entry.model_args) if entry is not None else {}
+    if entry is not None:
+        args.update(entry.variant_args)
+    args.update(kwargs)
+    model = model_entrypoint(base)(**args)
+    if entry is not None:
+        apply_cfg(model, entry)
+    if overlay:
+        update_pretrained_cfg(model, **overlay)
+    if path is not None:
+        weights.load_file(model, path, origin=source)
+    return model
+
+
+def apply_cfg(model: nn.Module, entry) -> None:
+    """Set ``model.pretrained_cfg`` from ``entry``, keeping what the model's own arguments decide
+    (``num_classes``, ``input_size``; ``mean``/``std`` fitted to its input channels)."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    own_input = cfg.get("input_size")
+    own_classes = cfg.get("num_classes", getattr(model, "num_classes", None))
+    cfg.update(entry.cfg())
+    in_chans = int(getattr(model, "in_chans", entry.input_size[0]))
+    if own_input is not None:
+        cfg["input_size"] = tuple(own_input)
+    if own_classes is not None:
+        cfg["num_classes"] = own_classes
+    cfg["mean"] = _cfg_stats(entry.mean, in_chans)
+    cfg["std"] = _cfg_stats(entry.std, in_chans)
+    update_pretrained_cfg(model, base=cfg)
+
 
 
 def _is_remote(text: str) -> bool:
@@ -36,8 +166,6 @@ def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True
         ValueError: a string that is neither a file, a URL, ``hf-hub:`` nor a published tag (the
             message lists the tags); FileNotFoundError: a path that does not exist.
     """
-    from hilovit.models.registry import create_model, split_tag
-
     if isinstance(pretrained, str) and pretrained and not _is_remote(pretrained):
         looks_like_path = (os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES)
                            or os.path.exists(pretrained))
@@ -63,3 +191,161 @@ def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True
         load_file(model, path, origin=source)
         return model.eval().to(device)
     return create_model(name, pretrained=pretrained, **kwargs).eval().to(device)
+
+
+def load_model(
+    checkpoint: Source,
+    model: Union[str, nn.Module, None] = None,
+    *,
+    device: Union[str, torch.device] = "cpu",
+    strict: bool = True,
+    ema: bool = False,
+    mean: Optional[Tuple[float, ...]] = None,
+    std: Optional[Tuple[float, ...]] = None,
+    **overrides,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the model ``checkpoint`` was trained as, sized from it, load it and put it in eval mode.
+
+    Args:
+        checkpoint: a file, a training output folder or a state dict (see :func:`read_checkpoint`).
+        model: a registered name (checked against the name the checkpoint records, aliases
+            accepted), a model instance to load into as it is, or None for the recorded name.
+        device: where to put the model.
+        strict: every key must be found (a classifier of another size is always an error here).
+        ema: load the EMA weights of a training checkpoint.
+        mean, std: the normalisation to record in ``model.pretrained_cfg`` when the checkpoint
+            records none (they override a recorded one too).
+        **overrides: constructor arguments; by default ``num_classes`` comes from the classifier,
+            ``in_chans`` from the stem convolution and ``img_size`` from the metadata.
+
+    Returns:
+        ``(model, metadata)``: :func:`parse_metadata` of the stored metadata, plus ``source`` (the
+        file read) and ``normalization``: ``'checkpoint'``, ``'given'`` or ``'default'`` (the
+        model's own ``pretrained_cfg`` values, with a warning saying which).
+
+    Raises:
+        FileNotFoundError: no such file or folder. ValueError: an unknown model name.
+        CheckpointError: trained as another model, or keys/shapes that do not fit.
+    """
+    from hilovit.models.checkpoint import _sizes, parse_metadata, read_checkpoint, resolve_checkpoint
+
+    if isinstance(model, str):
+        model_entrypoint(model)  # an unknown name: ValueError listing the registered ones
+    elif model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a registered name, an nn.Module or None, got {type(model).__name__}")
+    if isinstance(checkpoint, Mapping):
+        where, read_from = "the state dict", checkpoint
+    else:
+        read_from = resolve_checkpoint(checkpoint)
+        where = repr(str(read_from))
+    sd, raw = read_checkpoint(read_from, ema=ema)
+    info = parse_metadata(raw)
+    info["source"] = None if isinstance(read_from, Mapping) else str(read_from)
+    trained_as = info["model"]
+    if isinstance(model, str) and trained_as and not same_model(trained_as, model):
+        raise CheckpointError(f"checkpoint {where} holds a {trained_as!r} model, not {model!r}")
+    if model is None:
+        if not trained_as:
+            raise CheckpointError(f"checkpoint {where} records no model name: name the model to build")
+        model = trained_as
+    if isinstance(model, str):
+        kwargs = {**_sizes(sd, info), **overrides}
+        if info["img_size"] is not None:
+            kwargs.setdefault("img_size", info["img_size"])
+        net = create_model(model, **kwargs)
+    else:
+        net = model
+    _load_into(net, sd, strict, False, where, model if isinstance(model, str) else type(net).__name__)
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if given:
+        info["normalization"] = "given"
+    elif info["mean"] is not None and info["std"] is not None:
+        given = {"mean": info["mean"], "std": info["std"]}
+        info["normalization"] = "checkpoint"
+    else:
+        info["normalization"] = "default"
+        name = model if isinstance(model, str) else type(net).__name__
+        if "mean" in cfg:
+            warnings.warn(
+                f"checkpoint {where} records no normalisation: using {name}'s default "
+                f"mean={tuple(cfg['mean'])} std={tuple(cfg.get('std', ()))}; pass mean= and std= to choose another",
+                stacklevel=2,
+            )
+    if given:
+        update_pretrained_cfg(net, **{k: tuple(float(v) for v in value) for k, value in given.items()})
+    if info["classes"] is not None and getattr(net, "num_classes", len(info["classes"])) != len(info["classes"]):
+        info["classes"] = None  # names that do not match the classifier are not trusted
+    return net.eval().to(device), info
+
+
+
+# --------------------------------------------------------------------------- the model list
+def _matches(pattern: str, *names: str, exact: bool = False) -> bool:
+    """A shell pattern (``'litv2*'``) matches the whole name; a plain word (``'litv2'``) anywhere in it,
+    or only as a whole name with ``exact`` (the word is a registered name)."""
+    import fnmatch
+
+    if exact:
+        return pattern in names
+    if not any(c in pattern for c in "*?["):
+        pattern = f"*{pattern}*"
+    return any(fnmatch.fnmatch(n, pattern) for n in names if n)
+
+
+def _gflops(model) -> Any:
+    """``model.flops()`` in G multiply-adds, or None where the model has no count for its configuration."""
+    flops = getattr(model, "flops", None)
+    if not callable(flops):
+        return None
+    try:
+        return round(flops() / 1e9, 2)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+
+
+def model_rows(pattern: str = "*", pretrained: bool = False) -> List[Dict[str, Any]]:
+    """One row per registered model (or, with ``pretrained``, per published checkpoint) matching
+    ``pattern`` (a shell pattern on our names, timm's names, or ``name.tag``; a plain word matches a
+    name exactly when one has it, else anywhere in the names): parameters, FLOPs (multiply-adds at
+    the input size, ``model.flops()``), input size, the official result, where the weights are
+    published and whether they are in the cache. Models are built on the meta device (no memory, no
+    time)."""
+    from hilovit.models.pretrained import get_pretrained, list_pretrained, published
+    from hilovit.models.registry import _ALIASES, is_model, list_models, model_task
+
+    aliases: Dict[str, List[str]] = {}
+    for alias, target in _ALIASES.items():
+        aliases.setdefault(target, []).append(alias)
+    exact = not any(c in pattern for c in "*?[") and ((is_model(pattern) and "." not in pattern)
+                                                     or pattern in list_pretrained())
+    rows = []
+    for name in list_models():
+        names = [name, *aliases.get(name, [])]
+        if pretrained:
+            todo = [(w.name, w) for w in published(name)
+                    if _matches(pattern, *names, *(f"{n}.{w.tag}" for n in names), exact=exact)]
+        elif _matches(pattern, *names, exact=exact):
+            todo = [(name, get_pretrained(name))]
+        else:
+            todo = []
+        for label, entry in todo:
+            with torch.device("meta"):
+                model = create_model(label if pretrained else name)
+            cfg = model.pretrained_cfg
+            gflops = _gflops(model)
+            rows.append({
+                "model": label,
+                "task": model_task(name),
+                "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                "GFLOPs": gflops if gflops is not None else "-",
+                "input": "x".join(str(s) for s in cfg.get("input_size", ())),
+                "crop_pct": cfg.get("crop_pct"),
+                "result": entry.result if entry is not None else "-",
+                "dataset": entry.dataset if entry is not None else "-",
+                "weights": entry.url if entry is not None else "-",
+                "hf_hub_id": (entry.hf_hub_id or "-") if entry is not None else "-",
+                "cached": ("yes" if entry.is_cached() else "no") if entry is not None else "-",
+                "cache_path": entry.cache_path if entry is not None else "",
+            })
+    return rows

@@ -9,10 +9,8 @@
   :mod:`hilovit.models.convert`). A classifier of another size is left newly initialised with a
   warning (fine-tuning), unless ``allow_new_classifier=False``; anything else that does not fit
   raises :class:`CheckpointError` listing the shape mismatches, missing and unexpected keys.
-* :func:`load_model` builds the registered model a checkpoint was trained as, sized from it (the
-  classes from its classifier, the image channels from its stem, the input size and
-  normalisation from its metadata) and loads it strictly: ``hilovit predict``, ``eval``,
-  ``export`` and ``viz`` all go through it.
+Building the registered model a checkpoint was trained as is :func:`hilovit.models._builder.load_model`
+(``hilovit.load_model``), sized through :func:`sizes_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ __all__ = [
     "parse_metadata",
     "resolve_checkpoint",
     "load_checkpoint",
-    "load_model",
     "save_safetensors",
 ]
 
@@ -404,18 +401,6 @@ def _load_into(model: nn.Module, sd: StateDict, strict: bool, allow_new_classifi
     return result
 
 
-def same_model(a: str, b: str) -> bool:
-    """Whether two registered names are the same model (a name and its alias)."""
-    from hilovit.models.registry import model_entrypoint
-
-    if a == b:
-        return True
-    try:
-        return model_entrypoint(a) is model_entrypoint(b)
-    except ValueError:
-        return False
-
-
 _CLASSIFIER_KEYS = ("head.weight", "head.fc.weight", "decode_head.conv_seg.weight")
 _STEM_KEYS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
 
@@ -462,94 +447,6 @@ def sizes_from_checkpoint(source: Source) -> Dict[str, Any]:
     """The constructor arguments ``source`` implies (``num_classes``, ``in_chans``, recorded ``model_kwargs``)."""
     sd, raw = read_checkpoint(source)
     return _sizes(sd, parse_metadata(raw))
-
-
-def load_model(
-    checkpoint: Source,
-    model: Union[str, nn.Module, None] = None,
-    *,
-    device: Union[str, torch.device] = "cpu",
-    strict: bool = True,
-    ema: bool = False,
-    mean: Optional[Tuple[float, ...]] = None,
-    std: Optional[Tuple[float, ...]] = None,
-    **overrides,
-) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Build the model ``checkpoint`` was trained as, sized from it, load it and put it in eval mode.
-
-    Args:
-        checkpoint: a file, a training output folder or a state dict (see :func:`read_checkpoint`).
-        model: a registered name (checked against the name the checkpoint records, aliases
-            accepted), a model instance to load into as it is, or None for the recorded name.
-        device: where to put the model.
-        strict: every key must be found (a classifier of another size is always an error here).
-        ema: load the EMA weights of a training checkpoint.
-        mean, std: the normalisation to record in ``model.pretrained_cfg`` when the checkpoint
-            records none (they override a recorded one too).
-        **overrides: constructor arguments; by default ``num_classes`` comes from the classifier,
-            ``in_chans`` from the stem convolution and ``img_size`` from the metadata.
-
-    Returns:
-        ``(model, metadata)``: :func:`parse_metadata` of the stored metadata, plus ``source`` (the
-        file read) and ``normalization``: ``'checkpoint'``, ``'given'`` or ``'default'`` (the
-        model's own ``pretrained_cfg`` values, with a warning saying which).
-
-    Raises:
-        FileNotFoundError: no such file or folder. ValueError: an unknown model name.
-        CheckpointError: trained as another model, or keys/shapes that do not fit.
-    """
-    from hilovit.models.registry import create_model, model_entrypoint
-
-    if isinstance(model, str):
-        model_entrypoint(model)  # an unknown name: ValueError listing the registered ones
-    elif model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a registered name, an nn.Module or None, got {type(model).__name__}")
-    if isinstance(checkpoint, Mapping):
-        where, read_from = "the state dict", checkpoint
-    else:
-        read_from = resolve_checkpoint(checkpoint)
-        where = repr(str(read_from))
-    sd, raw = read_checkpoint(read_from, ema=ema)
-    info = parse_metadata(raw)
-    info["source"] = None if isinstance(read_from, Mapping) else str(read_from)
-    trained_as = info["model"]
-    if isinstance(model, str) and trained_as and not same_model(trained_as, model):
-        raise CheckpointError(f"checkpoint {where} holds a {trained_as!r} model, not {model!r}")
-    if model is None:
-        if not trained_as:
-            raise CheckpointError(f"checkpoint {where} records no model name: name the model to build")
-        model = trained_as
-    if isinstance(model, str):
-        kwargs = {**_sizes(sd, info), **overrides}
-        if info["img_size"] is not None:
-            kwargs.setdefault("img_size", info["img_size"])
-        net = create_model(model, **kwargs)
-    else:
-        net = model
-    _load_into(net, sd, strict, False, where, model if isinstance(model, str) else type(net).__name__)
-    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
-    given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
-    if given:
-        info["normalization"] = "given"
-    elif info["mean"] is not None and info["std"] is not None:
-        given = {"mean": info["mean"], "std": info["std"]}
-        info["normalization"] = "checkpoint"
-    else:
-        info["normalization"] = "default"
-        name = model if isinstance(model, str) else type(net).__name__
-        if "mean" in cfg:
-            warnings.warn(
-                f"checkpoint {where} records no normalisation: using {name}'s default "
-                f"mean={tuple(cfg['mean'])} std={tuple(cfg.get('std', ()))}; pass mean= and std= to choose another",
-                stacklevel=2,
-            )
-    for key, value in given.items():
-        cfg[key] = tuple(float(v) for v in value)
-    if cfg:
-        net.pretrained_cfg = cfg
-    if info["classes"] is not None and getattr(net, "num_classes", len(info["classes"])) != len(info["classes"]):
-        info["classes"] = None  # names that do not match the classifier are not trusted
-    return net.eval().to(device), info
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: Union[str, os.PathLike], metadata=None) -> None:

@@ -25,10 +25,12 @@ import torch
 import torch.nn as nn
 
 from hilovit.data.constants import COCO_CLASSES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from hilovit.models._api import update_pretrained_cfg
 from hilovit.models.det_preprocessor import DetDataPreprocessor, Images, as_image_list, resize_keep_ratio
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.heads.retina_head import RetinaHead
 from hilovit.models.litv2_backbone import LITv2Backbone
+from hilovit.models.pretrained import PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.segmentation import EncoderDecoder, SwinSegBackbone, _check_keys, _merge, _split_type
 
@@ -90,7 +92,7 @@ class RetinaNet(nn.Module):
         self.test_scale = test_scale
         self.num_classes = bbox_head.num_classes
         self.in_chans = data_preprocessor.in_chans
-        self.pretrained_cfg: Dict[str, Any] = _det_cfg(num_classes=self.num_classes, in_chans=self.in_chans)
+        update_pretrained_cfg(self, base=_det_cfg(num_classes=self.num_classes, in_chans=self.in_chans))
 
     # ------------------------------------------------------------------ dense outputs
     def _check_inputs(self, inputs: Any) -> None:
@@ -194,7 +196,6 @@ class RetinaNet(nn.Module):
 
 def _det_cfg(**kwargs) -> Dict[str, Any]:
     cfg = {
-        "url": "",
         "task": "detection",
         "num_classes": 80,
         "class_names": COCO_CLASSES,
@@ -372,7 +373,7 @@ def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> 
                 mean=tuple(round(m / 255, 6) for m in pre["mean"]), std=tuple(round(s / 255, 6) for s in pre["std"]))
     if model.num_classes != len(pcfg["class_names"] or ()):
         pcfg["class_names"] = None
-    model.pretrained_cfg = pcfg
+    update_pretrained_cfg(model, base=pcfg)
     return model
 
 
@@ -386,8 +387,8 @@ def _litv2(embed_dim: int, depths: List[int], num_heads: List[int], drop_path_ra
 
 
 def _official(size: str, ws4: bool, box_ap: float) -> Dict[str, Any]:
-    name = f"retinanet_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
-    return dict(url=_RELEASE + name, box_ap=box_ap)
+    """The pretrained_cfg of an official COCO model (its file and box AP are in the weights table below)."""
+    return {}
 
 
 _S = (96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2)
@@ -395,46 +396,46 @@ _M = (96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2)
 _B = (128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_s(**kwargs) -> RetinaNet:
     """LITv2-S RetinaNet, COCO 1x (official ``retinanet_litv2_s_fpn_1x_coco``): 38,014,252 parameters,
     official 242.39 GFLOPs at 1280 x 800, 44.0 box AP."""
     return _create(_litv2(*_S, local_ws=[0, 0, 2, 1]), _official("s", False, 44.0), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_m(**kwargs) -> RetinaNet:
     """LITv2-M RetinaNet, COCO 1x: 59,000,620 parameters, 348.09 GFLOPs, 46.0 box AP."""
     return _create(_litv2(*_M, local_ws=[0, 0, 2, 1]), _official("m", False, 46.0), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_b(**kwargs) -> RetinaNet:
     """LITv2-B RetinaNet, COCO 1x: 97,139,852 parameters, 481.09 GFLOPs, 46.7 box AP (the official
     config trains with activation checkpointing, ``use_checkpoint=True``)."""
     return _create(_litv2(*_B, local_ws=[0, 0, 2, 1], use_checkpoint=True), _official("b", False, 46.7), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_s_ws4(**kwargs) -> RetinaNet:
     """LITv2-S RetinaNet with HiLo window 4 in stage 3 (``retinanet_litv2_s_fpn_1x_coco_ws_4``):
     official 230 GFLOPs, 43.7 box AP."""
     return _create(_litv2(*_S, local_ws=[0, 0, 4, 1]), _official("s", True, 43.7), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_m_ws4(**kwargs) -> RetinaNet:
     """LITv2-M RetinaNet, HiLo window 4: official 312 GFLOPs, 45.8 box AP."""
     return _create(_litv2(*_M, local_ws=[0, 0, 4, 1]), _official("m", True, 45.8), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_b_ws4(**kwargs) -> RetinaNet:
     """LITv2-B RetinaNet, HiLo window 4: official 430 GFLOPs, 46.3 box AP."""
     return _create(_litv2(*_B, local_ws=[0, 0, 4, 1], use_checkpoint=True), _official("b", True, 46.3), **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_swin_t(**kwargs) -> RetinaNet:
     """Swin-T RetinaNet with the LITv2 recipe (for comparison; no published checkpoint): the Swin
     dense-prediction backbone (norms on its outputs) returning stages 1-3, the FPN on them with two
@@ -445,7 +446,7 @@ def retinanet_swin_t(**kwargs) -> RetinaNet:
     return _create(_retinanet_config(backbone, [192, 384, 768], start_level=0), {}, **kwargs)
 
 
-@register_model
+@register_model(task="detection")
 def retinanet_litv2_nano(**kwargs) -> RetinaNet:
     """A small LITv2 RetinaNet for 128 x 128 grey scenes of garments 20-60 pixels wide (``fashion-scenes``).
 
@@ -468,3 +469,18 @@ def retinanet_litv2_nano(**kwargs) -> RetinaNet:
                                             strides=[8, 16, 32, 64]))
     return _create(config, dict(input_size=(1, 128, 128), test_scale=None, dataset="fashion-scenes",
                                 class_names=tuple(FASHION_MNIST_CLASSES)), **kwargs)
+
+
+# --------------------------------------------------------------------------- published weights
+# The official COCO 1x models (ziplab/LITv2 detection/README.md, release v1.0): box AP on COCO val2017.
+def _coco_weights(size: str, ws4: bool, box_ap: float) -> PretrainedWeights:
+    file = f"retinanet_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
+    return PretrainedWeights(model=f"retinanet_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=_RELEASE + file,
+                             top1=None, num_classes=80, input_size=(3, 1280, 800), crop_pct=1.0,
+                             interpolation="bilinear", dataset="coco", paper="https://arxiv.org/abs/2205.13213",
+                             metrics={"box_ap": box_ap}, extra={"box_ap": box_ap})
+
+
+register_weights(*(_coco_weights(size, ws4, ap) for size, ws4, ap in (
+    ("s", False, 44.0), ("m", False, 46.0), ("b", False, 46.7),
+    ("s", True, 43.7), ("m", True, 45.8), ("b", True, 46.3))))

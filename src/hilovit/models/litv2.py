@@ -48,16 +48,18 @@ from hilovit.models._api import (
     check_image_input,
     feature_take_indices,
     init_weights,
+    update_pretrained_cfg,
 )
+from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 
 __all__ = ["LITv2", "ConvFFNBlock", "HiLoBlock", "LITStage", "param_groups"]
-_RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
+_RELEASES = "https://github.com/ziplab/LITv2/releases/download/"
+_PAPER = "https://arxiv.org/abs/2205.13213"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict[str, Any]:
+def _cfg(**kwargs) -> Dict[str, Any]:
     cfg = {
-        "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
@@ -387,8 +389,8 @@ class LITv2(HierarchicalModel):
         self.feature_info = self._build_feature_info(self.stage_dims, reduction,
                                                      out_indices if self.features_only else range(n))
         self.apply(self._init_weights)
-        self.pretrained_cfg = _cfg(num_classes=self.num_classes, input_size=(in_chans, *self.img_size),
-                                   pool_size=tuple(-(-s // reduction[-1]) for s in self.img_size))
+        update_pretrained_cfg(self, base=_cfg(num_classes=self.num_classes, input_size=(in_chans, *self.img_size),
+                                              pool_size=tuple(-(-s // reduction[-1]) for s in self.img_size)))
         if use_checkpoint:
             self.set_grad_checkpointing(True)
 
@@ -586,11 +588,8 @@ def _create(cfg_overrides: Dict[str, Any], defaults: Dict[str, Any], **kwargs) -
     args = dict(defaults)
     args.update(kwargs)
     model = LITv2(**args)
-    cfg = dict(model.pretrained_cfg)
-    cfg.update(cfg_overrides)
-    cfg["num_classes"] = model.num_classes
-    cfg["input_size"] = (model.in_chans, *model.img_size)
-    model.pretrained_cfg = cfg
+    update_pretrained_cfg(model, **cfg_overrides, num_classes=model.num_classes,
+                          input_size=(model.in_chans, *model.img_size))
     return model
 
 
@@ -605,26 +604,26 @@ def litv2_s(**kwargs) -> LITv2:
 
     ``alpha`` and ``local_ws`` can be overridden (the official release has LITv2-S for alpha 0 to 1).
     """
-    return _create({"url": _RELEASE + "litv2_s.pth"}, dict(_SMALL, drop_path_rate=0.2), **kwargs)
+    return _create({}, dict(_SMALL, drop_path_rate=0.2), **kwargs)
 
 
 @register_model
 def litv2_m(**kwargs) -> LITv2:
     """LITv2-M (ImageNet-1k, 224): 48,830,368 parameters, 7.5 GMACs, 83.3% top-1."""
-    return _create({"url": _RELEASE + "litv2_m.pth"}, dict(_MEDIUM, drop_path_rate=0.3), **kwargs)
+    return _create({}, dict(_MEDIUM, drop_path_rate=0.3), **kwargs)
 
 
 @register_model
 def litv2_b(**kwargs) -> LITv2:
     """LITv2-B (ImageNet-1k, 224): 86,520,704 parameters, 13.2 GMACs, 83.6% top-1."""
-    return _create({"url": _RELEASE + "litv2_b.pth"}, dict(_BASE, drop_path_rate=0.5), **kwargs)
+    return _create({}, dict(_BASE, drop_path_rate=0.5), **kwargs)
 
 
 @register_model
 def litv2_b_384(**kwargs) -> LITv2:
     """LITv2-B fine-tuned at 384 (no centre crop): 86,520,704 parameters, 39.7 GMACs, 84.7% top-1."""
     return _create(
-        {"url": _RELEASE + "litv2_b_384.pth", "crop_pct": 1.0, "pool_size": (12, 12)},
+        {"crop_pct": 1.0, "pool_size": (12, 12)},
         dict(_BASE, drop_path_rate=0.5, img_size=384),
         **kwargs,
     )
@@ -645,5 +644,27 @@ def litv2_nano(**kwargs) -> LITv2:
                     num_heads=[1, 2, 4, 8], alpha=0.9, local_ws=[0, 0, 3, 1], drop_path_rate=0.1)
     chans = kwargs.get("in_chans", 3)
     stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
-    return _create({"url": "", "crop_pct": 1.0, "mean": stats, "std": stats}, defaults, **kwargs)
+    return _create({"crop_pct": 1.0, "mean": stats, "std": stats}, defaults, **kwargs)
 
+
+# --------------------------------------------------------------------------- published weights
+# README.md of ziplab/LITv2 (release v1.0; single-crop 224, crop 224/256 as the official TEST.CROP
+# evaluation, bicubic; the 384 model evaluated on the whole image resized to 384x384). The alpha series
+# (release v1.1) is LITv2-S trained with other shares of Lo-Fi heads: (alpha, tag, release file,
+# official top-1); the tags keep underscores, the release's file names have the decimal point.
+def _weights(model: str, tag: str, file: str, top1: Optional[float], **kw: Any) -> PretrainedWeights:
+    return PretrainedWeights(model=model, tag=tag, url=_RELEASES + file, top1=top1, paper=_PAPER, **kw)
+
+
+_ALPHAS = ((0.0, "alpha_0", "alpha_0.pth", 81.16), (0.2, "alpha_0_2", "alpha_0.2.pth", 81.89),
+           (0.4, "alpha_0_4", "alpha_0.4.pth", 81.81), (0.5, "alpha_0_5", "alpha_0.5.pth", 81.88),
+           (0.7, "alpha_0_7", "alpha_0.7.pth", 81.94), (0.9, "alpha_0_9", "alpha_0.9.pth", 82.03),
+           (1.0, "alpha_1", "alpha_1.pth", 81.89))
+register_weights(
+    _weights("litv2_s", "in1k", "v1.0/litv2_s.pth", 82.0, variant_args={"alpha": 0.9}),
+    *(_weights("litv2_s", tag, f"v1.1/{file}", top1, variant_args={"alpha": a}, file_name=f"litv2_s-{tag}.pth")
+      for a, tag, file, top1 in _ALPHAS),
+    _weights("litv2_m", "in1k", "v1.0/litv2_m.pth", 83.3),
+    _weights("litv2_b", "in1k", "v1.0/litv2_b.pth", 83.6),
+    _weights("litv2_b_384", "in1k", "v1.0/litv2_b_384.pth", 84.7, input_size=(3, 384, 384), **SQUASH),
+)

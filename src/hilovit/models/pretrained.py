@@ -1,11 +1,13 @@
-"""The official pretrained weights of every registered model, and loading them into a model.
+"""The published weights of the registered models (the table each family fills), and loading weights into a model.
 
 Each :class:`PretrainedWeights` entry names a model and a tag (``litv2_s.in1k``,
-``litv2_s.alpha_0_5``, ``swin_t.ms_in22k_ft_in1k``), where the official file is published, the
-alternative on the Hugging Face hub (timm's copy, for Swin), the preprocessing the reported
-accuracy was measured with, and that accuracy. timm's names resolve through the registry's
-aliases: ``swin_base_patch4_window12_384.ms_in22k_ft_in1k`` is ``swin_b_384`` with the tag
-``ms_in22k_ft_in1k``.
+``litv2_s.alpha_0_5``, ``swin_t.ms_in22k_ft_in1k``, ``semfpn_litv2_s.ade20k``,
+``retinanet_litv2_s.coco``), where the official file is published, the alternative on the Hugging
+Face hub (timm's copy, for Swin), the preprocessing the reported result was measured with, and
+that result. Each family registers its own entries beside its entry points
+(:func:`register_weights`), so a new family is one file. timm's names resolve through the
+registry's aliases: ``swin_base_patch4_window12_384.ms_in22k_ft_in1k`` is ``swin_b_384`` with the
+tag ``ms_in22k_ft_in1k``.
 
 :func:`load_pretrained` fetches a source (:mod:`hilovit.models.hub`), adapts its state dict to the
 model as timm does (input channels, a missing classifier, an mmdet/mmseg detection or
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -26,6 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from hilovit.data.constants import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from hilovit.data.constants import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from hilovit.models import hub
 
 __all__ = [
@@ -35,13 +40,15 @@ __all__ = [
     "list_pretrained",
     "load_file",
     "load_pretrained",
-    "split_tag",
-    "timm_default_tag",
+    "register_weights",
+    "published",
+    "SQUASH",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_MODES = ("center", "squash")
+# The official 384 models are evaluated with TEST.CROP False (configs/*384*.yaml of LITv2 and Swin):
+# the whole image resized to 384x384, no crop.
+SQUASH = dict(crop_pct=1.0, crop_mode="squash")
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,10 @@ class PretrainedWeights:
     ``variant_args`` are constructor arguments that define the variant the file was trained as
     (``alpha`` for the LITv2-S alpha series); ``model_args`` are defaults the file implies
     (``num_classes=21841`` for ImageNet-22k) that a caller may still override.
-    ``crop_pct``/``crop_mode``/``interpolation``/``mean``/``std`` are the official evaluation's
-    preprocessing, with timm's meaning: ``crop_mode='center'`` resizes the shorter side to
+    ``metrics`` holds the official results of a dense-prediction file (``miou``, ``box_ap``,
+    ``mask_ap``; a classifier's is ``top1``), ``extra`` further ``pretrained_cfg`` entries (the test
+    scale, the class names). ``crop_pct``/``crop_mode``/``interpolation``/``mean``/``std`` are the
+    official evaluation's preprocessing, with timm's meaning: ``crop_mode='center'`` resizes the shorter side to
     ``size / crop_pct`` (keeping the aspect ratio) and centre-crops ``size``; ``'squash'`` resizes
     both sides to ``size / crop_pct`` (the official 384 evaluation: the whole image to 384x384 when
     ``crop_pct`` is 1) and centre-crops ``size``. Then normalise with ``mean``/``std``.
@@ -76,6 +85,8 @@ class PretrainedWeights:
     variant_args: Mapping[str, Any] = field(default_factory=dict)
     model_args: Mapping[str, Any] = field(default_factory=dict)
     paper: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.crop_mode not in CROP_MODES:
@@ -99,125 +110,50 @@ class PretrainedWeights:
             "file_name": self.file_name, "num_classes": self.num_classes, "input_size": self.input_size,
             "crop_pct": self.crop_pct, "crop_mode": self.crop_mode, "interpolation": self.interpolation,
             "mean": self.mean, "std": self.std,
-            "top1": self.top1, "dataset": self.dataset, "paper": self.paper,
+            "top1": self.top1, "dataset": self.dataset, "paper": self.paper, "metrics": dict(self.metrics),
+            **self.extra,
         }
+
+    @property
+    def result(self) -> str:
+        """The official result, as ``hilovit models`` shows it: the top-1, or the dense metrics."""
+        if self.top1 is not None:
+            return f"{self.top1:.2f}"
+        names = {"miou": "mIoU", "box_ap": "box AP", "mask_ap": "mask AP"}
+        return ", ".join(f"{v:g} {names.get(k, k)}" for k, v in self.metrics.items()) or "-"
 
 
 # --------------------------------------------------------------------------- the table
-_LITV2 = "https://github.com/ziplab/LITv2/releases/download/"
-_LITV2_PAPER = "https://arxiv.org/abs/2205.13213"
-_SWIN = "https://github.com/SwinTransformer/storage/releases/download/"
-_SWIN_PAPER = "https://arxiv.org/abs/2103.14030"
-_IN22K = 21841  # the ImageNet-22k classifier of the official Swin files
-
-
-def _litv2(model: str, tag: str, file: str, top1: Optional[float], **kw: Any) -> PretrainedWeights:
-    return PretrainedWeights(model=model, tag=tag, url=_LITV2 + file, top1=top1, paper=_LITV2_PAPER, **kw)
-
-
-def _swin(model: str, tag: str, file: str, top1: Optional[float], timm_name: str, **kw: Any) -> PretrainedWeights:
-    if tag == "ms_in22k":
-        kw.setdefault("num_classes", _IN22K)
-        kw.setdefault("model_args", {"num_classes": _IN22K})
-        kw.setdefault("dataset", "imagenet-22k")
-    elif tag == "ms_in22k_ft_in1k":
-        kw.setdefault("dataset", "imagenet-22k, fine-tuned on imagenet-1k")
-    if kw.get("input_size", (3, 224, 224))[1] >= 384:
-        kw.update(_SQUASH)
-    return PretrainedWeights(model=model, tag=tag, url=_SWIN + file, top1=top1, paper=_SWIN_PAPER,
-                             hf_hub_id=f"timm/{timm_name}.{tag}", **kw)
-
-
-# The official 384 models are evaluated with TEST.CROP False (configs/*384*.yaml of both
-# projects): the whole image resized to 384x384, no crop.
-_SQUASH = dict(crop_pct=1.0, crop_mode="squash")
-# LITv2: README.md of ziplab/LITv2 (release v1.0; single-crop 224, crop 224/256 as the official
-# TEST.CROP evaluation, bicubic). The alpha series (release v1.1) is LITv2-S trained with other
-# shares of Lo-Fi heads: (alpha, tag, release file, official top-1). The tags keep underscores;
-# the release's file names have the decimal point.
-_S384 = dict(input_size=(3, 384, 384), **_SQUASH)
-_ALPHAS = ((0.0, "alpha_0", "alpha_0.pth", 81.16), (0.2, "alpha_0_2", "alpha_0.2.pth", 81.89),
-           (0.4, "alpha_0_4", "alpha_0.4.pth", 81.81), (0.5, "alpha_0_5", "alpha_0.5.pth", 81.88),
-           (0.7, "alpha_0_7", "alpha_0.7.pth", 81.94), (0.9, "alpha_0_9", "alpha_0.9.pth", 82.03),
-           (1.0, "alpha_1", "alpha_1.pth", 81.89))
-_ENTRIES: List[PretrainedWeights] = [
-    _litv2("litv2_s", "in1k", "v1.0/litv2_s.pth", 82.0, variant_args={"alpha": 0.9}),
-    *(
-        _litv2("litv2_s", tag, f"v1.1/{file}", top1, variant_args={"alpha": a}, file_name=f"litv2_s-{tag}.pth")
-        for a, tag, file, top1 in _ALPHAS
-    ),
-    _litv2("litv2_m", "in1k", "v1.0/litv2_m.pth", 83.3),
-    _litv2("litv2_b", "in1k", "v1.0/litv2_b.pth", 83.6),
-    _litv2("litv2_b_384", "in1k", "v1.0/litv2_b_384.pth", 84.7, **_S384),
-    # Swin: MODELHUB.md of microsoft/Swin-Transformer. The official evaluation resizes 224 models to
-    # 256 and centre-crops (crop_pct 0.875; timm uses 0.9) and resizes 384 models straight to 384x384.
-    _swin("swin_t", "ms_in1k", "v1.0.0/swin_tiny_patch4_window7_224.pth", 81.2, "swin_tiny_patch4_window7_224"),
-    _swin("swin_t", "ms_in22k_ft_in1k", "v1.0.8/swin_tiny_patch4_window7_224_22kto1k_finetune.pth", 80.9,
-          "swin_tiny_patch4_window7_224"),
-    _swin("swin_t", "ms_in22k", "v1.0.8/swin_tiny_patch4_window7_224_22k.pth", None, "swin_tiny_patch4_window7_224"),
-    _swin("swin_s", "ms_in1k", "v1.0.0/swin_small_patch4_window7_224.pth", 83.2, "swin_small_patch4_window7_224"),
-    _swin("swin_s", "ms_in22k_ft_in1k", "v1.0.8/swin_small_patch4_window7_224_22kto1k_finetune.pth", 83.2,
-          "swin_small_patch4_window7_224"),
-    _swin("swin_s", "ms_in22k", "v1.0.8/swin_small_patch4_window7_224_22k.pth", None,
-          "swin_small_patch4_window7_224"),
-    _swin("swin_b", "ms_in1k", "v1.0.0/swin_base_patch4_window7_224.pth", 83.5, "swin_base_patch4_window7_224"),
-    _swin("swin_b", "ms_in22k_ft_in1k", "v1.0.0/swin_base_patch4_window7_224_22kto1k.pth", 85.2,
-          "swin_base_patch4_window7_224"),
-    _swin("swin_b", "ms_in22k", "v1.0.0/swin_base_patch4_window7_224_22k.pth", None, "swin_base_patch4_window7_224"),
-    _swin("swin_b_384", "ms_in22k_ft_in1k", "v1.0.0/swin_base_patch4_window12_384_22kto1k.pth", 86.4,
-          "swin_base_patch4_window12_384", input_size=(3, 384, 384)),
-    _swin("swin_b_384", "ms_in1k", "v1.0.0/swin_base_patch4_window12_384.pth", 84.5, "swin_base_patch4_window12_384",
-          input_size=(3, 384, 384)),
-    _swin("swin_b_384", "ms_in22k", "v1.0.0/swin_base_patch4_window12_384_22k.pth", None,
-          "swin_base_patch4_window12_384", input_size=(3, 384, 384)),
-    _swin("swin_l", "ms_in22k_ft_in1k", "v1.0.0/swin_large_patch4_window7_224_22kto1k.pth", 86.3,
-          "swin_large_patch4_window7_224"),
-    _swin("swin_l", "ms_in22k", "v1.0.0/swin_large_patch4_window7_224_22k.pth", None, "swin_large_patch4_window7_224"),
-    _swin("swin_l_384", "ms_in22k_ft_in1k", "v1.0.0/swin_large_patch4_window12_384_22kto1k.pth", 87.3,
-          "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
-    _swin("swin_l_384", "ms_in22k", "v1.0.0/swin_large_patch4_window12_384_22k.pth", None,
-          "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
-]
-# The first entry of a model is its default (the tag ``pretrained=True`` loads without one).
-# timm's own names follow timm's default instead: the first tag of the name in timm's
-# ``default_cfgs`` (timm/models/swin_transformer.py), where the ImageNet-22k fine-tuned weights come
-# first except for Swin-T.
-_TIMM_DEFAULT_TAGS = {
-    "swin_tiny_patch4_window7_224": "ms_in1k",
-    "swin_small_patch4_window7_224": "ms_in22k_ft_in1k",
-    "swin_base_patch4_window7_224": "ms_in22k_ft_in1k",
-    "swin_large_patch4_window7_224": "ms_in22k_ft_in1k",
-    "swin_base_patch4_window12_384": "ms_in22k_ft_in1k",
-    "swin_large_patch4_window12_384": "ms_in22k_ft_in1k",
-}
 _TABLE: Dict[str, Dict[str, PretrainedWeights]] = {}
-for _w in _ENTRIES:
-    if _w.tag in _TABLE.setdefault(_w.model, {}):
-        raise ValueError(f"pretrained weights {_w.name!r} listed twice")
-    _TABLE[_w.model][_w.tag] = _w
+
+
+def register_weights(*entries: PretrainedWeights) -> None:
+    """Add published weights to the table (each family calls this beside its entry points). The first
+    entry of a model is its default (the tag ``pretrained=True`` loads without one)."""
+    for w in entries:
+        if w.tag in _TABLE.setdefault(w.model, {}):
+            raise ValueError(f"pretrained weights {w.name!r} listed twice")
+        _TABLE[w.model][w.tag] = w
+
+
+def _load_families() -> None:
+    from hilovit.models.registry import _load_families as load
+
+    load()
+
+
+def published(model: str) -> List[PretrainedWeights]:
+    """The published weights of a registered model (its default first)."""
+    _load_families()
+    return list(_TABLE.get(model, {}).values())
 
 
 # --------------------------------------------------------------------------- look-up
-def split_tag(name: str) -> Tuple[str, Optional[str]]:
-    """``'litv2_s.alpha_0_5'`` -> ``('litv2_s', 'alpha_0_5')``; ``'litv2_s'`` -> ``('litv2_s', None)``."""
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    base, dot, tag = name.partition(".")
-    if dot and not tag:
-        raise ValueError(f"model name {name!r} ends with '.': expected 'name' or 'name.tag'")
-    return base, (tag or None)
-
-
-def timm_default_tag(name: str) -> Optional[str]:
-    """The tag timm loads for one of timm's untagged names (``'swin_small_patch4_window7_224'`` ->
-    ``'ms_in22k_ft_in1k'``); None for other names (ours default to their first published weights)."""
-    return _TIMM_DEFAULT_TAGS.get(name)
-
-
 def list_pretrained(pattern: str = "*") -> List[str]:
     """``name.tag`` of every published checkpoint matching a shell pattern (default tags first)."""
     import fnmatch
 
+    _load_families()
     return [w.name for tags in _TABLE.values() for w in tags.values()
             if fnmatch.fnmatch(w.name, pattern) or fnmatch.fnmatch(w.model, pattern)]
 
@@ -236,6 +172,7 @@ def get_pretrained(model: str, tag: Optional[str] = None, model_kwargs: Optional
     ``alpha=0.5`` picks ``litv2_s.alpha_0_5``), the default entry first. Returns None when there
     is none, unless ``required`` (then ``ValueError`` says what exists).
     """
+    _load_families()
     kwargs = dict(model_kwargs or {})
     tags = _TABLE.get(model, {})
     if tag is not None:
@@ -280,14 +217,6 @@ def _adapt_in_chans(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_chans // have)
     return (weight.repeat(1, reps, 1, 1)[:, :in_chans] * (have / in_chans)).contiguous()
-
-
-def _cfg_stats(values: Tuple[float, ...], in_chans: int) -> Tuple[float, ...]:
-    if len(values) == in_chans:
-        return tuple(values)
-    if in_chans == 1:
-        return (sum(values) / len(values),)
-    return tuple(values[i % len(values)] for i in range(in_chans))
 
 
 def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -393,92 +322,55 @@ def load_file(model: nn.Module, path: Union[str, os.PathLike], origin: Optional[
 
 
 def _load(model: nn.Module, state_dict: Dict[str, torch.Tensor], record: Dict[str, str], strict: bool):
+    from hilovit.models._api import update_pretrained_cfg
     from hilovit.models.checkpoint import load_checkpoint
 
-    state_dict = adapt_state_dict(model, state_dict)
-    result = load_checkpoint(model, state_dict, strict=strict)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    cfg["weights"] = record
-    model.pretrained_cfg = cfg
+    own = model.state_dict()
+    if any(k.startswith("backbone.") for k in own) and not any(k.startswith("backbone.") for k in state_dict):
+        result = _load_backbone(model, state_dict)
+    else:
+        result = load_checkpoint(model, adapt_state_dict(model, state_dict), strict=strict)
+    update_pretrained_cfg(model, weights=record)
     return result
 
 
-def apply_cfg(model: nn.Module, entry: PretrainedWeights) -> None:
-    """Set ``model.pretrained_cfg`` from ``entry``, keeping what the model's own arguments decide
-    (``num_classes``, ``input_size``; ``mean``/``std`` fitted to its input channels)."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    own_input = cfg.get("input_size")
-    own_classes = cfg.get("num_classes", getattr(model, "num_classes", None))
-    cfg.update(entry.cfg())
-    in_chans = int(getattr(model, "in_chans", entry.input_size[0]))
-    if own_input is not None:
-        cfg["input_size"] = tuple(own_input)
-    if own_classes is not None:
-        cfg["num_classes"] = own_classes
-    cfg["mean"] = _cfg_stats(entry.mean, in_chans)
-    cfg["std"] = _cfg_stats(entry.std, in_chans)
-    model.pretrained_cfg = cfg
+_BACKBONE_NORM = re.compile(r"^backbone\.norm\d+\.")
 
 
-# --------------------------------------------------------------------------- the model list
-def _matches(pattern: str, *names: str) -> bool:
-    """A shell pattern (``'litv2*'``) matches the whole name; a plain word (``'litv2'``) anywhere in it."""
-    import fnmatch
+def _load_backbone(model: nn.Module, state_dict: Dict[str, torch.Tensor]):
+    """A classifier's (or a backbone's) weights into the ``backbone`` of a dense-prediction model, as the
+    official segmentation and detection configs start from ImageNet weights.
 
-    if not any(c in pattern for c in "*?["):
-        pattern = f"*{pattern}*"
-    return any(fnmatch.fnmatch(n, pattern) for n in names if n)
+    The classifier's head and final norm are left out; every other tensor must find its place (a stem
+    of another patch size or any other shape is refused naming both shapes: never half-loaded). The
+    stage output norms the classifier lacks (``backbone.norm{i}``) and the neck and heads keep their
+    initialisation, named in one warning.
+    """
+    from hilovit.models.checkpoint import CheckpointError, load_checkpoint
 
-
-def _gflops(model) -> Any:
-    """``model.flops()`` in G multiply-adds, or None where the model has no count for its configuration."""
-    flops = getattr(model, "flops", None)
-    if not callable(flops):
-        return None
-    try:
-        return round(flops() / 1e9, 2)
-    except (ValueError, TypeError, NotImplementedError):
-        return None
-
-
-def model_rows(pattern: str = "*", pretrained: bool = False) -> List[Dict[str, Any]]:
-    """One row per registered model (or, with ``pretrained``, per published checkpoint) matching
-    ``pattern`` (a shell pattern on our names, timm's names, or ``name.tag``): parameters, FLOPs
-    (multiply-adds at the input size, ``model.flops()``), input size, the official top-1, where
-    the weights are published and whether they are in the cache. Models are built on the meta
-    device (no memory, no time)."""
-    from hilovit.models.registry import _ALIASES, create_model, list_models, model_task
-
-    aliases: Dict[str, List[str]] = {}
-    for alias, target in _ALIASES.items():
-        aliases.setdefault(target, []).append(alias)
-    rows = []
-    for name in list_models():
-        names = [name, *aliases.get(name, [])]
-        if pretrained:
-            todo = [(w.name, w) for w in _TABLE.get(name, {}).values()
-                    if _matches(pattern, *names, *(f"{n}.{w.tag}" for n in names))]
-        elif _matches(pattern, *names):
-            todo = [(name, get_pretrained(name))]
-        else:
-            todo = []
-        for label, entry in todo:
-            with torch.device("meta"):
-                model = create_model(label if pretrained else name)
-            cfg = model.pretrained_cfg
-            gflops = _gflops(model)
-            rows.append({
-                "model": label,
-                "task": model_task(name),
-                "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                "GFLOPs": gflops if gflops is not None else "-",
-                "input": "x".join(str(s) for s in cfg.get("input_size", ())),
-                "crop_pct": cfg.get("crop_pct"),
-                "top1": entry.top1 if entry is not None and entry.top1 is not None else "-",
-                "dataset": entry.dataset if entry is not None else "-",
-                "weights": entry.url if entry is not None else "-",
-                "hf_hub_id": (entry.hf_hub_id or "-") if entry is not None else "-",
-                "cached": ("yes" if entry.is_cached() else "no") if entry is not None else "-",
-                "cache_path": entry.cache_path if entry is not None else "",
-            })
-    return rows
+    heads = ("head.", "norm.", "fc.", "classifier.")
+    moved = {"backbone." + k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    left_out = sorted(k for k in state_dict if k.startswith(heads))
+    moved = adapt_state_dict(model, moved)
+    result = load_checkpoint(model, moved, strict=False)
+    own = model.state_dict()
+    missing_backbone = [k for k in own if k.startswith("backbone.") and k not in moved
+                        and not _BACKBONE_NORM.match(k)]
+    if missing_backbone or result.ignored:
+        parts = []
+        if missing_backbone:
+            parts.append(f"backbone weights it lacks: {', '.join(sorted(missing_backbone)[:8])}"
+                         + (" ..." if len(missing_backbone) > 8 else ""))
+        if result.ignored:
+            parts.append(f"weights with no place in the backbone: {', '.join(sorted(result.ignored)[:8])}"
+                         + (" ..." if len(result.ignored) > 8 else ""))
+        raise CheckpointError(f"the checkpoint does not fit the backbone of {type(model).__name__}: "
+                              + "; ".join(parts))
+    norms = sorted({m.group(0)[len("backbone."):-1] for k in own if (m := _BACKBONE_NORM.match(k))
+                    and k not in moved})
+    fresh = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.")})
+    dropped = ", ".join(sorted({k.split(".")[0] for k in left_out})) or "nothing"
+    afresh = ", ".join([f"backbone.{n}" for n in norms] + fresh)
+    warnings.warn(f"backbone loaded from the checkpoint ({len(moved)} tensors; its {dropped} left out); "
+                  f"initialised afresh: {afresh}", stacklevel=3)
+    return result

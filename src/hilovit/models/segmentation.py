@@ -27,8 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.models._api import update_pretrained_cfg
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2Backbone
+from hilovit.models.pretrained import PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin import SwinTransformer
 
@@ -238,7 +240,7 @@ class EncoderDecoder(nn.Module):
         self.align_corners = decode_head.align_corners
         self.num_classes = decode_head.num_classes
         self.in_chans = getattr(backbone, "in_chans", 3)
-        self.pretrained_cfg: Dict[str, Any] = _seg_cfg(num_classes=self.num_classes, in_chans=self.in_chans)
+        update_pretrained_cfg(self, base=_seg_cfg(num_classes=self.num_classes, in_chans=self.in_chans))
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, images: torch.Tensor) -> None:
@@ -347,7 +349,6 @@ class EncoderDecoder(nn.Module):
 
 def _seg_cfg(**kwargs) -> Dict[str, Any]:
     cfg = {
-        "url": "",
         "task": "segmentation",
         "num_classes": 150,
         "input_size": (3, 512, 512),
@@ -508,7 +509,7 @@ def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> 
     if len(pcfg["mean"]) != chans:
         pcfg["mean"], pcfg["std"] = (0.5,) * chans, (0.5,) * chans
     pcfg.update(num_classes=model.num_classes, input_size=(chans, *size))
-    model.pretrained_cfg = pcfg
+    update_pretrained_cfg(model, base=pcfg)
     return model
 
 
@@ -535,22 +536,19 @@ _ADE = {"dataset": "ade20k", "reduce_zero_label": True, "crop_size": (512, 512)}
 def semfpn_litv2_s(**kwargs) -> EncoderDecoder:
     """LITv2-S + Semantic FPN, ADE20K (official ``litv2_s_fpn_r50_512x512_80k_ade20k``): 31,449,486
     parameters (backbone 27,076,344, neck 2,729,984, head 1,643,158); official 44.3 mIoU, 41 GFLOPs."""
-    url = _RELEASE + "litv2_s_fpn_r50_512x512_80k_ade20k.pth"
-    return _create(_litv2(96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2), dict(_ADE, url=url), **kwargs)
+    return _create(_litv2(96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2), dict(_ADE), **kwargs)
 
 
 @register_model(task="segmentation")
 def semfpn_litv2_m(**kwargs) -> EncoderDecoder:
     """LITv2-M + Semantic FPN, ADE20K: 52,435,854 parameters; official 45.7 mIoU, 63 GFLOPs."""
-    url = _RELEASE + "litv2_m_fpn_r50_512x512_80k_ade20k.pth"
-    return _create(_litv2(96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2), dict(_ADE, url=url), **kwargs)
+    return _create(_litv2(96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2), dict(_ADE), **kwargs)
 
 
 @register_model(task="segmentation")
 def semfpn_litv2_b(**kwargs) -> EncoderDecoder:
     """LITv2-B + Semantic FPN, ADE20K: 89,993,518 parameters; official 47.2 mIoU, 93 GFLOPs."""
-    url = _RELEASE + "litv2_b_fpn_r50_512x512_80k_ade20k.pth"
-    return _create(_litv2(128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3), dict(_ADE, url=url), **kwargs)
+    return _create(_litv2(128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3), dict(_ADE), **kwargs)
 
 
 @register_model(task="segmentation")
@@ -572,7 +570,7 @@ def semfpn_litv2_nano(**kwargs) -> EncoderDecoder:
 @register_model(task="segmentation")
 def semfpn_swin_t(**kwargs) -> EncoderDecoder:
     """Swin-T + Semantic FPN (the LITv2 FPN recipe on the official Swin segmentation backbone, for
-    comparison; no published checkpoint: ``url`` is empty). Drop path 0.2 as LITv2-S's config."""
+    comparison; no published checkpoint). Drop path 0.2 as LITv2-S's config."""
     return _create(_swin([2, 2, 6, 2], 0.2), dict(_ADE), **kwargs)
 
 
@@ -580,3 +578,16 @@ def semfpn_swin_t(**kwargs) -> EncoderDecoder:
 def semfpn_swin_s(**kwargs) -> EncoderDecoder:
     """Swin-S + Semantic FPN (as :func:`semfpn_swin_t`, ``depths=[2, 2, 18, 2]``, drop path 0.3)."""
     return _create(_swin([2, 2, 18, 2], 0.3), dict(_ADE), **kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# The official ADE20K models (ziplab/LITv2 segmentation/README.md, release v1.0): single-scale mIoU on the
+# 2,000 validation images, evaluated whole-image at the test scale 2048x512.
+def _ade_weights(size: str, miou: float) -> PretrainedWeights:
+    return PretrainedWeights(model=f"semfpn_litv2_{size}", tag="ade20k",
+                             url=_RELEASE + f"litv2_{size}_fpn_r50_512x512_80k_ade20k.pth", top1=None,
+                             num_classes=150, input_size=(3, 512, 512), crop_pct=1.0, interpolation="bilinear",
+                             dataset="ade20k", paper="https://arxiv.org/abs/2205.13213", metrics={"miou": miou})
+
+
+register_weights(_ade_weights("s", 44.3), _ade_weights("m", 45.7), _ade_weights("b", 47.2))

@@ -34,11 +34,20 @@ from hilovit.layers.embed import PatchEmbed, PatchMerging
 from hilovit.layers.mlp import Mlp
 from hilovit.layers.window_attention import WindowAttention
 from hilovit.layers.windows import shifted_window_mask, to_2tuple
-from hilovit.models._api import HierarchicalModel, _check_int, feature_take_indices, init_weights
+from hilovit.models._api import (
+    HierarchicalModel,
+    _check_int,
+    feature_take_indices,
+    init_weights,
+    update_pretrained_cfg,
+)
+from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 
 __all__ = ["SwinTransformer", "SwinTransformerBlock", "BasicLayer"]
-_RELEASES = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+_RELEASES = "https://github.com/SwinTransformer/storage/releases/download/"
+_PAPER = "https://arxiv.org/abs/2103.14030"
+_IN22K = 21841  # the ImageNet-22k classifier of the official Swin files
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -349,7 +358,7 @@ class SwinTransformer(HierarchicalModel):
             self.norm = norm_layer(self.num_features)
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights)
-        self.pretrained_cfg: Dict[str, Any] = _default_cfg(img_size, self.num_classes, in_chans)
+        update_pretrained_cfg(self, base=_default_cfg(img_size, self.num_classes, in_chans))
 
     # ---- timm's model API -------------------------------------------------------------------
     @torch.jit.ignore
@@ -491,42 +500,40 @@ def _default_cfg(img_size: Tuple[int, int], num_classes: int, in_chans: int) -> 
 
 def _create_swin(variant: str, defaults: Dict[str, Any], overrides: Dict[str, Any], **cfg: Any) -> SwinTransformer:
     model = SwinTransformer(**{**defaults, **overrides})
-    model.pretrained_cfg.update(cfg)
-    model.pretrained_cfg["architecture"] = variant
-    model.pretrained_cfg["input_size"] = (model.in_chans, *model.img_size)
-    model.pretrained_cfg["num_classes"] = model.num_classes
+    update_pretrained_cfg(model, **cfg, architecture=variant, input_size=(model.in_chans, *model.img_size),
+                          num_classes=model.num_classes)
     return model
 
 
-@register_model(aliases=("swin_tiny_patch4_window7_224",))
+@register_model(aliases={"swin_tiny_patch4_window7_224": "ms_in1k"})
 def swin_t(**kwargs: Any) -> SwinTransformer:
     """Swin-T: 28.3M parameters, 4.49 GFLOPs (multiply-adds) at 224, window 7."""
     defaults = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.2)
-    return _create_swin("swin_t", defaults, kwargs, url=_RELEASES + "swin_tiny_patch4_window7_224.pth")
+    return _create_swin("swin_t", defaults, kwargs)
 
 
-@register_model(aliases=("swin_small_patch4_window7_224",))
+@register_model(aliases={"swin_small_patch4_window7_224": "ms_in22k_ft_in1k"})
 def swin_s(**kwargs: Any) -> SwinTransformer:
     """Swin-S: 49.6M parameters, 8.75 GFLOPs at 224, window 7."""
     defaults = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7, drop_path_rate=0.3)
-    return _create_swin("swin_s", defaults, kwargs, url=_RELEASES + "swin_small_patch4_window7_224.pth")
+    return _create_swin("swin_s", defaults, kwargs)
 
 
-@register_model(aliases=("swin_base_patch4_window7_224",))
+@register_model(aliases={"swin_base_patch4_window7_224": "ms_in22k_ft_in1k"})
 def swin_b(**kwargs: Any) -> SwinTransformer:
     """Swin-B: 87.8M parameters, 15.4 GFLOPs at 224, window 7 (ImageNet-1k weights)."""
     defaults = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7, drop_path_rate=0.5)
-    return _create_swin("swin_b", defaults, kwargs, url=_RELEASES + "swin_base_patch4_window7_224.pth")
+    return _create_swin("swin_b", defaults, kwargs)
 
 
-@register_model(aliases=("swin_large_patch4_window7_224",))
+@register_model(aliases={"swin_large_patch4_window7_224": "ms_in22k_ft_in1k"})
 def swin_l(**kwargs: Any) -> SwinTransformer:
     """Swin-L: 196.5M parameters, 34.5 GFLOPs at 224, window 7 (ImageNet-22k pre-trained, 1k fine-tuned)."""
     defaults = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=7, drop_path_rate=0.2)
-    return _create_swin("swin_l", defaults, kwargs, url=_RELEASES + "swin_large_patch4_window7_224_22kto1k.pth")
+    return _create_swin("swin_l", defaults, kwargs)
 
 
-@register_model(aliases=("swin_base_patch4_window12_384",))
+@register_model(aliases={"swin_base_patch4_window12_384": "ms_in22k_ft_in1k"})
 def swin_b_384(**kwargs: Any) -> SwinTransformer:
     """Swin-B at 384, window 12: 87.9M parameters, 47.1 GFLOPs (ImageNet-22k pre-trained, 1k fine-tuned)."""
     defaults = dict(
@@ -534,11 +541,11 @@ def swin_b_384(**kwargs: Any) -> SwinTransformer:
         drop_path_rate=0.2,
     )
     return _create_swin(
-        "swin_b_384", defaults, kwargs, url=_RELEASES + "swin_base_patch4_window12_384_22kto1k.pth", crop_pct=1.0
+        "swin_b_384", defaults, kwargs, crop_pct=1.0
     )
 
 
-@register_model(aliases=("swin_large_patch4_window12_384",))
+@register_model(aliases={"swin_large_patch4_window12_384": "ms_in22k_ft_in1k"})
 def swin_l_384(**kwargs: Any) -> SwinTransformer:
     """Swin-L at 384, window 12: 197.2M parameters, 104 GFLOPs (ImageNet-22k pre-trained, 1k fine-tuned)."""
     defaults = dict(
@@ -546,7 +553,7 @@ def swin_l_384(**kwargs: Any) -> SwinTransformer:
         drop_path_rate=0.2,
     )
     return _create_swin(
-        "swin_l_384", defaults, kwargs, url=_RELEASES + "swin_large_patch4_window12_384_22kto1k.pth", crop_pct=1.0
+        "swin_l_384", defaults, kwargs, crop_pct=1.0
     )
 
 
@@ -568,3 +575,53 @@ def swin_nano(**kwargs: Any) -> SwinTransformer:
     chans = kwargs.get("in_chans", 3)
     stats = (0.5,) * chans if isinstance(chans, int) else (0.5,)
     return _create_swin("swin_nano", defaults, kwargs, crop_pct=1.0, mean=stats, std=stats)
+
+
+# ---- published weights ----------------------------------------------------------------------
+# MODELHUB.md of microsoft/Swin-Transformer. The official evaluation resizes 224 models to 256 and
+# centre-crops (crop_pct 0.875; timm uses 0.9) and resizes 384 models straight to 384x384. timm's own
+# names (the aliases above) default to timm's first tag (timm/models/swin_transformer.py default_cfgs:
+# the ImageNet-22k fine-tuned weights first, except for Swin-T); ours to the official ImageNet-1k file.
+def _weights(model: str, tag: str, file: str, top1: Optional[float], timm_name: str, **kw: Any) -> PretrainedWeights:
+    if tag == "ms_in22k":
+        kw.setdefault("num_classes", _IN22K)
+        kw.setdefault("model_args", {"num_classes": _IN22K})
+        kw.setdefault("dataset", "imagenet-22k")
+    elif tag == "ms_in22k_ft_in1k":
+        kw.setdefault("dataset", "imagenet-22k, fine-tuned on imagenet-1k")
+    if kw.get("input_size", (3, 224, 224))[1] >= 384:
+        kw.update(SQUASH)
+    return PretrainedWeights(model=model, tag=tag, url=_RELEASES + file, top1=top1, paper=_PAPER,
+                             hf_hub_id=f"timm/{timm_name}.{tag}", **kw)
+
+
+register_weights(
+    _weights("swin_t", "ms_in1k", "v1.0.0/swin_tiny_patch4_window7_224.pth", 81.2, "swin_tiny_patch4_window7_224"),
+    _weights("swin_t", "ms_in22k_ft_in1k", "v1.0.8/swin_tiny_patch4_window7_224_22kto1k_finetune.pth", 80.9,
+             "swin_tiny_patch4_window7_224"),
+    _weights("swin_t", "ms_in22k", "v1.0.8/swin_tiny_patch4_window7_224_22k.pth", None, "swin_tiny_patch4_window7_224"),
+    _weights("swin_s", "ms_in1k", "v1.0.0/swin_small_patch4_window7_224.pth", 83.2, "swin_small_patch4_window7_224"),
+    _weights("swin_s", "ms_in22k_ft_in1k", "v1.0.8/swin_small_patch4_window7_224_22kto1k_finetune.pth", 83.2,
+             "swin_small_patch4_window7_224"),
+    _weights("swin_s", "ms_in22k", "v1.0.8/swin_small_patch4_window7_224_22k.pth", None,
+             "swin_small_patch4_window7_224"),
+    _weights("swin_b", "ms_in1k", "v1.0.0/swin_base_patch4_window7_224.pth", 83.5, "swin_base_patch4_window7_224"),
+    _weights("swin_b", "ms_in22k_ft_in1k", "v1.0.0/swin_base_patch4_window7_224_22kto1k.pth", 85.2,
+             "swin_base_patch4_window7_224"),
+    _weights("swin_b", "ms_in22k", "v1.0.0/swin_base_patch4_window7_224_22k.pth", None,
+             "swin_base_patch4_window7_224"),
+    _weights("swin_b_384", "ms_in22k_ft_in1k", "v1.0.0/swin_base_patch4_window12_384_22kto1k.pth", 86.4,
+             "swin_base_patch4_window12_384", input_size=(3, 384, 384)),
+    _weights("swin_b_384", "ms_in1k", "v1.0.0/swin_base_patch4_window12_384.pth", 84.5, "swin_base_patch4_window12_384",
+          input_size=(3, 384, 384)),
+    _weights("swin_b_384", "ms_in22k", "v1.0.0/swin_base_patch4_window12_384_22k.pth", None,
+             "swin_base_patch4_window12_384", input_size=(3, 384, 384)),
+    _weights("swin_l", "ms_in22k_ft_in1k", "v1.0.0/swin_large_patch4_window7_224_22kto1k.pth", 86.3,
+             "swin_large_patch4_window7_224"),
+    _weights("swin_l", "ms_in22k", "v1.0.0/swin_large_patch4_window7_224_22k.pth", None,
+             "swin_large_patch4_window7_224"),
+    _weights("swin_l_384", "ms_in22k_ft_in1k", "v1.0.0/swin_large_patch4_window12_384_22kto1k.pth", 87.3,
+             "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
+    _weights("swin_l_384", "ms_in22k", "v1.0.0/swin_large_patch4_window12_384_22k.pth", None,
+             "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
+)

@@ -263,7 +263,8 @@ def run_eval(
         ``dataset``, ``classes``, ``per_class`` (name -> accuracy), ``preprocessing`` and ``files``.
     """
     from hilovit.data import ImageFolderDataset, build_datasets
-    from hilovit.models.checkpoint import CheckpointError, load_model, read_metadata, resolve_checkpoint
+    from hilovit.models._builder import load_model
+    from hilovit.models.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
     from hilovit.models.registry import model_entrypoint
     from hilovit.train.distributed import resolve_device
     from hilovit.train.loaders import BatchPipeline, EvalBatches

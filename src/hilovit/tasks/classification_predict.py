@@ -64,7 +64,7 @@ def load_model(
             trained as another model.
     """
     from hilovit.models import create_model
-    from hilovit.models.checkpoint import load_model as _load
+    from hilovit.models._builder import load_model as _load
 
     if checkpoint is None:
         if name is None:

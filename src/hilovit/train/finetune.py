@@ -95,9 +95,8 @@ def resolve_weights(cfg: TrainConfig) -> Optional[WeightsPlan]:
     if isinstance(given, Mapping):
         return WeightsPlan(IN_MEMORY, cfg.model, None, None, dict(given))
     from hilovit.models import hub
-    from hilovit.models.checkpoint import same_model
     from hilovit.models.pretrained import get_pretrained
-    from hilovit.models.registry import model_task, resolve_name
+    from hilovit.models.registry import model_task, resolve_name, same_model
 
     model, source, sha256, file_name = cfg.model, None, None, None
     named = True if given is True else model_of_weights(given)
