@@ -379,6 +379,9 @@ def test_coco_bad_inputs_name_file_and_annotation(coco_root):
     ann.write_text(good)
     rewrite(ann, lambda d: by_id(d, 1).update(bbox=[-0.5, 3, 30.9, 5]))
     assert CocoDetection(ann, images)[0][1]["boxes"][0].tolist() == [0, 3, 30, 8]
+    rewrite(ann, lambda d: by_id(d, 1).update(bbox=[30, 3, 1, 5]))  # within it, but outside the image: skipped
+    ds = CocoDetection(ann, images)
+    assert ds.num_skipped == 1 and ds[0][1]["boxes"].tolist() == [[0, 1, 2, 4]]
     # an image whose decoded size is not the recorded one
     ann.write_text(good)
     rewrite(ann, lambda d: d["images"][2].update(width=14, height=10))  # the stored size, before EXIF

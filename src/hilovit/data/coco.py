@@ -17,7 +17,8 @@ and the folder of its images. Each sample is ``(image, target)``: ``image`` a ui
   masks are read (mmdet ignores those too).
 
 Rules at reading, as mmdet's ``CocoDataset`` where it is silent: annotations whose box is under one
-pixel wide or high, or whose ``area`` is not positive, are skipped (counted in ``num_skipped``);
+pixel wide or high, does not overlap its image, or whose ``area`` is not positive, are skipped (counted
+in ``num_skipped``);
 images without any positive annotation are kept as negatives (counted in ``num_empty``). Errors are
 ``ValueError`` naming the file and the annotation (or image) id: a malformed JSON, an annotation of
 an unknown image or category, a box leaving its image by more than one pixel (boxes within that
@@ -302,17 +303,18 @@ class CocoDetection(CocoGroundTruth, Dataset):
     def _arrange(self, ann: Dict[str, Any], image_ids: np.ndarray) -> None:
         """Keep the usable annotations, grouped by image (file order kept), as flat arrays + offsets."""
         x, y, w, h = ann["bbox"].T
-        keep = (w >= 1) & (h >= 1) & (ann["area"] > 0)  # mmdet's CocoDataset skips the others
+        height, width = self._sizes[ann["image"]].T
+        boxes = np.stack([np.clip(x, 0, width), np.clip(y, 0, height), np.clip(x + w, 0, width),
+                          np.clip(y + h, 0, height)], 1)
+        # mmdet's CocoDataset skips the others: no overlap with the image, under a pixel, no area
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (w >= 1) & (h >= 1) & (ann["area"] > 0)
         self.num_skipped = int((~keep).sum())
         ignore = ann["crowd"].copy()
         if self.with_masks:
             ignore |= ~np.fromiter((_has_mask(s) for s in ann["segms"]), dtype=bool, count=len(ignore))
         order = np.flatnonzero(keep)
         order = order[np.argsort(ann["image"][order], kind="stable")]
-        height, width = self._sizes[ann["image"][order]].T
-        self._boxes = np.stack([np.clip(x[order], 0, width), np.clip(y[order], 0, height),
-                                np.clip(x[order] + w[order], 0, width), np.clip(y[order] + h[order], 0, height)],
-                               1).astype(np.float32)
+        self._boxes = boxes[order].astype(np.float32)
         self._labels = ann["label"][order]
         self._ann_ids = ann["ids"][order]
         self._ignore = ignore[order]
