@@ -1,5 +1,5 @@
 """Data: IDX files (Fashion-MNIST) and image folders as uint8 samples, batch transforms, Mixup/CutMix,
-the ImageNet-1k class names."""
+the ImageNet-1k class names, detection datasets (fashion-scenes instances, COCO folders)."""
 
 from hilovit.data.datasets import (
     DEFAULT_IDX_DIR,
@@ -20,6 +20,7 @@ from hilovit.data.datasets import (
     scan_image_folder,
     split_indices,
 )
+from hilovit.data.detection import DetDatasetInfo, build_det_datasets, detection_collate
 from hilovit.data.folders import decode_image, pil_interpolation, random_resized_crop_box, resize_center_crop
 from hilovit.data.idx import read_idx, write_idx
 from hilovit.data.imagenet import imagenet_class_names, imagenet_label_indices, imagenet_wnids
@@ -36,6 +37,7 @@ __all__ = [
     "AugmentConfig",
     "BatchAugment",
     "DatasetInfo",
+    "DetDatasetInfo",
     "IdxDataset",
     "ImageFolderDataset",
     "MixParams",
@@ -43,9 +45,11 @@ __all__ = [
     "Normalize",
     "UnreadableImageError",
     "build_datasets",
+    "build_det_datasets",
     "check_image",
     "compute_mean_std",
     "decode_image",
+    "detection_collate",
     "find_idx_dir",
     "imagenet_class_names",
     "imagenet_label_indices",

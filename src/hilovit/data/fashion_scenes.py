@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from hilovit.data.coco import CocoGroundTruth
 from hilovit.data.datasets import FASHION_MNIST_CLASSES, IdxDataset, compute_mean_std
+from hilovit.ops.masks import mask_to_rle
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -184,12 +186,18 @@ class FashionScenes(Dataset):
             self._matrices[key] = mat
         return mat
 
-    def render(self, placements: List[Placement]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``placements`` in order onto a black canvas; returns (image, label) as a sample."""
+    def draw(self, placements: List[Placement]) -> Tuple[np.ndarray, np.ndarray]:
+        """Draw ``placements`` in order onto a black canvas.
+
+        Returns:
+            ``(image, owner)``: uint8 (canvas, canvas) pixels and int64 (canvas, canvas) holding, per
+            pixel, the position in ``placements`` of the garment that drew it last, -1 where none did.
+            Both the segmentation and the instance views are read off these two arrays.
+        """
         image = np.zeros((self.canvas, self.canvas), dtype=np.uint8)
-        label = np.zeros((self.canvas, self.canvas), dtype=np.int64)
+        owner = np.full((self.canvas, self.canvas), -1, dtype=np.int64)
         h, w = self._pixels.shape[1:]
-        for p in placements:
+        for k, p in enumerate(placements):
             garment = self._pixels[p.source].astype(np.float32)
             if (h, w) != (p.size, p.size):
                 garment = self._resize_matrix(h, p.size) @ garment @ self._resize_matrix(w, p.size).T
@@ -197,7 +205,14 @@ class FashionScenes(Dataset):
             lit = garment > self.threshold
             rows, cols = slice(p.top, p.top + p.size), slice(p.left, p.left + p.size)
             image[rows, cols][lit] = garment[lit].astype(np.uint8)
-            label[rows, cols][lit] = p.label + 1
+            owner[rows, cols][lit] = k
+        return image, owner
+
+    def render(self, placements: List[Placement]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``placements`` in order onto a black canvas; returns (image, label) as a sample."""
+        image, owner = self.draw(placements)
+        scene_labels = np.array([0] + [p.label + 1 for p in placements], dtype=np.int64)
+        label = scene_labels[owner + 1]  # owner -1 (no garment) -> 0, background
         return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(label)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -212,3 +227,98 @@ class FashionScenes(Dataset):
     def __repr__(self) -> str:
         return (f"FashionScenes(split={self.split!r}, n={len(self)}, seed={self.seed}, canvas={self.canvas}, "
                 f"items={self.items}, item_scale={self.item_scale}, threshold={self.threshold:g})")
+
+
+class FashionSceneInstances(CocoGroundTruth, FashionScenes):
+    """The instance view of :class:`FashionScenes`: the same scenes, one box and mask per visible garment.
+
+    Takes the arguments of :class:`FashionScenes` (the same ``(seed, split, index)`` give the same
+    image) and ``min_visible``: a garment is an instance when at least that many of its pixels stay
+    lit and uncovered (default 8). Garments hidden by later ones, or showing fewer pixels, are left
+    out (their pixels stay in the image and in the segmentation view). 8 pixels is half of one 4x4
+    patch, the finest grid the backbones see; smaller remnants are slivers along the border of a
+    covering garment, with no shape left to recognise, that a detector should not be asked to find.
+
+    Sample ``ds[i]``: ``(image, target)`` with ``image`` uint8 ``(1, canvas, canvas)`` (the
+    segmentation view's image) and ``target``:
+
+    * ``boxes``: float32 ``(N, 4)`` ``x1, y1, x2, y2``, the tight box of the garment's visible pixels
+      with exclusive right/bottom edges (columns ``x1 .. x2 - 1``, rows ``y1 .. y2 - 1``), so that
+      ``[x1, y1, x2 - x1, y2 - y1]`` is COCO's ``bbox`` of the mask;
+    * ``labels``: int64 ``(N,)`` Fashion-MNIST classes 0..9 (no background class);
+    * ``masks``: bool ``(N, canvas, canvas)``, the garment's visible pixels (disjoint);
+    * ``image_id``: the scene index; ``ignore_boxes`` ``(0, 4)`` and ``ignore_masks`` ``(0, canvas,
+      canvas)``: no crowd regions here (the keys match :class:`~hilovit.data.coco.CocoDetection`).
+
+    Instances come in drawing order (back to front). ``labels + 1`` painted by the masks is the
+    segmentation label map, up to the pixels of the garments left out.
+
+    Attributes:
+        classes: the ten Fashion-MNIST names (``num_classes == 10``); category_ids: ``1..10``, the
+            COCO ids of the labels in :meth:`coco_ground_truth`.
+    """
+
+    def __init__(self, split: str = "train", num_scenes: Optional[int] = None, seed: int = 0,
+                 root: Optional[PathLike] = None, canvas: int = 128, items: Tuple[int, int] = (2, 5),
+                 item_scale: Tuple[float, float] = (0.25, 0.5), threshold: int = 25,
+                 source: Optional[IdxDataset] = None, min_visible: int = 8) -> None:
+        if isinstance(min_visible, bool) or not isinstance(min_visible, (int, np.integer)) or min_visible < 1:
+            raise ValueError(f"FashionSceneInstances: min_visible={min_visible!r}, expected an int >= 1")
+        super().__init__(split, num_scenes, seed, root, canvas, items, item_scale, threshold, source)
+        self.min_visible = int(min_visible)
+        self.classes = self.classes[1:]  # no background class
+        self.num_classes = len(self.classes)
+        self.category_ids = tuple(range(1, self.num_classes + 1))
+        del self.ignore_index
+
+    def instances(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """``(image, target)`` of scene ``index`` (what ``ds[index]`` returns)."""
+        index = self._check_index(index)
+        placements = self.layout(index)
+        image, owner = self.draw(placements)
+        masks = owner[None] == np.arange(len(placements))[:, None, None]  # (K, H, W): one per garment
+        keep = masks.sum((1, 2)) >= self.min_visible
+        masks = masks[keep]
+        labels = np.array([p.label for p in placements], dtype=np.int64)[keep]
+        rows, cols = masks.any(2), masks.any(1)  # (N, H), (N, W): which rows / columns each mask touches
+        h, w = owner.shape
+        boxes = np.stack([cols.argmax(1), rows.argmax(1), w - cols[:, ::-1].argmax(1), h - rows[:, ::-1].argmax(1)],
+                         1).astype(np.float32).reshape(-1, 4)
+        target = {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(labels),
+            "masks": torch.from_numpy(masks),
+            "image_id": index,
+            "ignore_boxes": torch.zeros((0, 4), dtype=torch.float32),
+            "ignore_masks": torch.zeros((0, h, w), dtype=torch.bool),
+        }
+        return torch.from_numpy(image).unsqueeze(0), target
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        return self.instances(index)
+
+    def coco_ground_truth(self) -> Dict[str, Any]:
+        """The scenes as a COCO annotation dict: ``images`` (id = scene index), ``annotations`` (``bbox``
+        ``[x, y, w, h]``, ``area`` = visible pixels, ``segmentation`` as RLE, ``iscrowd`` 0, ids from 1)
+        and ``categories`` (ids 1..10 for labels 0..9)."""
+        images, annotations = [], []
+        for index in range(len(self)):
+            _, target = self.instances(index)
+            images.append({"id": index, "width": self.canvas, "height": self.canvas,
+                           "file_name": f"fashion-scenes/{self.split}/{index:06d}.png"})
+            boxes = target["boxes"].tolist()
+            areas = target["masks"].sum((1, 2)).tolist()
+            rles = mask_to_rle(target["masks"])
+            for (x1, y1, x2, y2), label, area, rle in zip(boxes, target["labels"].tolist(), areas, rles):
+                annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": label + 1,
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(area), "segmentation": rle,
+                                    "iscrowd": 0})
+        categories = [{"id": cid, "name": name, "supercategory": "garment"}
+                      for cid, name in zip(self.category_ids, self.classes)]
+        return {"info": {"description": repr(self)}, "images": images, "annotations": annotations,
+                "categories": categories}
+
+    def __repr__(self) -> str:
+        return (f"FashionSceneInstances(split={self.split!r}, n={len(self)}, seed={self.seed}, canvas={self.canvas}, "
+                f"items={self.items}, item_scale={self.item_scale}, threshold={self.threshold:g}, "
+                f"min_visible={self.min_visible})")

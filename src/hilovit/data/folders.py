@@ -25,7 +25,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -259,13 +259,18 @@ def _to_tensor(rgb: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def decode_image(path: PathLike, draft: Optional[int] = None) -> Image.Image:
+def decode_image(path: PathLike, draft: Optional[int] = None, exif_transpose: bool = False) -> Image.Image:
     """Open and fully decode ``path`` to an RGB PIL image (any mode; transparency on white; first
-    frame of animations). ``draft``: let a JPEG decode at a reduced scale whose sides stay >= it."""
+    frame of animations). ``draft``: let a JPEG decode at a reduced scale whose sides stay >= it.
+    ``exif_transpose``: turn the pixels as the file's EXIF orientation tag says (as a viewer shows
+    the photo, and as OpenCV's ``imread`` in mmdet reads it); off by default, as classification
+    pipelines read the stored pixels."""
     with Image.open(path) as im:
         if draft is not None:
             im.draft("RGB", (int(draft), int(draft)))
         im.load()
+        if exif_transpose:
+            im = ImageOps.exif_transpose(im)
         return _to_rgb(im)
 
 
