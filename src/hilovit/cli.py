@@ -61,7 +61,7 @@ def _task_options(task, given: Dict[str, Any], accepted, command: str) -> Dict[s
 def _add_predict(commands) -> None:
     p = commands.add_parser(
         "predict",
-        help="predict images with a trained model: classes (classification), label maps (segmentation)",
+        help="predict images with a trained model: classes, label maps (segmentation), boxes (detection)",
         description="Predicts each image (any Pillow format and mode) with the model of --checkpoint (its task, "
         "model and preprocessing recorded beside the weights) or published weights (--model with --pretrained). "
         "Unreadable images are reported by name and the others still predicted; the exit status is 1 when any "
@@ -85,10 +85,12 @@ def _add_predict(commands) -> None:
                    "imagenet, half (mean 0.5, std 0.5) or none (mean 0, std 1)")
     g.add_argument("--mean", type=floats, help="normalisation mean, comma-separated (with --std)")
     g.add_argument("--std", type=floats, help="normalisation std, comma-separated (with --mean)")
-    g = p.add_argument_group("segmentation")
-    g.add_argument("--output", help="folder for NAME_labels.png and NAME_overlay.png (default predictions)")
+    g = p.add_argument_group("segmentation and detection")
+    g.add_argument("--output", help="folder for the pictures (segmentation: NAME_labels.png, NAME_overlay.png; "
+                   "detection: NAME_detections.png and NAME_detections.json, COCO results) (default predictions)")
     g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",
-                   help="rescale before inference (default: the training run's)")
+                   help="rescale before inference (default: the training run's or the model's test scale)")
+    g.add_argument("--score-thr", type=float, help="detection: the lowest score drawn and listed (0.3)")
     p.set_defaults(func=_run_predict)
 
 
@@ -266,12 +268,13 @@ def _run_viz_attention(args) -> int:
 def _add_train(commands) -> None:
     p = commands.add_parser(
         "train",
-        help="train a model (classification, segmentation) on its embedded data or a folder; torchrun for many "
-        "processes",
+        help="train a model (classification, segmentation, detection) on its embedded data or a folder; torchrun "
+        "for many processes",
         description="Trains a registered model and writes last.pt (every epoch, atomically), model.safetensors, "
         "metrics.csv, summary.json and curves.png into --output (an empty or new folder, or an earlier run's). "
         "Precedence: defaults < --config recipe < flags. The task follows from --task, the recipe, the run being "
-        "resumed or the model (semfpn_* models are segmentation). Distributed: torchrun --nproc_per_node=N -m "
+        "resumed or the model (semfpn_* models are segmentation, retinanet_*/mask_rcnn_* detection). "
+        "Distributed: torchrun --nproc_per_node=N -m "
         "hilovit train ... (--batch-size is the global batch).",
         argument_default=S,
     )
@@ -279,7 +282,7 @@ def _add_train(commands) -> None:
     g.add_argument("--task", choices=TASK_NAMES, help=f"{', '.join(TASK_NAMES)} (default: from the recipe, the "
                    "resumed run or the model)")
     g.add_argument("--config", default=None, help="recipe: a YAML file or a packaged recipe name (fashion-mnist, "
-                   "fashion-scenes)")
+                   "fashion-scenes, fashion-scenes-det)")
     g.add_argument("--model", help="registered model name (default litv2_nano; semfpn_litv2_s for segmentation)")
     g.add_argument("--data", help="the embedded data (fashion-mnist; fashion-scenes for segmentation) or a folder")
     g.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX files (default: HILOVIT_DATA_DIR, then "
@@ -332,11 +335,19 @@ def _add_train(commands) -> None:
     g.add_argument("--crop-size", type=int_pair, metavar="H,W", help="training crop (512)")
     g.add_argument("--img-scale", type=int_pair, metavar="LONG,SHORT",
                    help="bound of the random rescale (4 x crop, crop)")
-    g.add_argument("--ratio-range", type=float_pair, metavar="LO,HI", help="random rescale ratios (0.5,2.0)")
+    g.add_argument("--ratio-range", type=float_pair, metavar="LO,HI",
+                   help="random rescale ratios (segmentation 0.5,2.0; detection: none)")
     g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",
                    help="rescale before inference (default: --img-scale)")
     g.add_argument("--no-photometric", dest="photometric", action="store_false", help="no photometric distortion")
     g.add_argument("--predictions", type=int, help="test samples drawn in predictions.png (4; 0: none)")
+    g = p.add_argument_group("detection (also --warmup-iters, --eval-scale, --predictions)")
+    g.add_argument("--train-scale", type=int_pair, metavar="LONG,SHORT",
+                   help="keep-ratio resize of the training images (1333,800)")
+    g.add_argument("--flip-prob", type=float, help="probability of a horizontal flip (0.5)")
+    g.add_argument("--step-epochs", type=lambda t: [int(v) for v in t.split(",") if v.strip()], metavar="E1,E2",
+                   help="epochs after which the rate is multiplied by --gamma (8/12 and 11/12 of the run)")
+    g.add_argument("--gamma", type=float, help="the factor of each step (0.1)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
@@ -371,13 +382,15 @@ def _run_train(args) -> int:
 def _add_eval(commands) -> None:
     p = commands.add_parser(
         "eval",
-        help="evaluate a checkpoint: top-1/top-5 and confusion (classification), mIoU (segmentation)",
+        help="evaluate a checkpoint: top-1/top-5 (classification), mIoU (segmentation), COCO AP (detection)",
         description="Evaluates a checkpoint (model.safetensors, last.pt, a training output folder, or any state "
         "dict) on the evaluation split of the data it was trained on (as recorded beside it) or of --data, or "
         "published weights (--pretrained) on --data. Classification: top-1, top-5, loss, per-class accuracy and "
         "the confusion matrix; a folder of class folders alone (an ImageNet val/ folder) is evaluated whole, with "
         "the weights' preprocessing for --pretrained (the official protocol). Segmentation: mIoU, mAcc, aAcc and "
-        "IoU per class, whole-image or sliding-window. An earlier eval.json is kept: the new report gets the "
+        "IoU per class, whole-image or sliding-window. Detection: COCO box AP (and mask AP), AP50, AP75, AP "
+        "for small/medium/large objects and per class, through pycocotools' COCOeval. An earlier eval.json is "
+        "kept: the new report gets the "
         "next free name (eval-2.json, ...) unless --overwrite.", argument_default=S)
     _task_option(p, "the checkpoint or the model")
     p.add_argument("--model", help="registered model name (default: the one the checkpoint records)")
@@ -412,9 +425,10 @@ def _add_eval(commands) -> None:
     g.add_argument("--in-chans", type=positive_int)
     g.add_argument("--ema", dest="use_ema", action="store_true", help="the EMA weights of a last.pt")
     g.add_argument("--confusion-png", help="path of the confusion-matrix picture")
-    g = p.add_argument_group("segmentation")
+    g = p.add_argument_group("segmentation and detection")
     g.add_argument("--num-classes", type=positive_int, help="classes of a mask folder (default: the model's)")
-    g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT", help="rescale (default: the training one)")
+    g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",
+                   help="rescale (default: the training one, or a detector's test scale)")
     g.add_argument("--mode", choices=["whole", "slide"],
                    help="whole-image or sliding-window inference (default: the model's test_cfg)")
     g.add_argument("--crop-size", type=int_pair, metavar="N|H,W",
@@ -425,7 +439,8 @@ def _add_eval(commands) -> None:
 
 
 _EVAL_DEFAULTS = {"classification": {"default_output": "eval", "batch_size": 256, "amp": "off", "device": "auto"},
-                  "segmentation": {"batch_size": 8, "amp": "off", "device": "auto"}}
+                  "segmentation": {"batch_size": 8, "amp": "off", "device": "auto"},
+                  "detection": {"batch_size": 8, "amp": "off", "device": "auto"}}
 
 
 def _run_eval(args) -> int:

@@ -256,9 +256,46 @@ def _run_bench_data(args) -> int:
     return print_notes_and_files(result)
 
 
+def _add_bench_det(sub) -> None:
+    p = sub.add_parser(
+        "det",
+        help="detection: retinanet_litv2_s vs retinanet_swin_t at 1333x800 (batch 1)",
+        description="Times a detector's network (preprocessed batch -> raw head outputs) against a baseline, side "
+        "by side in one process: ms per image, speed ratio, official FLOPs, the share of the machine's float32 "
+        "matmul rate and peak memory. Post-processing (decoding, NMS) is not timed.",
+    )
+    p.add_argument("--model", default="retinanet_litv2_s")
+    p.add_argument("--baseline", default="retinanet_swin_t")
+    p.add_argument("--sizes", type=csv_list(), default=None, help="N or WxH, comma-separated (default 1333x800)")
+    p.add_argument("--dtype", type=csv_list(), default=["float32", "bfloat16"],
+                   help="float32,bfloat16 (bfloat16 only where native; otherwise a skipped row)")
+    p.add_argument("--num-classes", type=int, default=80)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory tracking call")
+    add_timing_options(p, "runs/bench/det")
+    p.set_defaults(func=_run_bench_det, repeats=5, warmup=1)
+
+
+def _run_bench_det(args) -> int:
+    from hilovit.bench.common import format_table
+    from hilovit.bench.seg import run_seg_benchmark
+
+    result = run_seg_benchmark(
+        model=args.model, baseline=args.baseline, sizes=args.sizes or ["1333x800"], dtypes=args.dtype,
+        num_classes=args.num_classes, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
+        device=args.device, output=args.output or None, plot=not args.no_plot, memory=not args.no_memory,
+        matmul_n=args.matmul_n, title="Detection benchmark",
+    )
+    print(format_table(result["rows"], ["img_size", "dtype", "model_ms", "baseline_ms", "speed_ratio",
+                                        "model_official_gflops", "model_share_of_fp32_matmul",
+                                        "baseline_share_of_fp32_matmul", "model_peak_memory_MB",
+                                        "baseline_peak_memory_MB"]))
+    return print_notes_and_files(result)
+
+
 def add_bench_commands(sub) -> None:
-    """``attention``, ``models``, ``seg`` and ``data`` under ``hilovit bench``."""
+    """``attention``, ``models``, ``seg``, ``det`` and ``data`` under ``hilovit bench``."""
     _add_bench_attention(sub)
     _add_bench_models(sub)
     _add_bench_seg(sub)
+    _add_bench_det(sub)
     _add_bench_data(sub)

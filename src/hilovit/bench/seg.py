@@ -117,8 +117,10 @@ def run_seg_benchmark(
     memory: bool = True,
     quiet: bool = False,
     matmul_n: int = 2048,
+    title: str = "Segmentation benchmark",
 ) -> Dict[str, Any]:
-    """Time ``model`` against ``baseline`` (registered segmentation models, batch 1, inference);
+    """Time ``model`` against ``baseline`` (registered dense-prediction models: segmenters, or detectors'
+    networks up to their raw head outputs; batch 1, inference);
     return ``{'rows', 'matmul_gflops', 'notes', 'files'}``.
 
     Args:
@@ -214,7 +216,7 @@ def run_seg_benchmark(
     notes = _notes(rows, model, baseline, hws, dts, num_classes, repeats, warmup, matmul_n, dev)
     result: Dict[str, Any] = {"rows": rows, "matmul_gflops": rates, "notes": notes, "files": {}}
     if output:
-        files = write_table(rows, output, "Segmentation benchmark", command_line(), notes=notes, columns=[
+        files = write_table(rows, output, title, command_line(), notes=notes, columns=[
             "img_size", "dtype", "model_ms", "baseline_ms", "speed_ratio", "model_growth_per_pixel",
             "baseline_growth_per_pixel", "model_official_gflops", "model_share_of_fp32_matmul",
             "baseline_share_of_fp32_matmul", "model_peak_memory_MB", "baseline_peak_memory_MB", "status"])
@@ -250,8 +252,9 @@ def _notes(rows, model, baseline, hws, dts, num_classes, repeats, warmup, matmul
         "speed_ratio = baseline_ms / model_ms (above 1: the model is faster); model_time_growth: time over the "
         f"first size's ({_size_label(hws[0])}); growth_per_pixel = time growth / pixel growth (1 = linear in "
         "pixels, below 1 = slower than linear)",
-        "model_official_gflops: the official segmentation/tools/get_flops.py count (mmcv's hooks count one "
-        "multiply-add as one FLOP, plus the script's attention terms; LITv2 backbones only); *_counted_gmacs: "
+        "model_official_gflops: the official tools/get_flops.py count of the segmentation or detection code "
+        "(mmcv's hooks count one multiply-add as one FLOP, plus the script's attention terms; LITv2 backbones "
+        "only); *_counted_gmacs: "
         "multiply-adds of the matrix products and convolutions executed (hilovit.flops.count_flops); the matmul "
         "shares count 2 FLOPs per counted multiply-add",
         "peak_memory_MB: bytes of tensors alive at once during one call (weights and input excluded), tracked "

@@ -108,7 +108,11 @@ class RetinaNet(nn.Module):
         self._check_inputs(inputs)
         return self.neck(list(self.backbone(inputs)))
 
-    def forward(self, inputs: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def forward(self, inputs: torch.Tensor, targets: Optional[Sequence[Mapping[str, Any]]] = None):
+        """The raw head outputs of a preprocessed batch; with ``targets`` (training) the losses of
+        :meth:`loss` (so a DistributedDataParallel or compiled wrapper runs the whole step)."""
+        if targets is not None:
+            return self.loss(inputs, targets)
         return self.bbox_head(self.extract_feat(inputs))
 
     # ------------------------------------------------------------------ inference

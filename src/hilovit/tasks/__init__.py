@@ -18,6 +18,7 @@ __all__ = ["TASK_NAMES", "get_task", "resolve_task", "task_of_model", "task_of_c
 _MODULES = {
     "classification": "hilovit.tasks.classification",
     "segmentation": "hilovit.tasks.segmentation",
+    "detection": "hilovit.tasks.detection",
 }
 TASK_NAMES = tuple(_MODULES)
 _LOADED: Dict[str, Any] = {}

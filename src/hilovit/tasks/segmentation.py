@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from hilovit.options import OptionError
 from hilovit.tasks.base import MicroBatch, Run, Task, image_export_spec
@@ -115,34 +115,6 @@ def _collate(samples):
     return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples]).long()
 
 
-class SegTrainBatches:
-    """The batches of one process for each epoch: the order of ``(seed, epoch)``, each global batch
-    sliced by rank (samples augmented in DataLoader workers, each from its own seeded generator)."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int, world_size: int, workers: int,
-                 pin_memory: bool) -> None:
-        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset) // self.batch_size
-
-    def __iter__(self):
-        from hilovit.train.loaders import epoch_order
-
-        order = epoch_order(len(self.dataset), self.seed, self.epoch)
-        b, local = self.batch_size, self.batch_size // self.world_size
-        start = self.rank * local
-        batches = [order[s * b + start: s * b + start + local].tolist() for s in range(len(self))]
-        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=_collate,
-                               pin_memory=self.pin_memory))
-
-
 def _pct(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
@@ -226,9 +198,11 @@ class SegmentationTask(Task):
 
     # ---- the loop
     def train_batches(self, run: Run):
+        from hilovit.train.loaders import IndexedBatches
+
         env = run.env
-        return SegTrainBatches(run.train_ds, run.cfg.batch_size, run.cfg.seed, env.rank, env.world_size,
-                               run.cfg.workers, env.device.type == "cuda")
+        return IndexedBatches(run.train_ds, run.cfg.batch_size, _collate, run.cfg.seed, env.rank, env.world_size,
+                              run.cfg.workers, env.device.type == "cuda")
 
     def prepare(self, run: Run) -> None:
         run.state["eval_batch"] = run.cfg.eval_batch_size or max(1, run.cfg.batch_size // run.env.world_size)

@@ -163,7 +163,7 @@ class TrainConfig:
     val_split: float = option(0.0, fraction())
     model_ema: bool = option(False, flag())
     model_ema_decay: float = option(0.999, number(0.0, maximum=1.0))
-    amp: str = option("auto", choice(*AMP_CHOICES))
+    amp: str = option("auto", lambda v, n: "off" if v is False else check_choice(v, n, AMP_CHOICES))  # YAML: off
     device: str = option("auto", text("a device name"))
     grad_checkpointing: bool = option(False, flag())
     compile: bool = option(False, flag())

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from hilovit.data import AugmentConfig, BatchAugment, Normalize, match_channels, to_float_batch
 
-__all__ = ["epoch_order", "TrainBatches", "EvalBatches", "BatchPipeline", "is_in_memory", "crop_in_workers",
-           "report_skipped_images"]
+__all__ = ["IndexedBatches", "epoch_order", "TrainBatches", "EvalBatches", "BatchPipeline", "is_in_memory",
+           "crop_in_workers", "report_skipped_images"]
 
 
 def is_in_memory(dataset: Dataset) -> bool:
@@ -257,3 +257,42 @@ def report_skipped_images(print_fn: Callable[[str], None], *batches: _Batches, l
         print_fn(f"skipped {len(paths)} unreadable image file{'s' if len(paths) != 1 else ''} "
                  f"(the next image was used instead):\n  {shown}{more}")
     return paths
+
+
+class IndexedBatches:
+    """The training batches of one process for each epoch, for datasets whose samples are made in
+    DataLoader workers (augmented segmentation scenes, detection images with their targets).
+
+    The order of an epoch is :func:`epoch_order` of ``(seed, epoch)``; each global batch of
+    ``batch_size`` is sliced by rank, so ``world_size`` processes together see what one process
+    would. ``collate`` turns the samples of a local batch into what the task's steps take. Each
+    epoch has ``len(dataset) // batch_size`` steps; :meth:`set_epoch` also reaches the dataset's
+    own ``set_epoch`` (fresh augmentation draws).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, collate: Callable, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of the number of processes ({world_size})")
+        self.dataset, self.batch_size, self.collate, self.seed = dataset, batch_size, collate, seed
+        self.rank, self.world_size, self.workers, self.pin_memory = rank, world_size, workers, pin_memory
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def __iter__(self):
+        order = epoch_order(len(self.dataset), self.seed, self.epoch)
+        b, local = self.batch_size, self.batch_size // self.world_size
+        start = self.rank * local
+        batches = [order[s * b + start: s * b + start + local].tolist() for s in range(len(self))]
+        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers, collate_fn=self.collate,
+                               pin_memory=self.pin_memory))
+
+    def pop_skipped(self) -> List[str]:
+        return []

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["fused_adamw_supported",
-           "scale_lr", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "PolySchedule",
+           "scale_lr", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "PolySchedule", "StepSchedule",
            "layer_ids", "apply_layer_decay", "optimizer_step"]
 
 REFERENCE_BATCH = 512
@@ -268,6 +268,42 @@ class PolySchedule(CosineWarmupSchedule):
             super().load_state_dict(state)
         else:
             self.step(int(state["last_step"]))
+
+
+class StepSchedule(CosineWarmupSchedule):
+    """mmcv's ``step`` policy with a linear warm-up (the official detection one): the rate is multiplied
+    by ``gamma`` at each of ``milestones`` (steps); during the first ``warmup_iters`` steps it is also
+    multiplied by ``1 - (1 - t / warmup_iters) * (1 - warmup_ratio)``. The state is the step count alone,
+    so a resumed run follows the same rates; groups' ``lr_scale`` applies as in :class:`CosineWarmupSchedule`.
+    """
+
+    def __init__(self, optimizer: Optional[torch.optim.Optimizer], base_lr: float, total_steps: int,
+                 milestones: Sequence[int] = (), gamma: float = 0.1, warmup_iters: int = 0,
+                 warmup_ratio: float = 0.001) -> None:
+        if total_steps < 1:
+            raise ValueError(f"StepSchedule: total_steps={total_steps}, expected >= 1")
+        self.optimizer = optimizer
+        self.milestones, self.gamma, self.warmup_ratio = sorted(int(m) for m in milestones), float(gamma), warmup_ratio
+        self.base_lr, self.min_lr, self.warmup_lr = float(base_lr), 0.0, 0.0
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_iters)
+        self.last_step = 0
+        self._apply(0)
+
+    def lr_at(self, step: int) -> float:
+        lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)
+        if step < self.warmup_steps:
+            lr *= 1.0 - (1.0 - step / self.warmup_steps) * (1.0 - self.warmup_ratio)
+        return lr
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "milestones": list(self.milestones), "gamma": self.gamma,
+                "warmup_ratio": self.warmup_ratio}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.milestones = [int(m) for m in state.get("milestones", self.milestones)]
+        self.gamma = float(state.get("gamma", self.gamma))
+        self.warmup_ratio = float(state.get("warmup_ratio", self.warmup_ratio))
+        super().load_state_dict(state)
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler, schedule,
