@@ -39,6 +39,7 @@ from hilovit.models.heads.fpn import FPN
 from hilovit.models.heads.retina_head import RetinaHead
 from hilovit.models.registry import register_model
 from hilovit.models.segmentation import _split_type
+from hilovit.models.two_stage import build_mask_rcnn
 
 __all__ = ["RetinaNet", "build_detector"]
 
@@ -131,7 +132,8 @@ def _build_retinanet(top: Dict[str, Any]) -> RetinaNet:
     return model
 
 
-_DETECTORS: Dict[str, Callable[[Dict[str, Any]], nn.Module]] = {"RetinaNet": _build_retinanet}
+_DETECTORS: Dict[str, Callable[[Dict[str, Any]], nn.Module]] = {"RetinaNet": _build_retinanet,
+                                                                  "MaskRCNN": build_mask_rcnn}
 
 
 def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
@@ -147,6 +149,9 @@ def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
     backbone non-strictly (a path or URL; an ImageNet or a detection checkpoint), and so does a
     model-level ``init_cfg`` (into the whole detector when it is an mmdet checkpoint). Unknown keys,
     unsupported types and parts that do not fit each other raise an error naming them.
+    ``type='MaskRCNN'`` builds a :class:`~hilovit.models.two_stage.MaskRCNN` (``rpn_head``, ``roi_head``,
+    ``train_cfg.rpn/rpn_proposal/rcnn``, ``test_cfg.rpn/rcnn``; see
+    :func:`~hilovit.models.two_stage.build_mask_rcnn`).
 
     Example::
 
