@@ -8,7 +8,9 @@ the IoU matrix of a block of sorted boxes, and a fixed-point iteration of the gr
 ``keep[i] = not any(keep[k] and iou[k, i] > t for k < i)``, whose only fixed point is the greedy
 result (entry ``i`` depends on earlier entries only). Large inputs go block by block, each block
 first pruned by the boxes already kept. :func:`batched_nms` is mmcv's class-aware version:
-``boxes + idxs * (boxes.max() + 1)`` in the boxes' dtype, one NMS, kept indices by descending score.
+``boxes + idxs * (boxes.max() + 1)`` in the boxes' dtype, one NMS, kept indices by descending score;
+:func:`multiclass_nms` is mmdet's R-CNN post-processing on top of it (per-class candidates above a score
+threshold, class-aware NMS, a cap).
 
 When ``torchvision`` imports, ``torchvision.ops.nms`` (same greedy rule, IoU compared with the
 float32-rounded threshold) runs instead; :data:`BACKEND` says which is active and

@@ -5,7 +5,8 @@
   the last = background) and ``fc_reg`` (class-specific deltas); its losses.
 - :class:`FCNMaskHead`: four 3x3 convolutions, a 2x2 transposed convolution, 1x1 ``conv_logits``;
   its loss and the paste of its predictions into the image.
-- :class:`RoIHead`: the container whose attribute names give the official ``roi_head.*`` keys.
+- :class:`RoIHead`: the container whose attribute names give the official ``roi_head.*`` keys; it predicts
+  (``StandardRoIHead.predict``: boxes, then masks) and samples the training RoIs.
 
 Names, arguments, initialisation and state-dict keys follow mmdet 3.2 (``bbox_head.shared_fcs.{0,1}``,
 ``bbox_head.fc_cls``, ``bbox_head.fc_reg``, ``mask_head.convs.{i}.conv``, ``mask_head.upsample``,
@@ -217,7 +218,7 @@ class Shared2FCBBoxHead(nn.Module):
                                        max_shape=img_shape)
         if scale_factor is not None and boxes.shape[0] > 0:
             boxes = scale_boxes(boxes, [1 / float(scale_factor[0]), 1 / float(scale_factor[1])])
-        boxes, scores, labels = multiclass_nms(boxes.reshape(K, -1), scores, cfg["score_thr"],
+        boxes, scores, labels = multiclass_nms(boxes.reshape(K, 4 * reps), scores, cfg["score_thr"],
                                                cfg["nms"]["iou_threshold"], cfg["max_per_img"])
         return {"boxes": boxes, "scores": scores, "labels": labels}
 
