@@ -58,7 +58,7 @@ DISTINCT = ("litv2_s", "swin_t", "swin_b_384")
 
 def _names():
     seg = [pytest.param("semfpn_litv2_nano", marks=pytest.mark.slow)]  # the segmenter: one, slow (tens of s)
-    names = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_"))]  # dense: own tests
+    names = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_", "mask_rcnn_"))]  # dense: own tests
     assert set(DISTINCT) <= set(names)
     return [n if n.endswith("_nano") else pytest.param(n, marks=pytest.mark.slow)
             for n in names if n.endswith("_nano") or n in DISTINCT] + seg

@@ -32,6 +32,7 @@ _EXPORTS = {
     "build_segmentor": "hilovit.models.segmentation",
     "RetinaNet": "hilovit.models.detector",
     "build_detector": "hilovit.models.detector",
+    "MaskRCNN": "hilovit.models.two_stage",
     "Predictor": "hilovit.tasks.classification_predict",
     "train": "hilovit.train.engine",
 }

@@ -166,8 +166,9 @@ def _relative_error(a, b, ref):
 
 
 # every classifier and backbone; of the segmenters (the same backbones under an FPN) the small one
-# (detectors: tests/models/test_retinanet.py)
-FAST_MODELS = [n for n in hilovit.list_models() if not n.startswith(("semfpn_", "retinanet_"))] + ["semfpn_litv2_nano"]
+# (detectors: tests/models/test_retinanet.py, test_mask_rcnn.py)
+FAST_MODELS = [n for n in hilovit.list_models() if not n.startswith(("semfpn_", "retinanet_", "mask_rcnn_"))]
+FAST_MODELS += ["semfpn_litv2_nano"]
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)

@@ -18,8 +18,8 @@ import hilovit
 from hilovit import create_model, list_models, load_checkpoint
 from hilovit.models._api import FeatureInfo, feature_take_indices
 
-# segmenters and detectors: tests/models/test_segmentation.py, test_retinanet.py
-MODELS = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_"))]
+# segmenters and detectors: tests/models/test_segmentation.py, test_retinanet.py, test_mask_rcnn.py
+MODELS = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_", "mask_rcnn_"))]
 H, W = 32, 64  # divisible by every reduction (patch 2 or 4, times 2 per stage)
 
 

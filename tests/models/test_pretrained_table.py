@@ -74,6 +74,15 @@ OFFICIAL_DENSE = {
     "retinanet_litv2_s_ws4.coco": (LIT + "v1.0/retinanet_litv2_s_fpn_1x_coco_ws_4.pth", {"box_ap": 43.7}),
     "retinanet_litv2_m_ws4.coco": (LIT + "v1.0/retinanet_litv2_m_fpn_1x_coco_ws_4.pth", {"box_ap": 45.8}),
     "retinanet_litv2_b_ws4.coco": (LIT + "v1.0/retinanet_litv2_b_fpn_1x_coco_ws_4.pth", {"box_ap": 46.3}),
+    "mask_rcnn_litv2_s.coco": (LIT + "v1.0/mask_rcnn_litv2_s_fpn_1x_coco.pth", {"box_ap": 44.9, "mask_ap": 40.8}),
+    "mask_rcnn_litv2_m.coco": (LIT + "v1.0/mask_rcnn_litv2_m_fpn_1x_coco.pth", {"box_ap": 46.8, "mask_ap": 42.3}),
+    "mask_rcnn_litv2_b.coco": (LIT + "v1.0/mask_rcnn_litv2_b_fpn_1x_coco.pth", {"box_ap": 47.3, "mask_ap": 42.6}),
+    "mask_rcnn_litv2_s_ws4.coco": (LIT + "v1.0/mask_rcnn_litv2_s_fpn_1x_coco_ws_4.pth",
+                                   {"box_ap": 44.7, "mask_ap": 40.7}),
+    "mask_rcnn_litv2_m_ws4.coco": (LIT + "v1.0/mask_rcnn_litv2_m_fpn_1x_coco_ws_4.pth",
+                                   {"box_ap": 46.5, "mask_ap": 42.0}),
+    "mask_rcnn_litv2_b_ws4.coco": (LIT + "v1.0/mask_rcnn_litv2_b_fpn_1x_coco_ws_4.pth",
+                                   {"box_ap": 46.8, "mask_ap": 42.3}),
 }
 
 

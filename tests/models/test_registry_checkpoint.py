@@ -52,8 +52,8 @@ def image_size(model):
     return size[0], min(size[1], 64), min(size[2], 64)
 
 
-# segmentation and detection: tests/models/test_segmentation.py, test_retinanet.py
-ALL = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_"))]
+# segmentation and detection: tests/models/test_segmentation.py, test_retinanet.py, test_mask_rcnn.py
+ALL = [n for n in list_models() if not n.startswith(("semfpn_", "retinanet_", "mask_rcnn_"))]
 
 
 def test_registry_has_the_swin_family():

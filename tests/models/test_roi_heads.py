@@ -12,7 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from hilovit.models.heads.roi_heads import FCNMaskHead, RoIHead, Shared2FCBBoxHead, map_roi_levels
-from hilovit.models.heads.roi_targets import bbox_targets, encode_deltas, random_sample, sample_rois
+from hilovit.models.heads.roi_targets import bbox_targets, random_sample, sample_rois
+from hilovit.ops.boxes import DeltaXYWHBBoxCoder
+
+encode_deltas = DeltaXYWHBBoxCoder(target_stds=(0.1, 0.1, 0.2, 0.2)).encode  # the R-CNN coder
 
 FIXTURE = "maskrcnn_litv2_e16_262x305_201x263_a0.9_ws0042"
 ATOL = RTOL = 1e-4

@@ -9,6 +9,7 @@ from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.registry import list_models, register_model
 from hilovit.models.segmentation import build_segmentor  # noqa: F401  (registers semfpn_*)
 from hilovit.models.swin import SwinTransformer
+from hilovit.models.two_stage import MaskRCNN  # noqa: F401  (registers mask_rcnn_*)
 
 __all__ = [
     "create_model",

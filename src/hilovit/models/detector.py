@@ -24,42 +24,28 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from hilovit.data.constants import COCO_CLASSES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.models._api import update_pretrained_cfg
-from hilovit.models.det_preprocessor import DetDataPreprocessor, Images, as_image_list, resize_keep_ratio
+from hilovit.models.det_preprocessor import DetDataPreprocessor
+from hilovit.models.detection_base import (
+    RELEASE,
+    BaseDetector,
+    Result,
+    build_body,
+    build_part,
+    check_targets,
+    create_detector,
+    load_backbone_init,
+)
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.heads.retina_head import RetinaHead
-from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.pretrained import PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
-from hilovit.models.segmentation import EncoderDecoder, SwinSegBackbone, _check_keys, _merge, _split_type
+from hilovit.models.segmentation import _split_type
+from hilovit.models.two_stage import build_mask_rcnn
 
 __all__ = ["RetinaNet", "build_detector"]
 
-_RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
-_BACKBONES = {"LITv2": LITv2Backbone, "SwinTransformer": SwinSegBackbone}
-Result = Dict[str, torch.Tensor]
 
-
-def _check_targets(targets: Any, batch: int, num_classes: int) -> List[Mapping[str, Any]]:
-    if not isinstance(targets, (list, tuple)) or len(targets) != batch:
-        raise ValueError(f"targets must be a list of {batch} dicts (one per image), got {type(targets).__name__}"
-                         + (f" of length {len(targets)}" if isinstance(targets, (list, tuple)) else ""))
-    for i, t in enumerate(targets):
-        if not isinstance(t, Mapping) or not {"boxes", "labels", "img_shape"} <= set(t):
-            raise ValueError(f"targets[{i}] must be a dict with 'boxes', 'labels' and 'img_shape', got {t!r}")
-        b, lab = t["boxes"], t["labels"]
-        if not isinstance(b, torch.Tensor) or b.dim() != 2 or b.shape[1] != 4 or not b.is_floating_point():
-            raise ValueError(f"targets[{i}]['boxes'] must be a float (N, 4) tensor, got {getattr(b, 'shape', b)}")
-        if not isinstance(lab, torch.Tensor) or lab.shape != (b.shape[0],) or lab.is_floating_point():
-            raise ValueError(f"targets[{i}]['labels'] must be an int tensor of shape ({b.shape[0]},), got "
-                             f"{getattr(lab, 'dtype', type(lab).__name__)} {tuple(getattr(lab, 'shape', ()))}")
-        if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-            raise ValueError(f"targets[{i}]['labels'] must be in [0, {num_classes}), got {lab.tolist()}")
-    return list(targets)
-
-
-class RetinaNet(nn.Module):
+class RetinaNet(BaseDetector):
     r"""RetinaNet (Lin et al., 2017): preprocessor -> backbone -> FPN -> RetinaHead (mmdet 3.x).
 
     Args:
@@ -84,35 +70,11 @@ class RetinaNet(nn.Module):
 
     def __init__(self, data_preprocessor: DetDataPreprocessor, backbone: nn.Module, neck: FPN,
                  bbox_head: RetinaHead, test_scale: Optional[Tuple[int, int]] = (1333, 800)):
-        super().__init__()
-        self.data_preprocessor = data_preprocessor
-        self.backbone = backbone
-        self.neck = neck
+        super().__init__(data_preprocessor, backbone, neck, bbox_head.num_classes, test_scale)
         self.bbox_head = bbox_head
-        self.test_scale = test_scale
-        self.num_classes = bbox_head.num_classes
-        self.in_chans = data_preprocessor.in_chans
-        update_pretrained_cfg(self, base=_det_cfg(num_classes=self.num_classes, in_chans=self.in_chans))
 
     # ------------------------------------------------------------------ dense outputs
-    def _check_inputs(self, inputs: Any) -> None:
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a preprocessed (B, {self.in_chans}, H, W) float tensor, got "
-                            f"{type(inputs).__name__}; use predict() for raw images")
-        if inputs.dim() != 4 or inputs.shape[1] != self.in_chans or not inputs.is_floating_point():
-            raise ValueError(f"inputs must be a float (B, in_chans={self.in_chans}, H, W) tensor, got "
-                             f"{inputs.dtype} {tuple(inputs.shape)}")
-
-    def extract_feat(self, inputs: torch.Tensor) -> List[torch.Tensor]:
-        """The FPN maps ``(B, out_channels, h_l, w_l)`` of a preprocessed batch."""
-        self._check_inputs(inputs)
-        return self.neck(list(self.backbone(inputs)))
-
-    def forward(self, inputs: torch.Tensor, targets: Optional[Sequence[Mapping[str, Any]]] = None):
-        """The raw head outputs of a preprocessed batch; with ``targets`` (training) the losses of
-        :meth:`loss` (so a DistributedDataParallel or compiled wrapper runs the whole step)."""
-        if targets is not None:
-            return self.loss(inputs, targets)
+    def forward_dense(self, inputs: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         return self.bbox_head(self.extract_feat(inputs))
 
     # ------------------------------------------------------------------ inference
@@ -125,46 +87,6 @@ class RetinaNet(nn.Module):
         cls_scores, bbox_preds = self(inputs)
         return self.bbox_head.predict_by_feat(cls_scores, bbox_preds, metainfo, rescale=rescale)
 
-    def _test_scale(self, resize: Any) -> Optional[Tuple[int, int]]:
-        if resize is None:
-            return self.test_scale
-        if resize is False:
-            return None
-        if resize is True:
-            if self.test_scale is None:
-                raise ValueError("resize=True: this model has no test_scale; pass a (long, short) pair")
-            return self.test_scale
-        if isinstance(resize, (tuple, list)) and len(resize) == 2:
-            return (resize[0], resize[1])
-        raise ValueError(f"resize must be None (the model's test_scale), True, False or a (long, short) pair, "
-                         f"got {resize!r}")
-
-    @torch.no_grad()
-    def predict(self, images: Images, resize: Any = None, channel_order: str = "rgb") -> List[Result]:
-        """Detect objects in uint8 images of any sizes.
-
-        Args:
-            images: a list of ``(C, H, W)`` uint8 tensors or one ``(B, C, H, W)`` uint8 tensor.
-            resize: None: the model's ``test_scale`` (official models: keep-ratio into 1333 x 800,
-                as the official test pipeline); False: none; a ``(long, short)`` pair.
-            channel_order: ``'rgb'`` (default) or ``'bgr'`` (as OpenCV reads files).
-
-        Returns: per image ``{'boxes', 'scores', 'labels'}``, boxes in that image's own pixels.
-        Call ``model.eval()`` first (training mode keeps stochastic depth on).
-        """
-        imgs = as_image_list(images, self.in_chans)
-        scale = self._test_scale(resize)
-        metas: List[Dict[str, Any]] = []
-        if scale is not None:
-            resized = []
-            for img in imgs:
-                out, factor = resize_keep_ratio(img, scale)
-                resized.append(out)
-                metas.append({"ori_shape": tuple(img.shape[1:]), "scale_factor": factor})
-            imgs = resized
-        inputs, metas = self.data_preprocessor(imgs, channel_order, metas if scale is not None else None)
-        return self.predict_batch(inputs, metas)
-
     # ------------------------------------------------------------------ training
     def loss(self, inputs: torch.Tensor, targets: Sequence[Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
         """Training losses ``{'loss_cls', 'loss_bbox'}`` of a preprocessed batch (mmdet 3.x RetinaNet:
@@ -172,13 +94,11 @@ class RetinaNet(nn.Module):
         ``(N, 4)`` in the batch's pixels, ``labels`` ``(N,)`` in ``[0, num_classes)``, ``img_shape``
         (``N = 0`` is fine)."""
         self._check_inputs(inputs)
-        targets = _check_targets(targets, inputs.shape[0], self.num_classes)
+        targets = check_targets(targets, inputs.shape[0], self.num_classes)
         cls_scores, bbox_preds = self(inputs)
         return self.bbox_head.loss_by_feat(cls_scores, bbox_preds, targets, self.data_preprocessor.pad_size_divisor)
 
     # ------------------------------------------------------------------ bookkeeping
-    checkpoint_filter_fn = EncoderDecoder.checkpoint_filter_fn
-
     def flops(self, img_size: Union[int, Tuple[int, int], None] = None, breakdown: bool = False):
         """The official ``get_flops`` count (LITv2 backbones) for a ``(C, H, W)`` input, by default
         ``pretrained_cfg['input_size']`` (the COCO models: the script's ``(1280, 800)``):
@@ -198,93 +118,23 @@ class RetinaNet(nn.Module):
                 for name in ("backbone", "neck", "bbox_head")}
 
 
-def _det_cfg(**kwargs) -> Dict[str, Any]:
-    cfg = {
-        "task": "detection",
-        "num_classes": 80,
-        "class_names": COCO_CLASSES,
-        "dataset": "coco",
-        "input_size": (3, 1280, 800),  # the official get_flops / benchmark input
-        "test_scale": (1333, 800),
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "box_ap": None,
-        "classifier": "bbox_head.retina_cls",
-        "first_conv": "backbone.patch_embed.proj",
-    }
-    cfg.update(kwargs)
-    cfg["input_size"] = (cfg.pop("in_chans", cfg["input_size"][0]), *cfg["input_size"][1:])
-    return cfg
-
-
-# ---------------------------------------------------------------------------- config dicts
-def _load_into(module: nn.Module, init_cfg: Any, what: str) -> None:
-    """mmengine's ``Pretrained`` init: load a checkpoint (path or URL) non-strictly."""
-    if init_cfg is None:
-        return
-    if not isinstance(init_cfg, Mapping) or init_cfg.get("type", "Pretrained") != "Pretrained" \
-            or not isinstance(init_cfg.get("checkpoint"), str):
-        raise ValueError(f"{what} must be None or dict(type='Pretrained', checkpoint=<path or URL>), got {init_cfg!r}")
-    from hilovit.models.pretrained import load_pretrained
-
-    load_pretrained(module, init_cfg["checkpoint"], strict=False)
-
-
-def _build_part(cfg: Any, what: str, classes: Mapping[str, type], drop: Sequence[str] = ()):
-    kind, args = _split_type(cfg, what, list(classes))
-    popped = {k: args.pop(k) for k in drop if k in args}
-    _check_keys(classes[kind], args, f"{what} (type={kind!r})")
-    return kind, classes[kind](**args), popped
-
-
 def _build_retinanet(top: Dict[str, Any]) -> RetinaNet:
-    unknown = sorted(set(top) - {"data_preprocessor", "backbone", "neck", "bbox_head", "train_cfg", "test_cfg",
-                                 "init_cfg", "pretrained"})
-    if unknown:
-        raise ValueError(f"model (type='RetinaNet') has unknown keys {unknown}")
-    for key in ("data_preprocessor", "backbone", "neck", "bbox_head"):
-        if top.get(key) is None:
-            raise ValueError(f"model (type='RetinaNet') needs a {key!r} dict")
-    _, pre, _ = _build_part(top["data_preprocessor"], "data_preprocessor", {"DetDataPreprocessor": DetDataPreprocessor})
-    _, backbone, bb_init = _build_part(top["backbone"], "backbone", _BACKBONES, drop=("init_cfg", "pretrained"))
-    if getattr(backbone, "in_chans", pre.in_chans) != pre.in_chans:
-        raise ValueError(f"data_preprocessor has {pre.in_chans} channels (mean/std) but the backbone takes "
-                         f"in_chans={backbone.in_chans}")
-    _, neck, _ = _build_part(top["neck"], "neck", {"FPN": FPN})
-    out_channels = [backbone.embed_dim * 2**i for i in backbone.out_indices]
-    if list(neck.in_channels) != out_channels:
-        raise ValueError(f"neck in_channels {neck.in_channels} do not match the backbone's output channels "
-                         f"{out_channels} (out_indices {list(backbone.out_indices)})")
+    pre, backbone, neck, bb_init = build_body(top, "RetinaNet", ["data_preprocessor", "backbone", "neck", "bbox_head",
+                                                                 "train_cfg", "test_cfg", "init_cfg", "pretrained"])
+    if top.get("bbox_head") is None:
+        raise ValueError("model (type='RetinaNet') needs a 'bbox_head' dict")
     head_cfg = dict(top["bbox_head"], train_cfg=top.get("train_cfg"), test_cfg=top.get("test_cfg"))
-    _, head, _ = _build_part(head_cfg, "bbox_head", {"RetinaHead": RetinaHead})
+    _, head, _ = build_part(head_cfg, "bbox_head", {"RetinaHead": RetinaHead})
     if head.in_channels != neck.out_channels or head.prior_generator.num_levels != neck.num_outs:
         raise ValueError(f"bbox_head (in_channels {head.in_channels}, {head.prior_generator.num_levels} anchor "
                          f"strides) does not fit the neck ({neck.num_outs} outputs of {neck.out_channels} channels)")
     model = RetinaNet(pre, backbone, neck, head)
-    if bb_init.get("pretrained") is not None or top.get("pretrained") is not None:
-        path = bb_init.get("pretrained") or top.get("pretrained")
-        _load_into(model.backbone, dict(type="Pretrained", checkpoint=path), "pretrained")
-    _load_into(model.backbone, bb_init.get("init_cfg"), "backbone init_cfg")
-    _load_top_init(model, top.get("init_cfg"))
+    load_backbone_init(model, top, bb_init)
     return model
 
 
-def _load_top_init(model: nn.Module, init_cfg: Any) -> None:
-    """A model-level ``Pretrained`` init: an mmdet checkpoint (``backbone.*`` keys) loads into the
-    whole detector, any other checkpoint into the backbone; both non-strictly."""
-    if init_cfg is None:
-        return
-    if not isinstance(init_cfg, Mapping) or not isinstance(init_cfg.get("checkpoint"), str):
-        raise ValueError(f"model init_cfg must be None or dict(type='Pretrained', checkpoint=...), got {init_cfg!r}")
-    from hilovit.models import hub
-    from hilovit.models.pretrained import _read_state_dict
-
-    sd = _read_state_dict(hub.fetch(init_cfg["checkpoint"]))
-    target = model if any(k.startswith("backbone.") for k in sd) else model.backbone
-    _load_into(target, init_cfg, "model init_cfg")
-
-
-_DETECTORS: Dict[str, Callable[[Dict[str, Any]], nn.Module]] = {"RetinaNet": _build_retinanet}
+_DETECTORS: Dict[str, Callable[[Dict[str, Any]], nn.Module]] = {"RetinaNet": _build_retinanet,
+                                                                  "MaskRCNN": build_mask_rcnn}
 
 
 def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
@@ -300,6 +150,9 @@ def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
     backbone non-strictly (a path or URL; an ImageNet or a detection checkpoint), and so does a
     model-level ``init_cfg`` (into the whole detector when it is an mmdet checkpoint). Unknown keys,
     unsupported types and parts that do not fit each other raise an error naming them.
+    ``type='MaskRCNN'`` builds a :class:`~hilovit.models.two_stage.MaskRCNN` (``rpn_head``, ``roi_head``,
+    ``train_cfg.rpn/rpn_proposal/rcnn``, ``test_cfg.rpn/rcnn``; see
+    :func:`~hilovit.models.two_stage.build_mask_rcnn`).
 
     Example::
 
@@ -344,41 +197,8 @@ def _retinanet_config(backbone: Dict[str, Any], in_channels: List[int], start_le
     )
 
 
-_OVERRIDES = ("num_classes", "in_chans", "drop_path_rate", "test_scale", "test_cfg", "train_cfg", "data_preprocessor",
-              "backbone", "neck", "bbox_head")
-
-
 def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> RetinaNet:
-    unknown = sorted(set(kwargs) - set(_OVERRIDES))
-    if unknown:
-        raise TypeError(f"unexpected argument(s) {unknown}; a detection model takes {', '.join(_OVERRIDES)}")
-    cfg = copy.deepcopy(config)
-    for part in ("data_preprocessor", "backbone", "neck", "bbox_head"):
-        if kwargs.get(part) is not None:
-            cfg[part] = _merge(cfg[part], kwargs[part])
-    if kwargs.get("num_classes") is not None:
-        cfg["bbox_head"]["num_classes"] = kwargs["num_classes"]
-    for key in ("in_chans", "drop_path_rate"):
-        if kwargs.get(key) is not None:
-            cfg["backbone"][key] = kwargs[key]
-    chans = cfg["backbone"].get("in_chans", 3)
-    if len(cfg["data_preprocessor"]["mean"]) != chans:  # another channel count: mid-grey normalisation
-        cfg["data_preprocessor"].update(mean=[127.5] * chans, std=[127.5] * chans, bgr_to_rgb=False)
-    for key in ("test_cfg", "train_cfg"):
-        if kwargs.get(key) is not None:
-            cfg[key] = _merge(cfg[key], kwargs[key])
-    model = build_detector(cfg)
-    pcfg = _det_cfg(**cfg_overrides)
-    if "test_scale" in kwargs:
-        pcfg["test_scale"] = kwargs["test_scale"]
-    model.test_scale = pcfg["test_scale"]
-    pre = cfg["data_preprocessor"]  # mean/std on the 0-255 scale; pretrained_cfg's are on [0, 1]
-    pcfg.update(num_classes=model.num_classes, input_size=(model.in_chans, *pcfg["input_size"][1:]),
-                mean=tuple(round(m / 255, 6) for m in pre["mean"]), std=tuple(round(s / 255, 6) for s in pre["std"]))
-    if model.num_classes != len(pcfg["class_names"] or ()):
-        pcfg["class_names"] = None
-    update_pretrained_cfg(model, base=pcfg)
-    return model
+    return create_detector(config, cfg_overrides, build_detector, ["bbox_head"], [["bbox_head"]], **kwargs)
 
 
 def _litv2(embed_dim: int, depths: List[int], num_heads: List[int], drop_path_rate: float, local_ws: List[int],
@@ -479,7 +299,7 @@ def retinanet_litv2_nano(**kwargs) -> RetinaNet:
 # The official COCO 1x models (ziplab/LITv2 detection/README.md, release v1.0): box AP on COCO val2017.
 def _coco_weights(size: str, ws4: bool, box_ap: float) -> PretrainedWeights:
     file = f"retinanet_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
-    return PretrainedWeights(model=f"retinanet_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=_RELEASE + file,
+    return PretrainedWeights(model=f"retinanet_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=RELEASE + file,
                              top1=None, num_classes=80, input_size=(3, 1280, 800), crop_pct=1.0,
                              interpolation="bilinear", dataset="coco", paper="https://arxiv.org/abs/2205.13213",
                              metrics={"box_ap": box_ap}, extra={"box_ap": box_ap})

@@ -8,7 +8,9 @@ the IoU matrix of a block of sorted boxes, and a fixed-point iteration of the gr
 ``keep[i] = not any(keep[k] and iou[k, i] > t for k < i)``, whose only fixed point is the greedy
 result (entry ``i`` depends on earlier entries only). Large inputs go block by block, each block
 first pruned by the boxes already kept. :func:`batched_nms` is mmcv's class-aware version:
-``boxes + idxs * (boxes.max() + 1)`` in the boxes' dtype, one NMS, kept indices by descending score.
+``boxes + idxs * (boxes.max() + 1)`` in the boxes' dtype, one NMS, kept indices by descending score;
+:func:`multiclass_nms` is mmdet's R-CNN post-processing on top of it (per-class candidates above a score
+threshold, class-aware NMS, a cap).
 
 When ``torchvision`` imports, ``torchvision.ops.nms`` (same greedy rule, IoU compared with the
 float32-rounded threshold) runs instead; :data:`BACKEND` says which is active and
@@ -24,7 +26,7 @@ try:  # pragma: no cover - torchvision is optional
 except Exception:  # ImportError, or a torchvision built for another torch
     _tv_nms = None
 
-__all__ = ["BACKEND", "batched_nms", "nms", "use_torchvision"]
+__all__ = ["BACKEND", "batched_nms", "multiclass_nms", "nms", "use_torchvision"]
 
 #: ``"torchvision"`` when ``torchvision.ops.nms`` is used, ``"pytorch"`` otherwise.
 BACKEND = "torchvision" if _tv_nms is not None else "pytorch"
@@ -133,3 +135,40 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
     return nms(boxes + offsets[:, None], scores, thr)
+
+
+def multiclass_nms(multi_bboxes: torch.Tensor, multi_scores: torch.Tensor, score_thr: float, iou_threshold: float,
+                   max_num: int = -1):
+    """mmdet's ``multiclass_nms`` (R-CNN post-processing): every (box, class) pair whose class score is
+    ``> score_thr`` becomes a candidate, taken box-major then class-minor; class-aware :func:`batched_nms`;
+    the first ``max_num`` (all when ``max_num <= 0``) by descending score.
+
+    Args:
+        multi_bboxes: ``(N, 4 * C)`` class-specific boxes (or ``(N, 4)`` shared by every class).
+        multi_scores: ``(N, C + 1)`` class probabilities, the last column the background (ignored).
+        score_thr, iou_threshold, max_num: the thresholds and the cap.
+
+    Returns:
+        ``(boxes (K, 4), scores (K,), labels (K,) int64)``.
+    """
+    if not isinstance(multi_scores, torch.Tensor) or multi_scores.dim() != 2 or multi_scores.shape[1] < 2:
+        raise ValueError(f"multi_scores must be an (N, C + 1) tensor, got {getattr(multi_scores, 'shape', None)}")
+    N, C = multi_scores.shape[0], multi_scores.shape[1] - 1
+    if not isinstance(multi_bboxes, torch.Tensor) or multi_bboxes.shape not in ((N, 4), (N, 4 * C)):
+        raise ValueError(f"multi_bboxes must be ({N}, 4) or ({N}, {4 * C}) to match multi_scores "
+                         f"{tuple(multi_scores.shape)}, got {getattr(multi_bboxes, 'shape', None)}")
+    if multi_bboxes.shape[1] == 4 * C:
+        boxes = multi_bboxes.reshape(N, C, 4)
+    else:
+        boxes = multi_bboxes[:, None].expand(N, C, 4)
+    scores = multi_scores[:, :-1]
+    labels = torch.arange(C, device=scores.device).view(1, -1).expand_as(scores)
+    boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+    keep = torch.nonzero(scores > score_thr).squeeze(1)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if boxes.shape[0] == 0:
+        return boxes, scores, labels
+    keep = batched_nms(boxes, scores, labels, iou_threshold)
+    if max_num > 0:
+        keep = keep[:max_num]
+    return boxes[keep], scores[keep], labels[keep]

@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from hilovit.models.heads.losses import check_loss_cfg, l1_loss, sigmoid_focal_loss
+from hilovit.models.heads.losses import check_loss_cfg, l1_loss, sigmoid_bce_loss, sigmoid_focal_loss
+from hilovit.models.heads.roi_targets import random_sample
 from hilovit.ops.anchors import AnchorGenerator
 from hilovit.ops.assign import max_iou_assign
 from hilovit.ops.boxes import DeltaXYWHBBoxCoder, bbox_overlaps, scale_boxes
@@ -40,34 +41,38 @@ def _type_args(cfg: Any, what: str, allowed: Sequence[str]) -> Dict[str, Any]:
     return {k: v for k, v in cfg.items() if k != "type"}
 
 
-def check_test_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+def check_test_cfg(cfg: Optional[Mapping[str, Any]], what: str = "test_cfg") -> Optional[Dict[str, Any]]:
     """Validate mmdet's dense-head ``test_cfg`` (``nms_pre``, ``min_bbox_size``, ``score_thr``,
-    ``nms=dict(type='nms', iou_threshold=...)``, ``max_per_img``); defaults as mmdet's."""
+    ``nms=dict(type='nms', iou_threshold=...)``, ``max_per_img``); defaults as mmdet's. ``what``: its name
+    in the error messages."""
     if cfg is None:
         return None
     if not isinstance(cfg, Mapping):
-        raise TypeError(f"test_cfg must be a dict, got {type(cfg).__name__}")
+        raise TypeError(f"{what} must be a dict, got {type(cfg).__name__}")
     extra = set(cfg) - _TEST_KEYS
     if extra:
-        raise ValueError(f"test_cfg has unknown keys {sorted(extra)}; expected {sorted(_TEST_KEYS)}")
+        raise ValueError(f"{what} has unknown keys {sorted(extra)}; expected {sorted(_TEST_KEYS)}")
     out = dict(nms_pre=-1, min_bbox_size=-1, score_thr=0.0, max_per_img=100)
     out.update(cfg)
-    nms = _type_args(out.get("nms"), "test_cfg nms", ["nms"])
+    nms = _type_args(out.get("nms"), f"{what} nms", ["nms"])
     if set(nms) - {"iou_threshold"} or not isinstance(nms.get("iou_threshold"), (int, float)):
-        raise ValueError(f"test_cfg nms must be dict(type='nms', iou_threshold=<number>), got {out.get('nms')!r}")
+        raise ValueError(f"{what} nms must be dict(type='nms', iou_threshold=<number>), got {out.get('nms')!r}")
     for key in ("nms_pre", "max_per_img"):
         if isinstance(out[key], bool) or not isinstance(out[key], int):
-            raise ValueError(f"test_cfg {key} must be an int, got {out[key]!r}")
+            raise ValueError(f"{what} {key} must be an int, got {out[key]!r}")
     for key in ("score_thr", "min_bbox_size"):
         if isinstance(out[key], bool) or not isinstance(out[key], (int, float)):
-            raise ValueError(f"test_cfg {key} must be a number, got {out[key]!r}")
+            raise ValueError(f"{what} {key} must be a number, got {out[key]!r}")
     out["nms"] = dict(out["nms"])
     return out
 
 
-def check_train_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
-    """Validate mmdet's anchor-head ``train_cfg``: ``MaxIoUAssigner`` (``ignore_iof_thr`` -1 only),
-    ``PseudoSampler``, ``allowed_border``, ``pos_weight``, ``debug``."""
+def check_train_cfg(cfg: Optional[Mapping[str, Any]], samplers: Sequence[str] = ("PseudoSampler",)
+                    ) -> Optional[Dict[str, Any]]:
+    """Validate mmdet's anchor-head ``train_cfg``: ``MaxIoUAssigner`` (``ignore_iof_thr`` -1 only), a
+    sampler among ``samplers`` (``PseudoSampler``: every assigned anchor; ``RandomSampler`` with ``num``,
+    ``pos_fraction``, ``neg_pos_ub`` and ``add_gt_as_proposals=False``), ``allowed_border``, ``pos_weight``,
+    ``debug``."""
     if cfg is None:
         return None
     if not isinstance(cfg, Mapping):
@@ -84,10 +89,16 @@ def check_train_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]
     if assigner.get("iou_calculator", {"type": "BboxOverlaps2D"}).get("type") != "BboxOverlaps2D":
         raise ValueError(f"train_cfg assigner iou_calculator must be BboxOverlaps2D, got "
                          f"{assigner['iou_calculator']!r}")
-    _type_args(cfg.get("sampler", {"type": "PseudoSampler"}), "train_cfg sampler", ["PseudoSampler"])
+    sampler = _type_args(cfg.get("sampler", {"type": "PseudoSampler"}), "train_cfg sampler", list(samplers))
+    if cfg.get("sampler", {}).get("type") == "RandomSampler":
+        if set(sampler) - {"num", "pos_fraction", "neg_pos_ub", "add_gt_as_proposals"} or \
+                not {"num", "pos_fraction"} <= set(sampler) or sampler.get("add_gt_as_proposals", False):
+            raise ValueError(f"train_cfg sampler RandomSampler needs num and pos_fraction (optional neg_pos_ub; "
+                             f"add_gt_as_proposals must be False for anchors), got {cfg['sampler']!r}")
     out = dict(allowed_border=-1, pos_weight=-1, debug=False)
     out.update(cfg)
     out["assigner"] = dict(cfg["assigner"])
+    out["sampler"] = dict(cfg.get("sampler", {"type": "PseudoSampler"}))
     return out
 
 
@@ -113,9 +124,14 @@ class AnchorHead(nn.Module):
         num_classes: foreground classes (sigmoid classification: no background channel).
         anchor_generator, bbox_coder: mmdet config dicts (``type='AnchorGenerator'``,
             ``type='DeltaXYWHBBoxCoder'``).
-        loss_cls: ``dict(type='FocalLoss', ...)``; loss_bbox: ``dict(type='L1Loss', ...)``.
+        loss_cls: ``dict(type='FocalLoss', ...)`` (or, where the subclass allows it,
+            ``dict(type='CrossEntropyLoss', use_sigmoid=True)``); loss_bbox: ``dict(type='L1Loss', ...)``.
         train_cfg, test_cfg: mmdet's (see :func:`check_train_cfg`, :func:`check_test_cfg`).
     """
+
+    #: the classification losses and the samplers a subclass accepts
+    cls_losses: Tuple[str, ...] = ("FocalLoss",)
+    samplers: Tuple[str, ...] = ("PseudoSampler",)
 
     def __init__(self, num_classes: int, anchor_generator: Mapping[str, Any], bbox_coder: Mapping[str, Any],
                  loss_cls: Mapping[str, Any], loss_bbox: Mapping[str, Any], train_cfg: Optional[Mapping] = None,
@@ -132,9 +148,9 @@ class AnchorHead(nn.Module):
             raise ValueError("anchor_generator must give every level the same number of anchors")
         self.num_base_priors = self.prior_generator.num_base_anchors[0]
         self.bbox_coder = DeltaXYWHBBoxCoder(**_type_args(bbox_coder, "bbox_coder", ["DeltaXYWHBBoxCoder"]))
-        self.loss_cls_cfg = check_loss_cfg(loss_cls, "loss_cls", ("FocalLoss",))
+        self.loss_cls_cfg = check_loss_cfg(loss_cls, "loss_cls", self.cls_losses)
         self.loss_bbox_cfg = check_loss_cfg(loss_bbox, "loss_bbox", ("L1Loss",))
-        self.train_cfg = check_train_cfg(train_cfg)
+        self.train_cfg = check_train_cfg(train_cfg, self.samplers)
         self.test_cfg = check_test_cfg(test_cfg)
 
     # ------------------------------------------------------------------ anchors
@@ -209,10 +225,13 @@ class AnchorHead(nn.Module):
         return self.test_cfg
 
     # ------------------------------------------------------------------ training
-    def targets_single(self, anchors: torch.Tensor, valid: torch.Tensor, target: Mapping[str, Any]):
+    def targets_single(self, anchors: torch.Tensor, valid: torch.Tensor, target: Mapping[str, Any],
+                       generator: Optional[torch.Generator] = None):
         """Training targets of one image over all its anchors (levels concatenated): ``labels``
         (``num_classes`` = background), ``label_weights``, ``bbox_targets`` (encoded deltas),
-        ``bbox_weights`` and the number of positive anchors (at least 1: the image's ``avg_factor``)."""
+        ``bbox_weights`` and the image's ``avg_factor`` (mmdet's ``SamplingResult.avg_factor``): with
+        ``PseudoSampler`` the number of positive anchors, with ``RandomSampler`` the number of sampled
+        positives plus sampled negatives (each counted at least 1). ``generator``: the sampler's draws."""
         cfg = self.train_cfg
         gt_boxes = target["boxes"].to(anchors)
         gt_labels = target["labels"].to(device=anchors.device, dtype=torch.long)
@@ -227,7 +246,16 @@ class AnchorHead(nn.Module):
         assigned, _, assigned_labels = max_iou_assign(
             bbox_overlaps(gt_boxes, a), gt_labels, ac["pos_iou_thr"], ac["neg_iou_thr"], ac.get("min_pos_iou", 0.0),
             ac.get("gt_max_assign_all", True), ac.get("match_low_quality", True))
-        pos, neg = assigned > 0, assigned == 0
+        sampler = cfg["sampler"]
+        if sampler["type"] == "RandomSampler":
+            pos_i, neg_i = random_sample(assigned, int(sampler["num"]), float(sampler["pos_fraction"]),
+                                         float(sampler.get("neg_pos_ub", -1)), generator)
+            pos = torch.zeros_like(assigned, dtype=torch.bool).index_fill_(0, pos_i, True)
+            neg = torch.zeros_like(assigned, dtype=torch.bool).index_fill_(0, neg_i, True)
+            avg_factor = max(int(pos_i.numel()), 1) + max(int(neg_i.numel()), 1)
+        else:
+            pos, neg = assigned > 0, assigned == 0
+            avg_factor = max(int(pos.sum()), 1)
         n_all = anchors.shape[0]
         labels = torch.full((n_all,), self.num_classes, dtype=torch.long, device=anchors.device)
         label_weights = anchors.new_zeros(n_all)
@@ -241,15 +269,18 @@ class AnchorHead(nn.Module):
         if pos_idx.numel() > 0:
             bbox_targets[pos_idx] = self.bbox_coder.encode(a[pos], gt_boxes[assigned[pos] - 1])
             bbox_weights[pos_idx] = 1.0
-        return labels, label_weights, bbox_targets, bbox_weights, max(int(pos_idx.numel()), 1)
+        return labels, label_weights, bbox_targets, bbox_weights, avg_factor
 
     def loss_by_feat(self, cls_scores: Sequence[torch.Tensor], bbox_preds: Sequence[torch.Tensor],
-                     targets: Sequence[Mapping[str, Any]], pad_size_divisor: int = 1) -> Dict[str, torch.Tensor]:
+                     targets: Sequence[Mapping[str, Any]], pad_size_divisor: int = 1,
+                     generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """``{'loss_cls', 'loss_bbox'}`` (each summed over levels) as mmdet 3.x's ``AnchorHead``:
-        focal loss over the anchors inside each image's ``pad_shape`` that are positive or negative,
-        L1 on the positives' encoded deltas, both divided by ``avg_factor`` = the sum over images of
-        ``max(positives, 1)``. ``targets``: per image ``boxes``, ``labels``, ``img_shape`` (and
-        ``pad_shape``; default ``img_shape`` rounded up to ``pad_size_divisor``)."""
+        the classification loss (focal, or sigmoid cross-entropy) over the anchors inside each image's
+        ``pad_shape`` that are positive or negative (all of them, or those the ``RandomSampler`` draws
+        from ``generator``), L1 on the positives' encoded deltas, both divided by ``avg_factor`` = the
+        sum over images of :meth:`targets_single`'s ``avg_factor``. ``targets``: per image ``boxes``,
+        ``labels``, ``img_shape`` (and ``pad_shape``; default ``img_shape`` rounded up to
+        ``pad_size_divisor``)."""
         if self.train_cfg is None:
             raise ValueError(f"{type(self).__name__} has no train_cfg; build it with one to compute losses")
         B = cls_scores[0].shape[0]
@@ -264,15 +295,19 @@ class AnchorHead(nn.Module):
         for t in targets:
             pad = t.get("pad_shape") or [-(-int(s) // pad_size_divisor) * pad_size_divisor for s in t["img_shape"][:2]]
             valid = torch.cat(self.prior_generator.valid_flags(sizes, pad, device))
-            per_image.append(self.targets_single(flat, valid, t))
+            per_image.append(self.targets_single(flat, valid, t, generator))
         avg_factor = sum(r[4] for r in per_image)
         labels, lw, bt, bw = (torch.stack([r[k] for r in per_image]).split(counts, dim=1) for k in range(4))
         loss_cls = loss_bbox = None
         for lvl, (cls, reg) in enumerate(zip(cls_scores, bbox_preds)):
             logits = cls.float().permute(0, 2, 3, 1).reshape(-1, self.cls_out_channels)
             deltas = reg.float().permute(0, 2, 3, 1).reshape(-1, self.bbox_coder.encode_size)
-            lc = sigmoid_focal_loss(logits, labels[lvl].reshape(-1), lw[lvl].reshape(-1), self.loss_cls_cfg["gamma"],
-                                    self.loss_cls_cfg["alpha"], avg_factor) * self.loss_cls_cfg["loss_weight"]
+            if self.loss_cls_cfg["type"] == "FocalLoss":
+                lc = sigmoid_focal_loss(logits, labels[lvl].reshape(-1), lw[lvl].reshape(-1),
+                                        self.loss_cls_cfg["gamma"], self.loss_cls_cfg["alpha"], avg_factor)
+            else:
+                lc = sigmoid_bce_loss(logits, labels[lvl].reshape(-1), lw[lvl].reshape(-1), avg_factor)
+            lc = lc * self.loss_cls_cfg["loss_weight"]
             lb = l1_loss(deltas, bt[lvl].reshape(-1, 4), bw[lvl].reshape(-1, 4), avg_factor) \
                 * self.loss_bbox_cfg["loss_weight"]
             loss_cls = lc if loss_cls is None else loss_cls + lc

@@ -1,8 +1,10 @@
-"""Detection losses with mmdet's reductions: sigmoid focal loss and L1, averaged by ``avg_factor``.
+"""Detection losses with mmdet's reductions: sigmoid focal loss, sigmoid cross-entropy and L1, averaged by
+``avg_factor``.
 
 mmdet's ``weight_reduce_loss`` with ``reduction='mean'`` and an ``avg_factor`` divides the sum of
 the weighted element losses by ``avg_factor + eps`` (``eps`` = float32's machine epsilon), not by
-the element count; the anchor heads pass the number of positive anchors (at least 1 per image).
+the element count; the anchor heads pass the number of positive anchors (at least 1 per image), or
+with a sampler the number of sampled anchors.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_loss_cfg", "l1_loss", "sigmoid_focal_loss"]
+__all__ = ["check_loss_cfg", "l1_loss", "sigmoid_bce_loss", "sigmoid_focal_loss"]
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -43,6 +45,28 @@ def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, weight: Optio
     return loss.mean() if avg_factor is None else loss.sum() / (avg_factor + _EPS)
 
 
+def sigmoid_bce_loss(logits: torch.Tensor, labels: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     avg_factor: Optional[float] = None) -> torch.Tensor:
+    """Per-class sigmoid cross-entropy on one-hot targets, as mmdet's ``CrossEntropyLoss(use_sigmoid=True)``
+    (``binary_cross_entropy`` with labels expanded to one-hot; the RPN's objectness loss).
+
+    Args:
+        logits: ``(N, C)``; labels: ``(N,)`` int64 in ``[0, C]`` (``C`` = background: all-zero target).
+        weight: ``(N,)`` per-row weight (0 drops a row).
+        avg_factor: the sum is divided by ``avg_factor + eps``; ``None``: the mean over elements.
+
+    Returns: a scalar.
+    """
+    if logits.dim() != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"logits must be (N, C) and labels (N,), got {tuple(logits.shape)}, {tuple(labels.shape)}")
+    C = logits.shape[1]
+    target = F.one_hot(labels.long(), num_classes=C + 1)[:, :C].type_as(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weight is not None:
+        loss = loss * weight.reshape(-1, 1).type_as(loss)
+    return loss.mean() if avg_factor is None else loss.sum() / (avg_factor + _EPS)
+
+
 def l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None,
             avg_factor: Optional[float] = None) -> torch.Tensor:
     """``sum(|pred - target| * weight) / (avg_factor + eps)`` (mmdet's ``L1Loss``; the mean over
@@ -59,13 +83,14 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Ten
 
 _LOSSES = {
     "FocalLoss": {"use_sigmoid", "gamma", "alpha", "loss_weight", "reduction", "activated"},
+    "CrossEntropyLoss": {"use_sigmoid", "use_mask", "loss_weight", "reduction", "avg_non_ignore", "class_weight"},
     "L1Loss": {"loss_weight", "reduction"},
 }
 
 
 def check_loss_cfg(cfg: Optional[Mapping[str, Any]], what: str, allowed: tuple) -> Dict[str, Any]:
-    """Validate an mmdet loss config (``type`` among ``allowed``; mean reduction; sigmoid focal loss)
-    and return it as a plain dict with the defaults filled in."""
+    """Validate an mmdet loss config (``type`` among ``allowed``; mean reduction; focal loss and
+    cross-entropy on sigmoids, no class weights) and return it as a plain dict with the defaults filled in."""
     if not isinstance(cfg, Mapping) or cfg.get("type") not in allowed:
         raise ValueError(f"{what} must be a dict with type in {list(allowed)}, got {cfg!r}")
     extra = set(cfg) - {"type"} - _LOSSES[cfg["type"]]
@@ -80,6 +105,10 @@ def check_loss_cfg(cfg: Optional[Mapping[str, Any]], what: str, allowed: tuple) 
             raise ValueError(f"{what}: FocalLoss needs use_sigmoid=True and activated=False, got {dict(cfg)!r}")
         out.setdefault("gamma", 2.0)
         out.setdefault("alpha", 0.25)
+    if out["type"] == "CrossEntropyLoss" and (not out.get("use_sigmoid", False) or out.get("use_mask", False)
+                                              or out.get("class_weight") is not None):
+        raise ValueError(f"{what}: CrossEntropyLoss needs use_sigmoid=True, no use_mask and no class_weight here, "
+                         f"got {dict(cfg)!r}")
     for key in ("loss_weight", "gamma", "alpha"):
         if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0):
             raise ValueError(f"{what}: {key} must be a number >= 0, got {out[key]!r}")

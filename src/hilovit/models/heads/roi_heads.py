@@ -5,7 +5,8 @@
   the last = background) and ``fc_reg`` (class-specific deltas); its losses.
 - :class:`FCNMaskHead`: four 3x3 convolutions, a 2x2 transposed convolution, 1x1 ``conv_logits``;
   its loss and the paste of its predictions into the image.
-- :class:`RoIHead`: the container whose attribute names give the official ``roi_head.*`` keys.
+- :class:`RoIHead`: the container whose attribute names give the official ``roi_head.*`` keys; it predicts
+  (``StandardRoIHead.predict``: boxes, then masks) and samples the training RoIs.
 
 Names, arguments, initialisation and state-dict keys follow mmdet 3.2 (``bbox_head.shared_fcs.{0,1}``,
 ``bbox_head.fc_cls``, ``bbox_head.fc_reg``, ``mask_head.convs.{i}.conv``, ``mask_head.upsample``,
@@ -21,14 +22,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...ops.boxes import DeltaXYWHBBoxCoder, scale_boxes
 from ...ops.masks import mask_targets, paste_masks
+from ...ops.nms import multiclass_nms
 from ...ops.roi_align import RoIAlign, bbox2roi
 from .fpn import ConvModule, _cfg_type
-from .roi_targets import SamplingResult, bbox_targets, encode_deltas
+from .roi_targets import SamplingResult, assign_and_sample, bbox_targets, check_rcnn_train_cfg
 
 __all__ = ["FCNMaskHead", "RoIHead", "Shared2FCBBoxHead", "SingleRoIExtractor", "map_roi_levels"]
 
 _EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss: sum / (avg_factor + eps)
+_RCNN_CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2])
 
 
 def _pos_int(value, name: str) -> int:
@@ -140,7 +144,8 @@ class Shared2FCBBoxHead(nn.Module):
         in_channels: RoI feature channels; roi_feat_size: RoI feature side (7).
         fc_out_channels: width of the two shared layers.
         num_classes: foreground classes; ``fc_cls`` has ``num_classes + 1`` outputs (the last is background).
-        bbox_coder: ``dict(type='DeltaXYWHBBoxCoder', target_means, target_stds)`` of the regression targets.
+        bbox_coder: ``dict(type='DeltaXYWHBBoxCoder', target_means, target_stds)`` of the regression targets
+            (default: means 0, stds ``[0.1, 0.1, 0.2, 0.2]``), kept as ``self.bbox_coder``.
         reg_class_agnostic: 4 deltas instead of ``4 * num_classes``.
         loss_cls: ``CrossEntropyLoss`` (softmax); loss_bbox: ``L1Loss`` or ``SmoothL1Loss`` (``beta``).
 
@@ -161,11 +166,11 @@ class Shared2FCBBoxHead(nn.Module):
         self.reg_class_agnostic = bool(reg_class_agnostic)
         if reg_decoded_bbox:
             raise ValueError("reg_decoded_bbox=True (losses on decoded boxes) is not supported")
-        coder = dict(type="DeltaXYWHBBoxCoder") if bbox_coder is None else bbox_coder
+        coder = _RCNN_CODER if bbox_coder is None else bbox_coder
         _cfg_type(coder, "bbox_coder", ["DeltaXYWHBBoxCoder"])
-        _check_keys(coder, ["target_means", "target_stds", "clip_border", "add_ctr_clamp", "ctr_clamp"], "bbox_coder")
-        self.target_means = tuple(float(v) for v in coder.get("target_means", (0.0, 0.0, 0.0, 0.0)))
-        self.target_stds = tuple(float(v) for v in coder.get("target_stds", (0.1, 0.1, 0.2, 0.2)))
+        _check_keys(coder, ["target_means", "target_stds", "clip_border", "add_ctr_clamp", "ctr_clamp",
+                            "wh_ratio_clip"], "bbox_coder")
+        self.bbox_coder = DeltaXYWHBBoxCoder(**{k: v for k, v in coder.items() if k != "type"})
         self.loss_cls_weight = _check_ce(loss_cls, "loss_cls", use_mask=False)
         bbox_loss = dict(type="L1Loss", loss_weight=1.0) if loss_bbox is None else dict(loss_bbox)
         _cfg_type(bbox_loss, "loss_bbox", ["L1Loss", "SmoothL1Loss"])
@@ -191,15 +196,31 @@ class Shared2FCBBoxHead(nn.Module):
             x = self.relu(fc(x))
         return self.fc_cls(x), self.fc_reg(x)
 
-    def encode_deltas(self, priors: Tensor, gt_bboxes: Tensor) -> Tensor:
-        """Regression targets ``(N, 4)`` of ``gt_bboxes`` relative to ``priors`` with the head's coder
-        means/stds (``DeltaXYWHBBoxCoder.encode``)."""
-        return encode_deltas(priors, gt_bboxes, self.target_means, self.target_stds)
-
     def get_targets(self, sampling_results: Sequence[SamplingResult], pos_weight: float = -1.0):
         """``(labels, label_weights, bbox_targets, bbox_weights)`` of the sampled RoIs, images concatenated
-        (see :func:`~hilovit.models.heads.roi_targets.bbox_targets`)."""
-        return bbox_targets(sampling_results, self.num_classes, pos_weight, self.encode_deltas)
+        (see :func:`~hilovit.models.heads.roi_targets.bbox_targets`; deltas from ``self.bbox_coder``)."""
+        return bbox_targets(sampling_results, self.num_classes, pos_weight, self.bbox_coder.encode)
+
+    def predict_single(self, rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, img_shape: Sequence[int],
+                       cfg: Mapping[str, Any], scale_factor: Optional[Sequence[float]] = None) -> Dict[str, Tensor]:
+        """One image's detections (mmdet's ``BBoxHead._predict_by_feat_single``): ``softmax`` scores, each
+        RoI's class-specific deltas decoded on it with clamp to ``img_shape`` ``(h, w)``, boxes times
+        ``1 / scale_factor`` when one is given (``rescale``), then :func:`~hilovit.ops.nms.multiclass_nms`
+        with ``cfg`` (``score_thr``, ``nms.iou_threshold``, ``max_per_img``).
+
+        Shapes: ``rois (K, 5)``, ``cls_score (K, num_classes + 1)``, ``bbox_pred (K, 4 * num_classes)`` ->
+        ``{'boxes' (N, 4), 'scores' (N,), 'labels' (N,) int64}``.
+        """
+        scores = F.softmax(cls_score, dim=-1)
+        K = rois.shape[0]
+        reps = 1 if self.reg_class_agnostic else self.num_classes
+        boxes = self.bbox_coder.decode(rois[:, 1:].repeat_interleave(reps, dim=0), bbox_pred.reshape(-1, 4),
+                                       max_shape=img_shape)
+        if scale_factor is not None and boxes.shape[0] > 0:
+            boxes = scale_boxes(boxes, [1 / float(scale_factor[0]), 1 / float(scale_factor[1])])
+        boxes, scores, labels = multiclass_nms(boxes.reshape(K, 4 * reps), scores, cfg["score_thr"],
+                                               cfg["nms"]["iou_threshold"], cfg["max_per_img"])
+        return {"boxes": boxes, "scores": scores, "labels": labels}
 
     def loss(self, cls_score: Tensor, bbox_pred: Tensor, labels: Tensor, label_weights: Tensor,
              bbox_targets: Tensor, bbox_weights: Tensor) -> Dict[str, Tensor]:
@@ -345,6 +366,30 @@ class FCNMaskHead(nn.Module):
         return paste_masks(probs, boxes, (H, W), threshold)
 
 
+def _check_rcnn_test_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    if cfg is None:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"test_cfg rcnn must be a dict, got {type(cfg).__name__}")
+    extra = set(cfg) - {"score_thr", "nms", "max_per_img", "mask_thr_binary"}
+    if extra:
+        raise ValueError(f"test_cfg rcnn has unknown keys {sorted(extra)}; expected score_thr, nms, max_per_img, "
+                         f"mask_thr_binary")
+    out = dict(score_thr=0.05, nms=dict(type="nms", iou_threshold=0.5), max_per_img=100, mask_thr_binary=0.5)
+    out.update(cfg)
+    nms = out["nms"]
+    if not isinstance(nms, Mapping) or nms.get("type") != "nms" or set(nms) != {"type", "iou_threshold"} \
+            or isinstance(nms["iou_threshold"], bool) or not isinstance(nms["iou_threshold"], (int, float)):
+        raise ValueError(f"test_cfg rcnn nms must be dict(type='nms', iou_threshold=<number>), got {nms!r}")
+    for key in ("score_thr", "mask_thr_binary"):
+        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)):
+            raise ValueError(f"test_cfg rcnn {key} must be a number, got {out[key]!r}")
+    if isinstance(out["max_per_img"], bool) or not isinstance(out["max_per_img"], int):
+        raise ValueError(f"test_cfg rcnn max_per_img must be an int, got {out['max_per_img']!r}")
+    out["nms"] = dict(nms)
+    return out
+
+
 def _build(cfg: Optional[Mapping[str, Any]], kinds: Mapping[str, type], what: str) -> Optional[nn.Module]:
     if cfg is None or isinstance(cfg, nn.Module):
         return cfg
@@ -359,10 +404,15 @@ class RoIHead(nn.Module):
         bbox_roi_extractor, bbox_head: configs (``SingleRoIExtractor``, ``Shared2FCBBoxHead``) or modules.
         mask_roi_extractor, mask_head: likewise (``FCNMaskHead``); no mask head -> a box-only head; a mask
             head without its own extractor shares the box one.
-        train_cfg, test_cfg: the ``rcnn`` train/test settings, kept as dicts for the detector.
+        train_cfg: the ``rcnn`` training settings (:func:`~hilovit.models.heads.roi_targets.check_rcnn_train_cfg`).
+        test_cfg: the ``rcnn`` test settings: ``score_thr``, ``nms=dict(type='nms', iou_threshold)``,
+            ``max_per_img``, ``mask_thr_binary`` (mmdet's defaults when left out: 0.05 / 0.5 / 100 / 0.5).
 
     Keys: ``bbox_head.*``, ``mask_head.*`` (the extractors have no parameters); inside a detector under
     ``roi_head.`` these are the official checkpoint keys.
+
+    Entry points: :meth:`predict` (proposals -> detections and masks, as ``StandardRoIHead.predict``),
+    :meth:`sample` (proposals + ground truth -> sampled RoIs) and :meth:`loss` (sampled RoIs -> losses).
     """
 
     def __init__(self, bbox_roi_extractor: Any, bbox_head: Any, mask_roi_extractor: Any = None,
@@ -381,8 +431,8 @@ class RoIHead(nn.Module):
         self.mask_roi_extractor = None if self.mask_head is None else (
             self.bbox_roi_extractor if self.share_roi_extractor
             else _build(mask_roi_extractor, {"SingleRoIExtractor": SingleRoIExtractor}, "mask_roi_extractor"))
-        self.train_cfg = dict(train_cfg) if train_cfg is not None else None
-        self.test_cfg = dict(test_cfg) if test_cfg is not None else None
+        self.train_cfg = check_rcnn_train_cfg(train_cfg)
+        self.test_cfg = _check_rcnn_test_cfg(test_cfg)
 
     @property
     def with_mask(self) -> bool:
@@ -424,3 +474,70 @@ class RoIHead(nn.Module):
         labels = torch.cat([res.pos_gt_labels for res in sampling_results])
         losses.update(self.mask_head.loss(preds, torch.cat(targets).to(preds.device), labels))
         return losses
+
+    def sample(self, proposals: Sequence[Tensor], targets: Sequence[Mapping[str, Any]],
+               generator: Optional[torch.Generator] = None) -> List[SamplingResult]:
+        """The sampled RoIs of each image (mmdet's ``StandardRoIHead.loss`` before the heads): the
+        ``train_cfg`` assigner on ``proposals[i]`` ``(N_i, 4)`` against ``targets[i]['boxes']`` /
+        ``['labels']``, then its ``RandomSampler`` drawing from ``generator``."""
+        if self.train_cfg is None:
+            raise ValueError("this RoIHead has no train_cfg; build it with one to sample RoIs")
+        return [assign_and_sample(p, t["boxes"], t["labels"], self.train_cfg, generator)
+                for p, t in zip(proposals, targets)]
+
+    def _require_test_cfg(self) -> Dict[str, Any]:
+        if self.test_cfg is None:
+            raise ValueError("this RoIHead has no test_cfg; build it with one to predict")
+        return self.test_cfg
+
+    def predict_bbox(self, feats: Sequence[Tensor], proposals: Sequence[Tensor], metainfo: Sequence[Mapping[str, Any]],
+                     rescale: bool = False) -> List[Dict[str, Tensor]]:
+        """Per image ``{'boxes', 'scores', 'labels'}`` from its proposals ``(N_i, 4)`` (mmdet's ``predict_bbox``:
+        ``bbox2roi``, the box branch on all RoIs at once, then :meth:`Shared2FCBBoxHead.predict_single` per
+        image); boxes in ``img_shape`` pixels, or in ``ori_shape`` pixels (times ``1 / scale_factor``, before
+        NMS) when ``rescale``."""
+        cfg = self._require_test_cfg()
+        rois = bbox2roi([p[:, :4] for p in proposals])
+        out = self.bbox_forward(feats, rois)
+        counts = [int(p.shape[0]) for p in proposals]
+        results = []
+        for r, c, b, meta in zip(rois.split(counts), out["cls_score"].split(counts), out["bbox_pred"].split(counts),
+                                 metainfo):
+            sf = meta.get("scale_factor", (1.0, 1.0)) if rescale else None
+            results.append(self.bbox_head.predict_single(r, c, b, meta["img_shape"], cfg, sf))
+        return results
+
+    def predict_mask(self, feats: Sequence[Tensor], results: Sequence[Dict[str, Tensor]],
+                     metainfo: Sequence[Mapping[str, Any]], rescale: bool = True) -> List[Dict[str, Tensor]]:
+        """Adds ``masks`` to each image's detections (mmdet's ``predict_mask``): RoIAlign on the detected
+        boxes (``img_shape`` pixels), the mask head, then :meth:`FCNMaskHead.predict_masks` at ``mask_thr_binary``.
+        With ``rescale`` the masks are ``ori_shape`` bool ``(N, H, W)`` and the boxes become ``boxes /
+        scale_factor`` (as mmdet's in-place division); otherwise both stay at the network's scale."""
+        cfg = self._require_test_cfg()
+        boxes = [r["boxes"] for r in results]
+        counts = [int(b.shape[0]) for b in boxes]
+        if sum(counts) > 0:
+            preds = self.mask_forward(feats, bbox2roi(boxes))["mask_preds"].split(counts)
+        else:
+            preds = [feats[0].new_zeros((0, self.mask_head.num_classes, 1, 1))] * len(boxes)
+        out = []
+        for res, pred, meta in zip(results, preds, metainfo):
+            sf = tuple(float(v) for v in meta.get("scale_factor", (1.0, 1.0)))
+            ori = meta.get("ori_shape", meta["img_shape"])
+            masks = self.mask_head.predict_masks(pred, res["boxes"], res["labels"], ori, sf,
+                                                 cfg["mask_thr_binary"], rescale)
+            new = dict(res, masks=masks)
+            if rescale:
+                new["boxes"] = res["boxes"] / res["boxes"].new_tensor(sf).repeat(2)
+            out.append(new)
+        return out
+
+    def predict(self, feats: Sequence[Tensor], proposals: Sequence[Tensor], metainfo: Sequence[Mapping[str, Any]],
+                rescale: bool = True) -> List[Dict[str, Tensor]]:
+        """Detections (and masks) of each image from its proposals, as mmdet's ``StandardRoIHead.predict``:
+        with a mask head the boxes go through NMS in ``img_shape`` pixels and are rescaled by the mask step
+        (see :meth:`predict_mask`); without one they are rescaled before NMS (:meth:`predict_bbox`)."""
+        if len(proposals) != len(metainfo):
+            raise ValueError(f"proposals has {len(proposals)} entries for {len(metainfo)} metainfo dicts")
+        results = self.predict_bbox(feats, proposals, metainfo, rescale=rescale and not self.with_mask)
+        return self.predict_mask(feats, results, metainfo, rescale) if self.with_mask else results

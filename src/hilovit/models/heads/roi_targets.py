@@ -3,18 +3,27 @@
 As mmdet 3.2: ``RandomSampler`` (``num``, ``pos_fraction``, ``neg_pos_ub``, ``add_gt_as_proposals``)
 on an assignment in mmdet's convention (``assigned_gt_inds``: 0 negative, -1 ignored, ``k > 0`` the
 ``k``-th ground truth, 1-based), ``BBoxHead.get_targets`` (positives first, background label
-``num_classes``) and the ``DeltaXYWHBBoxCoder`` encoding. Assignment itself (``MaxIoUAssigner``)
-belongs with the box operators. Sampling is vectorised and draws from an optional ``torch.Generator``.
+``num_classes``) with the :class:`~hilovit.ops.boxes.DeltaXYWHBBoxCoder` encoding, and the R-CNN
+``train_cfg`` (:func:`check_rcnn_train_cfg`, :func:`assign_and_sample`). The assigner itself
+(``MaxIoUAssigner``) belongs with the box operators. Sampling is vectorised and draws from an optional
+``torch.Generator``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingResult", "bbox_targets", "encode_deltas", "random_sample", "sample_rois"]
+from hilovit.ops.assign import max_iou_assign
+from hilovit.ops.boxes import DeltaXYWHBBoxCoder, bbox_overlaps
+
+__all__ = ["SamplingResult", "assign_and_sample", "bbox_targets", "check_rcnn_train_cfg", "random_sample",
+           "sample_rois"]
+
+#: the R-CNN box coder of the official configs (means 0, stds [0.1, 0.1, 0.2, 0.2])
+RCNN_CODER = DeltaXYWHBBoxCoder(target_stds=(0.1, 0.1, 0.2, 0.2))
 
 
 class SamplingResult(NamedTuple):
@@ -103,19 +112,6 @@ def sample_rois(proposals: Tensor, assigned_gt_inds: Tensor, gt_bboxes: Tensor, 
     return SamplingResult(pos, neg, priors[pos], priors[neg], pos_assigned, pos_gt_bboxes, pos_gt_labels, is_gt[pos])
 
 
-def encode_deltas(proposals: Tensor, gt: Tensor, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-                  stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2)) -> Tensor:
-    """Box deltas ``(dx, dy, dw, dh)`` of ``gt`` relative to ``proposals`` (both ``(N, 4)`` x1y1x2y2),
-    normalised as ``(delta - means) / stds``: the encoding of mmdet's ``DeltaXYWHBBoxCoder``
-    (``bbox2delta``: centres ``(x1 + x2) * 0.5``, sizes ``x2 - x1``, ``dx = (gx - px) / pw``,
-    ``dw = log(gw / pw)``, in float32)."""
-    p, g = proposals.float(), gt.float()
-    pxy, pwh = (p[..., :2] + p[..., 2:]) * 0.5, p[..., 2:] - p[..., :2]
-    gxy, gwh = (g[..., :2] + g[..., 2:]) * 0.5, g[..., 2:] - g[..., :2]
-    deltas = torch.cat([(gxy - pxy) / pwh, torch.log(gwh / pwh)], -1)
-    return (deltas - deltas.new_tensor(means)) / deltas.new_tensor(stds)
-
-
 def bbox_targets(sampling_results: Sequence[SamplingResult], num_classes: int, pos_weight: float = -1.0,
                  encode: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """R-CNN classification and regression targets of the sampled RoIs (mmdet's ``BBoxHead.get_targets``,
@@ -123,9 +119,9 @@ def bbox_targets(sampling_results: Sequence[SamplingResult], num_classes: int, p
 
     Returns ``labels`` ``(R,)`` (``num_classes`` = background), ``label_weights`` ``(R,)`` (positives
     ``pos_weight`` when > 0, else 1; negatives 1), ``bbox_targets`` ``(R, 4)`` (``encode(pos_priors,
-    pos_gt_bboxes)``, default :func:`encode_deltas`; 0 for negatives) and ``bbox_weights`` ``(R, 4)``
+    pos_gt_bboxes)``, default the R-CNN coder's ``encode``; 0 for negatives) and ``bbox_weights`` ``(R, 4)``
     (1 for positives)."""
-    encode = encode or encode_deltas
+    encode = encode or RCNN_CODER.encode
     parts: List[Tuple[Tensor, ...]] = []
     for res in sampling_results:
         P, Q = res.pos_priors.shape[0], res.neg_priors.shape[0]
@@ -142,3 +138,73 @@ def bbox_targets(sampling_results: Sequence[SamplingResult], num_classes: int, p
         label_weights[P:] = 1.0
         parts.append((labels, label_weights, targets, weights))
     return tuple(torch.cat(t, 0) for t in zip(*parts))
+
+
+_RCNN_ASSIGNER = {"pos_iou_thr", "neg_iou_thr", "min_pos_iou", "match_low_quality", "ignore_iof_thr",
+                  "gt_max_assign_all", "iou_calculator", "gpu_assign_thr", "ignore_wrt_candidates"}
+_RCNN_SAMPLER = {"num", "pos_fraction", "neg_pos_ub", "add_gt_as_proposals"}
+
+
+def _typed(cfg: Any, what: str, kind: str, allowed: set, required: Sequence[str]) -> Dict[str, Any]:
+    if not isinstance(cfg, Mapping) or cfg.get("type") != kind:
+        raise ValueError(f"{what} must be a dict with type {kind!r}, got {cfg!r}")
+    extra = set(cfg) - allowed - {"type"}
+    missing = [k for k in required if k not in cfg]
+    if extra or missing:
+        raise ValueError(f"{what} (type={kind!r}) has unsupported keys {sorted(extra)} or lacks {missing}; "
+                         f"it takes {sorted(allowed)}")
+    return dict(cfg)
+
+
+def check_rcnn_train_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Validate mmdet's ``train_cfg.rcnn``: ``assigner=dict(type='MaxIoUAssigner', pos_iou_thr, neg_iou_thr,
+    min_pos_iou, match_low_quality, ignore_iof_thr=-1)``, ``sampler=dict(type='RandomSampler', num,
+    pos_fraction, neg_pos_ub, add_gt_as_proposals)``, ``mask_size``, ``pos_weight``, ``debug``. Returns a
+    plain dict with mmdet's defaults filled in (``min_pos_iou`` 0, ``match_low_quality`` True,
+    ``neg_pos_ub`` -1, ``add_gt_as_proposals`` True, ``mask_size`` 28, ``pos_weight`` -1). The assigner and
+    the sampler may be left out by code that samples RoIs itself (:func:`assign_and_sample` needs them)."""
+    if cfg is None:
+        return None
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"train_cfg rcnn must be a dict, got {type(cfg).__name__}")
+    extra = set(cfg) - {"assigner", "sampler", "mask_size", "pos_weight", "debug"}
+    if extra:
+        raise ValueError(f"train_cfg rcnn has unknown keys {sorted(extra)}")
+    out = dict(mask_size=28, pos_weight=-1, debug=False)
+    out.update(cfg)
+    if cfg.get("assigner") is not None:
+        assigner = _typed(cfg["assigner"], "train_cfg rcnn assigner", "MaxIoUAssigner", _RCNN_ASSIGNER,
+                          ["pos_iou_thr", "neg_iou_thr"])
+        if assigner.get("ignore_iof_thr", -1) > 0:
+            raise ValueError("train_cfg rcnn assigner ignore_iof_thr > 0 (ignored boxes) is not supported; use -1")
+        if assigner.get("iou_calculator", {"type": "BboxOverlaps2D"}).get("type") != "BboxOverlaps2D":
+            raise ValueError(f"train_cfg rcnn assigner iou_calculator must be BboxOverlaps2D, got {assigner!r}")
+        out["assigner"] = dict(dict(min_pos_iou=0.0, match_low_quality=True, gt_max_assign_all=True), **assigner)
+    if cfg.get("sampler") is not None:
+        sampler = _typed(cfg["sampler"], "train_cfg rcnn sampler", "RandomSampler", _RCNN_SAMPLER,
+                         ["num", "pos_fraction"])
+        out["sampler"] = dict(dict(neg_pos_ub=-1, add_gt_as_proposals=True), **sampler)
+    return out
+
+
+def assign_and_sample(proposals: Tensor, gt_bboxes: Tensor, gt_labels: Tensor, cfg: Mapping[str, Any],
+                      generator: Optional[torch.Generator] = None) -> SamplingResult:
+    """The R-CNN RoIs of one image for training (mmdet's ``StandardRoIHead.loss`` up to the sampler):
+    :func:`~hilovit.ops.assign.max_iou_assign` of the proposals to the ground truths (IoU of each box
+    with each proposal), then :func:`sample_rois` with the ``sampler`` settings.
+
+    Args:
+        proposals: ``(N, 4)`` the RPN's boxes (no gradient); gt_bboxes ``(G, 4)``; gt_labels ``(G,)``.
+        cfg: a :func:`check_rcnn_train_cfg` dict; generator: the sampler's random source.
+    """
+    if cfg.get("assigner") is None or cfg.get("sampler") is None:
+        raise ValueError("assign_and_sample needs a train_cfg rcnn with an assigner and a sampler")
+    a, s = cfg["assigner"], cfg["sampler"]
+    proposals = proposals.detach()
+    gt_bboxes = gt_bboxes.to(proposals)
+    gt_labels = gt_labels.to(device=proposals.device, dtype=torch.long)
+    assigned, _, _ = max_iou_assign(bbox_overlaps(gt_bboxes, proposals), gt_labels, a["pos_iou_thr"],
+                                    a["neg_iou_thr"], a["min_pos_iou"], a["gt_max_assign_all"],
+                                    a["match_low_quality"])
+    return sample_rois(proposals, assigned, gt_bboxes, gt_labels, int(s["num"]), float(s["pos_fraction"]),
+                       float(s["neg_pos_ub"]), bool(s["add_gt_as_proposals"]), generator)
