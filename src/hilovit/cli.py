@@ -28,6 +28,7 @@ from hilovit.cli_support import (
     options_from_cli,
     out_of_memory_hint,
     positive_float,
+    positive_floats,
     positive_int,
     user_message,
 )
@@ -83,8 +84,10 @@ def _add_predict(commands) -> None:
     g.add_argument("--norm", choices=sorted(_NORMS),
                    help="normalisation when the checkpoint records none (default: the model's own, with a notice): "
                    "imagenet, half (mean 0.5, std 0.5) or none (mean 0, std 1)")
-    g.add_argument("--mean", type=floats, help="normalisation mean, comma-separated (with --std)")
-    g.add_argument("--std", type=floats, help="normalisation std, comma-separated (with --mean)")
+    g.add_argument("--mean", type=floats, help="normalisation mean, comma-separated (with --std); 1 value or one "
+                   "per input channel")
+    g.add_argument("--std", type=positive_floats, help="normalisation std, comma-separated, above 0 (with --mean); "
+                   "1 value or one per input channel")
     g = p.add_argument_group("segmentation")
     g.add_argument("--output", help="folder for NAME_labels.png and NAME_overlay.png (default predictions)")
     g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",

@@ -28,6 +28,7 @@ from hilovit.train.config import (
     TrainConfig,
     flag,
     fraction,
+    image_size,
     non_negative_int,
     number,
     option,
@@ -83,13 +84,13 @@ class SegmentationConfig(TrainConfig):
     poly_power: float = option(0.9, number(0.0, min_open=True))
     warmup_iters: int = option(0, non_negative_int())
     warmup_ratio: float = option(1e-6, number())
-    crop_size: Tuple[int, int] = option((512, 512), pair())
-    img_scale: Optional[Tuple[int, int]] = option(None, pair(allow_none=True))
+    crop_size: Tuple[int, int] = option((512, 512), image_size(as_pair=True))
+    img_scale: Optional[Tuple[int, int]] = option(None, image_size(allow_none=True, as_pair=True))
     ratio_range: Optional[Tuple[float, float]] = option((0.5, 2.0), pair(float, 0.0, allow_none=True))
     cat_max_ratio: float = option(0.75, number(0.0, maximum=1.0))
     flip_prob: float = option(0.5, fraction(include_one=True))
     photometric: bool = option(True, flag())
-    eval_scale: Optional[Tuple[int, int]] = option(None, pair(allow_none=True))
+    eval_scale: Optional[Tuple[int, int]] = option(None, image_size(allow_none=True, as_pair=True))
     ignore_index: int = option(255, non_negative_int())
     predictions: int = option(4, non_negative_int())
 
