@@ -21,6 +21,7 @@ def fixtures_dir() -> Path:
 
 # --------------------------------------------------------------------------- training data and hooks
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+SEG_SHADES = (20, 130, 240)  # the grey level of each class in make_mask_folder's images
 
 
 
@@ -41,6 +42,40 @@ def make_idx_dataset(folder: Path, n_train: int = 128, n_test: int = 48, size: i
         write_idx(folder / names[split][0], images)
         write_idx(folder / names[split][1], labels)
     return folder
+
+
+def make_mask_folder(root: Path, n_train: int = 24, n_val: int = 6, size: int = 24, seed: int = 0) -> Path:
+    """train/ and val/ splits of RGB images made of class-shaded blocks (3 classes, 6x6-pixel blocks,
+    :data:`SEG_SHADES`), their grey masks with some pixels labelled 255."""
+    rng = np.random.default_rng(seed)
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            lab = np.kron(rng.integers(0, len(SEG_SHADES), (size // 6, size // 6)), np.ones((6, 6), np.int64))
+            img = np.array(SEG_SHADES)[lab] + rng.integers(-15, 16, lab.shape)
+            lab[rng.random(lab.shape) < 0.05] = 255
+            Image.fromarray(np.repeat(img.clip(0, 255).astype(np.uint8)[:, :, None], 3, 2)).save(
+                root / split / "images" / f"s{i:03d}.png")
+            Image.fromarray(lab.astype(np.uint8), "L").save(root / split / "masks" / f"s{i:03d}.png")
+    return root
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size=(40, 36),
+                      seed: int = 0) -> Path:
+    """``root/<class>/<i>.png``: noisy RGB images whose mean colour depends on the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([70 * k % 256, 40 + 30 * k % 200, 200 - 50 * k % 200], np.int64)
+            arr = (base + rng.integers(-20, 21, (size[1], size[0], 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,8 @@ def _add_predict(commands) -> None:
     g.add_argument("--output", help="folder for NAME_labels.png and NAME_overlay.png (default predictions)")
     g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",
                    help="rescale before inference (default: the training run's)")
+    g.add_argument("--max-pixels", type=positive_int, metavar="N",
+                   help="without an eval scale, refuse images above N pixels (default 64000000)")
     p.set_defaults(func=_run_predict)
 
 

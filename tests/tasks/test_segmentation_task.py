@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import make_mask_folder
 from hilovit.cli import main
 from hilovit.models import registry
 from hilovit.tasks.segmentation import SegmentationConfig
@@ -18,8 +19,7 @@ from hilovit.tasks.segmentation_metrics import SegMetric
 from hilovit.train import train
 from hilovit.train.optim import PolySchedule
 
-NUM_CLASSES = 3
-SHADES = (20, 130, 240)  # the grey level of each class in the synthetic images
+NUM_CLASSES = 3  # conftest.make_mask_folder's classes
 
 
 class TinySeg(nn.Module):
@@ -48,22 +48,6 @@ def tiny_registered():
     registry._ENTRYPOINTS["tiny_seg"] = tiny_seg
     yield "tiny_seg"
     registry._ENTRYPOINTS.pop("tiny_seg", None)
-
-
-def make_mask_folder(root, n_train=24, n_val=6, size=24, seed=0):
-    """train/ and val/ splits of RGB images made of class-shaded blocks, with some pixels labelled 255."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for i in range(n):
-            lab = np.kron(rng.integers(0, NUM_CLASSES, (size // 6, size // 6)), np.ones((6, 6), np.int64))
-            img = np.array(SHADES)[lab] + rng.integers(-15, 16, lab.shape)
-            lab[rng.random(lab.shape) < 0.05] = 255
-            Image.fromarray(np.repeat(img.clip(0, 255).astype(np.uint8)[:, :, None], 3, 2)).save(
-                root / split / "images" / f"s{i:03d}.png")
-            Image.fromarray(lab.astype(np.uint8), "L").save(root / split / "masks" / f"s{i:03d}.png")
-    return root
 
 
 @pytest.fixture

@@ -128,9 +128,10 @@ def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
 
 
 def check_creatable_dir(path: PathLike, what: str = "output folder") -> Path:
-    """Prove that ``path`` is a writable folder, or one that can be created, without creating it: the
-    nearest existing folder on the way is written to (a probe file, removed at once). A command checks its
-    output this way first and creates the folder (:func:`check_writable_dir`) only when it writes.
+    """Check that ``path`` is a writable folder, or one that can be created, without touching anything: the
+    nearest existing folder on the way must be a folder this process may write into (``os.access``). A
+    command checks its output this way first and creates the folder (:func:`check_writable_dir`, which
+    proves it with a probe file) only when it writes.
 
     Raises:
         ValueError: a file in the way, or a folder that cannot be written (both named).
@@ -141,13 +142,9 @@ def check_creatable_dir(path: PathLike, what: str = "output folder") -> Path:
     existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if not existing.is_dir():
         raise ValueError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
-    try:
-        probe = existing / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
+    if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == path else f" (in {str(existing)!r})"
-        raise ValueError(f"{what} {str(path)!r} is not writable{where}: {e.strerror or e}") from e
+        raise ValueError(f"{what} {str(path)!r} is not writable{where}: permission denied")
     return path
 
 
