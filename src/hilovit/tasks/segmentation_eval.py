@@ -107,13 +107,14 @@ def resolve_inference(model: nn.Module, mode: Optional[str] = None, crop_size=No
 @torch.no_grad()
 def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Optional[Tuple[int, int]] = None,
                  eval_scale: Optional[Tuple[int, int]] = None, amp_dtype: Optional[torch.dtype] = None,
-                 inference: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+                 inference: Optional[Dict[str, Any]] = None, resize: bool = True) -> torch.Tensor:
     """Inference on uint8 images (B, C, H, W) of one size: float32 logits (B, K, *out_size).
 
     ``eval_scale`` (long, short) rescales the input first as the official test pipeline; the logits
     are resized to ``out_size`` (default: the input size) bilinearly. ``inference``: the options of
     :func:`resolve_inference` (default: ``model(x)``, i.e. the model's ``test_cfg``); with
     ``mode='slide'`` the logits come from the model's ``inference(x, 'slide', crop_size, stride)``.
+    ``resize=False``: the model's logits at the size it gives them (``out_size`` ignored).
     """
     from hilovit.data.seg_transforms import rescale_for_eval
 
@@ -129,7 +130,7 @@ def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
         else:
             logits = model.inference(x, "whole") if hasattr(model, "inference") else model(x)
     logits = logits.float()
-    if tuple(logits.shape[-2:]) != out_size:
+    if resize and tuple(logits.shape[-2:]) != out_size:
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
     return logits
 
@@ -144,7 +145,7 @@ def infer_labels(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
     uses ``F.interpolate``'s sampling positions and weights (float32, as its CPU kernel); the labels
     equal the argmax of the whole resize except where two classes tie to within float rounding."""
     out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
-    logits = infer_logits(model, images, mean, std, None, eval_scale, None, inference)
+    logits = infer_logits(model, images, mean, std, None, eval_scale, None, inference, resize=False)
     H, W = out_size
     if tuple(logits.shape[-2:]) == out_size or H * W <= rows_per_chunk * max(W, 1024):
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False).argmax(1) \
