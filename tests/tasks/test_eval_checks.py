@@ -160,6 +160,22 @@ def test_segmentation_eval_defaults_to_the_recorded_data(seg_run, tmp_path, idx_
         {"data": "/data/streets"}
 
 
+def test_segmentation_eval_of_a_mask_folder_run_uses_that_folder(tmp_path):
+    from conftest import make_mask_folder
+
+    masks = make_mask_folder(tmp_path / "streets", n_train=2, n_val=2, size=24)
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"task": "segmentation", "model": "semfpn_litv2_nano", "num_classes": "3", "in_chans": "3",
+            "classes": json.dumps(["0", "1", "2"]), "dataset": f"masks:{masks}", "mean": "0.5,0.5,0.5",
+            "std": "0.2,0.2,0.2", "eval_scale": "32,32"}
+    net = create_model("semfpn_litv2_nano", num_classes=3, in_chans=3)
+    save_safetensors(net.state_dict(), run / "model.safetensors", metadata=meta)
+    got = run_seg_eval(run, threads=1)  # not fashion-scenes: the folder the run records
+    assert got["dataset"] == f"masks:{masks}" and got["eval_split"] == "val" and got["images"] == 2
+
+
 # --------------------------------------------------------------------------- --overwrite
 def test_overwrite_removes_only_the_run_files(tmp_path):
     for name in RUN_FILES:
