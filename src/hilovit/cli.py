@@ -244,6 +244,10 @@ def _add_viz(commands) -> None:
 def _viz_size(args):
     if args.img_size is not None and len(args.img_size) > 2:
         raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
+    if args.img_size is not None:
+        from hilovit.options import check_image_size
+
+        check_image_size(args.img_size * (3 - len(args.img_size)), "img_size")  # before the model is built
     return args.img_size
 
 

@@ -186,7 +186,6 @@ def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET,
     check_opset(opset)
     output = check_output_file(output, overwrite)
     created = missing_folders(output.parent)
-    check_writable_dir(output.parent, "folder of the output file")  # proven creatable just above
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     module = spec.module
     was_training = module.training
@@ -195,6 +194,7 @@ def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET,
     dynamic_batch = any(0 in axes for axes in spec.dynamic_axes.values())
     dynamic_size = any(2 in axes for axes in spec.dynamic_axes.values())
     try:
+        check_writable_dir(output.parent, "folder of the output file")  # made now, removed again on failure
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python values taken from shapes
