@@ -69,6 +69,9 @@ CASES = [
     (["bench"], ["hilovit bench: error: the following arguments are required: BENCH"]),
     (["bench", "attention", "--repeats", "0"], ["argument --repeats: expected a positive integer, got '0'"]),
     (["train", "--workers", "many"], ["argument --workers: invalid int value: 'many'"]),
+    # sizes no model can be run at: refused by the tokens they make, before allocating (was: out-of-memory advice)
+    (["viz", "hilo", "a.png", "--model", "litv2_nano", "--output", "v.png", "--img-size", "100000"],
+     ["--img-size=100000x100000: a 100000x100000 input makes 625,000,000 tokens"]),
 ]
 
 
