@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def fixtures_dir() -> Path:
 
 # --------------------------------------------------------------------------- training data and hooks
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+SEG_SHADES = (20, 130, 240)  # the grey level of each class in make_mask_folder's images
 
 
 
@@ -41,6 +43,40 @@ def make_idx_dataset(folder: Path, n_train: int = 128, n_test: int = 48, size: i
         write_idx(folder / names[split][0], images)
         write_idx(folder / names[split][1], labels)
     return folder
+
+
+def make_mask_folder(root: Path, n_train: int = 24, n_val: int = 6, size: int = 24, seed: int = 0) -> Path:
+    """train/ and val/ splits of RGB images made of class-shaded blocks (3 classes, 6x6-pixel blocks,
+    :data:`SEG_SHADES`), their grey masks with some pixels labelled 255."""
+    rng = np.random.default_rng(seed)
+    from PIL import Image
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            lab = np.kron(rng.integers(0, len(SEG_SHADES), (size // 6, size // 6)), np.ones((6, 6), np.int64))
+            img = np.array(SEG_SHADES)[lab] + rng.integers(-15, 16, lab.shape)
+            lab[rng.random(lab.shape) < 0.05] = 255
+            Image.fromarray(np.repeat(img.clip(0, 255).astype(np.uint8)[:, :, None], 3, 2)).save(
+                root / split / "images" / f"s{i:03d}.png")
+            Image.fromarray(lab.astype(np.uint8), "L").save(root / split / "masks" / f"s{i:03d}.png")
+    return root
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6, size=(40, 36),
+                      seed: int = 0) -> Path:
+    """``root/<class>/<i>.png``: noisy RGB images whose mean colour depends on the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = np.array([70 * k % 256, 40 + 30 * k % 200, 200 - 50 * k % 200], np.int64)
+            arr = (base + rng.integers(-20, 21, (size[1], size[0], 3))).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +123,25 @@ def kill_metrics_write(monkeypatch):
         return real
 
     return install
+
+
+def make_coco_folder(root: Path, classes, per_split: int = 2, size: int = 40) -> Path:
+    """A COCO-format folder: ``annotations/instances_{train,val}.json`` and ``{train,val}/`` with one box per
+    image, of the categories ``classes``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "annotations").mkdir(parents=True)
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    for split in ("train", "val"):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for k in range(per_split):
+            name = f"{split}{k}.png"
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / name)
+            images.append({"id": k + 1, "file_name": name, "height": size, "width": size})
+            annotations.append({"id": k + 1, "image_id": k + 1, "category_id": 1 + k % len(classes),
+                                "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0})
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return root

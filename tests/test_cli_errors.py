@@ -69,6 +69,9 @@ CASES = [
     (["bench"], ["hilovit bench: error: the following arguments are required: BENCH"]),
     (["bench", "attention", "--repeats", "0"], ["argument --repeats: expected a positive integer, got '0'"]),
     (["train", "--workers", "many"], ["argument --workers: invalid int value: 'many'"]),
+    # sizes no model can be run at: refused by the tokens they make, before allocating (was: out-of-memory advice)
+    (["viz", "hilo", "a.png", "--model", "litv2_nano", "--output", "v.png", "--img-size", "100000"],
+     ["--img-size=100000x100000: a 100000x100000 input makes 625,000,000 tokens"]),
 ]
 
 
@@ -180,3 +183,46 @@ def test_as_subprocesses(idx_data, tmp_path):
     oom = results["oom"][0][1]
     assert oom.startswith("hilovit train: error: out of memory while training with --batch-size=128"), oom
     assert "--accum-steps=4" in oom
+
+
+# ----------------------------------------------------------------------------- the pieces of the one-line errors
+def test_an_error_from_a_dataloader_worker_is_its_last_line():
+    import argparse
+
+    from hilovit.cli_support import user_message
+
+    text = ("Caught ValueError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+            '  File "worker.py", line 374, in _worker_loop\n    data = fetcher.fetch(index)\n'
+            "ValueError: mask 'm/s3.png' is 48x40 (WxH) but its image 'i/s3.png' is 48x48; a mask must have its "
+            "image's size\n")
+    got = user_message(ValueError(text), argparse.ArgumentParser())
+    assert got == "mask 'm/s3.png' is 48x40 (WxH) but its image 'i/s3.png' is 48x48; a mask must have its image's size"
+    assert user_message(ValueError("a message, kept"), argparse.ArgumentParser()) == "a message, kept"
+
+
+def test_image_sizes_are_bounded_by_tokens():
+    from hilovit.options import MAX_INPUT_TOKENS, OptionError, check_image_size, input_tokens
+
+    assert input_tokens(4096, 4096) == MAX_INPUT_TOKENS == 1024 * 1024
+    assert input_tokens(33, 35) == 9 * 9  # padded to whole 4x4 patches
+    assert check_image_size(4096, "img_size") == 4096 and check_image_size((4097, 4092), "sizes") == (4097, 4092)
+    with pytest.raises(OptionError, match=r"img_size=100000: a 100000x100000 input makes 625,000,000 tokens .*"
+                                          r"the largest accepted is 1,048,576"):
+        check_image_size(100000, "img_size")
+    with pytest.raises(OptionError, match="4100x4100"):
+        check_image_size([4100, 4100], "crop_size")
+    for bad in (0, -3, True, "224", (1, 2, 3)):
+        with pytest.raises(OptionError, match="expected a positive integer or a"):
+            check_image_size(bad, "img_size")
+
+
+def test_output_folders_are_checked_without_being_made(tmp_path):
+    from hilovit.train.state import check_creatable_dir, check_writable_dir
+
+    target = tmp_path / "a" / "b"
+    assert check_creatable_dir(target) == target and not (tmp_path / "a").exists()
+    (tmp_path / "f").write_text("x")
+    for check in (check_creatable_dir, check_writable_dir):
+        with pytest.raises(ValueError, match=r"'.*f/run' cannot be created: '.*/f' is a file, not a folder"):
+            check(tmp_path / "f" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

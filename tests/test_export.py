@@ -140,3 +140,42 @@ def test_cli_export_failure_exit_status(monkeypatch, tmp_path, capsys):
     assert main(["export", "--model", "litv2_nano", "--output", str(tmp_path / "x.onnx")]) == 1
     assert "verification failed" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_swin_classifier_at_a_size_no_window_or_32_divides(tmp_path, capsys):
+    """swin_nano (windows of 7) at 36 x 44: maps of 9x11 and 5x6 tokens padded to the window, fixed in the graph."""
+    torch.manual_seed(2)
+    trained = create_model("swin_nano", num_classes=4).eval()
+    ckpt = tmp_path / "model.safetensors"
+    save_safetensors(trained.state_dict(), ckpt, metadata={"model": "swin_nano"})
+    out = tmp_path / "swin.onnx"
+    assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), "--img-size", "36", "44"]) == 0
+    assert "input (1, 3, 36, 44)" in capsys.readouterr().out
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 36, 44]
+    x = torch.randn(1, 3, 36, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(_run(out, x), trained(x), atol=1e-4, rtol=0)
+
+
+class _FixedReshape(torch.nn.Module):
+    """Traces a reshape to the example's sizes: the graph cannot run at any other size."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        b, c, h, w = (int(v) for v in x.shape)  # Python numbers: constants in the traced graph
+        return (x * self.scale).reshape(b, c * h * w).reshape(b, c, h, w)
+
+
+def test_a_graph_that_fails_in_onnxruntime_prints_no_log_lines(tmp_path, capfd):
+    """onnxruntime logs its own error in colour (ANSI escapes) on stderr, even into a file: kept silent, the
+    error is said once, by the exception."""
+    capfd.readouterr()
+    with pytest.raises(ExportVerificationError, match=r"does not run at input \(1, 3, 12, 10\)"):
+        export_onnx(_FixedReshape(), tmp_path / "m.onnx", sizes=[(16, 16), (12, 10)], dynamic_batch=False)
+    captured = capfd.readouterr()
+    assert "\x1b" not in captured.err and "onnxruntime" not in captured.err, captured.err
+    assert not (tmp_path / "m.onnx").exists()

@@ -209,3 +209,52 @@ def test_cli_predict_bad_checkpoint_is_a_usage_error(trained, images, capsys):
     rc = main(["predict", str(paths["RGB"]), "--model", "swin_nano", "--checkpoint", str(d / "model.safetensors")])
     assert rc == 2
     assert "litv2_nano" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- normalisation that cannot work
+def _reference(image: Image.Image, mean: float, std: float) -> torch.Tensor:
+    """The preprocessing of a 28x28 grey image for a 28x28 input, written out: [0, 1], minus mean, over std."""
+    arr = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    return torch.from_numpy((arr - mean) / std)[None].float()
+
+
+@pytest.mark.parametrize("mean, std, message", [
+    ((0.5,), (0.0,), r"\{?std\}?=\(0\.0,\): expected numbers above 0"),
+    ((0.5,), (-1.0,), "expected numbers above 0"),
+    ((0.5,), (float("nan"),), "expected finite numbers"),
+    ((0.5, 0.5), (0.5, 0.5), r"mean=\(0\.5, 0\.5\): expected 1 value for a 1-channel model"),
+    ((0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "expected 1 value for a 1-channel model"),
+])
+def test_normalisation_that_cannot_work_is_refused(trained, images, mean, std, message):
+    d, _ = trained
+    paths, _, _ = images
+    with pytest.raises(ValueError, match=message):  # before any image is read: no NaN probabilities
+        Predictor.from_checkpoint(None, d / "model.safetensors", mean=mean, std=std)
+    cfg = {"input_size": (1, 28, 28), "mean": mean, "std": std}
+    with pytest.raises(ValueError, match="pretrained_cfg"):
+        preprocess_image(open_image(paths["RGB"], 1), cfg)
+
+
+def test_one_value_or_one_per_channel(trained):
+    d, _ = trained
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (28, 28), dtype=np.uint8))
+    got = preprocess_image(image, {"input_size": (1, 28, 28), "mean": (0.25,), "std": (0.5,)})
+    torch.testing.assert_close(got, _reference(image, 0.25, 0.5), atol=1e-6, rtol=0)
+    rgb = preprocess_image(image.convert("RGB"), {"input_size": (3, 28, 28), "mean": (0.25,), "std": (0.5,)})
+    assert rgb.shape == (3, 28, 28) and torch.allclose(rgb[1], _reference(image, 0.25, 0.5)[0], atol=1e-6)
+    predictor = Predictor.from_checkpoint(None, d / "model.safetensors", mean=(0.3,), std=(0.2,))
+    assert predictor.model.pretrained_cfg["std"] == (0.2,)  # the model's name is the checkpoint's
+
+
+def test_cli_refuses_nan_makers_in_one_line(trained, images, capsys):
+    d, _ = trained
+    paths, _, _ = images
+    for args, text in ((["--mean", "0.5", "--std", "0"], "argument --std: expected comma-separated numbers above 0"),
+                       (["--mean", "nan", "--std", "1"], "argument --mean: expected comma-separated finite numbers"),
+                       (["--mean", "0.5,0.5", "--std", "0.5,0.5"], "--mean=(0.5, 0.5): expected 1 value")):
+        try:
+            rc = main(["predict", str(paths["RGB"]), "--checkpoint", str(d / "model.safetensors"), *args])
+        except SystemExit as e:
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and text in err, err

@@ -28,6 +28,7 @@ from hilovit.cli_support import (
     options_from_cli,
     out_of_memory_hint,
     positive_float,
+    positive_floats,
     positive_int,
     user_message,
 )
@@ -83,13 +84,17 @@ def _add_predict(commands) -> None:
     g.add_argument("--norm", choices=sorted(_NORMS),
                    help="normalisation when the checkpoint records none (default: the model's own, with a notice): "
                    "imagenet, half (mean 0.5, std 0.5) or none (mean 0, std 1)")
-    g.add_argument("--mean", type=floats, help="normalisation mean, comma-separated (with --std)")
-    g.add_argument("--std", type=floats, help="normalisation std, comma-separated (with --mean)")
+    g.add_argument("--mean", type=floats, help="normalisation mean, comma-separated (with --std); 1 value or one "
+                   "per input channel")
+    g.add_argument("--std", type=positive_floats, help="normalisation std, comma-separated, above 0 (with --mean); "
+                   "1 value or one per input channel")
     g = p.add_argument_group("segmentation and detection")
     g.add_argument("--output", help="folder for the pictures (segmentation: NAME_labels.png, NAME_overlay.png; "
                    "detection: NAME_detections.png and NAME_detections.json, COCO results) (default predictions)")
     g.add_argument("--eval-scale", type=int_pair, metavar="LONG,SHORT",
                    help="rescale before inference (default: the training run's or the model's test scale)")
+    g.add_argument("--max-pixels", type=positive_int, metavar="N",
+                   help="without an eval scale, refuse images above N pixels (default 64000000)")
     g.add_argument("--score-thr", type=float, help="detection: the lowest score drawn and listed (0.3)")
     p.set_defaults(func=_run_predict)
 
@@ -241,6 +246,10 @@ def _add_viz(commands) -> None:
 def _viz_size(args):
     if args.img_size is not None and len(args.img_size) > 2:
         raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
+    if args.img_size is not None:
+        from hilovit.options import check_image_size
+
+        check_image_size(args.img_size * (3 - len(args.img_size)), "img_size")  # before the model is built
     return args.img_size
 
 

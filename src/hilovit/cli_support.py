@@ -4,12 +4,13 @@ devices and opsets, and the library's errors put in the command's words (its fla
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from typing import Dict
 
 __all__ = ["OneLineParser", "add_finetune_options", "positive_int", "non_negative_int", "device_name", "onnx_opset",
            "command_parser", "user_message", "out_of_memory_hint", "positive_float", "int_pair", "float_pair", "floats",
-           "options_from_cli", "CLI_AUGMENT_FLAGS"]
+           "options_from_cli", "CLI_AUGMENT_FLAGS", "positive_floats"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -104,6 +105,20 @@ def _flags(command: argparse.ArgumentParser) -> Dict[str, str]:
 
 
 _INTERNAL_PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*: ")
+# torch re-raises an error of a DataLoader worker with the worker's traceback in the message
+_WORKER_TRACEBACK = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*(?:Error|Exception|Warning)"
+                             r"(?:: |$)")
+
+
+def _without_worker_traceback(text: str) -> str:
+    """The message of an error raised in a DataLoader worker: the traceback's last entry, without its type."""
+    if not _WORKER_TRACEBACK.match(text):
+        return text
+    lines = text.splitlines()
+    start = max((i for i, line in enumerate(lines) if _EXCEPTION_LINE.match(line)), default=len(lines) - 1)
+    message = "\n".join(lines[start:]).strip()
+    return message.split(": ", 1)[1] if ": " in message.splitlines()[0] else message
 
 
 def user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
@@ -119,7 +134,7 @@ def user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
     elif isinstance(error, OSError) and error.strerror and error.filename:
         text = f"{error.strerror}: {str(error.filename)!r}"  # not "[Errno 13] ..."
     else:
-        text = str(error)
+        text = _without_worker_traceback(str(error))
         prefix = _INTERNAL_PREFIX.match(text)
         if prefix:
             name = prefix.group(0)[:-2]
@@ -163,13 +178,21 @@ def float_pair(text: str):
 
 
 def floats(text: str):
-    """Comma- or space-separated numbers -> a tuple."""
+    """Comma- or space-separated finite numbers -> a tuple."""
     try:
         values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
     except ValueError:
         values = ()
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+    return values
+
+
+def positive_floats(text: str):
+    """Comma- or space-separated numbers above 0 (a standard deviation) -> a tuple."""
+    values = floats(text)
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers above 0, got {text!r}")
     return values
 
 

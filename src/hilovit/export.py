@@ -34,8 +34,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from hilovit.options import OptionError
+from hilovit.options import OptionError, check_image_size
 from hilovit.tasks.base import ExportSpec, image_export_spec
+from hilovit.train.state import check_writable_dir, missing_folders, remove_empty_folders
 
 __all__ = ["ExportResult", "ExportVerificationError", "export_graph", "export_onnx", "export_model", "verify_onnx",
            "check_output_file", "check_opset", "DEFAULT_ATOL", "DEFAULT_OPSET", "MIN_OPSET"]
@@ -93,14 +94,15 @@ def check_opset(opset: Any) -> int:
 
 
 def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = ".onnx") -> Path:
-    """The file an export writes: its folder exists (or is created) and is writable, and an existing
-    file is replaced only with ``overwrite``.
+    """The file an export writes: its folder exists and is writable, or can be created (it is created only
+    when the verified file is written), and an existing file is replaced only with ``overwrite``.
+    Nothing is created or changed here.
 
     Raises:
-        OptionError: a directory, an existing file without ``overwrite``, a folder that is a file,
+        OptionError: a directory, an existing file without ``overwrite``, a file on the way to the folder,
             or a folder that cannot be written (each named).
     """
-    from hilovit.train.state import check_writable_dir
+    from hilovit.train.state import check_creatable_dir
 
     output = Path(output).expanduser()
     if output.is_dir():
@@ -113,7 +115,7 @@ def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = "
                 raise OptionError(f"{{output}}={str(output)!r}: {str(parent)!r} is a file, not a folder")
             break
     try:
-        check_writable_dir(output.parent, "folder of the output file")
+        check_creatable_dir(output.parent, "folder of the output file")
     except ValueError as e:
         raise OptionError(f"{{output}}={str(output)!r}: {e}") from None
     return output
@@ -137,6 +139,9 @@ def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, torch.Tenso
     onnx.checker.check_model(str(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
+    # onnxruntime's own log lines (coloured with ANSI escapes even into a file or a pipe) stay silent: a graph
+    # that fails to run raises, and the error says it once, in the words below
+    options.log_severity_level = 4
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
@@ -180,6 +185,7 @@ def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET,
     onnx, _ = _require_onnx()
     check_opset(opset)
     output = check_output_file(output, overwrite)
+    created = missing_folders(output.parent)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     module = spec.module
     was_training = module.training
@@ -188,6 +194,7 @@ def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET,
     dynamic_batch = any(0 in axes for axes in spec.dynamic_axes.values())
     dynamic_size = any(2 in axes for axes in spec.dynamic_axes.values())
     try:
+        check_writable_dir(output.parent, "folder of the output file")  # made now, removed again on failure
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python values taken from shapes
@@ -212,6 +219,8 @@ def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET,
         module.train(was_training)
         if tmp.exists():
             tmp.unlink()
+        if not output.exists():
+            remove_empty_folders(created)  # nothing written: the folders made for it go too
 
 
 def _sizes(img_size: Optional[Union[int, Sequence[int]]], model: nn.Module) -> Tuple[int, int, int]:
@@ -222,6 +231,7 @@ def _sizes(img_size: Optional[Union[int, Sequence[int]]], model: nn.Module) -> T
         if len(sizes) not in (1, 2) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
             raise ValueError(f"img_size must be a positive int or (H, W), got {img_size!r}")
         H, W = (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
+        check_image_size((H, W), "img_size")
     return C, H, W
 
 
@@ -261,6 +271,8 @@ def _check_sizes(sizes) -> Tuple[Tuple[int, int], ...]:
         raise ValueError(f"sizes={sizes!r}, expected (height, width) pairs") from None
     if len(out) < 2 or len(set(out)) < 2 or min(min(s) for s in out) < 1:
         raise ValueError(f"sizes={sizes!r}, expected at least two different positive sizes")
+    for size in out:
+        check_image_size(size, "sizes")
     return out
 
 
@@ -299,6 +311,9 @@ def export_model(model: Optional[str], output: PathLike, checkpoint: Optional[Pa
 
 def _sizes_list(sizes) -> Tuple[Tuple[int, int], ...]:
     try:
-        return tuple((int(h), int(w)) for h, w in sizes)
+        out = tuple((int(h), int(w)) for h, w in sizes)
     except (TypeError, ValueError):
         raise ValueError(f"sizes={sizes!r}, expected (height, width) pairs") from None
+    for size in out:
+        check_image_size(size, "sizes")
+    return out

@@ -20,7 +20,7 @@ import re
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 __all__ = ["OptionError", "check_int", "check_number", "check_choice", "check_bool", "check_pair", "check_str",
-           "check_fraction"]
+           "check_fraction", "check_image_size", "input_tokens", "MAX_INPUT_TOKENS"]
 
 _FIELD = re.compile(r"\{([a-z_][a-z0-9_.]*)\}")
 
@@ -145,3 +145,37 @@ def check_pair(value: Any, name: str, cast: Callable[[Any], Any] = int, minimum:
             bound = f" >= {minimum:g}" if minimum is not None else ""
             raise _fail(name, value, f"one or two {kind}{bound}")
     return cast(items[0]), cast(items[1])
+
+
+# The largest input the models are run at: 4096 x 4096 pixels, i.e. 1024 x 1024 = 1,048,576 tokens after the
+# 4 x 4 patch embedding (ADE20K's 2048 x 512 test scale makes 65,536; COCO's 1333 x 800 about 66,650). Beyond
+# it one activation of the first stage alone passes gigabytes: such a size is a typo, refused before allocating.
+PATCH_STRIDE = 4
+MAX_INPUT_TOKENS = 1024 * 1024
+
+
+def input_tokens(height: int, width: int) -> int:
+    """The tokens of the first stage for an ``height`` x ``width`` input (a 4 x 4 patch each, padded)."""
+    return -(-int(height) // PATCH_STRIDE) * -(-int(width) // PATCH_STRIDE)
+
+
+def check_image_size(value: Any, name: str, allow_none: bool = False) -> Any:
+    """An input size (a side, or ``(height, width)``) the models can be run at: positive integers making at
+    most :data:`MAX_INPUT_TOKENS` first-stage tokens (4096 x 4096 pixels). Returned as given.
+
+    Raises:
+        OptionError: naming ``{name}``, the size, the tokens it would make and the bound.
+    """
+    if value is None and allow_none:
+        return None
+    sides = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        h, w = (check_int(int(v) if isinstance(v, float) and v == int(v) else v, name, minimum=1) for v in sides)
+    except (TypeError, ValueError):
+        raise _fail(name, value, "a positive integer or a (height, width) pair") from None
+    tokens = input_tokens(h, w)
+    if tokens > MAX_INPUT_TOKENS:
+        shown = value if isinstance(value, int) else f"{h}x{w}"
+        raise OptionError(f"{{{name}}}={shown}: a {h}x{w} input makes {tokens:,} tokens at the first stage (4x4 "
+                          f"pixels each); the largest accepted is {MAX_INPUT_TOKENS:,} (e.g. 4096x4096 pixels)")
+    return value

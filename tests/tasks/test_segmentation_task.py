@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import make_mask_folder
 from hilovit.cli import main
 from hilovit.models import registry
 from hilovit.tasks.segmentation import SegmentationConfig
@@ -18,8 +19,7 @@ from hilovit.tasks.segmentation_metrics import SegMetric
 from hilovit.train import train
 from hilovit.train.optim import PolySchedule
 
-NUM_CLASSES = 3
-SHADES = (20, 130, 240)  # the grey level of each class in the synthetic images
+NUM_CLASSES = 3  # conftest.make_mask_folder's classes
 
 
 class TinySeg(nn.Module):
@@ -48,22 +48,6 @@ def tiny_registered():
     registry._ENTRYPOINTS["tiny_seg"] = tiny_seg
     yield "tiny_seg"
     registry._ENTRYPOINTS.pop("tiny_seg", None)
-
-
-def make_mask_folder(root, n_train=24, n_val=6, size=24, seed=0):
-    """train/ and val/ splits of RGB images made of class-shaded blocks, with some pixels labelled 255."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for i in range(n):
-            lab = np.kron(rng.integers(0, NUM_CLASSES, (size // 6, size // 6)), np.ones((6, 6), np.int64))
-            img = np.array(SHADES)[lab] + rng.integers(-15, 16, lab.shape)
-            lab[rng.random(lab.shape) < 0.05] = 255
-            Image.fromarray(np.repeat(img.clip(0, 255).astype(np.uint8)[:, :, None], 3, 2)).save(
-                root / split / "images" / f"s{i:03d}.png")
-            Image.fromarray(lab.astype(np.uint8), "L").save(root / split / "masks" / f"s{i:03d}.png")
-    return root
 
 
 @pytest.fixture
@@ -293,7 +277,7 @@ class PlainSeg(nn.Module):
 
 SCRIPT = """
 import sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {tests_root!r}]  # this file, and conftest.py which it imports
 from test_segmentation_task import PlainSeg
 from hilovit.models import registry
 from hilovit.cli import main
@@ -318,7 +302,7 @@ def test_two_processes_match_one(masks, tmp_path):
     opts = fast_options(masks, tmp_path / "one", epochs=1, batch_size=8, predictions=0, photometric=True)
     one = train(task="segmentation", model=PlainSeg, **opts)
     script = tmp_path / "run_plain.py"
-    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent), tests_root=str(Path(__file__).parents[1])))
     flags = ["--model", "plain_seg", "--data", str(masks), "--num-classes", "3", "--output", str(tmp_path / "two"),
              "--epochs", "1", "--batch-size", "8", "--lr", "0.05", "--crop-size", "16", "--img-scale", "64,16",
              "--amp", "off", "--workers", "0", "--progress", "log", "--predictions", "0", "--seed", "3",
@@ -356,3 +340,53 @@ def test_export_segmenter_dynamic_height_width(tmp_path):
     with pytest.raises(ExportVerificationError):
         export_onnx(FixedSize(), tmp_path / "bad.onnx", sizes=((32, 32), (24, 40)))
     assert not (tmp_path / "bad.onnx").exists()
+
+
+# --------------------------------------------------------------------------- large images
+class Coarse(nn.Module):
+    """Logits at 1/8 of the input size (as a Semantic FPN head): the label map is a large upsampling."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 8, stride=8)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("out_size, rows", [((203, 157), 16), ((64, 2000), 7), ((1000, 40), 10)])
+def test_banded_labels_equal_the_full_resize_except_at_near_ties(out_size, rows):
+    from hilovit.tasks.segmentation_eval import infer_labels
+
+    torch.manual_seed(0)
+    model = Coarse().eval()
+    image = torch.randint(0, 256, (1, 3, 64, 48), dtype=torch.uint8)
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    got = infer_labels(model, image, mean, std, out_size, rows_per_chunk=rows)
+    with torch.no_grad():  # the reference: the whole logits map resized at once, then the argmax
+        small = model((image.float() / 255 - 0.5) / 0.25)
+        full = F.interpolate(small, size=out_size, mode="bilinear", align_corners=False)
+    want = full.argmax(1)
+    assert got.shape == want.shape == (1, *out_size) and got.dtype == torch.int64
+    differ = got != want
+    top2 = full.topk(2, dim=1).values
+    gap = (top2[:, 0] - top2[:, 1])[differ]
+    assert differ.float().mean() < 1e-3 and (gap <= 1e-5 * full.abs().amax()).all(), (int(differ.sum()), gap)
+    # and where they differ, the banded label is one of the tied classes
+    chosen = full.gather(1, got[:, None])[:, 0][differ]
+    assert torch.allclose(chosen, top2[:, 0][differ], atol=1e-5 * float(full.abs().amax()))
+
+
+def test_a_large_image_without_eval_scale_is_refused(masks, tmp_path, tiny_registered):
+    from hilovit.tasks.segmentation_predict import SegPredictor
+
+    out = tmp_path / "run"
+    train(task="segmentation", model=tiny_registered, **fast_options(masks, out, epochs=1, predictions=0))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000), (130, 130, 130)).save(big)
+    predictor = SegPredictor(out, max_pixels=1_000_000)
+    predictor.eval_scale = None  # as for weights that record no test scale
+    with pytest.raises(ValueError, match=r"3000x2000 pixels is larger than 1,000,000 pixels .*--eval-scale"):
+        predictor.predict(big)
+    predictor.eval_scale = (600, 400)  # rescaled for the network: the labels come back at the image's size
+    assert predictor.predict(big).shape == (2000, 3000)

@@ -215,7 +215,7 @@ def test_batch_larger_than_dataset(idx_dir, tmp_path, fails_fast):
 def test_unwritable_output_folder(idx_dir, tmp_path, fails_fast):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    fails_fast("output folder .* (not writable|not a directory)", **TINY, data=str(idx_dir),
+    fails_fast("output folder .* (not writable|not a directory|is a file, not a folder)", **TINY, data=str(idx_dir),
                 output=str(blocker / "run"))
     fails_fast("exists and is not a directory", **TINY, data=str(idx_dir), output=str(blocker))
 

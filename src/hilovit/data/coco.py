@@ -407,7 +407,7 @@ class CocoDetection(CocoGroundTruth, Dataset):
         row = int(self._rows[index])
         height, width = (int(v) for v in self._sizes[row])
         try:
-            image = _to_tensor(decode_image(path, exif_transpose=True))
+            image = _to_tensor(decode_image(path))
         except Exception as e:  # noqa: BLE001 - Pillow raises many types
             raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: {e}") from e
         if tuple(image.shape[1:]) != (height, width):

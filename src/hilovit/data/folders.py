@@ -25,8 +25,22 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
+
+from hilovit.data.images import (  # noqa: F401  (decoding lives in images.py; these names stay importable here)
+    LargeImageWarning,
+    _jpeg_complete,
+    _to_rgb,
+    _to_tensor,
+    apply_orientation,
+    check_image,
+    decode_image,
+    exif_orientation,
+    open_image,
+    open_image_file,
+    reduce_jpeg_decode,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -209,103 +223,6 @@ def scan_image_folder(
     return classes, samples
 
 
-def _jpeg_complete(path: Path, tail: int = 65536) -> bool:
-    """A cheap truncation test for JPEG: the end-of-image marker FF D9 near the end of the file."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - tail))
-        return b"\xff\xd9" in f.read()
-
-
-def check_image(path: PathLike) -> Optional[str]:
-    """Cheaply check that ``path`` is a readable image, without decoding its pixels.
-
-    Pillow's header parse plus ``Image.verify()`` (which checks PNG chunk CRCs), and for JPEG the
-    presence of the end-of-image marker. Returns None when fine, else the reason as a string.
-    """
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-            im.verify()
-    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...)
-        return f"{type(e).__name__}: {e}"
-    if fmt in ("JPEG", "MPO") and not _jpeg_complete(Path(path)):
-        return "truncated JPEG (no end-of-image marker)"
-    return None
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB; transparency is composited on white."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or (im.mode == "I" and arr.max(initial=0) > 255):
-            arr = arr / 257.0  # 16-bit -> 8-bit
-        elif im.mode == "F" and arr.max(initial=0) <= 1.0:
-            arr = arr * 255.0  # float images in [0, 1]
-        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if "transparency" in im.info and im.mode in ("P", "L", "RGB"):
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        background.alpha_composite(im)
-        im = background
-    return im.convert("RGB")
-
-
-def _to_tensor(rgb: Image.Image) -> torch.Tensor:
-    arr = np.array(rgb, dtype=np.uint8)  # (H, W, 3), a writable copy
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def decode_image(path: PathLike, draft: Optional[int] = None, exif_transpose: bool = False) -> Image.Image:
-    """Open and fully decode ``path`` to an RGB PIL image (any mode; transparency on white; first
-    frame of animations). ``draft``: let a JPEG decode at a reduced scale whose sides stay >= it.
-    ``exif_transpose``: turn the pixels as the file's EXIF orientation tag says (as a viewer shows
-    the photo, and as OpenCV's ``imread`` in mmdet reads it); off by default, as classification
-    pipelines read the stored pixels."""
-    with Image.open(path) as im:
-        if draft is not None:
-            im.draft("RGB", (int(draft), int(draft)))
-        im.load()
-        if exif_transpose:
-            im = ImageOps.exif_transpose(im)
-        return _to_rgb(im)
-
-
-def open_image(image, in_chans: int = 3) -> Image.Image:
-    """Decode ``image`` (a path, a PIL image or a uint8 array) to a PIL image in RGB (``L`` for 1 channel).
-
-    Any Pillow mode works: palette and grey images are expanded, transparency is composited on
-    white, 16-bit and float images are scaled to 8 bits; animated files give their first frame.
-
-    Raises:
-        FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image (names the file and the reason), or the model's
-            channels are neither 1 nor 3.
-    """
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if isinstance(image, Image.Image):
-        rgb = _to_rgb(image)
-    else:
-        path = Path(image)
-        if not path.exists():
-            raise FileNotFoundError(f"image {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ValueError(f"image {str(path)!r} is a directory, not an image file")
-        try:
-            rgb = decode_image(path)
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types
-            raise ValueError(f"cannot read image {str(path)!r}: {type(e).__name__}: {e}") from e
-    if in_chans == 1:
-        return rgb.convert("L")
-    if in_chans != 3:
-        raise ValueError(f"images can be prepared for 1 or 3 channels, the model has in_chans={in_chans}")
-    return rgb
-
-
 _RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # hilovit.data.PIL_INTERPOLATION
 
 
@@ -321,8 +238,14 @@ def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     ``'center'``, the default, with a square input size: the shorter side, keeping the aspect
     ratio; ``'squash'`` or a non-square input size: both sides) with ``cfg['interpolation']``,
     centre crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
+
+    Raises:
+        ValueError: a ``cfg`` value that cannot be used, before any pixel is touched: a ``mean`` or
+            ``std`` of other than 1 or C values, not finite, or a std not above 0 (which would make
+            the input NaN or infinite); a crop_pct outside (0, 1]; an unknown interpolation or crop mode.
     """
     C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
+    mean, std = _stats(cfg, "mean", 0.0, C), _stats(cfg, "std", 1.0, C)
     crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
@@ -338,35 +261,52 @@ def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
     if x.shape[0] != C:
         raise ValueError(f"prepared image has {x.shape[0]} channels but the model expects {C}")
-    return (x - _stats(cfg, "mean", 0.0, C)) / _stats(cfg, "std", 1.0, C)
+    return (x - mean) / std
+
+
+def normalization_problem(values: Any, kind: str, channels: int) -> Optional[str]:
+    """What is wrong with ``values`` as the per-channel ``kind`` (``'mean'`` or ``'std'``) of a
+    ``channels``-channel model, or None: finite numbers, 1 or ``channels`` of them, a std above 0."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    count = "1 value" + (f" or {channels} values" if channels != 1 else "")
+    if not numbers or len(numbers) not in (1, channels):
+        return f"expected {count} for a {channels}-channel model"
+    if not all(math.isfinite(v) for v in numbers):
+        return f"expected finite numbers ({count})"
+    if kind == "std" and min(numbers) <= 0:
+        return f"expected numbers above 0 ({count}): the input is divided by the std"
+    return None
+
+
+def check_normalization(mean: Any, std: Any, channels: int) -> None:
+    """Refuse a normalisation that would make the model's input NaN or of the wrong width: ``mean`` and
+    ``std`` (None: not given) must each hold 1 or ``channels`` finite numbers, ``std`` above 0.
+
+    Raises:
+        OptionError: naming ``{mean}`` or ``{std}``, the value and what is expected.
+    """
+    from hilovit.options import OptionError
+
+    for kind, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        problem = normalization_problem(values, kind, channels)
+        if problem is not None:
+            shown = tuple(values) if isinstance(values, (list, tuple)) else values
+            raise OptionError(f"{{{kind}}}={shown!r}: {problem}")
 
 
 def _stats(cfg: Mapping[str, Any], key: str, default: float, C: int) -> torch.Tensor:
-    """``cfg[key]`` as a ``(C, 1, 1)`` tensor; RGB statistics for a grey model are averaged."""
-    values = [float(v) for v in _cfg_value(cfg, key, (default,) * C)]
-    if len(values) != C:
-        if C == 1 or len(values) == 1:
-            values = [sum(values) / len(values)] * C
-        else:
-            raise ValueError(f"pretrained_cfg[{key!r}] has {len(values)} values for a {C}-channel model")
-    return torch.tensor(values, dtype=torch.float32).view(C, 1, 1)
-
-
-def reduce_jpeg_decode(im: Image.Image, room: float) -> float:
-    """Let an opened, not yet loaded JPEG decode at 1/2, 1/4 or 1/8 scale (Pillow's draft mode:
-    the DCT does the downscaling, so decoding costs a fraction of the full image) when ``room``,
-    how many times larger than needed the region of interest is, allows it: the largest factor
-    ``f <= room`` is chosen. Returns the factor taken (1.0 for other formats or too little room)."""
-    if room < 2 or getattr(im, "format", None) != "JPEG":
-        return 1.0
-    factor = next(f for f in (8, 4, 2) if f <= room)
-    width, height = im.size
-    # asking for ceil(size / f) per side makes Pillow pick f or the next smaller factor, never a larger one
-    done = im.draft(im.mode if im.mode in ("RGB", "L", "CMYK") else "RGB",
-                    (-(-width // factor), -(-height // factor)))
-    if not done:
-        return 1.0
-    return width / done[1][2]
+    """``cfg[key]`` as a ``(C, 1, 1)`` tensor (1 value or C; finite; a std above 0)."""
+    values = _cfg_value(cfg, key, (default,) * C)
+    problem = normalization_problem(values, key, C)
+    if problem is not None:
+        raise ValueError(f"pretrained_cfg[{key!r}] = {values!r}: {problem}")
+    numbers = [float(v) for v in values]
+    return torch.tensor(numbers * (C if len(numbers) == 1 else 1), dtype=torch.float32).view(C, 1, 1)
 
 
 def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear",
@@ -546,8 +486,9 @@ class ImageFolderDataset(Dataset):
         return _to_tensor(out)
 
     def _read(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as im:
-            width, height = im.size
+        with open_image_file(path) as im:
+            orientation = exif_orientation(im)
+            width, height = im.size if orientation < 5 else im.size[::-1]  # upright, as the crop is drawn
             if self.train_crop is None:
                 box = None
                 room = min(width, height) / math.ceil(self.img_size / self.crop_pct) if self.draft == "all" else 1.0
@@ -556,7 +497,7 @@ class ImageFolderDataset(Dataset):
                 room = min(box[2], box[3]) / self.img_size if self.draft != "off" else 1.0
             factor = reduce_jpeg_decode(im, room)
             im.load()
-            image = _to_rgb(im)
+            image = _to_rgb(apply_orientation(im, orientation))
         if box is None:
             return _to_tensor(resize_center_crop(image, self.img_size, self.crop_pct, self.interpolation,
                                                  self.crop_mode))

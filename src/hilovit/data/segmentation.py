@@ -34,10 +34,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from hilovit.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, _to_rgb
+from hilovit.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS
+from hilovit.data.images import _to_rgb, apply_orientation, open_image_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -125,10 +125,12 @@ def pair_images_and_masks(image_dir: PathLike, mask_dir: PathLike) -> List[Tuple
 
 
 def load_image_full(path: PathLike, channels: int = 3) -> torch.Tensor:
-    """Decode an image at its own size to a uint8 tensor (channels, H, W); channels 3 (RGB) or 1 (grey)."""
-    with Image.open(path) as im:
+    """Decode an image at its own size to a uint8 tensor (channels, H, W); channels 3 (RGB) or 1 (grey).
+    The EXIF orientation is applied; an image above Pillow's pixel limit is a ValueError naming the file
+    (:func:`hilovit.data.images.open_image_file`)."""
+    with open_image_file(path) as im:
         im.load()
-        im = _to_rgb(im)
+        im = _to_rgb(apply_orientation(im))
         if channels == 1:
             im = im.convert("L")
     arr = np.array(im, dtype=np.uint8)
@@ -141,13 +143,15 @@ def load_mask(path: PathLike) -> np.ndarray:
     """Decode a label mask to an int64 array (H, W) of its raw values.
 
     Palette images give their palette indices, grey images (8 or 16 bit) their values; an RGB
-    image is accepted only when it is grey (three equal channels).
+    image is accepted only when it is grey (three equal channels). An EXIF orientation is applied, as
+    to the images (:func:`load_image_full`).
 
     Raises:
         ValueError: a colour RGB mask or a mode that holds no labels; the message names the file.
     """
-    with Image.open(path) as im:
-        im.load()
+    with open_image_file(path) as stored:
+        stored.load()
+        im = apply_orientation(stored)
         mode = im.mode
         if mode in ("P", "L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N"):
             arr = np.array(im)

@@ -25,6 +25,7 @@ from hilovit.train.config import (
     TrainConfig,
     choice,
     fraction,
+    image_size,
     number,
     option,
     positive_int,
@@ -104,7 +105,7 @@ class ClassificationConfig(TrainConfig):
     mixup_prob: float = option(1.0, fraction(include_one=True))
     mixup_switch_prob: float = option(0.5, fraction(include_one=True))
     augment: Optional[AugmentConfig] = option(check=_augment, default_factory=default_augment)
-    img_size: Optional[int] = option(None, positive_int(allow_none=True))
+    img_size: Optional[int] = option(None, image_size(allow_none=True))
     in_chans: Optional[int] = option(None, positive_int(allow_none=True))
     layer_decay: Optional[float] = option(None, number(0.0, min_open=True, maximum=1.0, allow_none=True))
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.runtime import resolve_amp
+from hilovit.tasks.eval_checks import class_order, recorded_data, reorder_classifier
 
 __all__ = ["evaluate", "run_eval", "recorded_data", "format_eval", "folder_eval_dataset", "default_img_size"]
 
@@ -91,29 +92,6 @@ def default_img_size(model_name: str) -> int:
     with torch.device("meta"):
         probe = create_model(model_name)
     return int((getattr(probe, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))[-1])
-
-
-def recorded_data(checkpoint: Path, meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The data a checkpoint was trained on, as far as it is recorded: ``data``, ``data_dir``,
-    ``val_split``, ``seed`` from the run's ``config.yaml`` beside it, else ``data`` from the
-    ``dataset`` entry of its metadata (``'fashion-mnist'``, ``'idx:<folder>'``, ``'folder:<path>'``).
-    Entries that are not recorded are absent."""
-    out: Dict[str, Any] = {}
-    config = Path(checkpoint).parent / "config.yaml"
-    if config.is_file():
-        try:
-            import yaml
-
-            values = yaml.safe_load(config.read_text(encoding="utf-8"))
-        except Exception:  # noqa: BLE001 - an unreadable config records nothing
-            values = None
-        if isinstance(values, dict) and (not meta.get("model") or values.get("model") in (None, meta["model"])):
-            out.update({k: values[k] for k in ("data", "data_dir", "val_split", "seed") if values.get(k) is not None})
-    dataset = meta.get("dataset")
-    if "data" not in out and isinstance(dataset, str) and dataset:
-        kind, sep, where = dataset.partition(":")
-        out["data"] = where if sep and kind in ("idx", "folder") else dataset
-    return out
 
 
 def _free_name(folder: Path, stem: str, suffix: str, overwrite: bool) -> Path:
@@ -200,7 +178,7 @@ def _same_data(a, b) -> bool:
 
 
 def run_eval(
-    model: str,
+    model: Optional[str] = None,
     checkpoint=None,
     data: Optional[str] = None,
     data_dir: Optional[str] = None,
@@ -227,10 +205,11 @@ def run_eval(
     """Evaluate a checkpoint or published weights on a dataset (``hilovit eval``).
 
     Args:
-        model: registered model name; must match the checkpoint.
+        model: registered model name; must match the checkpoint (None: the one it records; required
+            with ``pretrained``).
         checkpoint: ``model.safetensors``, a ``last.pt``, any state-dict file, or a training
             output folder (its ``model.safetensors``). It is loaded by
-            :func:`hilovit.models.checkpoint.load_model`: the classes, ``in_chans`` and ``img_size``
+            :func:`hilovit.load_model`: the classes, ``in_chans`` and ``img_size``
             follow the checkpoint (its shapes and metadata) unless given here.
         pretrained: instead of a checkpoint, published weights (:func:`hilovit.models._builder.pretrained_model`):
             True (the model's default), a tag (``'alpha_0_5'``), a file, a URL or ``'hf-hub:org/name'``.
@@ -256,44 +235,27 @@ def run_eval(
             folder beside the checkpoint (``hilovit eval`` uses ``'eval'``); None writes nothing.
         overwrite: replace an earlier ``eval.json``/``confusion.png`` in the output folder; by
             default an earlier report is kept and the new one gets the first free name
-            (``eval-2.json``, ``confusion-2.png``, ...), named in ``files``.
+            (``eval-2.json``, ``confusion-2.png``, ...), named in ``files``. Folders are created
+            only once every check has passed.
+
+    The class names a checkpoint records are compared with the data's
+    (:func:`hilovit.tasks.eval_checks.class_order`): other names are refused, naming both lists;
+    the same names in another order are scored by name (the classifier's rows permuted to the
+    data's order), and ``class_order`` in the result says so.
 
     Returns:
         The metrics of :func:`evaluate` plus ``model``, ``checkpoint`` (or the weights' source),
-        ``dataset``, ``classes``, ``per_class`` (name -> accuracy), ``preprocessing`` and ``files``.
+        ``dataset``, ``classes``, ``class_order``, ``per_class`` (name -> accuracy), ``preprocessing``
+        and ``files``.
     """
-    from hilovit.data import ImageFolderDataset, build_datasets
-    from hilovit.models._builder import load_model
-    from hilovit.models.checkpoint import CheckpointError, read_metadata, resolve_checkpoint
-    from hilovit.models.registry import model_entrypoint
+    from hilovit.models.checkpoint import CheckpointError
     from hilovit.train.distributed import resolve_device
     from hilovit.train.loaders import BatchPipeline, EvalBatches
     from hilovit.train.state import check_writable_dir
 
-    model_entrypoint(model.partition(".")[0])  # unknown name: ValueError listing the choices
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
-    if eval_subset is not None and (isinstance(eval_subset, bool) or not isinstance(eval_subset, int)
-                                    or eval_subset < 1):
-        raise ValueError(f"eval_subset={eval_subset!r}: expected a positive number of images")
-    use_pretrained = pretrained is not None and pretrained is not False
-    if use_pretrained == (checkpoint is not None):
-        raise ValueError("give either a checkpoint or pretrained weights (pretrained=True, a tag, a file or a URL)")
-    if use_pretrained and data is None:
-        raise ValueError("pretrained weights record no evaluation data: name the data (e.g. an ImageNet val/ folder)")
-    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
-                                 or not 0.0 < crop_pct <= 1.0):
-        raise ValueError(f"crop_pct={crop_pct!r}: expected a fraction in (0, 1]")
-    if interpolation is not None:
-        from hilovit.data import pil_interpolation
-
-        pil_interpolation(interpolation)
-    ckpt_path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
-    if output is None and confusion_png is None and default_output and ckpt_path is not None:
-        output = str(ckpt_path.parent / default_output)
-    out_dir = check_writable_dir(output) if output else None
-    if confusion_png:
-        check_writable_dir(Path(confusion_png).expanduser().parent, "folder of the confusion picture")
+    use_pretrained = _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_subset, crop_pct,
+                                         interpolation, img_size)
+    ckpt_path, out_dir, confusion_png = _eval_outputs(checkpoint, output, confusion_png, default_output)
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
@@ -303,59 +265,40 @@ def run_eval(
     if img_size:
         overrides["img_size"] = int(img_size)
     if use_pretrained:
-        from hilovit.models._builder import pretrained_model
-
-        net = pretrained_model(model, pretrained, device=dev, **overrides)
-        cfg = dict(net.pretrained_cfg)
-        source = str((cfg.get("weights") or {}).get("source", pretrained))
-        img_size = int(img_size or cfg["input_size"][-1])
-        mean, std = cfg.get("mean"), cfg.get("std")
-        crop_pct = float(crop_pct if crop_pct is not None else cfg.get("crop_pct") or 1.0)
-        interpolation = interpolation or cfg.get("interpolation") or "bilinear"
-        crop_mode = cfg.get("crop_mode") or "center"
-        recorded: Dict[str, Any] = {}
+        net, prep, recorded, source, names = _pretrained_for_eval(model, pretrained, dev, overrides)
     else:
-        recorded = recorded_data(ckpt_path, read_metadata(ckpt_path))
+        net, prep, recorded, source, names = _checkpoint_for_eval(ckpt_path, model, dev, use_ema, overrides)
+        model = prep.pop("model")  # the checkpoint's model, checked against a given name
         if data is None:
             data = recorded.get("data")
             if data is None:
-                raise ValueError(f"checkpoint {str(ckpt_path)!r} records no dataset: name the data to evaluate on")
+                raise ValueError(f"checkpoint {source!r} records no dataset (its metadata has no 'dataset' entry "
+                                 "and no config.yaml lies beside it): name the data to evaluate on")
             data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
         if not _same_data(data, recorded.get("data")):
             recorded = {}  # another dataset: the recorded hold-out does not apply to it
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the data's statistics stand in for a missing normalisation
-            net, meta = load_model(ckpt_path, model, device=dev, ema=use_ema, **overrides)
-        size = int(net.pretrained_cfg["input_size"][-1]) if getattr(net, "pretrained_cfg", None) else None
-        img_size = int(img_size or (meta["img_size"][-1] if meta["img_size"] else None) or size
-                       or default_img_size(model))
-        mean, std = meta["mean"], meta["std"]
-        crop_pct = float(crop_pct if crop_pct is not None else 1.0)
-        interpolation = interpolation or "bilinear"
-        crop_mode = "center"
-        source = str(ckpt_path)
-    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
-    seed = int(recorded.get("seed", 0) if seed is None else seed)
-    path = Path(str(data)).expanduser()
-    if val_split == 0 and _is_class_folder(path):
-        eval_ds, info = folder_eval_dataset(path, net.num_classes, img_size, crop_pct, interpolation,
-                                            crop_mode=crop_mode)
-    else:
-        _, eval_ds, info = build_datasets(data, img_size, data_dir=data_dir, val_split=val_split, seed=seed)
-        if isinstance(eval_ds, ImageFolderDataset):
-            eval_ds.set_eval_crop(crop_pct, interpolation, crop_mode)
+    prep.update(crop_pct=float(crop_pct if crop_pct is not None else prep["crop_pct"]),
+                interpolation=interpolation or prep["interpolation"], img_size=int(img_size or prep["img_size"]))
+    eval_ds, info = _eval_dataset(data, data_dir, val_split, seed, recorded, net.num_classes, prep)
     if net.num_classes != info.num_classes:
         raise CheckpointError(
             f"{'weights' if use_pretrained else 'checkpoint'} {source!r} have a classifier for {net.num_classes} "
             f"classes, but the data ({info.name}) has {info.num_classes} classes"
         )
+    order = None if use_pretrained else class_order(names, info.classes, source, info.name)
+    if order is not None:
+        reorder_classifier(net, order)  # the same classes in the data's order: scored by name, not by index
     if eval_subset is not None:
         if not hasattr(eval_ds, "select"):
             raise ValueError("eval_subset is not supported for this dataset")
         eval_ds = eval_ds.select(range(min(int(eval_subset), len(eval_ds))))
-    mean = mean if mean is not None else info.mean
-    std = std if std is not None else info.std
-    pipeline = BatchPipeline(net.in_chans, img_size, mean, std, augment=None).to(dev)
+    mean = prep["mean"] if prep["mean"] is not None else info.mean
+    std = prep["std"] if prep["std"] is not None else info.std
+    if out_dir is not None:  # created only now, when everything else has been checked
+        check_writable_dir(out_dir)
+    if confusion_png is not None:
+        check_writable_dir(confusion_png.parent, "folder of the confusion picture")
+    pipeline = BatchPipeline(net.in_chans, prep["img_size"], mean, std, augment=None).to(dev)
     batches = EvalBatches(eval_ds, batch_size, workers=workers, pin_memory=dev.type == "cuda")
     bar = _eval_bar(len(eval_ds), progress)
     try:
@@ -365,40 +308,131 @@ def run_eval(
         if bar is not None:
             bar.close()
     classes = list(info.classes)
-    skipped = batches.pop_skipped()
     result.update({
         "model": model,
         "checkpoint": source,
         "dataset": info.name,
         "split": info.eval_split,
         "classes": classes,
+        "class_order": "by name: the checkpoint's classes in another order, mapped to the data's" if order
+        else "as recorded",
         "per_class": dict(zip(_unique(classes), result["per_class_accuracy"])),
-        "preprocessing": {"img_size": img_size, "crop_pct": crop_pct, "crop_mode": crop_mode,
-                          "interpolation": interpolation,
-                          "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "skipped_images": skipped,
+        "preprocessing": {**prep, "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "skipped_images": batches.pop_skipped(),
         "files": {},
     })
-    if len(classes) > _PICTURE_MAX_CLASSES:
-        result["confusion"] = None  # 1000 x 1000 counts: neither drawn nor stored
+    _write_eval_files(result, out_dir, confusion_png, overwrite, f"{model} on {info.name} ({info.eval_split})")
+    return result
+
+
+def _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_subset, crop_pct, interpolation,
+                        img_size) -> bool:
+    """The checks of :func:`run_eval` that need nothing read; returns whether published weights are used."""
+    from hilovit.models.registry import model_entrypoint
+    from hilovit.options import check_image_size
+
+    if model is not None:
+        model_entrypoint(model.partition(".")[0])  # unknown name: ValueError listing the choices
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
+    if eval_subset is not None and (isinstance(eval_subset, bool) or not isinstance(eval_subset, int)
+                                    or eval_subset < 1):
+        raise ValueError(f"eval_subset={eval_subset!r}: expected a positive number of images")
+    check_image_size(img_size, "img_size", allow_none=True)
+    use_pretrained = pretrained is not None and pretrained is not False
+    if use_pretrained == (checkpoint is not None):
+        raise ValueError("give either a checkpoint or pretrained weights (pretrained=True, a tag, a file or a URL)")
+    if use_pretrained and model is None:
+        raise ValueError("pretrained weights need a model name")
+    if use_pretrained and data is None:
+        raise ValueError("pretrained weights record no evaluation data: name the data (e.g. an ImageNet val/ folder)")
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
+                                 or not 0.0 < crop_pct <= 1.0):
+        raise ValueError(f"crop_pct={crop_pct!r}: expected a fraction in (0, 1]")
+    if interpolation is not None:
+        from hilovit.data import pil_interpolation
+
+        pil_interpolation(interpolation)
+    return use_pretrained
+
+
+def _eval_outputs(checkpoint, output, confusion_png, default_output):
+    """``(checkpoint file, report folder or None, confusion picture or None)``; nothing is created here."""
+    from hilovit.models.checkpoint import resolve_checkpoint
+    from hilovit.train.state import check_creatable_dir
+
+    ckpt_path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
+    if output is None and confusion_png is None and default_output and ckpt_path is not None:
+        output = str(ckpt_path.parent / default_output)
+    out_dir = check_creatable_dir(output) if output else None
+    png = Path(confusion_png).expanduser() if confusion_png else None
+    if png is not None:
+        check_creatable_dir(png.parent, "folder of the confusion picture")
+    return ckpt_path, out_dir, png
+
+
+def _pretrained_for_eval(model, pretrained, dev, overrides):
+    from hilovit.models._builder import pretrained_model
+
+    net = pretrained_model(model, pretrained, device=dev, **overrides)
+    cfg = dict(net.pretrained_cfg)
+    prep = {"img_size": int(cfg["input_size"][-1]), "crop_pct": float(cfg.get("crop_pct") or 1.0),
+            "crop_mode": cfg.get("crop_mode") or "center", "interpolation": cfg.get("interpolation") or "bilinear",
+            "mean": cfg.get("mean"), "std": cfg.get("std")}
+    return net, prep, {}, str((cfg.get("weights") or {}).get("source", pretrained)), None
+
+
+def _checkpoint_for_eval(ckpt_path: Path, model, dev, use_ema: bool, overrides):
+    """Load the checkpoint (an unreadable file says so, and why, before anything else is asked of it)."""
+    from hilovit.models._builder import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the data's statistics stand in for a missing normalisation
+        net, meta = load_model(ckpt_path, model, device=dev, ema=use_ema, **overrides)
+    name = model or meta.get("model")
+    size = int(net.pretrained_cfg["input_size"][-1]) if getattr(net, "pretrained_cfg", None) else None
+    img_size = (meta["img_size"][-1] if meta["img_size"] else None) or size or default_img_size(name)
+    prep = {"img_size": int(img_size), "crop_pct": 1.0, "crop_mode": "center", "interpolation": "bilinear",
+            "mean": meta["mean"], "std": meta["std"], "model": name}
+    return net, prep, recorded_data(ckpt_path, meta), str(ckpt_path), meta.get("classes")
+
+
+def _eval_dataset(data, data_dir, val_split, seed, recorded, num_classes: int, prep):
+    from hilovit.data import ImageFolderDataset, build_datasets
+
+    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
+    seed = int(recorded.get("seed", 0) if seed is None else seed)
+    path = Path(str(data)).expanduser()
+    if val_split == 0 and _is_class_folder(path):
+        return folder_eval_dataset(path, num_classes, prep["img_size"], prep["crop_pct"], prep["interpolation"],
+                                   crop_mode=prep["crop_mode"])
+    _, eval_ds, info = build_datasets(data, prep["img_size"], data_dir=data_dir, val_split=val_split, seed=seed)
+    if isinstance(eval_ds, ImageFolderDataset):
+        eval_ds.set_eval_crop(prep["crop_pct"], prep["interpolation"], prep["crop_mode"])
+    return eval_ds, info
+
+
+def _write_eval_files(result: Dict[str, Any], out_dir: Optional[Path], confusion_png: Optional[Path],
+                      overwrite: bool, title: str) -> None:
     from hilovit.train.state import write_json
     from hilovit.viz.plots import plot_confusion_matrix
 
+    classes = result["classes"]
+    if len(classes) > _PICTURE_MAX_CLASSES:
+        result["confusion"] = None  # 1000 x 1000 counts: neither drawn nor stored
     if result["confusion"] is None:
         png = None
-    elif confusion_png:
-        png = Path(confusion_png).expanduser()
+    elif confusion_png is not None:
+        png = confusion_png
     else:
         png = _free_name(out_dir, "confusion", ".png", overwrite) if out_dir is not None else None
     if png is not None:
-        plot_confusion_matrix(result["confusion"], classes, png,
-                              title=f"{model} on {info.name} ({info.eval_split}): top-1 {result['top1']:.2f}%")
+        plot_confusion_matrix(result["confusion"], classes, png, title=f"{title}: top-1 {result['top1']:.2f}%")
         result["files"]["confusion_png"] = str(png)
     if out_dir is not None:
         report = _free_name(out_dir, "eval", ".json", overwrite)
         result["files"]["json"] = str(report)
         write_json(report, result)
-    return result
 
 
 def _eval_bar(total: int, progress: str):
@@ -423,6 +457,8 @@ def format_eval(result: Dict[str, Any], classes: Optional[Sequence[str]] = None)
         crop = f"crop_pct {pre['crop_pct']:g}" + (" (squash)" if pre.get("crop_mode") == "squash" else "")
         lines.append(f"preprocessing: {pre['img_size']} px, {crop}, {pre['interpolation']}, "
                      f"mean {tuple(round(v, 4) for v in pre['mean'])}, std {tuple(round(v, 4) for v in pre['std'])}")
+    if str(result.get("class_order", "")).startswith("by name"):
+        lines.append("classes matched by name: the checkpoint records the data's classes in another order")
     skipped = result.get("skipped_images") or []
     if skipped:
         lines.append(f"skipped {len(skipped)} unreadable image file(s) (the next image was used instead): "

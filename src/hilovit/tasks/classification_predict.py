@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hilovit.data.folders import open_image, preprocess_image
+from hilovit.data.folders import check_normalization, open_image, preprocess_image
 from hilovit.models._builder import pretrained_model
 
 __all__ = ["Prediction", "Predictor", "format_predictions", "preprocess_image", "predict_files", "load_model"]
@@ -49,7 +49,7 @@ def load_model(
 ) -> Tuple[nn.Module, Optional[List[str]]]:
     """Build the registered model ``name`` to fit ``checkpoint``, load it, and put it in eval mode.
 
-    The loading is :func:`hilovit.models.checkpoint.load_model`'s: the number of classes, the input
+    The loading is :func:`hilovit.load_model`'s: the number of classes, the input
     channels, the image size and the normalisation follow the checkpoint (its stored metadata, its
     classifier and stem shapes) unless ``overrides`` (or ``mean``/``std``) name them, and a
     checkpoint that does not fit, the classifier included, is refused. ``name`` None builds the model
@@ -118,6 +118,10 @@ class Predictor:
             the ImageNet-1k names (:func:`hilovit.data.imagenet_class_names`), others by their indices.
         device: where to run (default: where the model is).
 
+    Raises:
+        OptionError: the ``pretrained_cfg``'s ``mean`` or ``std`` cannot be used (other than 1 or
+            ``in_chans`` values, not finite, a std not above 0): named, before any image is read.
+
     Example::
 
         >>> predictor = Predictor.from_checkpoint("litv2_nano", "runs/fmnist")   # folder or file
@@ -138,6 +142,7 @@ class Predictor:
         cfg = getattr(model, "pretrained_cfg", None)
         if not cfg or "input_size" not in cfg:
             raise ValueError(f"{type(model).__name__} has no pretrained_cfg with an input_size to prepare images for")
+        check_normalization(cfg.get("mean"), cfg.get("std"), int(cfg["input_size"][0]))  # before any image
         if device is None:
             param = next(model.parameters(), None)
             device = param.device if param is not None else "cpu"
@@ -157,7 +162,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls,
-        model: str,
+        model: Optional[str],
         checkpoint: Optional[PathLike] = None,
         classes: Optional[Sequence[str]] = None,
         device: Union[str, torch.device] = "cpu",
@@ -165,11 +170,13 @@ class Predictor:
         std: Optional[Sequence[float]] = None,
         **overrides,
     ) -> Predictor:
-        """Build the registered ``model`` sized for ``checkpoint`` and load it (see :func:`load_model`).
+        """Build the registered ``model`` (None: the one the checkpoint records) sized for ``checkpoint``
+        and load it (see :func:`load_model`).
 
         ``classes`` overrides the names stored in the checkpoint; ``mean``/``std`` the
         normalisation (a checkpoint that records none gets the model's default, with a warning
-        saying which).
+        saying which): 1 value or one per input channel, finite, a std above 0 (else an
+        :class:`~hilovit.options.OptionError` naming ``mean`` or ``std``, before any image is read).
         """
         net, stored = load_model(model, checkpoint, device=device, mean=mean, std=std, **overrides)
         return cls(net, classes if classes is not None else stored, device=device)
@@ -258,7 +265,7 @@ def format_predictions(results: Sequence[Prediction]) -> str:
 
 def predict_files(
     images: Sequence[PathLike],
-    model: str,
+    model: Optional[str] = None,
     checkpoint: Optional[PathLike] = None,
     topk: int = 5,
     batch_size: int = 16,
@@ -267,13 +274,16 @@ def predict_files(
     std: Optional[Sequence[float]] = None,
     pretrained: Union[bool, str, os.PathLike, None] = None,
 ) -> List[Prediction]:
-    """``hilovit predict``: load ``model`` from ``checkpoint`` (or its ``pretrained`` weights, see
-    :func:`pretrained_model`) and predict every image (errors per image)."""
+    """``hilovit predict``: load ``model`` (None: the one the checkpoint records) from ``checkpoint`` (or its
+    ``pretrained`` weights, see :func:`pretrained_model`) and predict every image (errors per image). A
+    ``mean``/``std`` that cannot be used is refused before any image is read (see :class:`Predictor`)."""
     if not images:
         raise ValueError("no images given")
     if pretrained is not None and pretrained is not False:
         if checkpoint is not None:
             raise ValueError("give a checkpoint or pretrained weights, not both")
+        if model is None:
+            raise ValueError("pretrained weights need a model name (--model)")
         net = pretrained_model(model, pretrained, device=device)
         if mean is not None or std is not None:
             net.pretrained_cfg = {**net.pretrained_cfg, **{k: tuple(float(x) for x in v)

@@ -27,6 +27,7 @@ from hilovit.tasks.base import ExportSpec, MicroBatch, Run, Task
 from hilovit.train.config import (
     TrainConfig,
     fraction,
+    image_size,
     non_negative_int,
     number,
     option,
@@ -73,10 +74,10 @@ class DetectionConfig(TrainConfig):
     lr: float = option(1e-4, number(0.0, min_open=True))
     weight_decay: float = option(1e-4, number())
     log_interval: int = option(20, positive_int())
-    train_scale: Optional[Tuple[int, int]] = option((1333, 800), pair(allow_none=True))
+    train_scale: Optional[Tuple[int, int]] = option((1333, 800), image_size(allow_none=True, as_pair=True))
     ratio_range: Optional[Tuple[float, float]] = option(None, pair(float, 0.0, allow_none=True))
     flip_prob: float = option(0.5, fraction(include_one=True))
-    eval_scale: Optional[Tuple[int, int]] = option(None, pair(allow_none=True))
+    eval_scale: Optional[Tuple[int, int]] = option(None, image_size(allow_none=True, as_pair=True))
     warmup_iters: int = option(500, non_negative_int())
     warmup_ratio: float = option(0.001, number())
     step_epochs: Optional[Tuple[int, ...]] = option(None, _epochs)

@@ -105,8 +105,12 @@ def _score(coco_gt, records: List[Dict[str, Any]], iou_type: str, num_classes: i
 @torch.no_grad()
 def evaluate_detection(model: nn.Module, dataset, batch_size: int = 8, device: Any = "cpu",
                        amp_dtype: Optional[torch.dtype] = None, rank: int = 0, world_size: int = 1,
-                       test_scale: Any = None, workers: int = 0, progress=None) -> Dict[str, Any]:
+                       test_scale: Any = None, workers: int = 0, progress=None,
+                       category_ids: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """COCO box AP (and mask AP when the model predicts masks) of ``model`` on ``dataset``.
+
+    ``category_ids[label]`` is the COCO category of the model's label (default: the dataset's
+    ``category_ids``, labels in the data's order).
 
     Each process predicts samples ``rank::world_size``; the detections are gathered and scored once
     (``COCOeval`` against ``dataset.coco_gt()``), the same numbers on every process.
@@ -125,7 +129,8 @@ def evaluate_detection(model: nn.Module, dataset, batch_size: int = 8, device: A
     indices = list(range(rank, len(dataset), world_size))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=detection_collate)
-    category_ids = tuple(getattr(dataset, "category_ids", None) or range(1, model.num_classes + 1))
+    if category_ids is None:
+        category_ids = tuple(getattr(dataset, "category_ids", None) or range(1, model.num_classes + 1))
     records: List[Dict[str, Any]] = []
     t0, done = time.perf_counter(), 0
     for images, _ in loader:
@@ -156,7 +161,7 @@ def evaluate_detection(model: nn.Module, dataset, batch_size: int = 8, device: A
 
 # --------------------------------------------------------------------------- hilovit eval --task detection
 def _recorded(checkpoint: Path, meta: Mapping[str, Any]) -> Dict[str, Any]:
-    from hilovit.tasks.classification_eval import recorded_data
+    from hilovit.tasks.eval_checks import recorded_data
 
     return recorded_data(checkpoint, meta)
 
@@ -172,13 +177,16 @@ def run_det_eval(checkpoint=None, data: Optional[str] = None, model: Optional[st
     from hilovit.data.detection import build_det_datasets
     from hilovit.models._builder import load_model, pretrained_model
     from hilovit.models.checkpoint import read_metadata, resolve_checkpoint
+    from hilovit.options import check_image_size
     from hilovit.runtime import resolve_amp
     from hilovit.tasks.classification_eval import _free_name
+    from hilovit.tasks.eval_checks import class_order
     from hilovit.train.distributed import resolve_device
     from hilovit.train.state import check_writable_dir, write_json
 
     if threads:
         torch.set_num_threads(int(threads))
+    check_image_size(list(eval_scale) if eval_scale else None, "eval_scale", allow_none=True)
     use_pretrained = pretrained is not None and pretrained is not False
     if use_pretrained == (checkpoint is not None):
         raise ValueError("give either a checkpoint or pretrained weights")
@@ -198,21 +206,29 @@ def run_det_eval(checkpoint=None, data: Optional[str] = None, model: Optional[st
             output = str(path.parent / "eval")
     data = data or recorded.get("data")
     if data is None:
-        raise ValueError(f"checkpoint {source!r} records no data set: name the data to evaluate on (--data)")
+        raise ValueError(f"checkpoint {source!r} records no dataset (its metadata has no 'dataset' entry and no "
+                         "config.yaml lies beside it): name the data to evaluate on (--data)")
     _, eval_ds, dinfo = build_det_datasets(
         data, seed=int(recorded.get("seed", 0) if seed is None else seed),
         val_split=float(recorded.get("val_split", 0.0) if val_split is None else val_split),
         data_dir=data_dir if data_dir is not None else recorded.get("data_dir"), num_test=eval_subset)
+    order = class_order(names or None, dinfo.classes, source, dinfo.name)  # other names: refused, both named
     if dinfo.num_classes != net.num_classes:
         raise ValueError(f"{source!r} detects {net.num_classes} classes, the data ({dinfo.name}) has "
                          f"{dinfo.num_classes}")
-    if names and names != list(dinfo.classes):
-        raise ValueError(f"the classes of {source!r} ({', '.join(names)}) differ from the data's "
-                         f"({', '.join(dinfo.classes)})")
+    data_ids = tuple(dinfo.category_ids or range(1, dinfo.num_classes + 1))
+    category_ids = None
+    if order is not None:  # the same classes in another order: the model's label order[i] is the data's class i
+        category_ids = [0] * len(order)
+        for i, label in enumerate(order):
+            category_ids[label] = data_ids[i]
     res = evaluate_detection(net, eval_ds, batch_size, dev, resolve_amp(amp, dev),
-                             test_scale=tuple(eval_scale) if eval_scale else None, workers=workers)
+                             test_scale=tuple(eval_scale) if eval_scale else None, workers=workers,
+                             category_ids=category_ids)
     out = {"model": getattr(net, "pretrained_cfg", {}).get("architecture", model), "checkpoint": source,
            "dataset": dinfo.name, "eval_split": dinfo.eval_split,
+           "class_order": "by name: the checkpoint's classes in another order, mapped to the data's" if order
+           else "as recorded",
            **{k: v for k, v in res.items() if not k.startswith("per_class")},
            "per_class_ap": dict(zip(dinfo.classes, res["per_class_ap"]))}
     if "per_class_mask_ap" in res:

@@ -28,6 +28,7 @@ from hilovit.train.config import (
     TrainConfig,
     flag,
     fraction,
+    image_size,
     non_negative_int,
     number,
     option,
@@ -83,13 +84,13 @@ class SegmentationConfig(TrainConfig):
     poly_power: float = option(0.9, number(0.0, min_open=True))
     warmup_iters: int = option(0, non_negative_int())
     warmup_ratio: float = option(1e-6, number())
-    crop_size: Tuple[int, int] = option((512, 512), pair())
-    img_scale: Optional[Tuple[int, int]] = option(None, pair(allow_none=True))
+    crop_size: Tuple[int, int] = option((512, 512), image_size(as_pair=True))
+    img_scale: Optional[Tuple[int, int]] = option(None, image_size(allow_none=True, as_pair=True))
     ratio_range: Optional[Tuple[float, float]] = option((0.5, 2.0), pair(float, 0.0, allow_none=True))
     cat_max_ratio: float = option(0.75, number(0.0, maximum=1.0))
     flip_prob: float = option(0.5, fraction(include_one=True))
     photometric: bool = option(True, flag())
-    eval_scale: Optional[Tuple[int, int]] = option(None, pair(allow_none=True))
+    eval_scale: Optional[Tuple[int, int]] = option(None, image_size(allow_none=True, as_pair=True))
     ignore_index: int = option(255, non_negative_int())
     predictions: int = option(4, non_negative_int())
 
@@ -316,7 +317,7 @@ class SegmentationTask(Task):
     eval_options = ("checkpoint", "data", "model", "num_classes", "data_dir", "val_split", "seed", "eval_subset",
                     "batch_size", "eval_scale", "amp", "device", "threads", "workers", "output", "mode", "crop_size",
                     "stride", "overwrite", "progress")
-    predict_options = ("model", "checkpoint", "output", "eval_scale", "device", "overwrite", "max_pixels")
+    predict_options = ("model", "checkpoint", "output", "eval_scale", "device", "max_pixels")
     # traced at the first size, verified at each: multiples of neither 32 nor any window among them
     export_sizes = ((128, 128), (100, 70), (77, 129), (33, 33))
 

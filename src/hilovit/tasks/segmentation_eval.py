@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -106,13 +107,14 @@ def resolve_inference(model: nn.Module, mode: Optional[str] = None, crop_size=No
 @torch.no_grad()
 def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Optional[Tuple[int, int]] = None,
                  eval_scale: Optional[Tuple[int, int]] = None, amp_dtype: Optional[torch.dtype] = None,
-                 inference: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+                 inference: Optional[Dict[str, Any]] = None, resize: bool = True) -> torch.Tensor:
     """Inference on uint8 images (B, C, H, W) of one size: float32 logits (B, K, *out_size).
 
     ``eval_scale`` (long, short) rescales the input first as the official test pipeline; the logits
     are resized to ``out_size`` (default: the input size) bilinearly. ``inference``: the options of
     :func:`resolve_inference` (default: ``model(x)``, i.e. the model's ``test_cfg``); with
     ``mode='slide'`` the logits come from the model's ``inference(x, 'slide', crop_size, stride)``.
+    ``resize=False``: the model's logits at the size it gives them (``out_size`` ignored).
     """
     from hilovit.data.seg_transforms import rescale_for_eval
 
@@ -128,7 +130,7 @@ def infer_logits(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
         else:
             logits = model.inference(x, "whole") if hasattr(model, "inference") else model(x)
     logits = logits.float()
-    if tuple(logits.shape[-2:]) != out_size:
+    if resize and tuple(logits.shape[-2:]) != out_size:
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
     return logits
 
@@ -143,7 +145,7 @@ def infer_labels(model: nn.Module, images: torch.Tensor, mean, std, out_size: Op
     uses ``F.interpolate``'s sampling positions and weights (float32, as its CPU kernel); the labels
     equal the argmax of the whole resize except where two classes tie to within float rounding."""
     out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
-    logits = infer_logits(model, images, mean, std, None, eval_scale, None, inference)
+    logits = infer_logits(model, images, mean, std, None, eval_scale, None, inference, resize=False)
     H, W = out_size
     if tuple(logits.shape[-2:]) == out_size or H * W <= rows_per_chunk * max(W, 1024):
         return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False).argmax(1) \
@@ -308,6 +310,10 @@ def load_seg_checkpoint(checkpoint, model: Optional[ModelSource] = None, num_cla
 
     path = resolve_checkpoint(checkpoint)
     meta = seg_metadata_of(path)
+    if not meta:
+        from hilovit.models.checkpoint import read_checkpoint
+
+        read_checkpoint(path)  # an unreadable file says so, and why, rather than "no metadata"
     if meta and meta.get("task", "classification") != "segmentation":
         raise ValueError(f"checkpoint {str(path)!r} holds a {meta.get('task', 'classification')} model "
                          f"({meta.get('model')}), not a segmentation model; use it without --task segmentation")
@@ -336,12 +342,12 @@ def load_seg_checkpoint(checkpoint, model: Optional[ModelSource] = None, num_cla
 
 def run_seg_eval(
     checkpoint,
-    data: str,
+    data: Optional[str] = None,
     model: Optional[ModelSource] = None,
     num_classes: Optional[int] = None,
     data_dir: Optional[str] = None,
-    val_split: float = 0.0,
-    seed: int = 0,
+    val_split: Optional[float] = None,
+    seed: Optional[int] = None,
     eval_subset: Optional[int] = None,
     batch_size: int = 8,
     eval_scale: Optional[Tuple[int, int]] = None,
@@ -355,24 +361,51 @@ def run_seg_eval(
     stride=None,
 ) -> Dict[str, Any]:
     """Evaluate a segmentation checkpoint on the evaluation split of ``data`` (``hilovit eval --task
-    segmentation``); writes ``eval.json`` into ``output`` when given. ``mode`` (``'whole'`` or
-    ``'slide'``), ``crop_size`` and ``stride`` choose the inference (defaults: the model's ``test_cfg``;
-    see :func:`resolve_inference`).
+    segmentation``); writes ``eval.json`` into ``output`` when given (created once every check has
+    passed). ``mode`` (``'whole'`` or ``'slide'``), ``crop_size`` and ``stride`` choose the inference
+    (defaults: the model's ``test_cfg``; see :func:`resolve_inference`).
+
+    ``data`` None: the data the checkpoint records (the run's ``config.yaml``, else its metadata's
+    ``dataset``; :func:`hilovit.tasks.eval_checks.recorded_data`), with its ``val_split``, ``seed`` and
+    ``data_dir`` unless given; a ValueError when nothing is recorded. A mask folder takes the checkpoint's
+    class names (masks hold no names); other data (fashion-scenes, ADE20K) have their own, compared with
+    the checkpoint's: other names are refused naming both lists, the same names in another order are
+    scored by name (``class_order`` says so).
 
     Returns:
-        ``model``, ``dataset``, ``eval_split``, ``miou``, ``macc``, ``aacc`` (percent), ``loss``,
-        ``per_class_iou`` and ``per_class_acc`` ({class: percent or None}), ``images``, ``seconds``.
+        ``model``, ``dataset``, ``eval_split``, ``class_order``, ``miou``, ``macc``, ``aacc`` (percent),
+        ``loss``, ``per_class_iou`` and ``per_class_acc`` ({class: percent or None}), ``images``, ``seconds``.
     """
-    from hilovit.data.segmentation import build_seg_datasets
+    from hilovit.data.segmentation import build_seg_datasets, is_ade20k_dir
+    from hilovit.models.checkpoint import read_metadata
+    from hilovit.options import check_image_size
     from hilovit.runtime import resolve_amp
+    from hilovit.tasks.eval_checks import class_order, recorded_data, reorder_classifier
     from hilovit.train.distributed import resolve_device
+    from hilovit.train.state import check_creatable_dir, check_writable_dir, write_json
 
+    check_image_size(eval_scale, "eval_scale", allow_none=True)
+    check_image_size(crop_size, "crop_size", allow_none=True)
+    if output:
+        check_creatable_dir(output, "output folder")  # created once every check has passed
     if threads:
         torch.set_num_threads(int(threads))
     net, info = load_seg_checkpoint(checkpoint, model)
     inference = resolve_inference(net, mode, crop_size, stride)
+    recorded = recorded_data(Path(info["path"]), read_metadata(info["path"]))
+    if data is None:
+        if recorded.get("data") is None:
+            raise ValueError(f"checkpoint {info['path']!r} records no dataset (its metadata has no 'dataset' entry "
+                             "and no config.yaml lies beside it): name the data to evaluate on")
+        data = recorded["data"]
+        data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
+    elif str(data) != str(recorded.get("data")):
+        recorded = {}  # another dataset: the recorded hold-out does not apply to it
+    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
+    seed = int(recorded.get("seed", 0) if seed is None else seed)
     n_cls = num_classes or info["num_classes"]
-    classes = info["classes"] if len(info["classes"]) == n_cls else None
+    named_data = is_ade20k_dir(data) or not Path(str(data)).expanduser().is_dir()  # ADE20K, fashion-scenes
+    classes = info["classes"] if len(info["classes"]) == n_cls and not named_data else None
     _, eval_ds, dinfo = build_seg_datasets(data, num_classes=n_cls, classes=classes, seed=seed, val_split=val_split,
                                            data_dir=data_dir, num_test=eval_subset)
     if dinfo.num_classes != info["num_classes"]:
@@ -381,8 +414,12 @@ def run_seg_eval(
     if dinfo.in_chans != info["in_chans"]:
         raise ValueError(f"data {data!r} has {dinfo.in_chans}-channel images, the checkpoint's model takes "
                          f"{info['in_chans']}")
+    order = class_order(info["classes"], dinfo.classes, info["path"], dinfo.name)
+    if order is not None:
+        reorder_classifier(net, order)  # the same classes in the data's order: scored by name, not by index
     if eval_subset is not None and len(eval_ds) > eval_subset:
         eval_ds = Subset(eval_ds, range(eval_subset))
+    folder = check_writable_dir(output, "output folder") if output else None
     dev = resolve_device(device)
     net.to(dev)
     res = evaluate_segmentation(net, eval_ds, dinfo.num_classes, info["mean"], info["std"], dinfo.ignore_index,
@@ -390,15 +427,14 @@ def run_seg_eval(
                                 resolve_amp(amp, dev), inference=inference)
     out = {
         "model": info["model"], "checkpoint": info["path"], "dataset": dinfo.name, "eval_split": dinfo.eval_split,
+        "class_order": "by name: the checkpoint's classes in another order, mapped to the data's" if order
+        else "as recorded",
         "inference": {k: list(v) if isinstance(v, tuple) else v for k, v in inference.items()},
         "miou": res["miou"], "macc": res["macc"], "aacc": res["aacc"], "loss": res["loss"],
         "per_class_iou": dict(zip(dinfo.classes, res["iou"])), "per_class_acc": dict(zip(dinfo.classes, res["acc"])),
         "images": res["images"], "seconds": res["seconds"],
     }
-    if output:
-        from hilovit.train.state import check_writable_dir, write_json
-
-        folder = check_writable_dir(output, "output folder")
+    if folder is not None:
         write_json(folder / "eval.json", out)
         out["files"] = {"eval": str(folder / "eval.json")}
     return out
@@ -417,6 +453,8 @@ def format_seg_eval(result: Dict[str, Any]) -> str:
         mode = ", whole image"
     lines = [f"{result['model']} on {result['dataset']} ({result['eval_split']}, {result['images']} images{mode}): "
              f"mIoU {_fmt_pct(result['miou'])}%  mAcc {_fmt_pct(result['macc'])}%  aAcc {_fmt_pct(result['aacc'])}%"]
+    if str(result.get("class_order", "")).startswith("by name"):
+        lines.append("classes matched by name: the checkpoint records the data's classes in another order")
     width = max((len(c) for c in result["per_class_iou"]), default=5)
     lines.append(f"  {'class':<{width}}  {'IoU':>6}  {'Acc':>6}")
     for name, iou in result["per_class_iou"].items():

@@ -67,12 +67,18 @@ class SegPredictor:
         model: the registered model name (default: the checkpoint's metadata), a module or a factory.
         device: where to run.
         eval_scale: (long, short) rescale before inference (default: the training run's).
+        pretrained: instead of a checkpoint, published weights of the model ``model`` names.
+        max_pixels: the largest image (height x width) run at full resolution when no eval scale is set;
+            a larger one is refused, naming its size and ``--eval-scale``, before the network runs.
     """
 
     def __init__(self, checkpoint=None, model=None, device: str = "cpu",
-                 eval_scale: Optional[Sequence[int]] = None, pretrained=None) -> None:
+                 eval_scale: Optional[Sequence[int]] = None, pretrained=None, max_pixels: int = 64_000_000) -> None:
+        from hilovit.options import check_image_size, check_int
         from hilovit.tasks.segmentation_eval import load_seg_checkpoint
 
+        check_image_size(list(eval_scale) if eval_scale else None, "eval_scale", allow_none=True)
+        self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
         if pretrained is not None and pretrained is not False:
             if checkpoint is not None or not isinstance(model, str):
                 raise ValueError("give a checkpoint, or a model name with pretrained weights")
@@ -86,7 +92,6 @@ class SegPredictor:
         self.classes = list(self.info["classes"])
         self.num_classes = int(self.info["num_classes"])
         self.eval_scale: Optional[Tuple[int, int]] = tuple(eval_scale) if eval_scale else self.info["eval_scale"]
-        self.max_pixels = 64_000_000  # whole-image inference at full resolution above this needs an eval scale
 
     def _load(self, image) -> torch.Tensor:
         from hilovit.data.segmentation import load_image_full
@@ -121,7 +126,7 @@ class SegPredictor:
 
         x = self._load(image)
         if self.eval_scale is None and x.shape[-2] * x.shape[-1] > self.max_pixels:
-            raise ValueError(f"image of {x.shape[-1]}x{x.shape[-2]} pixels is larger than {self.max_pixels} pixels "
+            raise ValueError(f"image of {x.shape[-1]}x{x.shape[-2]} pixels is larger than {self.max_pixels:,} pixels "
                              "for whole-image inference at full resolution; give an eval scale (--eval-scale "
                              "LONG,SHORT) to rescale it first")
         labels = infer_labels(self.model, x.unsqueeze(0).to(self.device), self.info["mean"], self.info["std"],
@@ -152,10 +157,15 @@ class SegPredictor:
 
 def predict_files(images: Sequence[PathLike], model=None, checkpoint=None, pretrained=None,
                   output: PathLike = "predictions", eval_scale: Optional[Sequence[int]] = None, device: str = "cpu",
-                  **_: Any) -> List[Dict[str, Any]]:
+                  max_pixels: int = 64_000_000, **_: Any) -> List[Dict[str, Any]]:
     """``hilovit predict`` with a segmenter: for each image its label map (palette PNG) and overlay in
-    ``output``; an image that cannot be read or predicted gets ``error`` set and the others still run."""
-    predictor = SegPredictor(checkpoint, model=model, device=device, eval_scale=eval_scale, pretrained=pretrained)
+    ``output``; an image that cannot be read or predicted (too large without an eval scale, see
+    :class:`SegPredictor`) gets ``error`` set and the others still run."""
+    from hilovit.train.state import check_creatable_dir
+
+    check_creatable_dir(output, "output folder")  # a bad folder is one error, not one per image; created when used
+    predictor = SegPredictor(checkpoint, model=model, device=device, eval_scale=eval_scale, pretrained=pretrained,
+                             max_pixels=max_pixels)
     results: List[Dict[str, Any]] = []
     for image in images:
         try:

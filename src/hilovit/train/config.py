@@ -25,6 +25,7 @@ from hilovit.options import (
     check_bool,
     check_choice,
     check_fraction,
+    check_image_size,
     check_int,
     check_number,
     check_pair,
@@ -78,6 +79,16 @@ def text(what: str = "a non-empty string", allow_none: bool = False) -> Check:
 
 def pair(cast: Callable[[Any], Any] = int, minimum: Optional[float] = 1, allow_none: bool = False) -> Check:
     return lambda v, n: check_pair(v, n, cast, minimum, allow_none=allow_none)
+
+
+def image_size(allow_none: bool = False, as_pair: bool = False) -> Check:
+    """A side (or with ``as_pair`` a ``(height, width)`` pair) within the sizes the models are run at
+    (:func:`hilovit.options.check_image_size`: refused before anything is allocated)."""
+    def check(v, n):
+        value = check_pair(v, n, int, 1, allow_none=allow_none) if as_pair else check_int(v, n, 1,
+                                                                                            allow_none=allow_none)
+        return check_image_size(value, n, allow_none=allow_none)
+    return check
 
 
 def mapping() -> Check:

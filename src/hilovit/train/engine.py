@@ -64,6 +64,8 @@ from hilovit.train.state import (
     atomic_torch_save,
     atomic_write_text,
     get_rng_state,
+    missing_folders,
+    remove_empty_folders,
     remove_stale_temporaries,
     set_rng_state,
     write_json,
@@ -277,13 +279,25 @@ def train(config: Optional[TrainConfig] = None, recipe=None, task: Optional[str]
     # ---- processes, model, optimiser
     env = init_distributed(cfg.device)
     run = Run(cfg=cfg, env=env, info=info, train_ds=train_ds, eval_ds=eval_ds, source=source)
+    created = missing_folders(out)  # made by this run when it writes; removed again if it fails before last.pt
     try:
         summary = _run(the_task, run, state, changes, out, t_start, weights)
     except BaseException:
         cleanup_distributed(wait=False)  # another process may be gone: no barrier (torchrun stops the rest)
+        if env.is_main and not (out / "last.pt").exists():
+            _undo_output(out, created)
         raise
     cleanup_distributed()
     return summary
+
+
+def _undo_output(out: Path, created: List[Path]) -> None:
+    """A run that failed before saving any epoch leaves nothing: its ``config.yaml``, and the folders it made."""
+    try:
+        (out / "config.yaml").unlink()
+    except OSError:
+        pass
+    remove_empty_folders(created)
 
 
 def _resume(run: Run, ctx: Dict[str, Any], state: Dict[str, Any], out: Path, steps_per_epoch: int) -> None:
@@ -359,6 +373,7 @@ def _run(task: Task, run: Run, state, changes, out: Path, t_start: float, weight
     ctx["compiled"] = CompiledTraining(ctx["ddp_model"], cfg.compile)
     meta = _metadata(task, run, ctx["started_from"])
     if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)  # proven creatable by check_output
         atomic_write_text(out / "config.yaml", yaml_dump(cfg.to_dict()))
         if state and history:  # killed between saving last.pt and rewriting these: they follow last.pt again
             write_metrics_csv(out / "metrics.csv", history, task.metric_columns)

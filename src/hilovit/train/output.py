@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Union
 
 from hilovit.options import OptionError
-from hilovit.train.state import check_writable_dir
+from hilovit.train.state import check_creatable_dir
 
 __all__ = ["ENGINE_FILES", "RUN_FILES", "RUN_FOLDERS", "check_output", "clear_output", "foreign_entries"]
 
@@ -38,7 +38,8 @@ def foreign_entries(folder: Path) -> List[str]:
 
 
 def check_output(output: Union[str, Path], resume: bool = False, overwrite: bool = False) -> Path:
-    """The output folder of a run, created and proven writable.
+    """The output folder of a run, proven writable or creatable; nothing is created here (the engine
+    creates it when it writes, and removes what it created when the run fails before its first epoch).
 
     Raises:
         OptionError: the folder holds a run and neither ``resume`` nor ``overwrite`` is given, or it
@@ -57,7 +58,7 @@ def check_output(output: Union[str, Path], resume: bool = False, overwrite: bool
             raise OptionError(
                 f"output folder {str(out)!r} already holds a training run (last.pt): continue it with {{resume}}, "
                 "start afresh with {overwrite}, or choose another {output}")
-    return check_writable_dir(out, "output folder")
+    return check_creatable_dir(out, "output folder")
 
 
 def clear_output(out: Path) -> List[str]:
