@@ -120,7 +120,7 @@ class PretrainedWeights:
         if self.top1 is not None:
             return f"{self.top1:.2f}"
         names = {"miou": "mIoU", "box_ap": "box AP", "mask_ap": "mask AP"}
-        return ", ".join(f"{v:g} {names.get(k, k)}" for k, v in self.metrics.items()) or "-"
+        return ", ".join(f"{v:.1f} {names.get(k, k)}" for k, v in self.metrics.items()) or "-"
 
 
 # --------------------------------------------------------------------------- the table
