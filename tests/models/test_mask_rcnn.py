@@ -433,3 +433,21 @@ def test_build_detector_errors_name_the_problem(fixture):
             build_detector(broken(**change))
     with pytest.raises(TypeError, match="model must be a dict"):
         build_mask_rcnn("MaskRCNN")
+
+
+def test_forward_dummy_runs_the_fixed_roi_work():
+    """forward_dummy (what ``hilovit bench det`` times): the RPN maps of forward(), 1000 boxes inside the image
+    through the box head and the first 100 through the mask head, the same boxes on every call."""
+    from hilovit import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mask_rcnn_litv2_nano", num_classes=10).eval()
+    x = torch.randn(1, 1, 96, 128)
+    with torch.no_grad():
+        rpn_cls, rpn_box, cls, box, masks = model.forward_dummy(x)
+        dense_cls, dense_box = model(x)
+        again = model.forward_dummy(x)
+    for a, b in zip(rpn_cls + rpn_box, dense_cls + dense_box):
+        assert torch.equal(a, b)
+    assert cls.shape == (1000, 11) and box.shape == (1000, 40) and masks.shape == (100, 10, 28, 28)
+    assert torch.equal(again[2], cls) and torch.equal(again[4], masks)

@@ -114,6 +114,27 @@ class MaskRCNN(BaseDetector):
     def forward_dense(self, inputs: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         return self.rpn_head(self.extract_feat(inputs))
 
+    def forward_dummy(self, inputs: torch.Tensor, num_rois: int = 1000, num_mask_rois: int = 100,
+                      seed: int = 0) -> Tuple[List[torch.Tensor], List[torch.Tensor], torch.Tensor, torch.Tensor,
+                                              torch.Tensor]:
+        """The whole network at a fixed amount of RoI work, for timing (mmdet's ``forward_dummy``): the RPN maps,
+        then ``num_rois`` boxes through the box head and the first ``num_mask_rois`` through the mask head, on
+        the first image. The boxes are drawn (seeded) over the image with sides of 8 to half the image, so the
+        RoIAlign work resembles real proposals'; no NMS. Returns ``(rpn_cls_scores, rpn_bbox_preds, cls_score,
+        bbox_pred, mask_logits)`` (``mask_logits`` empty without a mask head)."""
+        feats = self.extract_feat(inputs)
+        cls_scores, bbox_preds = self.rpn_head(feats)
+        H, W = inputs.shape[-2:]
+        gen = torch.Generator().manual_seed(seed)
+        side = torch.rand(num_rois, 2, generator=gen) * (torch.tensor([W, H]) / 2 - 8) + 8
+        corner = torch.rand(num_rois, 2, generator=gen) * (torch.tensor([W, H]) - side)
+        rois = torch.cat([torch.zeros(num_rois, 1), corner, corner + side], 1).to(inputs.device, inputs.dtype)
+        box = self.roi_head.bbox_forward(feats, rois)
+        masks = inputs.new_zeros(0)
+        if self.roi_head.with_mask:
+            masks = self.roi_head.mask_forward(feats, rois[:num_mask_rois])["mask_preds"]
+        return cls_scores, bbox_preds, box["cls_score"], box["bbox_pred"], masks
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_batch(self, inputs: torch.Tensor, metainfo: Sequence[Mapping[str, Any]],
