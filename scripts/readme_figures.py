@@ -238,7 +238,45 @@ def _figures() -> Dict[str, Callable[[Results], str]]:
     f["seg_demo.steps"] = lambda r: f"{int(r.json('seg_demo/summary.json')['steps'])}"
     f["seg_demo.images_per_s"] = lambda r: f"{float(r.json('seg_demo/summary.json')['train_images_per_second']):.1f}"
     f["seg_demo.minutes"] = lambda r: f"{float(r.json('seg_demo/summary.json')['wall_seconds']) / 60:.1f} min"
+    _dense_runs(f)
+    _det_bench(f)
     return f
+
+
+def _run_value(r: Results, run: str, key: str) -> float:
+    return float(r.json(f"{run}/summary.json")[key])
+
+
+def _dense_runs(f: Dict[str, Callable[[Results], str]]) -> None:
+    """The committed runs of the dense demos: seg_transfer, det_demo, maskrcnn_demo, and the classifier
+    (backbone/) they start from: ``RUN.KEY`` for the test metrics (percent), ``RUN.minutes``."""
+    metrics = {"seg_transfer": ("miou", "macc", "aacc"), "det_demo": ("ap", "ap50", "ap75"),
+               "maskrcnn_demo": ("ap", "ap50", "mask_ap", "mask_ap50")}
+    for run, keys in metrics.items():
+        for key in keys:
+            f[f"{run}.{key}"] = lambda r, u=run, k=key: _pct(_run_value(r, u, f"test_{k}") / 100, 1)
+    for run in (*metrics, "backbone"):
+        f[f"{run}.minutes"] = lambda r, u=run: f"{_run_value(r, u, 'wall_seconds') / 60:.1f} min"
+    f["backbone.top1"] = lambda r: _pct(_run_value(r, "backbone", "test_top1") / 100, 2)
+    f["seg_transfer.gain"] = lambda r: (
+        f"{_run_value(r, 'seg_transfer', 'test_miou') - _run_value(r, 'seg_demo', 'test_miou'):+.1f} points")
+
+
+def _det_bench(f: Dict[str, Callable[[Results], str]]) -> None:
+    """``hilovit bench det`` (benchmarks/det_retinanet.csv, det_mask_rcnn.csv): ``det.PAIR.*``."""
+    for pair in ("retinanet", "mask_rcnn"):
+        def row(r, p=pair):
+            return r.row(f"det_{p}", img_size="1333x800", dtype="float32")
+
+        f[f"det.{pair}.litv2_s"] = lambda r, g=row: f"{float(g(r)['model_ms']) / 1000:.2f} s"
+        f[f"det.{pair}.swin_t"] = lambda r, g=row: f"{float(g(r)['baseline_ms']) / 1000:.2f} s"
+        f[f"det.{pair}.ratio"] = lambda r, g=row: _x(float(g(r)["speed_ratio"]))
+        f[f"det.{pair}.litv2_share"] = lambda r, g=row: _pct(float(g(r)["model_share_of_fp32_matmul"]))
+        f[f"det.{pair}.swin_share"] = lambda r, g=row: _pct(float(g(r)["baseline_share_of_fp32_matmul"]))
+        f[f"det.{pair}.litv2_mem"] = lambda r, g=row: f"{float(g(r)['model_peak_memory_MB']) / 1024:.1f} GiB"
+        f[f"det.{pair}.swin_mem"] = lambda r, g=row: f"{float(g(r)['baseline_peak_memory_MB']) / 1024:.1f} GiB"
+        f[f"det.{pair}.work_saved"] = lambda r, g=row: _pct(
+            1 - float(g(r)["model_counted_gmacs"]) / float(g(r)["baseline_counted_gmacs"]))
 
 
 FIGURES = _figures()

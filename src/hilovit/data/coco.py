@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hilovit.data.folders import _to_tensor, decode_image
+from hilovit.data.images import _to_tensor, decode_image
 
 PathLike = Union[str, "os.PathLike[str]"]
 

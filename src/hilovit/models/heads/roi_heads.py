@@ -115,12 +115,15 @@ class SingleRoIExtractor(nn.Module):
             return self.roi_layers[0](feats[0], rois)
         levels = map_roi_levels(rois, n, self.finest_scale)
         out = feats[0].new_zeros((rois.shape[0], self.out_channels, *self.roi_layers[0].output_size))
+        unused = None
         for i in range(n):
             inds = torch.nonzero(levels == i).squeeze(1)
             if inds.numel() > 0:
-                out = out.index_copy(0, inds, self.roi_layers[i](feats[i], rois[inds]).to(out.dtype))
+                out.index_copy_(0, inds, self.roi_layers[i](feats[i], rois[inds]).to(out.dtype))
             else:  # as mmdet: keep the unused level in the graph (zero gradient)
-                out = out + feats[i].sum() * 0.0
+                unused = feats[i].sum() * 0.0 if unused is None else unused + feats[i].sum() * 0.0
+        if unused is not None and out.shape[0]:
+            out[:1] += unused  # one RoI carries the zero (mmdet adds it to all: the same values, a full pass)
         return out
 
 
