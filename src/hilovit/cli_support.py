@@ -8,7 +8,7 @@ import math
 import re
 from typing import Dict
 
-__all__ = ["OneLineParser", "add_finetune_options", "positive_int", "non_negative_int", "device_name", "onnx_opset",
+__all__ = ["OneLineParser", "positive_int", "non_negative_int", "device_name", "onnx_opset",
            "command_parser", "user_message", "out_of_memory_hint", "positive_float", "int_pair", "float_pair", "floats",
            "options_from_cli", "CLI_AUGMENT_FLAGS", "positive_floats"]
 
@@ -241,28 +241,3 @@ def out_of_memory_hint(args) -> str:
             smaller = max(1, value // 4)
             return f"out of memory with {flag} {value}; use a smaller one (e.g. {flag} {smaller})"
     return "out of memory; use smaller inputs"
-
-
-def _layer_decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
-def add_finetune_options(parser: argparse.ArgumentParser) -> None:
-    """``hilovit train``'s fine-tuning options (unset when not given, so a recipe keeps its own)."""
-    g = parser.add_argument_group("fine-tuning")
-    g.add_argument("--pretrained", "--initial-checkpoint", dest="pretrained", metavar="NAME|PATH|URL",
-                   help="start from these weights: a model with published weights (litv2_s, NAME.TAG; sets --model), "
-                   "a weights file or training output folder, an http(s) URL or hf-hub:org/name; the head is "
-                   "re-initialised for the data's classes. Ignored with --resume")
-    g.add_argument("--layer-decay", type=_layer_decay, metavar="D",
-                   help="layer-wise learning-rate decay: layer i of L blocks trains at lr * D**(L+1-i) (default off)")
-    g.add_argument("--freeze-backbone-epochs", type=non_negative_int, metavar="N",
-                   help="train only the classifier head for the first N epochs")
-    g.add_argument("--log-tensorboard", action="store_true",
-                   help="also write TensorBoard scalars into OUTPUT/tensorboard (pip install 'hilovit[tensorboard]')")

@@ -12,9 +12,9 @@ from hilovit.layers.attention import Attention, SpatialReductionAttention
 from hilovit.layers.hilo import HiLo
 from hilovit.layers.window_attention import WindowAttention
 from hilovit.layers.windows import window_partition, window_reverse
-from hilovit.models.litv2 import ConvFFNBlock, HiLoBlock
 from hilovit.models.litv2_backbone import LITv2Backbone
-from hilovit.models.swin import SwinTransformerBlock
+from hilovit.models.litv2_blocks import ConvFFNBlock, HiLoBlock
+from hilovit.models.swin_blocks import SwinTransformerBlock
 
 MODES = [pytest.param(None, id="float32"), pytest.param(torch.bfloat16, id="bf16-autocast")]
 

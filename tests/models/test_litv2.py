@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import hilovit
 from hilovit import LITv2, LITv2Backbone, create_model, list_models, load_checkpoint
-from hilovit.models.litv2 import HiLoBlock, param_groups
+from hilovit.models.litv2 import param_groups
+from hilovit.models.litv2_blocks import HiLoBlock
 from references import randomize as _randomize
 from references import ref_conv_ffn, ref_dtm
 

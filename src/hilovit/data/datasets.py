@@ -11,7 +11,7 @@ a DataLoader.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
 
@@ -194,6 +194,27 @@ def build_datasets(
             for the layout, bad ``train_subset``.
         FileNotFoundError: Fashion-MNIST not installed.
     """
+    _check_build_args(data, val_split, train_subset, img_size)
+    key = str(data).strip().lower()
+    path = Path(data).expanduser()
+    if key in _FASHION_ALIASES or (path.is_dir() and _is_idx_dir(path)):
+        root = find_idx_dir(data_dir) if key in _FASHION_ALIASES else path
+        train_ds, eval_ds, info = _idx_datasets(root, val_split, seed, train_subset)
+    elif path.is_dir():
+        train_ds, eval_ds, info = _folder_datasets(path, img_size, val_split, seed, train_subset, strict)
+    else:
+        raise ValueError(
+            f"build_datasets: data={str(data)!r} is neither a known dataset nor an existing folder; "
+            f"expected one of {list(DATASET_NAMES)} or a folder path (DIR/<class>/..., "
+            "DIR/train/<class>/ + DIR/val/<class>/, or the four IDX files)"
+        )
+    mean = _check_stats("mean", mean, info.in_chans) or info.mean
+    std = _check_stats("std", std, info.in_chans) or info.std
+    return train_ds, eval_ds, replace(info, mean=mean, std=std)
+
+
+def _check_build_args(data, val_split, train_subset, img_size) -> None:
+    """The argument checks of :func:`build_datasets` that need nothing read."""
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"build_datasets: data must be a dataset name or a folder path, got {type(data).__name__}")
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 <= val_split < 1.0:
@@ -204,75 +225,70 @@ def build_datasets(
         raise ValueError(f"build_datasets: train_subset={train_subset!r}, expected a positive int or None")
     if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or img_size < 1:
         raise ValueError(f"build_datasets: img_size={img_size!r}, expected a positive int")
-    key = str(data).strip().lower()
-    path = Path(data).expanduser()
-    if key in _FASHION_ALIASES or (path.is_dir() and _is_idx_dir(path)):
-        root = find_idx_dir(data_dir) if key in _FASHION_ALIASES else path
-        full = IdxDataset(root, "train")
-        name = "fashion-mnist" if full.is_fashion_mnist else f"idx:{root}"
-        if val_split > 0:
-            train_idx, val_idx = split_indices(full.targets.numpy(), val_split, seed)
-            train_ds, eval_ds, eval_split = full.select(train_idx), full.select(val_idx), "holdout"
-        else:
-            train_ds, eval_ds, eval_split = full, IdxDataset(root, "test", classes=full.classes), "test"
-        if train_subset is not None:
-            train_ds = train_ds.select(range(min(int(train_subset), len(train_ds))))
-        in_chans = 1
-        auto_mean, auto_std = compute_mean_std(full.images)
-        input_size = (1, *full.images.shape[2:])
-    elif path.is_dir():
-        train_dir, val_dir = path / "train", path / "val"
-        name = f"folder:{path}"
-        if train_dir.is_dir() and val_dir.is_dir():
-            if val_split > 0:
-                raise ValueError(
-                    f"build_datasets: data={str(path)!r} already has train/ and val/ folders; "
-                    f"val_split={val_split} must be 0 for that layout"
-                )
-            train_ds = ImageFolderDataset(train_dir, img_size, strict=strict)
-            val_classes = sorted(p.name for p in val_dir.iterdir() if p.is_dir() and _visible(p))
-            if val_classes != train_ds.classes:
-                raise ValueError(
-                    f"build_datasets: class folders differ between {train_dir} and {val_dir}: "
-                    f"only in train: {sorted(set(train_ds.classes) - set(val_classes))}, "
-                    f"only in val: {sorted(set(val_classes) - set(train_ds.classes))}"
-                )
-            eval_ds = ImageFolderDataset(val_dir, img_size, classes=train_ds.classes, strict=strict)
-            eval_split = "val"
-        else:
-            if val_dir.is_dir():
-                raise ValueError(f"build_datasets: {str(path)!r} has a val/ folder but no train/ folder")
-            single = train_dir if train_dir.is_dir() else path
-            if val_split <= 0:
-                raise ValueError(
-                    f"build_datasets: data={str(path)!r} is a single folder of classes (no train/ and val/); "
-                    f"val_split={val_split} must be in (0, 1) to hold out a validation set"
-                )
-            full = ImageFolderDataset(single, img_size, strict=strict)
-            train_idx, val_idx = split_indices(full.targets.numpy(), val_split, seed)
-            train_ds, eval_ds, eval_split = full.select(train_idx), full.select(val_idx), "holdout"
-        if train_subset is not None and train_subset < len(train_ds):
-            rng = np.random.default_rng(seed + 1)
-            train_ds = train_ds.select(np.sort(rng.permutation(len(train_ds))[: int(train_subset)]))
-        in_chans = 3
-        auto_mean, auto_std = IMAGENET_MEAN, IMAGENET_STD
-        input_size = (3, int(img_size), int(img_size))
+
+
+def _info(name: str, train_ds, in_chans: int, mean, std, input_size, eval_split: str) -> DatasetInfo:
+    return DatasetInfo(name=name, classes=tuple(train_ds.classes), num_classes=len(train_ds.classes),
+                       in_chans=in_chans, mean=tuple(mean), std=tuple(std), input_size=input_size,
+                       eval_split=eval_split)
+
+
+def _idx_datasets(root: Path, val_split: float, seed: int, train_subset: Optional[int]):
+    """IDX files in ``root``: ``(train, eval, info)``, eval = t10k or a stratified hold-out; the statistics of
+    the whole training file."""
+    full = IdxDataset(root, "train")
+    name = "fashion-mnist" if full.is_fashion_mnist else f"idx:{root}"
+    if val_split > 0:
+        train_idx, val_idx = split_indices(full.targets.numpy(), val_split, seed)
+        train_ds, eval_ds, eval_split = full.select(train_idx), full.select(val_idx), "holdout"
     else:
+        train_ds, eval_ds, eval_split = full, IdxDataset(root, "test", classes=full.classes), "test"
+    if train_subset is not None:
+        train_ds = train_ds.select(range(min(int(train_subset), len(train_ds))))
+    auto_mean, auto_std = compute_mean_std(full.images)
+    return train_ds, eval_ds, _info(name, train_ds, 1, auto_mean, auto_std, (1, *full.images.shape[2:]), eval_split)
+
+
+def _folder_datasets(path: Path, img_size: int, val_split: float, seed: int, train_subset: Optional[int],
+                     strict: bool):
+    """A folder of images: ``(train, eval, info)`` from ``train/`` + ``val/`` or a seeded hold-out; a seeded
+    random ``train_subset``; ImageNet statistics."""
+    train_dir, val_dir = path / "train", path / "val"
+    if train_dir.is_dir() and val_dir.is_dir():
+        if val_split > 0:
+            raise ValueError(
+                f"build_datasets: data={str(path)!r} already has train/ and val/ folders; "
+                f"val_split={val_split} must be 0 for that layout"
+            )
+        train_ds, eval_ds = _train_val_folders(train_dir, val_dir, img_size, strict)
+        eval_split = "val"
+    else:
+        if val_dir.is_dir():
+            raise ValueError(f"build_datasets: {str(path)!r} has a val/ folder but no train/ folder")
+        single = train_dir if train_dir.is_dir() else path
+        if val_split <= 0:
+            raise ValueError(
+                f"build_datasets: data={str(path)!r} is a single folder of classes (no train/ and val/); "
+                f"val_split={val_split} must be in (0, 1) to hold out a validation set"
+            )
+        full = ImageFolderDataset(single, img_size, strict=strict)
+        train_idx, val_idx = split_indices(full.targets.numpy(), val_split, seed)
+        train_ds, eval_ds, eval_split = full.select(train_idx), full.select(val_idx), "holdout"
+    if train_subset is not None and train_subset < len(train_ds):
+        rng = np.random.default_rng(seed + 1)
+        train_ds = train_ds.select(np.sort(rng.permutation(len(train_ds))[: int(train_subset)]))
+    input_size = (3, int(img_size), int(img_size))
+    return train_ds, eval_ds, _info(f"folder:{path}", train_ds, 3, IMAGENET_MEAN, IMAGENET_STD, input_size, eval_split)
+
+
+def _train_val_folders(train_dir: Path, val_dir: Path, img_size: int, strict: bool):
+    """``(train, val)`` datasets of ``train/<class>/`` and ``val/<class>/``, which must name the same classes."""
+    train_ds = ImageFolderDataset(train_dir, img_size, strict=strict)
+    val_classes = sorted(p.name for p in val_dir.iterdir() if p.is_dir() and _visible(p))
+    if val_classes != train_ds.classes:
         raise ValueError(
-            f"build_datasets: data={str(data)!r} is neither a known dataset nor an existing folder; "
-            f"expected one of {list(DATASET_NAMES)} or a folder path (DIR/<class>/..., "
-            "DIR/train/<class>/ + DIR/val/<class>/, or the four IDX files)"
+            f"build_datasets: class folders differ between {train_dir} and {val_dir}: "
+            f"only in train: {sorted(set(train_ds.classes) - set(val_classes))}, "
+            f"only in val: {sorted(set(val_classes) - set(train_ds.classes))}"
         )
-    mean = _check_stats("mean", mean, in_chans) or tuple(auto_mean)
-    std = _check_stats("std", std, in_chans) or tuple(auto_std)
-    info = DatasetInfo(
-        name=name,
-        classes=tuple(train_ds.classes),
-        num_classes=len(train_ds.classes),
-        in_chans=in_chans,
-        mean=mean,
-        std=std,
-        input_size=input_size,
-        eval_split=eval_split,
-    )
-    return train_ds, eval_ds, info
+    return train_ds, ImageFolderDataset(val_dir, img_size, classes=train_ds.classes, strict=strict)

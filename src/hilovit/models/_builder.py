@@ -227,12 +227,34 @@ def load_model(
         FileNotFoundError: no such file or folder. ValueError: an unknown model name.
         CheckpointError: trained as another model, or keys/shapes that do not fit.
     """
-    from hilovit.models.checkpoint import _sizes, parse_metadata, read_checkpoint, resolve_checkpoint
+    from hilovit.models.checkpoint import _sizes
 
     if isinstance(model, str):
         model_entrypoint(model)  # an unknown name: ValueError listing the registered ones
     elif model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a registered name, an nn.Module or None, got {type(model).__name__}")
+    sd, info, where = _read_for_load(checkpoint, ema)
+    model = _model_to_build(model, info["model"], where)
+    if isinstance(model, str):
+        kwargs = {**_sizes(sd, info), **overrides}
+        if info["img_size"] is not None:
+            kwargs.setdefault("img_size", info["img_size"])
+        net = create_model(model, **kwargs)
+    else:
+        net = model
+    name = model if isinstance(model, str) else type(net).__name__
+    _load_into(net, sd, strict, False, where, name)
+    _set_normalization(net, info, mean, std, where, name)
+    if info["classes"] is not None and getattr(net, "num_classes", len(info["classes"])) != len(info["classes"]):
+        info["classes"] = None  # names that do not match the classifier are not trusted
+    return net.eval().to(device), info
+
+
+def _read_for_load(checkpoint: Source, ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], str]:
+    """``(state_dict, metadata, where)`` for :func:`load_model`: the metadata parsed, with ``source``; ``where``
+    names the checkpoint in messages."""
+    from hilovit.models.checkpoint import parse_metadata, read_checkpoint, resolve_checkpoint
+
     if isinstance(checkpoint, Mapping):
         where, read_from = "the state dict", checkpoint
     else:
@@ -241,21 +263,25 @@ def load_model(
     sd, raw = read_checkpoint(read_from, ema=ema)
     info = parse_metadata(raw)
     info["source"] = None if isinstance(read_from, Mapping) else str(read_from)
-    trained_as = info["model"]
+    return sd, info, where
+
+
+def _model_to_build(model: Union[str, nn.Module, None], trained_as: Optional[str], where: str) -> Union[str, nn.Module]:
+    """The name (or instance) :func:`load_model` loads into: ``model`` checked against the recorded name
+    ``trained_as``, or that name when ``model`` is None."""
     if isinstance(model, str) and trained_as and not same_model(trained_as, model):
         raise CheckpointError(f"checkpoint {where} holds a {trained_as!r} model, not {model!r}")
     if model is None:
         if not trained_as:
             raise CheckpointError(f"checkpoint {where} records no model name: name the model to build")
         model = trained_as
-    if isinstance(model, str):
-        kwargs = {**_sizes(sd, info), **overrides}
-        if info["img_size"] is not None:
-            kwargs.setdefault("img_size", info["img_size"])
-        net = create_model(model, **kwargs)
-    else:
-        net = model
-    _load_into(net, sd, strict, False, where, model if isinstance(model, str) else type(net).__name__)
+    return model
+
+
+def _set_normalization(net: nn.Module, info: Dict[str, Any], mean: Optional[Tuple[float, ...]],
+                       std: Optional[Tuple[float, ...]], where: str, name: str) -> None:
+    """Record in ``net.pretrained_cfg`` the mean/std given, else the checkpoint's; ``info['normalization']``
+    says which (``'given'``, ``'checkpoint'``, ``'default'``: the model's own, with a warning)."""
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     given = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     if given:
@@ -265,18 +291,14 @@ def load_model(
         info["normalization"] = "checkpoint"
     else:
         info["normalization"] = "default"
-        name = model if isinstance(model, str) else type(net).__name__
         if "mean" in cfg:
             warnings.warn(
                 f"checkpoint {where} records no normalisation: using {name}'s default "
                 f"mean={tuple(cfg['mean'])} std={tuple(cfg.get('std', ()))}; pass mean= and std= to choose another",
-                stacklevel=2,
+                stacklevel=3,  # the caller of load_model
             )
     if given:
         update_pretrained_cfg(net, **{k: tuple(float(v) for v in value) for k, value in given.items()})
-    if info["classes"] is not None and getattr(net, "num_classes", len(info["classes"])) != len(info["classes"]):
-        info["classes"] = None  # names that do not match the classifier are not trusted
-    return net.eval().to(device), info
 
 
 

@@ -2,7 +2,7 @@
 
 :class:`RetinaNet` is mmdet 3.x's detector of the same name as the official LITv2 detection code
 builds it: a :class:`~hilovit.models.det_preprocessor.DetDataPreprocessor`, a backbone giving four
-maps at strides 4-32 (:class:`~hilovit.models.litv2.LITv2Backbone`, or the Swin dense-prediction
+maps at strides 4-32 (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`, or the Swin dense-prediction
 backbone), an :class:`~hilovit.models.heads.fpn.FPN` neck with stride-2 extra convolutions and a
 :class:`~hilovit.models.heads.retina_head.RetinaHead`. Its state dict is an mmdet checkpoint's
 (``backbone.*``, ``neck.*``, ``bbox_head.*``; the preprocessor's mean/std are not stored), so the
@@ -141,7 +141,7 @@ def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
     """Build a detector from the ``model`` dict of an official mmdet config, dispatching on ``type``.
 
     ``type='RetinaNet'`` understands ``data_preprocessor=dict(type='DetDataPreprocessor', ...)``,
-    ``backbone`` of type ``'LITv2'`` (:class:`~hilovit.models.litv2.LITv2Backbone`) or
+    ``backbone`` of type ``'LITv2'`` (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`) or
     ``'SwinTransformer'`` (the Swin dense-prediction backbone, norms on every output) with the
     official argument names, ``neck=dict(type='FPN', ...)`` (``start_level``, ``add_extra_convs``,
     ``num_outs``), ``bbox_head=dict(type='RetinaHead', anchor_generator=..., bbox_coder=...,

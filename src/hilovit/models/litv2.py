@@ -3,6 +3,8 @@
 A four-stage pyramid. Early stages (``has_msa == 0``) hold ConvFFN blocks only (LayerNorm, then an
 MLP with a depth-wise 3x3 convolution between its linear layers); the later ones hold HiLo + ConvFFN
 blocks. Between stages, deformable token merging (DTM) halves the map and doubles the channels.
+The blocks and stages live in :mod:`hilovit.models.litv2_blocks`; this file holds the model, its
+optimiser parameter groups, the registered entry points and the published weights.
 
 Inside, token maps are channels last ``(B, H, W, C)``. State dict keys and shapes are those of the
 official code (ziplab/LITv2), so its classification checkpoints (and, for :class:`LITv2Backbone`
@@ -31,13 +33,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.layers import fast
-from hilovit.layers.drop import DropPath
-from hilovit.layers.embed import DeformableTokenMerging, PatchEmbed
-from hilovit.layers.hilo import HiLo
+from hilovit.layers.embed import PatchEmbed
 from hilovit.layers.mlp import ConvFFN
 from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
@@ -50,10 +48,11 @@ from hilovit.models._api import (
     init_weights,
     update_pretrained_cfg,
 )
+from hilovit.models.litv2_blocks import HiLoBlock, LITStage
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 
-__all__ = ["LITv2", "ConvFFNBlock", "HiLoBlock", "LITStage", "param_groups"]
+__all__ = ["LITv2", "param_groups"]
 _RELEASES = "https://github.com/ziplab/LITv2/releases/download/"
 _PAPER = "https://arxiv.org/abs/2205.13213"
 
@@ -77,168 +76,34 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     return cfg
 
 
-def _drop_path(p: float) -> nn.Module:
-    return DropPath(p) if p > 0.0 else nn.Identity()
+def _check_stages(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], has_msa: Sequence[int],
+                  local_ws: Optional[Sequence[int]]) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """The per-stage arguments checked and completed: ``(depths, num_heads, has_msa, local_ws)`` as lists."""
+    depths = [_check_int(d, "depths[i]", 1) for d in _as_list(depths, "depths")]
+    n = len(depths)
+    if n < 1:
+        raise ValueError("depths must name at least one stage, got []")
+    num_heads = _as_list(num_heads, "num_heads", n)
+    has_msa = [int(bool(m)) for m in _as_list(has_msa, "has_msa", n)]
+    if local_ws is None:
+        local_ws = [0 if not m else (1 if i == n - 1 else 2) for i, m in enumerate(has_msa)]
+    local_ws = _as_list(local_ws, "local_ws", n)
+    for i in range(n):
+        dim = embed_dim * 2**i
+        if has_msa[i]:
+            _check_int(local_ws[i], f"local_ws[{i}] (HiLo window of attention stage {i})", 1)
+            h = _check_int(num_heads[i], f"num_heads[{i}]", 1)
+            if dim % h:
+                raise ValueError(f"num_heads[{i}] = {h} must divide the channels of stage {i} ({dim})")
+    return depths, num_heads, has_msa, local_ws
 
 
-def _ffn_residual(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + drop_path(mlp(norm2(x)))``; without active stochastic depth the FFN adds the residual
-    itself (fused into ``fc2`` on the fast inference path)."""
-    if blk.training and isinstance(blk.drop_path, DropPath):
-        return x + blk.drop_path(blk.mlp(blk.norm2(x)))
-    if _lowp_inference(blk, x):
-        x = x.to(torch.bfloat16)
-        return blk.mlp(fast.norm(blk.norm2, x, torch.bfloat16), shortcut=x)
-    return blk.mlp(blk.norm2(x), shortcut=x)
-
-
-def _lowp_inference(blk: nn.Module, x: torch.Tensor) -> bool:
-    """bfloat16 on the fast inference path: the block then keeps the residual stream in bfloat16
-    and normalises straight to bfloat16, with no float32 round trips."""
-    return fast.inference_dtype(x, blk) == torch.bfloat16
-
-
-class ConvFFNBlock(nn.Module):
-    """``x + drop_path(ConvFFN(norm2(x)))``: the block of the stages without attention.
-
-    Args:
-        dim: channels C; mlp_ratio: hidden channels ``int(C * mlp_ratio)``; drop: dropout in the FFN;
-        drop_path: stochastic depth rate; act_layer, norm_layer: classes.
-
-    Shape:
-        ``(B, H, W, C) -> (B, H, W, C)``. Keys ``norm2.*``, ``mlp.{fc1,dwconv.dwconv,fc2}.*``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        mlp_ratio: float = 4.0,
-        drop: float = 0.0,
-        drop_path: float = 0.0,
-        act_layer: Callable[..., nn.Module] = nn.GELU,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.norm2 = norm_layer(dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-        self.drop_path = _drop_path(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _ffn_residual(self, x)
-
-    def flops(self, H: int, W: int) -> int:
-        """Multiply-adds executed (the FFN's linear layers and depth-wise conv; the norm left out)."""
-        return self.mlp.flops(H, W)
-
-
-class HiLoBlock(nn.Module):
-    """``x + drop_path(HiLo(norm1(x)))``, then ``x + drop_path(ConvFFN(norm2(x)))``.
-
-    Args:
-        dim, num_heads, qkv_bias, qk_scale, attn_drop: as :class:`~hilovit.layers.attention.HiLo`;
-        local_ws: HiLo's window; alpha: share of Lo-Fi heads; mlp_ratio, drop, drop_path,
-        act_layer, norm_layer: as :class:`ConvFFNBlock`.
-
-    Shape:
-        ``(B, H, W, C) -> (B, H, W, C)``, any H, W (HiLo pads to its window and crops back).
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        local_ws: int = 1,
-        alpha: float = 0.5,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: Optional[float] = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        act_layer: Callable[..., nn.Module] = nn.GELU,
-        norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.norm1 = norm_layer(dim)
-        self.attn = HiLo(
-            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop,
-            proj_drop=drop, window_size=local_ws, alpha=alpha,
-        )
-        self.drop_path = _drop_path(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _lowp_inference(self, x):
-            x = x.to(torch.bfloat16)
-            x = x + self.attn(fast.norm(self.norm1, x, torch.bfloat16))
-        else:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
-        return _ffn_residual(self, x)
-
-    def flops(self, H: int, W: int) -> int:
-        """Multiply-adds: HiLo (``HiLo.flops``: the official formula at the padded size) plus the FFN;
-        norms left out."""
-        return self.attn.flops(H, W) + self.mlp.flops(H, W)
-
-
-class LITStage(nn.Module):
-    """One stage: ``depth`` blocks, then (except in the last stage) deformable token merging.
-
-    ``forward(x)`` returns ``(out, next)``: the blocks' output ``(B, H, W, C)`` and the input of the
-    next stage ``(B, H // 2, W // 2, 2C)`` (``out`` itself in the last stage). Keys
-    ``blocks.{b}.*`` and ``downsample.*`` as in the official ``LITLayer``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        num_heads: int,
-        has_msa: bool,
-        local_ws: int,
-        alpha: float,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: Optional[float],
-        drop: float,
-        attn_drop: float,
-        drop_path: Sequence[float],
-        norm_layer: Callable[..., nn.Module],
-        downsample: bool,
-    ):
-        super().__init__()
-        self.dim, self.depth, self.has_msa, self.local_ws = dim, depth, has_msa, local_ws
-        if has_msa:
-            blocks = [
-                HiLoBlock(dim, num_heads, local_ws, alpha, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop,
-                          drop_path[i], norm_layer=norm_layer)
-                for i in range(depth)
-            ]
-        else:
-            blocks = [ConvFFNBlock(dim, mlp_ratio, drop, drop_path[i], norm_layer=norm_layer) for i in range(depth)]
-        self.blocks = nn.ModuleList(blocks)
-        self.downsample = DeformableTokenMerging(dim) if downsample else None
-        self.grad_checkpointing = False
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x, (self.downsample(x) if self.downsample is not None else x)
-
-    def flops(self, H: int, W: int) -> int:
-        total = sum(blk.flops(H, W) for blk in self.blocks)
-        if self.downsample is not None:
-            total += self.downsample.flops(H, W)
-        return total
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, depth={self.depth}, has_msa={self.has_msa}, local_ws={self.local_ws}"
+def _check_alpha_mlp_ratio(alpha: float, mlp_ratio: float, embed_dim: int) -> None:
+    """``alpha`` in [0, 1]; ``mlp_ratio`` a number giving at least one hidden channel."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(embed_dim * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
 
 
 class LITv2(HierarchicalModel):
@@ -326,26 +191,9 @@ class LITv2(HierarchicalModel):
         self.in_chans = _check_int(in_chans, "in_chans", 1)
         self.num_classes = 0 if features_only else _check_int(num_classes, "num_classes", 0)
         self.embed_dim = _check_int(embed_dim, "embed_dim", 1)
-        depths = [_check_int(d, "depths[i]", 1) for d in _as_list(depths, "depths")]
+        depths, num_heads, has_msa, local_ws = _check_stages(embed_dim, depths, num_heads, has_msa, local_ws)
         n = len(depths)
-        if n < 1:
-            raise ValueError("depths must name at least one stage, got []")
-        num_heads = _as_list(num_heads, "num_heads", n)
-        has_msa = [int(bool(m)) for m in _as_list(has_msa, "has_msa", n)]
-        if local_ws is None:
-            local_ws = [0 if not m else (1 if i == n - 1 else 2) for i, m in enumerate(has_msa)]
-        local_ws = _as_list(local_ws, "local_ws", n)
-        for i in range(n):
-            dim = embed_dim * 2**i
-            if has_msa[i]:
-                _check_int(local_ws[i], f"local_ws[{i}] (HiLo window of attention stage {i})", 1)
-                h = _check_int(num_heads[i], f"num_heads[{i}]", 1)
-                if dim % h:
-                    raise ValueError(f"num_heads[{i}] = {h} must divide the channels of stage {i} ({dim})")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(embed_dim * mlp_ratio) < 1:
-            raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+        _check_alpha_mlp_ratio(alpha, mlp_ratio, embed_dim)
         drop_rate = _check_rate(drop_rate, "drop_rate")
         attn_drop_rate = _check_rate(attn_drop_rate, "attn_drop_rate")
         drop_path_rate = _check_rate(drop_path_rate, "drop_path_rate")
@@ -368,24 +216,9 @@ class LITv2(HierarchicalModel):
 
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.layers = nn.ModuleList()
-        for i in range(n):
-            self.layers.append(LITStage(
-                dim=self.stage_dims[i], depth=depths[i], num_heads=num_heads[i], has_msa=bool(has_msa[i]),
-                local_ws=local_ws[i], alpha=alpha, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                norm_layer=norm_layer, downsample=i < n - 1,
-            ))
+        self.layers = self._build_stages(qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, norm_layer)
+        self._build_outputs(norm_layer)
         reduction = [self.patch_size * 2**i for i in range(n)]
-        if self.features_only:
-            for i in out_indices:  # the official detection backbone's output norms (none on stage 0)
-                if i != 0:
-                    self.add_module(f"norm{i}", norm_layer(self.stage_dims[i]))
-            self.norm, self.head = nn.Identity(), nn.Identity()
-        else:
-            self.norm = norm_layer(self.num_features)
-            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = self._build_feature_info(self.stage_dims, reduction,
                                                      out_indices if self.features_only else range(n))
         self.apply(self._init_weights)
@@ -393,6 +226,32 @@ class LITv2(HierarchicalModel):
                                               pool_size=tuple(-(-s // reduction[-1]) for s in self.img_size)))
         if use_checkpoint:
             self.set_grad_checkpointing(True)
+
+    def _build_stages(self, qkv_bias: bool, qk_scale: Optional[float], drop_rate: float, attn_drop_rate: float,
+                      drop_path_rate: float, norm_layer: Callable[..., nn.Module]) -> nn.ModuleList:
+        """The stages ``layers.{i}``, stochastic depth rising linearly from 0 over all blocks."""
+        depths, n = self.depths, self.num_layers
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        layers = nn.ModuleList()
+        for i in range(n):
+            layers.append(LITStage(
+                dim=self.stage_dims[i], depth=depths[i], num_heads=self.num_heads[i], has_msa=bool(self.has_msa[i]),
+                local_ws=self.local_ws[i], alpha=self.alpha, mlp_ratio=self.mlp_ratio, qkv_bias=qkv_bias,
+                qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_layer=norm_layer, downsample=i < n - 1,
+            ))
+        return layers
+
+    def _build_outputs(self, norm_layer: Callable[..., nn.Module]) -> None:
+        """``features_only``: the output norms ``norm{i}``; otherwise the final ``norm`` and ``head``."""
+        if self.features_only:
+            for i in self.out_indices:  # the official detection backbone's output norms (none on stage 0)
+                if i != 0:
+                    self.add_module(f"norm{i}", norm_layer(self.stage_dims[i]))
+            self.norm, self.head = nn.Identity(), nn.Identity()
+        else:
+            self.norm = norm_layer(self.num_features)
+            self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

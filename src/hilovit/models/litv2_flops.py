@@ -21,7 +21,7 @@ __all__ = ["attention_terms", "backbone_args", "backbone_hooks", "stage_sizes"]
 
 
 def backbone_args(cfg: Mapping[str, Any]) -> Dict[str, Any]:
-    """The backbone config dict completed with :class:`~hilovit.models.litv2.LITv2Backbone`'s defaults."""
+    """The backbone config dict completed with :class:`~hilovit.models.litv2_backbone.LITv2Backbone`'s defaults."""
     from hilovit.models.litv2_backbone import LITv2Backbone
 
     args = {n: p.default for n, p in inspect.signature(LITv2Backbone.__init__).parameters.items()

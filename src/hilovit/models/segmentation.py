@@ -57,7 +57,7 @@ def _check_out_indices(out_indices, n: int) -> Tuple[int, ...]:
 class LITv2SegBackbone(LITv2Backbone):
     r"""The official LITv2 *segmentation* backbone (``segmentation/mmseg/models/backbones/litv2.py``).
 
-    The detection backbone (:class:`~hilovit.models.litv2.LITv2Backbone`, same arguments) plus a
+    The detection backbone (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`, same arguments) plus a
     LayerNorm ``norm0`` on stage 0: every returned map goes through its ``norm{i}``. State dict keys
     are the official ones (``norm0``..``norm3`` beside the stages).
 

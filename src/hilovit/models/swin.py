@@ -15,25 +15,21 @@ where the official model accepts the input, the result is the same.
 
 Registered names: ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` (window 7, 224),
 ``swin_b_384``, ``swin_l_384`` (window 12, 384), with timm's long names as aliases, and
-``swin_nano`` (28 px, for Fashion-MNIST-sized inputs).
+``swin_nano`` (28 px, for Fashion-MNIST-sized inputs). The blocks and stages live in
+:mod:`hilovit.models.swin_blocks`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.layers import fast
-from hilovit.layers.drop import DropPath
 from hilovit.layers.embed import PatchEmbed, PatchMerging
-from hilovit.layers.mlp import Mlp
-from hilovit.layers.window_attention import WindowAttention
-from hilovit.layers.windows import shifted_window_mask, to_2tuple
+from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
     HierarchicalModel,
     _check_int,
@@ -43,180 +39,12 @@ from hilovit.models._api import (
 )
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
+from hilovit.models.swin_blocks import BasicLayer, _ceil_div
 
-__all__ = ["SwinTransformer", "SwinTransformerBlock", "BasicLayer"]
+__all__ = ["SwinTransformer"]
 _RELEASES = "https://github.com/SwinTransformer/storage/releases/download/"
 _PAPER = "https://arxiv.org/abs/2103.14030"
 _IN22K = 21841  # the ImageNet-22k classifier of the official Swin files
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _effective_window(resolution: Tuple[int, int], window_size: int, shift_size: int) -> Tuple[int, int]:
-    """The official rule: a map not larger than the window is one window, without shift."""
-    if min(resolution) <= window_size:
-        return min(resolution), 0
-    return window_size, shift_size
-
-
-class SwinTransformerBlock(nn.Module):
-    r"""One Swin block: ``x + drop_path(W-MSA(norm1(x)))``, then ``x + drop_path(mlp(norm2(x)))``.
-
-    W-MSA when ``shift_size == 0``, SW-MSA (cyclic shift by ``-shift_size`` plus a mask) otherwise.
-    The window and shift given are clamped for ``input_resolution`` by the official rule; blocks
-    that shift keep the official ``attn_mask`` buffer ``(nW, w*w, w*w)`` for that resolution (so
-    the state dict is the official one). The attention builds and caches its own mask for each
-    padded size it meets; the buffer is the same function of the size (checked on load).
-
-    Shape:
-        ``(B, H, W, dim) -> (B, H, W, dim)``, any H, W.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        input_resolution: Tuple[int, int],
-        num_heads: int,
-        window_size: int = 7,
-        shift_size: int = 0,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: Optional[float] = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        act_layer: Type[nn.Module] = nn.GELU,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = tuple(input_resolution)
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.window_size, self.shift_size = _effective_window(self.input_resolution, window_size, shift_size)
-        self.norm1 = norm_layer(dim)
-        self.attn = WindowAttention(
-            dim,
-            num_heads,
-            window_size=self.window_size,
-            shift_size=self.shift_size,
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            attn_drop=attn_drop,
-            proj_drop=drop,
-        )
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-        if self.shift_size > 0:
-            self.register_buffer("attn_mask", self.build_attn_mask())
-        else:
-            self.attn_mask = None
-
-    def build_attn_mask(self, device: Optional[torch.device] = None) -> torch.Tensor:
-        """The official ``attn_mask`` for ``input_resolution`` (padded to the window), -100 / 0."""
-        w = self.window_size
-        Hp, Wp = (w * _ceil_div(s, w) for s in self.input_resolution)
-        return shifted_window_mask(Hp, Wp, w, self.shift_size, device=device)
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
-            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cd = fast.inference_dtype(x, self)
-        if cd is not None:  # CPU inference: the residual stream in the compute dtype, the MLP adds it itself
-            x = x.to(cd)
-            x = x + self.attn(fast.norm(self.norm1, x, cd))
-            return self.mlp(fast.norm(self.norm2, x, cd), shortcut=x)
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def flops(self, H: int, W: int) -> int:
-        """Multiply-adds: norms ``H W C`` each, attention at the padded size, the MLP."""
-        C = self.dim
-        hidden = int(C * self.mlp_ratio)
-        return int(2 * H * W * C + self.attn.flops(H, W) + 2 * H * W * C * hidden)
-
-
-class BasicLayer(nn.Module):
-    """One stage: ``depth`` blocks alternating W-MSA and SW-MSA, then (optionally) patch merging.
-
-    The official layout (``layers.{i}.blocks.{j}``, ``layers.{i}.downsample``): the merging that
-    leads into stage ``i + 1`` belongs to stage ``i``.
-
-    Shape:
-        ``(B, H, W, dim) -> (B, H, W, dim)`` without downsample, ``(B, ceil(H/2), ceil(W/2), 2 dim)`` with.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        input_resolution: Tuple[int, int],
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: Optional[float] = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: Union[float, Sequence[float]] = 0.0,
-        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-        downsample: Optional[Type[nn.Module]] = None,
-        use_checkpoint: bool = False,
-    ):
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = tuple(input_resolution)
-        self.depth = depth
-        self.grad_checkpointing = use_checkpoint
-        dpr = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
-        self.blocks = nn.ModuleList(
-            SwinTransformerBlock(
-                dim,
-                self.input_resolution,
-                num_heads,
-                window_size=window_size,
-                shift_size=0 if i % 2 == 0 else window_size // 2,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop,
-                attn_drop=attn_drop,
-                drop_path=dpr[i],
-                norm_layer=norm_layer,
-            )
-            for i in range(depth)
-        )
-        self.downsample = downsample(dim, norm_layer=norm_layer) if downsample is not None else None
-
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks only (the stage's feature map, before merging)."""
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_blocks(x)
-        return self.downsample(x) if self.downsample is not None else x
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
-
-    def flops(self, H: int, W: int) -> int:
-        """Blocks at ``H x W``; merging: its LayerNorm as ``H W C`` (official) plus the reduction."""
-        total = sum(blk.flops(H, W) for blk in self.blocks)
-        if self.downsample is not None:
-            total += H * W * self.dim + self.downsample.flops(H, W)
-        return int(total)
 
 
 class SwinTransformer(HierarchicalModel):
@@ -322,28 +150,8 @@ class SwinTransformer(HierarchicalModel):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(p=drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # the official float32 steps
-        self.layers = nn.ModuleList()
-        for i in range(self.num_layers):
-            dim = int(embed_dim * 2**i)
-            layer = BasicLayer(
-                dim=dim,
-                input_resolution=res,
-                depth=depths[i],
-                num_heads=num_heads[i],
-                window_size=window_size,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_scale=qk_scale,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
-                norm_layer=norm_layer,
-                downsample=PatchMerging if i < self.num_layers - 1 else None,
-                use_checkpoint=use_checkpoint,
-            )
-            self.layers.append(layer)
-            res = (_ceil_div(res[0], 2), _ceil_div(res[1], 2))
+        self.layers = self._build_stages(res, depths, num_heads, qkv_bias, qk_scale, drop_rate, attn_drop_rate,
+                                         drop_path_rate, norm_layer, use_checkpoint)
 
         self.out_indices = tuple(feature_take_indices(self.num_layers, out_indices, "out_indices")[0])
         dims = [int(embed_dim * 2**i) for i in range(self.num_layers)]
@@ -359,6 +167,32 @@ class SwinTransformer(HierarchicalModel):
             self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights)
         update_pretrained_cfg(self, base=_default_cfg(img_size, self.num_classes, in_chans))
+
+    def _build_stages(self, res: Tuple[int, int], depths: Sequence[int], num_heads: Sequence[int], qkv_bias: bool,
+                      qk_scale: Optional[float], drop_rate: float, attn_drop_rate: float, drop_path_rate: float,
+                      norm_layer: Callable[[int], nn.Module], use_checkpoint: bool) -> nn.ModuleList:
+        """The stages ``layers.{i}`` for a first map of ``res`` patches (each merge halves it, rounding up)."""
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # the official float32 steps
+        layers = nn.ModuleList()
+        for i in range(self.num_layers):
+            layers.append(BasicLayer(
+                dim=int(self.embed_dim * 2**i),
+                input_resolution=res,
+                depth=depths[i],
+                num_heads=num_heads[i],
+                window_size=self.window_size,
+                mlp_ratio=self.mlp_ratio,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                norm_layer=norm_layer,
+                downsample=PatchMerging if i < self.num_layers - 1 else None,
+                use_checkpoint=use_checkpoint,
+            ))
+            res = (_ceil_div(res[0], 2), _ceil_div(res[1], 2))
+        return layers
 
     # ---- timm's model API -------------------------------------------------------------------
     @torch.jit.ignore

@@ -178,80 +178,55 @@ def _same_data(a, b) -> bool:
 
 
 def run_eval(
-    model: Optional[str] = None,
-    checkpoint=None,
-    data: Optional[str] = None,
-    data_dir: Optional[str] = None,
-    batch_size: int = 256,
-    img_size: Optional[int] = None,
-    in_chans: Optional[int] = None,
-    eval_subset: Optional[int] = None,
-    val_split: Optional[float] = None,
-    seed: Optional[int] = None,
-    amp: str = "off",
-    device: str = "auto",
-    workers: int = 2,
-    threads: Optional[int] = None,
-    output: Optional[str] = None,
-    confusion_png: Optional[str] = None,
-    use_ema: bool = False,
-    progress: str = "auto",
-    default_output: Optional[str] = None,
-    overwrite: bool = False,
-    pretrained=None,
-    crop_pct: Optional[float] = None,
-    interpolation: Optional[str] = None,
+    model: Optional[str] = None, checkpoint=None, data: Optional[str] = None, data_dir: Optional[str] = None,
+    batch_size: int = 256, img_size: Optional[int] = None, in_chans: Optional[int] = None,
+    eval_subset: Optional[int] = None, val_split: Optional[float] = None, seed: Optional[int] = None,
+    amp: str = "off", device: str = "auto", workers: int = 2, threads: Optional[int] = None,
+    output: Optional[str] = None, confusion_png: Optional[str] = None, use_ema: bool = False,
+    progress: str = "auto", default_output: Optional[str] = None, overwrite: bool = False, pretrained=None,
+    crop_pct: Optional[float] = None, interpolation: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint or published weights on a dataset (``hilovit eval``).
 
     Args:
-        model: registered model name; must match the checkpoint (None: the one it records; required
-            with ``pretrained``).
-        checkpoint: ``model.safetensors``, a ``last.pt``, any state-dict file, or a training
-            output folder (its ``model.safetensors``). It is loaded by
-            :func:`hilovit.load_model`: the classes, ``in_chans`` and ``img_size``
-            follow the checkpoint (its shapes and metadata) unless given here.
+        model: registered model name; must match the checkpoint (None: the one it records; required with
+            ``pretrained``).
+        checkpoint: ``model.safetensors``, a ``last.pt``, any state-dict file, or a training output folder (its
+            ``model.safetensors``), loaded by :func:`hilovit.load_model`: the classes, ``in_chans`` and
+            ``img_size`` follow the checkpoint (its shapes and metadata) unless given here.
         pretrained: instead of a checkpoint, published weights (:func:`hilovit.models._builder.pretrained_model`):
-            True (the model's default), a tag (``'alpha_0_5'``), a file, a URL or ``'hf-hub:org/name'``.
-            Their ``pretrained_cfg`` gives the input size, ``crop_pct``, ``crop_mode``, interpolation
-            and mean/std: the official evaluation protocol. ``data`` must be named.
-        data, data_dir, val_split, seed: the dataset (:func:`hilovit.data.build_datasets`); its
-            evaluation split is used. A folder of class folders alone (the ImageNet ``val/`` layout)
-            is evaluated whole (:func:`folder_eval_dataset`). None: what the checkpoint records
-            (the run's ``config.yaml`` beside it, else its metadata's ``dataset``; ``val_split`` and
-            ``seed`` as recorded for that data, else 0); a ValueError when no data is given or recorded.
-        batch_size, amp, device, workers, threads: how to run.
-        eval_subset: evaluate the first N images only.
-        crop_pct, interpolation: the centre-crop protocol for image folders (resize the shorter side
-            to ``int(img_size / crop_pct)``, centre-crop ``img_size``). Defaults: the weights' for
-            ``pretrained``; 1.0 and bilinear for training checkpoints (as their training-run
-            validation).
-        output: folder for ``eval.json`` and ``confusion.png`` (None: nothing written unless
-            ``confusion_png`` is given).
-        confusion_png: path of the confusion-matrix picture (overrides ``output``'s). Not drawn,
-            and the matrix left out of ``eval.json``, above 100 classes.
+            True (the model's default), a tag (``'alpha_0_5'``), a file, a URL or ``'hf-hub:org/name'``. Their
+            ``pretrained_cfg`` gives the input size, ``crop_pct``, ``crop_mode``, interpolation and mean/std (the
+            official evaluation protocol); ``data`` must be named.
+        data, data_dir, val_split, seed: the dataset (:func:`hilovit.data.build_datasets`), its evaluation split;
+            a folder of class folders alone (the ImageNet ``val/`` layout) is evaluated whole
+            (:func:`folder_eval_dataset`). None: what the checkpoint records (the run's ``config.yaml`` beside
+            it, else its metadata's ``dataset``; ``val_split`` and ``seed`` as recorded for that data, else 0);
+            a ValueError when no data is given or recorded.
+        batch_size, amp, device, workers, threads: how to run. eval_subset: evaluate the first N images only.
+        crop_pct, interpolation: the centre-crop protocol for image folders (resize the shorter side to
+            ``int(img_size / crop_pct)``, centre-crop ``img_size``). Defaults: the weights' for ``pretrained``;
+            1.0 and bilinear for training checkpoints (as their training-run validation).
+        output: folder for ``eval.json`` and ``confusion.png`` (None: nothing written unless ``confusion_png``).
+        confusion_png: path of the confusion-matrix picture (overrides ``output``'s). Not drawn, and the matrix
+            left out of ``eval.json``, above 100 classes.
         use_ema: load the EMA weights of a ``last.pt`` instead of the raw ones.
-        default_output: when neither ``output`` nor ``confusion_png`` is given, write into this
-            folder beside the checkpoint (``hilovit eval`` uses ``'eval'``); None writes nothing.
-        overwrite: replace an earlier ``eval.json``/``confusion.png`` in the output folder; by
-            default an earlier report is kept and the new one gets the first free name
-            (``eval-2.json``, ``confusion-2.png``, ...), named in ``files``. Folders are created
-            only once every check has passed.
+        default_output: when neither ``output`` nor ``confusion_png`` is given, write into this folder beside
+            the checkpoint (``hilovit eval`` uses ``'eval'``); None writes nothing.
+        overwrite: replace an earlier ``eval.json``/``confusion.png`` in the output folder; by default an
+            earlier report is kept and the new one gets the first free name (``eval-2.json``,
+            ``confusion-2.png``, ...), named in ``files``. Folders are created only once every check has passed.
 
     The class names a checkpoint records are compared with the data's
-    (:func:`hilovit.tasks.eval_checks.class_order`): other names are refused, naming both lists;
-    the same names in another order are scored by name (the classifier's rows permuted to the
-    data's order), and ``class_order`` in the result says so.
+    (:func:`hilovit.tasks.eval_checks.class_order`): other names are refused, naming both lists; the same
+    names in another order are scored by name (the classifier's rows permuted to the data's order), and
+    ``class_order`` in the result says so.
 
     Returns:
-        The metrics of :func:`evaluate` plus ``model``, ``checkpoint`` (or the weights' source),
-        ``dataset``, ``classes``, ``class_order``, ``per_class`` (name -> accuracy), ``preprocessing``
-        and ``files``.
+        The metrics of :func:`evaluate` plus ``model``, ``checkpoint`` (or the weights' source), ``dataset``,
+        ``classes``, ``class_order``, ``per_class`` (name -> accuracy), ``preprocessing`` and ``files``.
     """
-    from hilovit.models.checkpoint import CheckpointError
     from hilovit.train.distributed import resolve_device
-    from hilovit.train.loaders import BatchPipeline, EvalBatches
-    from hilovit.train.state import check_writable_dir
 
     use_pretrained = _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_subset, crop_pct,
                                          interpolation, img_size)
@@ -259,26 +234,44 @@ def run_eval(
     if threads:
         torch.set_num_threads(int(threads))
     dev = resolve_device(device)
-    overrides: Dict[str, Any] = {}
-    if in_chans:
-        overrides["in_chans"] = int(in_chans)
-    if img_size:
-        overrides["img_size"] = int(img_size)
+    overrides = {k: int(v) for k, v in (("in_chans", in_chans), ("img_size", img_size)) if v}
     if use_pretrained:
         net, prep, recorded, source, names = _pretrained_for_eval(model, pretrained, dev, overrides)
     else:
         net, prep, recorded, source, names = _checkpoint_for_eval(ckpt_path, model, dev, use_ema, overrides)
         model = prep.pop("model")  # the checkpoint's model, checked against a given name
-        if data is None:
-            data = recorded.get("data")
-            if data is None:
-                raise ValueError(f"checkpoint {source!r} records no dataset (its metadata has no 'dataset' entry "
-                                 "and no config.yaml lies beside it): name the data to evaluate on")
-            data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
-        if not _same_data(data, recorded.get("data")):
-            recorded = {}  # another dataset: the recorded hold-out does not apply to it
+        data, data_dir, recorded = _data_to_evaluate(data, data_dir, recorded, source)
     prep.update(crop_pct=float(crop_pct if crop_pct is not None else prep["crop_pct"]),
                 interpolation=interpolation or prep["interpolation"], img_size=int(img_size or prep["img_size"]))
+    eval_ds, info, order = _eval_data(data, data_dir, val_split, seed, recorded, net, prep, use_pretrained, source,
+                                      names, eval_subset)
+    _create_eval_folders(out_dir, confusion_png)  # only now, when everything else has been checked
+    result, skipped = _evaluate_dataset(net, eval_ds, info, prep, dev, batch_size, workers, amp, progress)
+    _describe_result(result, model, source, info, order, prep, skipped)
+    _write_eval_files(result, out_dir, confusion_png, overwrite, f"{model} on {info.name} ({info.eval_split})")
+    return result
+
+
+def _data_to_evaluate(data, data_dir, recorded: Dict[str, Any], source: str):
+    """``(data, data_dir, recorded)`` for a checkpoint: the data given, else the one it records; ``recorded``
+    (the run's hold-out) emptied when the data is another one."""
+    if data is None:
+        data = recorded.get("data")
+        if data is None:
+            raise ValueError(f"checkpoint {source!r} records no dataset (its metadata has no 'dataset' entry "
+                             "and no config.yaml lies beside it): name the data to evaluate on")
+        data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
+    if not _same_data(data, recorded.get("data")):
+        recorded = {}  # another dataset: the recorded hold-out does not apply to it
+    return data, data_dir, recorded
+
+
+def _eval_data(data, data_dir, val_split, seed, recorded, net: nn.Module, prep: Dict[str, Any], use_pretrained: bool,
+               source: str, names, eval_subset: Optional[int]):
+    """``(dataset, info, class order)``: the evaluation data checked against the classifier (its size, and the
+    recorded class ``names`` by name), cut to ``eval_subset``; ``prep``'s missing mean/std become the data's."""
+    from hilovit.models.checkpoint import CheckpointError
+
     eval_ds, info = _eval_dataset(data, data_dir, val_split, seed, recorded, net.num_classes, prep)
     if net.num_classes != info.num_classes:
         raise CheckpointError(
@@ -292,13 +285,26 @@ def run_eval(
         if not hasattr(eval_ds, "select"):
             raise ValueError("eval_subset is not supported for this dataset")
         eval_ds = eval_ds.select(range(min(int(eval_subset), len(eval_ds))))
-    mean = prep["mean"] if prep["mean"] is not None else info.mean
-    std = prep["std"] if prep["std"] is not None else info.std
-    if out_dir is not None:  # created only now, when everything else has been checked
+    prep["mean"] = prep["mean"] if prep["mean"] is not None else info.mean
+    prep["std"] = prep["std"] if prep["std"] is not None else info.std
+    return eval_ds, info, order
+
+
+def _create_eval_folders(out_dir: Optional[Path], confusion_png: Optional[Path]) -> None:
+    from hilovit.train.state import check_writable_dir
+
+    if out_dir is not None:
         check_writable_dir(out_dir)
     if confusion_png is not None:
         check_writable_dir(confusion_png.parent, "folder of the confusion picture")
-    pipeline = BatchPipeline(net.in_chans, prep["img_size"], mean, std, augment=None).to(dev)
+
+
+def _evaluate_dataset(net: nn.Module, eval_ds, info, prep: Dict[str, Any], dev: torch.device, batch_size: int,
+                      workers: int, amp: str, progress: str):
+    """:func:`evaluate` over ``eval_ds`` with ``prep``'s size and mean/std; ``(metrics, unreadable files skipped)``."""
+    from hilovit.train.loaders import BatchPipeline, EvalBatches
+
+    pipeline = BatchPipeline(net.in_chans, prep["img_size"], prep["mean"], prep["std"], augment=None).to(dev)
     batches = EvalBatches(eval_ds, batch_size, workers=workers, pin_memory=dev.type == "cuda")
     bar = _eval_bar(len(eval_ds), progress)
     try:
@@ -307,6 +313,12 @@ def run_eval(
     finally:
         if bar is not None:
             bar.close()
+    return result, batches.pop_skipped()
+
+
+def _describe_result(result: Dict[str, Any], model, source: str, info, order, prep: Dict[str, Any],
+                     skipped: List[str]) -> None:
+    """Add to :func:`evaluate`'s metrics what was evaluated and how (the keys :func:`run_eval` documents)."""
     classes = list(info.classes)
     result.update({
         "model": model,
@@ -317,12 +329,10 @@ def run_eval(
         "class_order": "by name: the checkpoint's classes in another order, mapped to the data's" if order
         else "as recorded",
         "per_class": dict(zip(_unique(classes), result["per_class_accuracy"])),
-        "preprocessing": {**prep, "mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-        "skipped_images": batches.pop_skipped(),
+        "preprocessing": {**prep, "mean": [float(v) for v in prep["mean"]], "std": [float(v) for v in prep["std"]]},
+        "skipped_images": skipped,
         "files": {},
     })
-    _write_eval_files(result, out_dir, confusion_png, overwrite, f"{model} on {info.name} ({info.eval_split})")
-    return result
 
 
 def _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_subset, crop_pct, interpolation,

@@ -376,11 +376,8 @@ def run_seg_eval(
         ``model``, ``dataset``, ``eval_split``, ``class_order``, ``miou``, ``macc``, ``aacc`` (percent),
         ``loss``, ``per_class_iou`` and ``per_class_acc`` ({class: percent or None}), ``images``, ``seconds``.
     """
-    from hilovit.data.segmentation import build_seg_datasets, is_ade20k_dir
-    from hilovit.models.checkpoint import read_metadata
     from hilovit.options import check_image_size
     from hilovit.runtime import resolve_amp
-    from hilovit.tasks.eval_checks import class_order, recorded_data, reorder_classifier
     from hilovit.train.distributed import resolve_device
     from hilovit.train.state import check_creatable_dir, check_writable_dir, write_json
 
@@ -392,17 +389,48 @@ def run_seg_eval(
         torch.set_num_threads(int(threads))
     net, info = load_seg_checkpoint(checkpoint, model)
     inference = resolve_inference(net, mode, crop_size, stride)
-    recorded = recorded_data(Path(info["path"]), read_metadata(info["path"]))
+    data, data_dir, recorded = _seg_data_to_evaluate(data, data_dir, info["path"])
+    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
+    seed = int(recorded.get("seed", 0) if seed is None else seed)
+    eval_ds, dinfo, order = _seg_eval_data(net, info, data, data_dir, val_split, seed, num_classes, eval_subset)
+    folder = check_writable_dir(output, "output folder") if output else None
+    dev = resolve_device(device)
+    net.to(dev)
+    res = evaluate_segmentation(net, eval_ds, dinfo.num_classes, info["mean"], info["std"], dinfo.ignore_index,
+                                dinfo.classes, batch_size, eval_scale or info["eval_scale"], dev,
+                                resolve_amp(amp, dev), inference=inference)
+    out = _seg_eval_result(info, dinfo, order, inference, res)
+    if folder is not None:
+        write_json(folder / "eval.json", out)
+        out["files"] = {"eval": str(folder / "eval.json")}
+    return out
+
+
+def _seg_data_to_evaluate(data, data_dir, path: str):
+    """``(data, data_dir, recorded)``: the data given, else the one the checkpoint at ``path`` records;
+    ``recorded`` (its hold-out: ``val_split``, ``seed``) emptied when the data is another one."""
+    from hilovit.models.checkpoint import read_metadata
+    from hilovit.tasks.eval_checks import recorded_data
+
+    recorded = recorded_data(Path(path), read_metadata(path))
     if data is None:
         if recorded.get("data") is None:
-            raise ValueError(f"checkpoint {info['path']!r} records no dataset (its metadata has no 'dataset' entry "
+            raise ValueError(f"checkpoint {path!r} records no dataset (its metadata has no 'dataset' entry "
                              "and no config.yaml lies beside it): name the data to evaluate on")
         data = recorded["data"]
         data_dir = data_dir if data_dir is not None else recorded.get("data_dir")
     elif str(data) != str(recorded.get("data")):
         recorded = {}  # another dataset: the recorded hold-out does not apply to it
-    val_split = float(recorded.get("val_split", 0.0) if val_split is None else val_split)
-    seed = int(recorded.get("seed", 0) if seed is None else seed)
+    return data, data_dir, recorded
+
+
+def _seg_eval_data(net: nn.Module, info: Dict[str, Any], data, data_dir, val_split: float, seed: int,
+                   num_classes: Optional[int], eval_subset: Optional[int]):
+    """``(dataset, data info, class order)``: the evaluation split checked against the checkpoint's model
+    (classes, channels, class names by name; its classifier reordered when needed), cut to ``eval_subset``."""
+    from hilovit.data.segmentation import build_seg_datasets, is_ade20k_dir
+    from hilovit.tasks.eval_checks import class_order, reorder_classifier
+
     n_cls = num_classes or info["num_classes"]
     named_data = is_ade20k_dir(data) or not Path(str(data)).expanduser().is_dir()  # ADE20K, fashion-scenes
     classes = info["classes"] if len(info["classes"]) == n_cls and not named_data else None
@@ -419,13 +447,13 @@ def run_seg_eval(
         reorder_classifier(net, order)  # the same classes in the data's order: scored by name, not by index
     if eval_subset is not None and len(eval_ds) > eval_subset:
         eval_ds = Subset(eval_ds, range(eval_subset))
-    folder = check_writable_dir(output, "output folder") if output else None
-    dev = resolve_device(device)
-    net.to(dev)
-    res = evaluate_segmentation(net, eval_ds, dinfo.num_classes, info["mean"], info["std"], dinfo.ignore_index,
-                                dinfo.classes, batch_size, eval_scale or info["eval_scale"], dev,
-                                resolve_amp(amp, dev), inference=inference)
-    out = {
+    return eval_ds, dinfo, order
+
+
+def _seg_eval_result(info: Dict[str, Any], dinfo, order, inference: Dict[str, Any], res: Dict[str, Any]
+                     ) -> Dict[str, Any]:
+    """The result :func:`run_seg_eval` documents, from the checkpoint, the data and the metrics."""
+    return {
         "model": info["model"], "checkpoint": info["path"], "dataset": dinfo.name, "eval_split": dinfo.eval_split,
         "class_order": "by name: the checkpoint's classes in another order, mapped to the data's" if order
         else "as recorded",
@@ -434,10 +462,6 @@ def run_seg_eval(
         "per_class_iou": dict(zip(dinfo.classes, res["iou"])), "per_class_acc": dict(zip(dinfo.classes, res["acc"])),
         "images": res["images"], "seconds": res["seconds"],
     }
-    if folder is not None:
-        write_json(folder / "eval.json", out)
-        out["files"] = {"eval": str(folder / "eval.json")}
-    return out
 
 
 def _fmt_pct(v) -> str:
