@@ -143,14 +143,23 @@ def roi_heads_export_spec(roi_head: nn.Module, seed: int = 0) -> ExportSpec:
     return ExportSpec(RoIHeadsGraph(roi_head), inputs(3, 2), list(shapes), list(outputs), axes, checks, box_shape)
 
 
-def _heads_outputs(roi_head: nn.Module) -> str:
+def _heads_text(heads: ExportSpec, roi_head: nn.Module) -> str:
+    """``inputs bbox_roi_feats (K, 256, 7, 7), ...; outputs cls_score (K, 81), ...`` of the heads graph."""
+    ins = [f"{n} ({', '.join(str(v) for v in (heads.dynamic_axes[n][0], *x.shape[1:]))})"
+           for n, x in zip(heads.input_names, heads.example)]
     C = roi_head.bbox_head.num_classes
-    reg = 4 if roi_head.bbox_head.reg_class_agnostic else 4 * C
-    text = f"cls_score (K, {C + 1}), bbox_pred (K, {reg})"
+    outs = [f"cls_score (K, {C + 1})", f"bbox_pred (K, {4 if roi_head.bbox_head.reg_class_agnostic else 4 * C})"]
     if roi_head.with_mask:
         h, w = (s * roi_head.mask_head.scale_factor for s in roi_head.mask_roi_extractor.roi_layers[0].output_size)
-        text += f", mask_logits (M, {roi_head.mask_head.conv_logits.out_channels}, {h}, {w})"
-    return text
+        outs.append(f"mask_logits (M, {roi_head.mask_head.conv_logits.out_channels}, {h}, {w})")
+    return f"inputs {', '.join(ins)}; outputs {', '.join(outs)}"
+
+
+def _two_stage_names(model: nn.Module) -> List[str]:
+    """The network graph's outputs: ``rpn_cls_score_{l}``, ``rpn_bbox_pred_{l}`` on every level, ``feat_{l}``."""
+    levels = model.rpn_head.prior_generator.num_levels
+    return ([f"rpn_cls_score_{lv}" for lv in range(levels)] + [f"rpn_bbox_pred_{lv}" for lv in range(levels)]
+            + [f"feat_{lv}" for lv in range(_roi_levels(model.roi_head))])
 
 
 def _two_stage_spec(model: nn.Module, in_chans: int, sizes: Sequence[Tuple[int, int]], seed: int) -> ExportSpec:
@@ -158,15 +167,14 @@ def _two_stage_spec(model: nn.Module, in_chans: int, sizes: Sequence[Tuple[int, 
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     example = torch.randn(2, in_chans, *sizes[0], generator=gen, dtype=dtype)
     levels, feats = model.rpn_head.prior_generator.num_levels, _roi_levels(model.roi_head)
-    names = ([f"rpn_cls_score_{lv}" for lv in range(levels)] + [f"rpn_bbox_pred_{lv}" for lv in range(levels)]
-             + [f"feat_{lv}" for lv in range(feats)])
+    names = _two_stage_names(model)
     axes: Dict[str, Dict[int, str]] = {"input": {0: "batch", 2: "height", 3: "width"}, **_level_axes(names)}
     heads = roi_heads_export_spec(model.roi_head, seed)
     notes = [f"input (batch, {in_chans}, height, width): normalised and padded as the model's data_preprocessor "
              f"does; outputs: the RPN maps of {levels} levels (rpn_cls_score_l, rpn_bbox_pred_l) and the {feats} FPN "
              "maps the RoI extractors read (feat_l)",
-             f"the box and mask heads: a second file, the output's name with .onnx replaced by {ROI_HEADS_SUFFIX} "
-             f"(inputs {', '.join(heads.input_names)} of K and M RoIs; outputs {_heads_outputs(model.roi_head)})",
+             f"the RoI heads: a second file, the output's name with .onnx replaced by {ROI_HEADS_SUFFIX} "
+             f"({_heads_text(heads, model.roi_head)})",
              "proposals, RoIAlign, decoding, NMS and the mask paste: hilovit.tasks.detection_export."
              "mask_rcnn_from_onnx(model, outputs, onnx_roi_heads(session), metainfo) in PyTorch"]
     checks = _image_checks(in_chans, sizes, gen, dtype)
@@ -194,8 +202,6 @@ def detector_export_spec(model: nn.Module, in_chans: int, sizes: Sequence[Tuple[
 
 
 # --------------------------------------------------------------------------- post-processing
-
-
 def onnx_roi_heads(session: Any) -> Heads:
     """The heads graph (``OUT.roi_heads.onnx``) as the ``heads`` callable of ``RoIHead.predict``.
 
@@ -234,9 +240,7 @@ def onnx_roi_heads(session: Any) -> Heads:
 
 def _split_outputs(model: nn.Module, outputs: Union[Sequence[Any], Mapping[str, Any]]
                    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
-    levels, feats = model.rpn_head.prior_generator.num_levels, _roi_levels(model.roi_head)
-    names = ([f"rpn_cls_score_{lv}" for lv in range(levels)] + [f"rpn_bbox_pred_{lv}" for lv in range(levels)]
-             + [f"feat_{lv}" for lv in range(feats)])
+    levels, names = model.rpn_head.prior_generator.num_levels, _two_stage_names(model)
     if isinstance(outputs, Mapping):
         missing = [n for n in names if n not in outputs]
         if missing:
