@@ -256,3 +256,21 @@ def test_companion_graphs_are_verified_and_written_all_or_none(tmp_path, monkeyp
     assert str(out) in seen and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # with overwrite and success both are replaced
     assert ex.export_graph(_pair_spec(), out, overwrite=True).companions[0].path.is_file()
+
+
+def test_export_puts_every_module_back_in_its_own_mode(tmp_path):
+    """A wrapper made for the export starts in training mode; the model inside it stays as it was (a detector
+    left in training mode would predict with stochastic depth on)."""
+    from hilovit.export import export_graph
+    from hilovit.tasks.base import ExportSpec
+
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2)).eval()
+    inner[2].train()
+    wrapper = torch.nn.Sequential(inner)
+    before = [m.training for m in wrapper.modules()]
+    assert before == [True, False, False, False, True]
+    spec = ExportSpec(wrapper, torch.randn(2, 4), ["input"], ["out"], {"input": {0: "batch"}, "out": {0: "batch"}},
+                      {1: torch.randn(1, 4), 3: torch.randn(3, 4)}, (4,))
+    result = export_graph(spec, tmp_path / "m.onnx")
+    assert result.max_abs_diff <= 1e-6  # dropout off while tracing and verifying
+    assert [m.training for m in wrapper.modules()] == before

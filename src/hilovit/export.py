@@ -27,6 +27,7 @@ with ``overwrite`` is put back when a later rename fails).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -127,6 +128,19 @@ def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = "
 
 
 # --------------------------------------------------------------------------- verification
+@contextlib.contextmanager
+def _in_eval_mode(module: nn.Module):
+    """``module`` in eval mode, then every submodule back in its own mode (a wrapper made for the export
+    starts in training mode; restoring only its flag would put the model it wraps in training mode)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _as_inputs(x: Any) -> Tuple[torch.Tensor, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
@@ -155,10 +169,8 @@ def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, Any]) -> Di
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     input_names = [i.name for i in session.get_inputs()]
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    was_training = module.training
-    module.eval()
     diffs: Dict[Any, float] = {}
-    try:
+    with _in_eval_mode(module):
         for label, x in checks.items():
             xs = _as_inputs(x)
             shapes = ", ".join(str(tuple(t.shape)) for t in xs)
@@ -181,8 +193,6 @@ def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, Any]) -> Di
                 if out.numel():
                     worst = max(worst, float((out.float() - ref).abs().max()))
             diffs[label] = worst
-    finally:
-        module.train(was_training)
     return diffs
 
 
@@ -208,10 +218,8 @@ def _write_verified(spec: ExportSpec, path: Path, tmp: Path, opset: int, verify:
     """Trace ``spec`` into ``tmp`` and verify it; ``path`` is the name it will have."""
     onnx, _ = _require_onnx()
     module = spec.module
-    was_training = module.training
-    module.eval()
     start = time.perf_counter()
-    try:
+    with _in_eval_mode(module):
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         example = tuple(t.to(device) for t in _as_inputs(spec.example))
         with torch.no_grad(), warnings.catch_warnings():
@@ -233,8 +241,6 @@ def _write_verified(spec: ExportSpec, path: Path, tmp: Path, opset: int, verify:
             onnx.checker.check_model(str(tmp))
         result.seconds = time.perf_counter() - start
         return result
-    finally:
-        module.train(was_training)
 
 
 def _place(pairs: Sequence[Tuple[Path, Path]]) -> None:

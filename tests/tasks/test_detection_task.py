@@ -140,18 +140,15 @@ def test_mask_rcnn_onnx_graphs_give_the_same_detections_and_masks(tmp_path):
     """The network graph (RPN maps + FPN maps) and the heads graph, through mask_rcnn_from_onnx, detect as
     model.predict: a batch of two sizes as it is, and one resized (scale factors), masks pasted in the images."""
     ort = pytest.importorskip("onnxruntime")
-    from hilovit.export import export_model
-    from hilovit.models.checkpoint import save_safetensors
+    from hilovit.export import export_graph
     from hilovit.models.det_preprocessor import resize_keep_ratio
-    from hilovit.tasks.detection_export import mask_rcnn_from_onnx, onnx_roi_heads
+    from hilovit.tasks.detection_export import detector_export_spec, mask_rcnn_from_onnx, onnx_roi_heads
 
     model = _mask_rcnn_with_detections()
-    ckpt = tmp_path / "m.safetensors"
-    save_safetensors(model.state_dict(), ckpt, metadata={"model": "mask_rcnn_litv2_nano", "task": "detection",
-                                                         "mean": "[0.5]", "std": "[0.5]"})
-    result = export_model(None, tmp_path / "det.onnx", checkpoint=ckpt, sizes=[(96, 96), (100, 70)])
+    result = export_graph(detector_export_spec(model, 1, [(96, 96), (100, 70)]), tmp_path / "det.onnx")
+    assert not any(m.training for m in model.modules())  # the export leaves the model in eval mode, as it was
     heads_file = tmp_path / "det.roi_heads.onnx"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["det.onnx", "det.roi_heads.onnx", "m.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det.onnx", "det.roi_heads.onnx"]
     assert set(result.diffs) == {"1x96x96", "3x100x70"} and result.max_abs_diff <= 1e-4
     (heads,) = result.companions
     assert heads.path == heads_file and set(heads.diffs) == {"K=1,M=4", "K=5,M=1", "K=2,M=3"}
