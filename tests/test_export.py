@@ -179,3 +179,98 @@ def test_a_graph_that_fails_in_onnxruntime_prints_no_log_lines(tmp_path, capfd):
     captured = capfd.readouterr()
     assert "\x1b" not in captured.err and "onnxruntime" not in captured.err, captured.err
     assert not (tmp_path / "m.onnx").exists()
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((1,), value))
+
+    def forward(self, x, y=None):
+        return x * self.w if y is None else (x * self.w, y + self.w)
+
+
+def _pair_spec():
+    """A graph with a companion of two inputs (as a detector's network and its RoI heads)."""
+    from hilovit.tasks.base import ExportSpec
+
+    g = torch.Generator().manual_seed(0)
+    heads = ExportSpec(_Scale(2.0), (torch.randn(3, 4, generator=g), torch.randn(2, 5, generator=g)), ["a", "b"],
+                       ["a2", "b2"], {"a": {0: "K"}, "b": {0: "M"}, "a2": {0: "K"}, "b2": {0: "M"}},
+                       {"K=1,M=4": (torch.randn(1, 4, generator=g), torch.randn(4, 5, generator=g))}, (4,))
+    return ExportSpec(_Scale(3.0), torch.randn(2, 4, generator=g), ["input"], ["out"],
+                      {"input": {0: "batch"}, "out": {0: "batch"}}, {1: torch.randn(1, 4, generator=g)}, (4,),
+                      ["a note"], {".heads.onnx": heads})
+
+
+def test_companion_graphs_are_verified_and_written_all_or_none(tmp_path, monkeypatch):
+    import hilovit.export as ex
+
+    out = tmp_path / "net.onnx"
+    result = ex.export_graph(_pair_spec(), out)
+    (heads,) = result.companions
+    assert heads.path == tmp_path / "net.heads.onnx" == ex.companion_path(out, ".heads.onnx")
+    assert heads.input_names == ("a (K, 4)", "b (M, 5)") and result.input_names == ("input (batch, 4)",)
+    assert set(heads.diffs) == {"K=1,M=4"} and heads.max_abs_diff <= 1e-6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.heads.onnx", "net.onnx"]
+    session = ort.InferenceSession(str(heads.path), providers=["CPUExecutionProvider"])
+    a, b = session.run(None, {"a": torch.ones(6, 4).numpy(), "b": torch.ones(1, 5).numpy()})
+    assert a.shape == (6, 4) and b.shape == (1, 5) and float(a.max()) == 2.0 and float(b.min()) == 3.0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # both exist: without overwrite refused before anything is traced
+    with pytest.raises(ValueError, match="net.onnx' exists"):
+        ex.export_graph(_pair_spec(), out)
+    (tmp_path / "other.heads.onnx").write_bytes(b"old heads")
+    with pytest.raises(ValueError, match="other.heads.onnx' exists"):
+        ex.export_graph(_pair_spec(), tmp_path / "other.onnx")
+    (tmp_path / "other.heads.onnx").unlink()
+
+    # the companion misses the tolerance: neither file is written, the existing ones are kept as they were
+    real_verify = ex.verify_onnx
+
+    def worse_heads(path, module, checks):
+        diffs = real_verify(path, module, checks)
+        return {k: v + (1.0 if ".heads.onnx" in str(path) else 0.0) for k, v in diffs.items()}
+
+    monkeypatch.setattr(ex, "verify_onnx", worse_heads)
+    with pytest.raises(ExportVerificationError, match=r"net.heads.onnx not written"):
+        ex.export_graph(_pair_spec(), out, overwrite=True)
+    with pytest.raises(ExportVerificationError):
+        ex.export_graph(_pair_spec(), tmp_path / "new" / "fresh.onnx")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file, no 'new' folder
+    monkeypatch.setattr(ex, "verify_onnx", real_verify)
+
+    # the second rename fails: the first file is put back as it was
+    real_replace, seen = ex.os.replace, []
+
+    def failing_replace(src, dst):
+        seen.append(str(dst))
+        if str(src).endswith(f".net.heads.onnx.tmp-{ex.os.getpid()}"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ex.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        ex.export_graph(_pair_spec(), out, overwrite=True)
+    monkeypatch.setattr(ex.os, "replace", real_replace)
+    assert str(out) in seen and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # with overwrite and success both are replaced
+    assert ex.export_graph(_pair_spec(), out, overwrite=True).companions[0].path.is_file()
+
+
+def test_export_puts_every_module_back_in_its_own_mode(tmp_path):
+    """A wrapper made for the export starts in training mode; the model inside it stays as it was (a detector
+    left in training mode would predict with stochastic depth on)."""
+    from hilovit.export import export_graph
+    from hilovit.tasks.base import ExportSpec
+
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 2)).eval()
+    inner[2].train()
+    wrapper = torch.nn.Sequential(inner)
+    before = [m.training for m in wrapper.modules()]
+    assert before == [True, False, False, False, True]
+    spec = ExportSpec(wrapper, torch.randn(2, 4), ["input"], ["out"], {"input": {0: "batch"}, "out": {0: "batch"}},
+                      {1: torch.randn(1, 4), 3: torch.randn(3, 4)}, (4,))
+    result = export_graph(spec, tmp_path / "m.onnx")
+    assert result.max_abs_diff <= 1e-6  # dropout off while tracing and verifying
+    assert [m.training for m in wrapper.modules()] == before

@@ -152,8 +152,10 @@ def _add_export(commands) -> None:
         description="Exports with torch.onnx (TorchScript tracer), checks the file with onnxruntime against PyTorch "
         "on random inputs and prints the largest difference. A classifier has its input size fixed in the graph; "
         "a segmenter has symbolic batch, height and width, verified at sizes that are multiples of neither 32 nor "
-        "the windows. The file is written only when every difference is at most --atol (exit status 1 otherwise), "
-        "and an existing file only with --overwrite.")
+        "the windows; so has a detector, whose graph ends at its raw head maps (Mask R-CNN: the RPN maps and the "
+        "FPN maps, with its box and mask heads in a second file, OUTPUT with .onnx replaced by .roi_heads.onnx). "
+        "The files are written only when every difference is at most --atol (exit status 1 otherwise), all or "
+        "none, and existing files only with --overwrite.")
     _task_option(p, "the checkpoint or the model")
     p.add_argument("--model", default=None, help="registered model name (default: the one the checkpoint records)")
     p.add_argument("--checkpoint", default=None, help="weights to export (default: random initialisation)")
@@ -198,6 +200,12 @@ def _run_export(args) -> int:
         label = "batch " if not result.dynamic_size else ""
         per = ", ".join(f"{label}{b}: {d:.2e}" for b, d in result.diffs.items())
         print(f"onnxruntime vs PyTorch: max |diff| = {result.max_abs_diff:.2e} ({per}; tolerance {args.atol:g})")
+    for other in result.companions:  # further graphs written with it (Mask R-CNN: its RoI heads)
+        print(f"wrote {other.path} ({other.size_bytes / 2**20:.1f} MiB, opset {other.opset}, inputs "
+              f"{', '.join(other.input_names)}, {other.seconds:.1f} s)")
+        if other.diffs:
+            per = ", ".join(f"{b}: {d:.2e}" for b, d in other.diffs.items())
+            print(f"onnxruntime vs PyTorch: max |diff| = {other.max_abs_diff:.2e} ({per}; tolerance {args.atol:g})")
     for note in result.notes:
         print(note)
     return 0

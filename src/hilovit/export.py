@@ -19,11 +19,15 @@ inputs at every size and batch the spec lists; the largest absolute difference f
 be at most ``atol`` (1e-4). The file is written to a temporary name beside the output and renamed
 only after it passes, so ``output`` only ever holds a verified export; on failure nothing is left
 behind and :class:`ExportVerificationError` says by how much, and where, it missed. An existing
-file is replaced only with ``overwrite``.
+file is replaced only with ``overwrite``. A task may export several graphs at once (Mask R-CNN: the
+network, and its RoI heads beside it in ``OUT.roi_heads.onnx``, :attr:`ExportSpec.companions`): each
+is verified before any is renamed into place, and either all are written or none (a file replaced
+with ``overwrite`` is put back when a later rename fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -39,7 +43,7 @@ from hilovit.tasks.base import ExportSpec, image_export_spec
 from hilovit.train.state import check_writable_dir, missing_folders, remove_empty_folders
 
 __all__ = ["ExportResult", "ExportVerificationError", "export_graph", "export_onnx", "export_model", "verify_onnx",
-           "check_output_file", "check_opset", "DEFAULT_ATOL", "DEFAULT_OPSET", "MIN_OPSET"]
+           "check_output_file", "check_opset", "companion_path", "DEFAULT_ATOL", "DEFAULT_OPSET", "MIN_OPSET"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_ATOL = 1e-4
@@ -64,6 +68,8 @@ class ExportResult:
     size_bytes: int = 0
     dynamic_size: bool = False
     notes: Tuple[str, ...] = ()
+    input_names: Tuple[str, ...] = ("input",)  # with their shapes: 'input (batch, 3, height, width)'
+    companions: Tuple[ExportResult, ...] = ()  # the further files written with it (ExportSpec.companions)
 
     @property
     def max_abs_diff(self) -> float:
@@ -122,15 +128,33 @@ def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = "
 
 
 # --------------------------------------------------------------------------- verification
-def _outputs(module: nn.Module, x: torch.Tensor):
+@contextlib.contextmanager
+def _in_eval_mode(module: nn.Module):
+    """``module`` in eval mode, then every submodule back in its own mode (a wrapper made for the export
+    starts in training mode; restoring only its flag would put the model it wraps in training mode)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _as_inputs(x: Any) -> Tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _outputs(module: nn.Module, xs: Tuple[torch.Tensor, ...]):
     with torch.no_grad():
-        out = module(x)
+        out = module(*xs)
     return [t.float().cpu() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
-def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, torch.Tensor]) -> Dict[Any, float]:
+def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, Any]) -> Dict[Any, float]:
     """Run ``path`` with onnxruntime (CPU) and ``module`` in PyTorch on each of ``checks``
-    (``{label: input}``); returns ``{label: max |onnx - torch|}`` over every output.
+    (``{label: input}``, an input a tensor or, for a graph of several inputs, a tuple of them in the
+    graph's order); returns ``{label: max |onnx - torch|}`` over every output.
 
     Raises:
         ExportVerificationError: the graph fails to run at an input, or gives other shapes.
@@ -143,18 +167,21 @@ def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, torch.Tenso
     # that fails to run raises, and the error says it once, in the words below
     options.log_severity_level = 4
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    input_names = [i.name for i in session.get_inputs()]
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    was_training = module.training
-    module.eval()
     diffs: Dict[Any, float] = {}
-    try:
+    with _in_eval_mode(module):
         for label, x in checks.items():
-            refs = _outputs(module, x.to(device))
+            xs = _as_inputs(x)
+            shapes = ", ".join(str(tuple(t.shape)) for t in xs)
+            if len(xs) != len(input_names):
+                raise ValueError(f"checks[{label!r}] holds {len(xs)} inputs for a graph of {len(input_names)} "
+                                 f"({input_names})")
+            refs = _outputs(module, tuple(t.to(device) for t in xs))
             try:
-                outs = session.run(None, {input_name: x.cpu().numpy()})
+                outs = session.run(None, {n: t.cpu().numpy() for n, t in zip(input_names, xs)})
             except Exception as e:  # noqa: BLE001 - onnxruntime's own error, with the input that failed
-                raise ExportVerificationError(f"the exported graph does not run at input {tuple(x.shape)} (a size "
+                raise ExportVerificationError(f"the exported graph does not run at input {shapes} (a size "
                                               f"fixed by the trace?): {str(e).splitlines()[0]}") from e
             worst = 0.0
             for ref, out in zip(refs, outs):
@@ -162,63 +189,117 @@ def verify_onnx(path: PathLike, module: nn.Module, checks: Dict[Any, torch.Tenso
                 if tuple(out.shape) != tuple(ref.shape):
                     raise ExportVerificationError(
                         f"{path}: onnxruntime output {tuple(out.shape)} differs in shape from PyTorch "
-                        f"{tuple(ref.shape)} at input {tuple(x.shape)}")
+                        f"{tuple(ref.shape)} at input {shapes}")
                 if out.numel():
                     worst = max(worst, float((out.float() - ref).abs().max()))
             diffs[label] = worst
-    finally:
-        module.train(was_training)
     return diffs
 
 
 # --------------------------------------------------------------------------- export
-def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET, verify: bool = True,
-                 atol: float = DEFAULT_ATOL, overwrite: bool = False) -> ExportResult:
-    """Trace ``spec.module`` to an ONNX file at ``output`` and verify it at ``spec.checks``.
+def companion_path(output: PathLike, suffix: str) -> Path:
+    """The file of a companion graph beside ``output``: its name with a final ``.onnx`` replaced by
+    ``suffix`` (``det.onnx`` + ``'.roi_heads.onnx'`` -> ``det.roi_heads.onnx``)."""
+    output = Path(output).expanduser()
+    base = output.name[:-5] if output.name.lower().endswith(".onnx") else output.name
+    return output.with_name(base + suffix)
 
-    Raises:
-        ExportVerificationError: a difference above ``atol`` or a check the graph cannot run
-            (``output`` is not written).
-        ImportError: onnx / onnxruntime are not installed (``pip install 'hilovit[export]'``).
-        OptionError: a bad opset or output file (see :func:`check_output_file`).
-    """
+
+def _describe_inputs(spec: ExportSpec) -> Tuple[str, ...]:
+    """``'name (K, 64, 7, 7)'`` for each input, symbolic sizes by their names."""
+    out = []
+    for name, x in zip(spec.input_names, _as_inputs(spec.example)):
+        axes = spec.dynamic_axes.get(name, {})
+        out.append(f"{name} ({', '.join(str(axes.get(d, n)) for d, n in enumerate(x.shape))})")
+    return tuple(out)
+
+
+def _write_verified(spec: ExportSpec, path: Path, tmp: Path, opset: int, verify: bool, atol: float) -> ExportResult:
+    """Trace ``spec`` into ``tmp`` and verify it; ``path`` is the name it will have."""
     onnx, _ = _require_onnx()
-    check_opset(opset)
-    output = check_output_file(output, overwrite)
-    created = missing_folders(output.parent)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     module = spec.module
-    was_training = module.training
-    module.eval()
     start = time.perf_counter()
-    dynamic_batch = any(0 in axes for axes in spec.dynamic_axes.values())
-    dynamic_size = any(2 in axes for axes in spec.dynamic_axes.values())
-    try:
-        check_writable_dir(output.parent, "folder of the output file")  # made now, removed again on failure
+    with _in_eval_mode(module):
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        example = tuple(t.to(device) for t in _as_inputs(spec.example))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python values taken from shapes
-            torch.onnx.export(module, (spec.example.to(device),), str(tmp), dynamo=False, opset_version=opset,
+            torch.onnx.export(module, example, str(tmp), dynamo=False, opset_version=opset,
                               input_names=spec.input_names, output_names=spec.output_names,
                               dynamic_axes=spec.dynamic_axes or None, do_constant_folding=True)
-        result = ExportResult(path=output, input_shape=spec.input_shape, dynamic_batch=dynamic_batch, opset=opset,
-                              dynamic_size=dynamic_size, notes=tuple(spec.notes))
+        result = ExportResult(path=path, input_shape=spec.input_shape, opset=opset, notes=tuple(spec.notes),
+                              dynamic_batch=any(0 in axes for axes in spec.dynamic_axes.values()),
+                              dynamic_size=any(2 in axes for axes in spec.dynamic_axes.values()),
+                              input_names=tuple(_describe_inputs(spec)))
         if verify:
             result.diffs = verify_onnx(tmp, module, spec.checks)
             if not result.max_abs_diff <= atol:  # also catches NaN
                 raise ExportVerificationError(
                     f"ONNX export of {type(module).__name__} does not match PyTorch: max |onnx - torch| = "
-                    f"{result.max_abs_diff:.3g} > {atol:g} (per input: {result.diffs}); {output} not written")
+                    f"{result.max_abs_diff:.3g} > {atol:g} (per input: {result.diffs}); {path} not written")
         else:
             onnx.checker.check_model(str(tmp))
-        os.replace(tmp, output)
-        result.size_bytes = output.stat().st_size
         result.seconds = time.perf_counter() - start
         return result
+
+
+def _place(pairs: Sequence[Tuple[Path, Path]]) -> None:
+    """Rename each verified temporary file onto its output: one file atomically; several all or none (an
+    output replaced is kept aside until every rename has succeeded, and put back otherwise)."""
+    if len(pairs) == 1:
+        os.replace(*pairs[0])
+        return
+    kept: list = []
+    placed: list = []
+    try:
+        for tmp, out in pairs:
+            if out.exists():
+                aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, aside)
+                kept.append((aside, out))
+            os.replace(tmp, out)
+            placed.append(out)
+    except BaseException:
+        for out in placed:
+            out.unlink(missing_ok=True)
+        for aside, out in kept:
+            os.replace(aside, out)
+        raise
+    for aside, _ in kept:
+        aside.unlink(missing_ok=True)
+
+
+def export_graph(spec: ExportSpec, output: PathLike, opset: int = DEFAULT_OPSET, verify: bool = True,
+                 atol: float = DEFAULT_ATOL, overwrite: bool = False) -> ExportResult:
+    """Trace ``spec.module`` to an ONNX file at ``output`` and verify it at ``spec.checks``; each of
+    ``spec.companions`` likewise to :func:`companion_path` ``(output, suffix)`` (listed in the result's
+    ``companions``). Every file is verified before any is written; a failure writes none of them.
+
+    Raises:
+        ExportVerificationError: a difference above ``atol`` or a check the graph cannot run
+            (no file is written).
+        ImportError: onnx / onnxruntime are not installed (``pip install 'hilovit[export]'``).
+        OptionError: a bad opset or output file (see :func:`check_output_file`).
+    """
+    _require_onnx()
+    check_opset(opset)
+    output = check_output_file(output, overwrite)
+    jobs = [(spec, output)] + [(sub, check_output_file(companion_path(output, suffix), overwrite))
+                               for suffix, sub in spec.companions.items()]
+    created = missing_folders(output.parent)
+    pairs = [(path.with_name(f".{path.name}.tmp-{os.getpid()}"), path) for _, path in jobs]
+    try:
+        check_writable_dir(output.parent, "folder of the output file")  # made now, removed again on failure
+        results = [_write_verified(s, path, tmp, opset, verify, atol) for (s, path), (tmp, _) in zip(jobs, pairs)]
+        _place(pairs)
+        for result in results:
+            result.size_bytes = result.path.stat().st_size
+        results[0].companions = tuple(results[1:])
+        return results[0]
     finally:
-        module.train(was_training)
-        if tmp.exists():
-            tmp.unlink()
+        for tmp, _ in pairs:
+            if tmp.exists():
+                tmp.unlink()
         if not output.exists():
             remove_empty_folders(created)  # nothing written: the folders made for it go too
 

@@ -81,6 +81,50 @@ def test_mask_branch_and_pasted_masks_match_the_official_tensors(official):
         head.mask_head.predict_masks(preds, boxes, labels, (10, 10), (1.0,))
 
 
+def test_predict_with_the_heads_given_as_a_callable(official):
+    """``heads=``: the post-processing around a stand-in for the two heads (e.g. their ONNX graph) is the
+    one of ``predict``: the heads themselves as the callable give the very same results (official model,
+    boxes rescaled, masks pasted), a callable of other logits other detections, a wrong one a clear error."""
+    head, io, meta, feats = official
+    few = [io[f"proposals.img{i}.bboxes"][:100] for i in range(2)]  # 200 RoIs keep it quick
+    metas = [dict(m, img_shape=b["img_shape"])
+             for m, b in zip(meta["derived"]["per_image_rescale_case"], meta["derived"]["per_image"])]
+    calls = []
+
+    def same(bbox_feats, mask_feats):
+        calls.append((None if bbox_feats is None else bbox_feats.shape, None if mask_feats is None else
+                      mask_feats.shape))
+        return (*head.bbox_head(bbox_feats), None) if mask_feats is None else (None, None, head.mask_head(mask_feats))
+
+    with torch.no_grad():
+        want = head.predict(feats, few, metas)
+        got = head.predict(feats, few, metas, heads=same)
+    assert [len(w["labels"]) for w in want] == [1, 5]
+    assert calls == [((200, 32, 7, 7), None), (None, (6, 32, 14, 14))]
+    for w, g in zip(want, got):
+        assert w.keys() == g.keys() and all(torch.equal(w[k], g[k]) for k in w)
+
+    def background(bbox_feats, mask_feats):  # every RoI scored as background: nothing is detected
+        if bbox_feats is None:
+            return None, None, head.mask_head(mask_feats)
+        cls, reg = head.bbox_head(bbox_feats)
+        return cls.index_fill(1, torch.tensor([cls.shape[1] - 1]), 100.0), reg, None
+
+    with torch.no_grad():
+        assert [len(r["labels"]) for r in head.predict(feats, few, metas, heads=background)] == [0, 0]
+        with pytest.raises(ValueError, match=r"heads returned cls_score, bbox_pred of shapes "
+                                             r"\[\(200, 7\), \(200, 27\)\] for 200 RoIs; expected tensors \(200, 8\)"):
+            head.predict(feats, few, metas, heads=lambda b, m: (*(t[:, :-1] for t in head.bbox_head(b)), None))
+        with pytest.raises(ValueError, match=r"heads must return \(cls_score, bbox_pred, mask_logits\)"):
+            head.predict(feats, few, metas, heads=lambda b, m: head.bbox_head(b))
+        with pytest.raises(ValueError, match=r"heads returned mask_logits of shape \(6, 28, 28\) for 6 RoIs; "
+                                             r"expected a tensor \(6, 7, h, w\)"):
+            head.predict(feats, few, metas, heads=lambda b, m: same(b, None) if m is None else (None, None, same(
+                None, m)[2][:, 0]))
+        with pytest.raises(TypeError, match="heads must be a callable"):
+            head.predict(feats, few, metas, heads="onnx")
+
+
 @pytest.mark.parametrize("size", ["s", "m", "b"])
 def test_full_size_keys_and_shapes_match_the_manifests(fixtures_dir, size):
     manifest = json.loads((fixtures_dir / "manifests" / f"mask_rcnn_litv2_{size}_fpn_1x_coco.json").read_text())

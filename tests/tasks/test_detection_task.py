@@ -1,5 +1,6 @@
 """Detection as the third task of the one engine: training, resume, COCO evaluation, predict, export, transfer."""
 
+import copy
 import json
 import math
 
@@ -117,6 +118,79 @@ def test_onnx_outputs_decode_to_the_same_detections(tmp_path):
     torch.testing.assert_close(got["scores"], want["scores"], atol=1e-5, rtol=0)
 
 
+def _mask_rcnn_with_detections():
+    torch.manual_seed(0)
+    model = create_model("mask_rcnn_litv2_nano").eval()
+    with torch.no_grad():  # a background prior that lets a few RoIs per image (4 to 32) through score_thr 0.05
+        model.roi_head.bbox_head.fc_cls.bias[-1] = 3.0
+    return model
+
+
+def _same_detections(got, want, probs):
+    """Same boxes/labels/scores; a mask pixel may differ only where its probability is within 1e-4 of 0.5."""
+    assert torch.equal(got["labels"], want["labels"])
+    torch.testing.assert_close(got["boxes"], want["boxes"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(got["scores"], want["scores"], atol=1e-4, rtol=0)
+    assert got["masks"].shape == want["masks"].shape and got["masks"].dtype == torch.bool
+    flipped = got["masks"] != want["masks"]
+    assert bool(((probs[flipped] - 0.5).abs() <= 1e-4).all())
+
+
+def test_mask_rcnn_onnx_graphs_give_the_same_detections_and_masks(tmp_path):
+    """The network graph (RPN maps + FPN maps) and the heads graph, through mask_rcnn_from_onnx, detect as
+    model.predict: a batch of two sizes as it is, and one resized (scale factors), masks pasted in the images."""
+    ort = pytest.importorskip("onnxruntime")
+    from hilovit.export import export_graph
+    from hilovit.models.det_preprocessor import resize_keep_ratio
+    from hilovit.tasks.detection_export import detector_export_spec, mask_rcnn_from_onnx, onnx_roi_heads
+
+    model = _mask_rcnn_with_detections()
+    result = export_graph(detector_export_spec(model, 1, [(96, 96), (100, 70)]), tmp_path / "det.onnx")
+    assert not any(m.training for m in model.modules())  # the export leaves the model in eval mode, as it was
+    heads_file = tmp_path / "det.roi_heads.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det.onnx", "det.roi_heads.onnx"]
+    assert set(result.diffs) == {"1x96x96", "3x100x70"} and result.max_abs_diff <= 1e-4
+    (heads,) = result.companions
+    assert heads.path == heads_file and set(heads.diffs) == {"K=1,M=4", "K=5,M=1", "K=2,M=3"}
+    assert heads.max_abs_diff <= 1e-4
+    net = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in net.get_outputs()]
+    assert names == [f"{k}_{lv}" for k in ("rpn_cls_score", "rpn_bbox_pred", "feat") for lv in range(4)]
+    run_heads = onnx_roi_heads(heads_file)
+    box_in, mask_in = torch.randn(1, 64, 7, 7), torch.randn(6, 64, 14, 14)
+    with torch.no_grad():
+        cls_score, bbox_pred = model.roi_head.bbox_head(box_in)
+        mask_logits = model.roi_head.mask_head(mask_in)
+    got = run_heads(box_in, mask_in)
+    for ref, out in zip((cls_score, bbox_pred, mask_logits), got):
+        assert out.shape == ref.shape and (out - ref).abs().max() <= 1e-4
+    empty = run_heads(torch.zeros(0, 64, 7, 7), None)
+    assert empty[0].shape == (0, 11) and empty[1].shape == (0, 40) and empty[2] is None
+    # end to end, against model.predict; its twin pastes the mask probabilities (>= 0.5: the masks), which say
+    # the pixels that may flip
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (1, 90, 110), dtype=torch.uint8, generator=g),
+              torch.randint(0, 256, (1, 70, 64), dtype=torch.uint8, generator=g)]
+    soft = copy.deepcopy(model)
+    soft.roi_head.test_cfg["mask_thr_binary"] = None
+    for resize in (False, (80, 64)):
+        if resize:
+            pairs = [resize_keep_ratio(img, resize) for img in images]
+            metas = [{"ori_shape": tuple(img.shape[1:]), "scale_factor": f} for img, (_, f) in zip(images, pairs)]
+            inputs, metas = model.data_preprocessor([im for im, _ in pairs], "rgb", metas)
+        else:
+            inputs, metas = model.data_preprocessor(images, "rgb")
+        outs = net.run(None, {"input": inputs.numpy()})
+        found = mask_rcnn_from_onnx(model, outs, run_heads, metas)
+        for img, got, want in zip(images, found, soft.predict(images, resize=resize)):
+            assert len(want["boxes"]) > 0 and got["masks"].shape[1:] == img.shape[1:]
+            _same_detections(got, dict(want, masks=want["masks"] >= 0.5), want["masks"])
+    with pytest.raises(ValueError, match=r"network_outputs must be the network graph's 12 outputs"):
+        mask_rcnn_from_onnx(model, outs[:-1], run_heads, metas)
+    with pytest.raises(TypeError, match="two-stage"):
+        mask_rcnn_from_onnx(torch.nn.Linear(1, 1), outs, run_heads, metas)
+
+
 def test_a_classifier_backbone_starts_the_detector(tmp_path):
     from hilovit.models.checkpoint import CheckpointError, save_safetensors
 
@@ -167,10 +241,11 @@ def test_coco_folder_trains_with_colour_images(tmp_path):
     assert s["eval_images"] == 4 and 0.0 <= s["test_ap50"] <= 100.0
 
 
-def test_mask_rcnn_trains_evaluates_and_predicts_masks(idx_dir, tmp_path, capsys):
+def test_mask_rcnn_trains_evaluates_predicts_masks_and_exports(idx_dir, tmp_path, capsys, monkeypatch):
     """Mask R-CNN through the same task: the garments' masks reach its loss (a mask part in the metrics),
-    the run is scored for boxes and masks, eval of the run gives the same mask AP, and predict writes
-    each detection's mask as COCO RLE that decodes to the image's size."""
+    the run is scored for boxes and masks, eval of the run gives the same mask AP, predict writes
+    each detection's mask as COCO RLE that decodes to the image's size, and export writes the network and
+    its RoI heads (or, when the second misses the tolerance, neither)."""
     from pycocotools import mask as mask_utils
 
     out = tmp_path / "mrcnn"
@@ -198,3 +273,22 @@ def test_mask_rcnn_trains_evaluates_and_predicts_masks(idx_dir, tmp_path, capsys
     assert records and all("segmentation" in r for r in records)
     decoded = mask_utils.decode([r["segmentation"] for r in records])
     assert decoded.shape[:2] == (image.shape[1], image.shape[2])
+    if __import__("importlib").util.find_spec("onnxruntime") is None:
+        return
+    import hilovit.export as ex
+
+    export = ["export", "--checkpoint", str(out), "--output", str(tmp_path / "onnx" / "det.onnx"),
+              "--sizes", "96,96", "100,70"]
+    real_verify = ex.verify_onnx
+    monkeypatch.setattr(ex, "verify_onnx", lambda path, module, checks: {
+        k: v + (1.0 if "roi_heads" in str(path) else 0.0) for k, v in real_verify(path, module, checks).items()})
+    capsys.readouterr()
+    assert main(export) == 1
+    assert "det.roi_heads.onnx not written" in capsys.readouterr().err and not (tmp_path / "onnx").exists()
+    monkeypatch.setattr(ex, "verify_onnx", real_verify)
+    assert main(export) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["det.onnx", "det.roi_heads.onnx"]
+    assert f"wrote {tmp_path / 'onnx' / 'det.onnx'} (" in printed and "3x100x70" in printed
+    assert f"wrote {tmp_path / 'onnx' / 'det.roi_heads.onnx'} (" in printed and "K=5,M=1" in printed
+    assert "mask_rcnn_from_onnx" in printed and ".roi_heads.onnx" in printed

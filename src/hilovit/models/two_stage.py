@@ -87,9 +87,10 @@ class MaskRCNN(BaseDetector):
     Entry points:
         ``forward(inputs)``: a preprocessed ``(B, C, H, W)`` batch -> ``(rpn_cls_scores, rpn_bbox_preds)``,
         per FPN level ``(B, A, h, w)`` objectness logits and ``(B, A * 4, h, w)`` deltas (traceable).
-        An ONNX export of the model therefore holds the backbone, the FPN and the RPN convolutions
-        (``2 * L`` outputs); the proposal selection, NMS, RoIAlign, the box and mask heads and the mask
-        paste depend on the data and run in :meth:`predict_batch`, outside the exported graph.
+        ``hilovit export`` writes two graphs (:mod:`hilovit.tasks.detection_export`): the network (these
+        maps and the FPN maps the RoI extractors read) and the box and mask heads on RoI features; the
+        proposal selection, NMS, RoIAlign and the mask paste depend on the data and stay in PyTorch
+        (``mask_rcnn_from_onnx``: ``roi_head.predict`` with the heads graph as its ``heads``).
         :meth:`predict`: uint8 images -> detections with masks; :meth:`predict_batch`: a preprocessed
         batch + metainfo -> detections; :meth:`loss`.
 

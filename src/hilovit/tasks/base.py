@@ -13,7 +13,7 @@ configuration, the data, the model, the processes and what the task keeps betwee
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -60,21 +60,27 @@ class ExportSpec:
 
     Attributes:
         module: the ``nn.Module`` traced (the network; post-processing stays outside, documented).
-        example: the input traced, ``(B, C, H, W)``.
+        example: the input traced, ``(B, C, H, W)``, or a tuple of tensors for a graph of several inputs.
         input_names, output_names: the graph's names; dynamic_axes: as ``torch.onnx.export``'s.
-        checks: ``{label: input}``, the inputs (other batches and sizes) the file is verified at.
-        input_shape: ``(C, H, W)`` of the example (H, W are symbolic when the axes say so).
+        checks: ``{label: input}``, the inputs (other batches and sizes) the file is verified at (tuples
+            like ``example`` for several inputs).
+        input_shape: ``(C, H, W)`` of the example (H, W are symbolic when the axes say so); of its first
+            input for several.
         notes: lines for the user (what the graph holds, what is left to post-processing).
+        companions: ``{suffix: spec}``, further graphs written beside the output, each to the output's
+            name with ``.onnx`` replaced by ``suffix`` (e.g. ``'.roi_heads.onnx'``); all the files are
+            verified before any is written, and either all are written or none.
     """
 
     module: nn.Module
-    example: torch.Tensor
+    example: Union[torch.Tensor, Tuple[torch.Tensor, ...]]
     input_names: List[str]
     output_names: List[str]
     dynamic_axes: Dict[str, Dict[int, str]]
-    checks: Dict[Any, torch.Tensor]
-    input_shape: Tuple[int, int, int]
+    checks: Dict[Any, Union[torch.Tensor, Tuple[torch.Tensor, ...]]]
+    input_shape: Tuple[int, ...]
     notes: List[str] = field(default_factory=list)
+    companions: Dict[str, ExportSpec] = field(default_factory=dict)
 
 
 def image_export_spec(module: nn.Module, in_chans: int, sizes: Sequence[Tuple[int, int]], dynamic_batch: bool,

@@ -15,7 +15,7 @@ Names, arguments, initialisation and state-dict keys follow mmdet 3.2 (``bbox_he
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,9 @@ from .roi_targets import SamplingResult, assign_and_sample, bbox_targets, check_
 __all__ = ["FCNMaskHead", "RoIHead", "Shared2FCBBoxHead", "SingleRoIExtractor", "map_roi_levels"]
 
 _EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss: sum / (avg_factor + eps)
+# a stand-in for bbox_head + mask_head in RoIHead.predict: (bbox_roi_feats | None, mask_roi_feats | None) ->
+# (cls_score, bbox_pred, mask_logits), the outputs of the input given
+Heads = Callable[[Optional[Tensor], Optional[Tensor]], Sequence[Any]]
 _RCNN_CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2])
 
 
@@ -493,15 +496,44 @@ class RoIHead(nn.Module):
             raise ValueError("this RoIHead has no test_cfg; build it with one to predict")
         return self.test_cfg
 
+    def _external_heads(self, heads: Heads, bbox_feats: Optional[Tensor], mask_feats: Optional[Tensor]
+                        ) -> Tuple[Tensor, ...]:
+        """``heads(bbox_feats, mask_feats)``'s outputs for the one input given, their shapes checked."""
+        if not callable(heads):
+            raise TypeError(f"heads must be a callable (bbox_roi_feats, mask_roi_feats) -> (cls_score, bbox_pred, "
+                            f"mask_logits), got {type(heads).__name__}")
+        out = heads(bbox_feats, mask_feats)
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise ValueError(f"heads must return (cls_score, bbox_pred, mask_logits), got {type(out).__name__}"
+                             + (f" of {len(out)}" if isinstance(out, (tuple, list)) else ""))
+        C = self.bbox_head.num_classes
+        if bbox_feats is not None:
+            K, reg = bbox_feats.shape[0], 4 if self.bbox_head.reg_class_agnostic else 4 * C
+            got = [tuple(getattr(t, "shape", ())) for t in out[:2]]
+            if not all(isinstance(t, Tensor) for t in out[:2]) or got != [(K, C + 1), (K, reg)]:
+                raise ValueError(f"heads returned cls_score, bbox_pred of shapes {got} for {K} RoIs; expected "
+                                 f"tensors {(K, C + 1)} and {(K, reg)}")
+            return out[0], out[1]
+        M, ch = mask_feats.shape[0], self.mask_head.conv_logits.out_channels
+        m = out[2]
+        if not isinstance(m, Tensor) or m.dim() != 4 or tuple(m.shape[:2]) != (M, ch):
+            raise ValueError(f"heads returned mask_logits of shape {tuple(getattr(m, 'shape', ()))} for {M} RoIs; "
+                             f"expected a tensor ({M}, {ch}, h, w)")
+        return (m,)
+
     def predict_bbox(self, feats: Sequence[Tensor], proposals: Sequence[Tensor], metainfo: Sequence[Mapping[str, Any]],
-                     rescale: bool = False) -> List[Dict[str, Tensor]]:
+                     rescale: bool = False, heads: Optional[Heads] = None) -> List[Dict[str, Tensor]]:
         """Per image ``{'boxes', 'scores', 'labels'}`` from its proposals ``(N_i, 4)`` (mmdet's ``predict_bbox``:
         ``bbox2roi``, the box branch on all RoIs at once, then :meth:`Shared2FCBBoxHead.predict_single` per
         image); boxes in ``img_shape`` pixels, or in ``ori_shape`` pixels (times ``1 / scale_factor``, before
-        NMS) when ``rescale``."""
+        NMS) when ``rescale``. ``heads``: see :meth:`predict`."""
         cfg = self._require_test_cfg()
         rois = bbox2roi([p[:, :4] for p in proposals])
-        out = self.bbox_forward(feats, rois)
+        if heads is None:
+            out = self.bbox_forward(feats, rois)
+        else:
+            bbox_feats = self.bbox_roi_extractor(feats[: self.bbox_roi_extractor.num_inputs], rois)
+            out = dict(zip(("cls_score", "bbox_pred"), self._external_heads(heads, bbox_feats, None)))
         counts = [int(p.shape[0]) for p in proposals]
         results = []
         for r, c, b, meta in zip(rois.split(counts), out["cls_score"].split(counts), out["bbox_pred"].split(counts),
@@ -511,15 +543,21 @@ class RoIHead(nn.Module):
         return results
 
     def predict_mask(self, feats: Sequence[Tensor], results: Sequence[Dict[str, Tensor]],
-                     metainfo: Sequence[Mapping[str, Any]], rescale: bool = True) -> List[Dict[str, Tensor]]:
+                     metainfo: Sequence[Mapping[str, Any]], rescale: bool = True,
+                     heads: Optional[Heads] = None) -> List[Dict[str, Tensor]]:
         """Adds ``masks`` to each image's detections (mmdet's ``predict_mask``): RoIAlign on the detected
         boxes (``img_shape`` pixels), the mask head, then :meth:`FCNMaskHead.predict_masks` at ``mask_thr_binary``.
         With ``rescale`` the masks are ``ori_shape`` bool ``(N, H, W)`` and the boxes become ``boxes /
-        scale_factor`` (as mmdet's in-place division); otherwise both stay at the network's scale."""
+        scale_factor`` (as mmdet's in-place division); otherwise both stay at the network's scale.
+        ``heads``: see :meth:`predict`."""
         cfg = self._require_test_cfg()
         boxes = [r["boxes"] for r in results]
         counts = [int(b.shape[0]) for b in boxes]
-        if sum(counts) > 0:
+        if sum(counts) > 0 and heads is not None:
+            rois = bbox2roi(boxes)
+            mask_feats = self.mask_roi_extractor(feats[: self.mask_roi_extractor.num_inputs], rois)
+            preds = self._external_heads(heads, None, mask_feats)[0].split(counts)
+        elif sum(counts) > 0:
             preds = self.mask_forward(feats, bbox2roi(boxes))["mask_preds"].split(counts)
         else:
             preds = [feats[0].new_zeros((0, self.mask_head.num_classes, 1, 1))] * len(boxes)
@@ -536,11 +574,17 @@ class RoIHead(nn.Module):
         return out
 
     def predict(self, feats: Sequence[Tensor], proposals: Sequence[Tensor], metainfo: Sequence[Mapping[str, Any]],
-                rescale: bool = True) -> List[Dict[str, Tensor]]:
+                rescale: bool = True, heads: Optional[Heads] = None) -> List[Dict[str, Tensor]]:
         """Detections (and masks) of each image from its proposals, as mmdet's ``StandardRoIHead.predict``:
         with a mask head the boxes go through NMS in ``img_shape`` pixels and are rescaled by the mask step
-        (see :meth:`predict_mask`); without one they are rescaled before NMS (:meth:`predict_bbox`)."""
+        (see :meth:`predict_mask`); without one they are rescaled before NMS (:meth:`predict_bbox`).
+
+        ``heads``: None runs ``bbox_head`` and ``mask_head``; otherwise a callable standing in for them
+        (e.g. their ONNX graph, :func:`hilovit.tasks.detection_export.onnx_roi_heads`), called
+        ``heads(bbox_roi_feats, None)`` -> ``(cls_score (K, C + 1), bbox_pred (K, 4C or 4), _)`` for the
+        box step and ``heads(None, mask_roi_feats)`` -> ``(_, _, mask_logits (M, C, 28, 28))`` for the
+        mask step (``_``: anything, ignored). RoIAlign, decoding, NMS and the mask paste are the same."""
         if len(proposals) != len(metainfo):
             raise ValueError(f"proposals has {len(proposals)} entries for {len(metainfo)} metainfo dicts")
-        results = self.predict_bbox(feats, proposals, metainfo, rescale=rescale and not self.with_mask)
-        return self.predict_mask(feats, results, metainfo, rescale) if self.with_mask else results
+        results = self.predict_bbox(feats, proposals, metainfo, rescale=rescale and not self.with_mask, heads=heads)
+        return self.predict_mask(feats, results, metainfo, rescale, heads=heads) if self.with_mask else results
