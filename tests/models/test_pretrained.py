@@ -446,3 +446,52 @@ def test_warnings_do_not_leak_from_a_plain_load(lit):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_model("litv2_s", pretrained=url, **ctor)
+
+
+# --------------------------------------------------------------------------- a URL sizes the model as a path does
+def _seven_class_checkpoint(tmp_path):
+    """A litv2_nano classifier trained (here: seeded) for 7 named classes, saved as a ``.pth``; litv2_nano's own
+    head has 10, so a model sized by its default would not fit it."""
+    torch.manual_seed(7)
+    model = create_model("litv2_nano", num_classes=7)
+    names = [f"kind{i}" for i in range(7)]
+    path = tmp_path / "w.pth"
+    torch.save({"model": model.state_dict(), "classes": names}, path)
+    return model.eval(), path
+
+
+def test_pretrained_model_from_a_url_is_the_model_of_the_same_file_as_a_path(tmp_path, server):
+    from hilovit.models._builder import pretrained_model
+
+    trained, path = _seven_class_checkpoint(tmp_path)
+    server.files["/runs/w.pth"] = path.read_bytes()
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    from_path = pretrained_model("litv2_nano", str(path))
+    from_url = pretrained_model("litv2_nano", server.url("/runs/w.pth"))
+    assert ("GET", "/runs/w.pth") in server.requests
+    assert from_url.pretrained_cfg["num_classes"] == from_path.pretrained_cfg["num_classes"] == 7
+    _assert_equal_weights(from_url, trained.state_dict())  # the head too: nothing re-initialised
+    with torch.no_grad():
+        assert torch.equal(from_url(x), from_path(x))
+        assert torch.equal(from_url(x), trained(x))
+
+
+def test_cli_predict_of_a_url_prints_what_the_same_file_as_a_path_prints(tmp_path, server, capsys):
+    from PIL import Image
+
+    _, path = _seven_class_checkpoint(tmp_path)
+    server.files["/runs/w.pth"] = path.read_bytes()
+    rng = torch.Generator().manual_seed(1)
+    image = tmp_path / "photo.png"
+    Image.fromarray(torch.randint(0, 256, (40, 36, 3), generator=rng, dtype=torch.uint8).numpy()).save(image)
+
+    printed = {}
+    for kind, source in (("path", str(path)), ("url", server.url("/runs/w.pth"))):
+        assert main(["predict", str(image), "--model", "litv2_nano", "--pretrained", source, "--topk", "7",
+                     "--json"]) == 0
+        printed[kind] = json.loads(capsys.readouterr().out)
+    assert ("GET", "/runs/w.pth") in server.requests
+    assert printed["url"] == printed["path"]
+    (result,) = printed["path"]
+    assert sorted(p["index"] for p in result["predictions"]) == list(range(7))
