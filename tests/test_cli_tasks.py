@@ -93,6 +93,11 @@ ROWS = [
     ("*", "export", "--checkpoint {ckpt} --output {root}/notes.txt/m.onnx", ["notes.txt' is a file, not a folder"]),
     ("*", "export", "--checkpoint {ckpt} --output {root}/new/m.onnx --opset 5", ["opset 5 is not supported"]),
     ("*", "export", "--checkpoint {ckpt} --output {root}/new/m.onnx {huge_export}", ["tokens at the first stage"]),
+    # predict normalisation of a detector (appended here so that the ids of the rows above keep their numbers)
+    ("detection", "predict", "{root}/photo.png --checkpoint {ckpt} --mean 0.5 --std 0",
+     ["--std", "above 0"]),
+    ("detection", "predict", "{root}/photo.png --checkpoint {ckpt} --mean 0.5,0.5 --std 0.5,0.5",
+     ["not an option of predict for detection"]),
 ]
 
 
