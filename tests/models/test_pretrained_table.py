@@ -8,6 +8,8 @@ its acc@1, the "22K model" column without an ImageNet-1k accuracy). TIMM_SWIN_CF
 timm's ``default_cfgs`` in timm/models/swin_transformer.py, whose first tag per name is timm's default.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,19 @@ def test_every_entry_matches_the_official_tables():
     alphas = {w.tag: w.variant_args["alpha"] for w in _TABLE["litv2_s"].values() if w.tag.startswith("alpha")}
     assert alphas == {"alpha_0": 0.0, "alpha_0_2": 0.2, "alpha_0_4": 0.4, "alpha_0_5": 0.5, "alpha_0_7": 0.7,
                       "alpha_0_9": 0.9, "alpha_1": 1.0}
+
+
+def test_the_readme_says_whether_the_entries_carry_a_hash():
+    """README, "Pretrained weights": the entries carry no published hash, so a first download is checked for form
+    only. That holds while no entry has a ``sha256``; an entry given one makes the sentence false (and the old
+    claim, "a known SHA-256 is checked", true only then)."""
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    entries = [w for tags in _TABLE.values() for w in tags.values()]
+    assert len(entries) == len(OFFICIAL) + len(OFFICIAL_DENSE)
+    hashed = sorted(w.name for w in entries if w.sha256)
+    says_none = "The published entries carry no hash" in readme
+    claims_checked = "a known SHA-256 is checked" in readme
+    assert says_none == (not hashed) and not (claims_checked and not hashed), (hashed, says_none, claims_checked)
 
 
 def test_the_384_models_are_evaluated_by_resizing_the_whole_image():
