@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.models._api import update_pretrained_cfg
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2Backbone
@@ -36,8 +37,6 @@ from hilovit.models.swin import SwinTransformer
 
 __all__ = ["EncoderDecoder", "LITv2SegBackbone", "SwinSegBackbone", "build_segmentor"]
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
 
 
