@@ -390,7 +390,7 @@ def test_swin_backbone_frozen_stages_follow_the_official_rule():
     assert all(p.requires_grad for p in bb.layers[2].parameters()) and bb.layers[2].training
     none = SwinSegBackbone(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4)
     assert all(p.requires_grad for p in none.parameters())
-    with pytest.raises(ValueError, match=r"frozen_stages must be an int >= -1, got -2"):
+    with pytest.raises(ValueError, match=r"frozen_stages=-2: expected an integer >= -1"):
         SwinSegBackbone(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4, frozen_stages=-2)
 
 

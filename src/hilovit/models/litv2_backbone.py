@@ -7,8 +7,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from hilovit.models._api import _check_int, freeze_stages
+from hilovit.models._api import freeze_stages
 from hilovit.models.litv2 import LITv2
+from hilovit.options import check_int
 
 __all__ = ["LITv2Backbone"]
 
@@ -74,7 +75,7 @@ class LITv2Backbone(LITv2):
             norm_layer=norm_layer, ape=ape, patch_norm=patch_norm, use_checkpoint=use_checkpoint, has_msa=has_msa,
             alpha=alpha, local_ws=local_ws, features_only=True, out_indices=out_indices,
         )
-        _check_int(frozen_stages, "frozen_stages", -1)
+        check_int(frozen_stages, "frozen_stages", -1)
         if init_cfg is not None and not (isinstance(init_cfg, dict) and "checkpoint" in init_cfg):
             raise ValueError(f"init_cfg must be None or a dict with a 'checkpoint' path, got {init_cfg!r}")
         self.pretrain_img_size = self.img_size

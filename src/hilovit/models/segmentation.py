@@ -28,12 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.models._api import _check_int, freeze_stages, update_pretrained_cfg
+from hilovit.models._api import freeze_stages, update_pretrained_cfg
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.pretrained import PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin import SwinTransformer
+from hilovit.options import check_int
 
 __all__ = ["EncoderDecoder", "LITv2SegBackbone", "SwinSegBackbone", "build_segmentor"]
 
@@ -123,7 +124,7 @@ class SwinSegBackbone(SwinTransformer):
         out_indices = _check_out_indices(out_indices, len(depths))
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        _check_int(frozen_stages, "frozen_stages", -1)
+        check_int(frozen_stages, "frozen_stages", -1)
         # Built for a size whose every stage is larger than the window, so that no block clamps its
         # window or drops its shift (the classification rule); other sizes are padded at run time.
         side = patch_size * 2 ** (len(depths) - 1) * (window_size + 1)
