@@ -49,10 +49,10 @@ SHAPES = [
 _DENSE = fast.dense  # the library's own, kept while the whole-step timing swaps the module attribute
 
 
-def _onednn(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def _onednn(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``fast.dense``'s kernel, also under bfloat16 autocast (where the library calls the layer)."""
     if not torch.is_autocast_enabled("cpu"):
-        return _DENSE(layer, x)
+        return _DENSE(x, layer)
     dtype = torch.get_autocast_dtype("cpu")
     with torch.autocast("cpu", enabled=False):
         bias = None if layer.bias is None else layer.bias.to(dtype)
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     tune_allocator()
     torch.manual_seed(0)
-    ways = {"nn.Linear": lambda layer, x: layer(x), "oneDNN": _onednn}
+    ways = {"nn.Linear": lambda x, layer: layer(x), "oneDNN": _onednn}
     print("| layer | rows x in -> out | dtype | nn.Linear ms | oneDNN ms | nn.Linear / oneDNN "
           "| nn.Linear share | oneDNN share |")
     print("|---|---|---|---|---|---|---|---|")
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
 
             def step(fn, layer=layer, x=x, g=g, dtype=dtype):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                    out = fn(layer, x)
+                    out = fn(x, layer)
                 out.backward(g)
                 x.grad = layer.weight.grad = layer.bias.grad = None
 
@@ -126,7 +126,7 @@ def _whole_steps(model_name: str, dtype: torch.dtype, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    ways = {"nn.Linear": lambda layer, t: layer(t), "oneDNN": _onednn}
+    ways = {"nn.Linear": lambda t, layer: layer(t), "oneDNN": _onednn}
     times = {w: [] for w in ways}
     try:
         for r in range(steps + 1):

@@ -119,6 +119,16 @@ def test_load_model_sizes_from_checkpoint(trained):
     assert load_model("litv2_nano", d / "bare.pth")[1] is None
 
 
+def test_load_model_without_checkpoint_overlays_the_normalisation_given():
+    default = create_model("litv2_nano").pretrained_cfg
+    model, classes = load_model("litv2_nano", mean=[0.5, 0.25, 0], std=None)
+    assert classes is None and not model.training
+    cfg = model.pretrained_cfg
+    assert cfg["mean"] == (0.5, 0.25, 0.0) and cfg["std"] == default["std"]
+    assert {k: v for k, v in cfg.items() if k != "mean"} == {k: v for k, v in default.items() if k != "mean"}
+    assert load_model("litv2_nano")[0].pretrained_cfg == default
+
+
 def test_load_model_refuses_another_architecture(trained):
     d, _ = trained
     with pytest.raises(CheckpointError, match="litv2_nano"):

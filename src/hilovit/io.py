@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-__all__ = ["atomic_write", "remove_stale_temporaries", "temporary_name"]
+__all__ = ["atomic_write", "pid_running", "remove_stale_temporaries", "temporary_name"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _MODES = ("w", "wb")
@@ -33,14 +33,16 @@ def temporary_name(path: PathLike, pid: int | None = None) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (this process does; one of another user, or a system
+    that cannot tell, counts as running, so that its files are left alone)."""
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # exists but belongs to someone else, or cannot tell
+    except OSError:  # exists but belongs to someone else (PermissionError), or cannot tell
         return True
     return True
 
@@ -56,7 +58,7 @@ def remove_stale_temporaries(path: PathLike) -> list:
         return removed
     for entry in entries:
         m = pattern.match(entry.name)
-        if m is None or _pid_running(int(m.group(1))):
+        if m is None or pid_running(int(m.group(1))):
             continue
         with contextlib.suppress(OSError):
             entry.unlink()

@@ -41,8 +41,14 @@ class OptionError(ValueError):
         return _FIELD.sub(lambda m: name(m.group(1)), self.template)
 
 
+def _field(name: str) -> str:
+    """``{name}`` for an option the caller may rename; a name that is not one (``depths[2]``, a name
+    with a description) is written as given."""
+    return f"{{{name}}}" if _FIELD.fullmatch(f"{{{name}}}") else name
+
+
 def _fail(name: str, value: Any, expected: str) -> OptionError:
-    return OptionError(f"{{{name}}}={value!r}: expected {expected}")
+    return OptionError(f"{_field(name)}={value!r}: expected {expected}")
 
 
 def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,

@@ -50,8 +50,9 @@ def tune_allocator() -> bool:
 
 
 def autocast_context(device: Union[torch.device, str], dtype: Optional[torch.dtype]):
-    """``torch.autocast`` on ``device``'s type with ``dtype``, or a no-op context when ``dtype`` is None."""
-    if dtype is None:
+    """``torch.autocast`` on ``device``'s type with ``dtype``, or a no-op context when ``dtype`` is None
+    or float32 (full precision: nothing to cast to)."""
+    if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     device_type = torch.device(device).type
     return torch.autocast(device_type=device_type, dtype=dtype)

@@ -18,7 +18,7 @@ def ran_onednn(out: torch.Tensor) -> bool:
 def grads(fn, layer, x):
     layer.zero_grad(set_to_none=True)
     x.grad = None
-    out = fn(layer, x)
+    out = fn(x, layer)
     (out.float() * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
     return out, [None if t is None or t.grad is None else t.grad.clone() for t in (x, layer.weight, layer.bias)]
 
@@ -31,7 +31,7 @@ def test_values_and_gradients_equal_nn_linear_in_float32(bias, shape):
     x = torch.randn(*shape[:-1], 2 * shape[-1])[..., ::2].requires_grad_()  # strided input
     out, got = grads(fast.dense, layer, x)
     assert ran_onednn(out)
-    ref, want = grads(lambda m, t: m(t), layer, x)
+    ref, want = grads(lambda t, m: m(t), layer, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for g, w in zip(got, want):
         if w is None:
@@ -50,14 +50,14 @@ def test_frozen_input_or_frozen_weight():
     x = torch.randn(10, 16)
     out, (gx, gw, gb) = grads(fast.dense, layer, x)  # only the parameters want gradients
     assert ran_onednn(out) and gx is None and gw is not None
-    _, (_, gw_ref, gb_ref) = grads(lambda m, t: m(t), layer, x)
+    _, (_, gw_ref, gb_ref) = grads(lambda t, m: m(t), layer, x)
     torch.testing.assert_close(gw, gw_ref)
     torch.testing.assert_close(gb, gb_ref)
     layer.requires_grad_(False)
     x.requires_grad_()
     out, (gx, gw, gb) = grads(fast.dense, layer, x)  # only the input does
     assert gw is None and gb is None
-    torch.testing.assert_close(gx, grads(lambda m, t: m(t), layer, x)[1][0])
+    torch.testing.assert_close(gx, grads(lambda t, m: m(t), layer, x)[1][0])
 
 
 def test_bfloat16_autocast_is_autocast_linear():
@@ -67,7 +67,7 @@ def test_bfloat16_autocast_is_autocast_linear():
     x = torch.randn(4, 50, 64, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, got = grads(fast.dense, layer, x)
-        ref, want = grads(lambda m, t: m(t), layer, x)
+        ref, want = grads(lambda t, m: m(t), layer, x)
     assert not ran_onednn(out)
     assert out.dtype == ref.dtype == torch.bfloat16
     assert [g.dtype for g in got] == [torch.float32] * 3  # float32 parameters get float32 gradients
@@ -81,8 +81,8 @@ def test_double_backward_equals_nn_linear():
     layer = nn.Linear(12, 20)
     x = torch.randn(6, 12, requires_grad=True)
     results = []
-    for fn in (fast.dense, lambda m, t: m(t)):
-        gx, = torch.autograd.grad(fn(layer, x).square().sum(), x, create_graph=True)
+    for fn in (fast.dense, lambda t, m: m(t)):
+        gx, = torch.autograd.grad(fn(x, layer).square().sum(), x, create_graph=True)
         results.append(torch.autograd.grad(gx.square().sum(), layer.weight)[0])
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
 
@@ -91,15 +91,15 @@ def test_stands_aside_where_it_should():
     layer = nn.Linear(8, 4)
     x = torch.randn(3, 8, requires_grad=True)
     with torch.no_grad():
-        assert fast.dense(layer, x).grad_fn is None
+        assert fast.dense(x, layer).grad_fn is None
     with fast.fast_inference(False):
-        assert not ran_onednn(fast.dense(layer, x))
-    assert not ran_onednn(fast.dense(layer.double(), x.double()))  # float64: torch's products
+        assert not ran_onednn(fast.dense(x, layer))
+    assert not ran_onednn(fast.dense(x.double(), layer.double()))  # float64: torch's products
     with pytest.raises(RuntimeError):  # a dtype mismatch raises as nn.Linear does, no silent cast
-        fast.dense(layer, x.float())
+        fast.dense(x.float(), layer)
     layer.float()
     with FlopCounterMode(display=False) as counter:  # FLOP counters see torch's products
-        fast.dense(layer, x).sum().backward()
+        fast.dense(x, layer).sum().backward()
     assert counter.get_total_flops() == 3 * 2 * 3 * 8 * 4  # forward, input and weight gradients
 
 
@@ -124,14 +124,14 @@ def test_layers_with_hooks_run_through_their_call():
     prune.l1_unstructured(layer, "weight", amount=0.5)
     x = torch.randn(5, 10, requires_grad=True)
     for _ in range(2):  # a second step would fail on the first step's freed graph
-        out = fast.dense(layer, x)
+        out = fast.dense(x, layer)
         assert not ran_onednn(out)
         out.sum().backward()
     assert (layer.weight_orig.grad[layer.weight_mask == 0] == 0).all()
     seen = []
     plain = nn.Linear(10, 6)
     handle = plain.register_forward_hook(lambda m, args, out: seen.append(out))
-    out = fast.dense(plain, x)
+    out = fast.dense(x, plain)
     assert len(seen) == 1 and seen[0] is out
     handle.remove()
-    assert ran_onednn(fast.dense(plain, x))
+    assert ran_onednn(fast.dense(x, plain))

@@ -208,3 +208,21 @@ def test_feature_info_is_the_list_it_was():
     assert info.reduction([1]) == [8] and info.module_name(0) == "layers.0"
     assert info.get_dicts(["stage"]) == [{"stage": 0}, {"stage": 2}]
     assert math.prod(info.reduction()) == 16
+
+
+@pytest.mark.parametrize("family, kwargs, message", [
+    ("litv2", dict(embed_dim=0), "embed_dim=0: expected a positive integer"),
+    ("litv2", dict(depths=[1, 1, True, 1]), "depths[2]=True: expected a positive integer"),
+    ("litv2", dict(num_heads=[1, 2, 0, 8]), "num_heads[2]=0: expected a positive integer"),
+    ("litv2", dict(drop_path_rate=1.0), "drop_path_rate=1.0: expected a fraction in [0, 1)"),
+    ("litv2", dict(num_classes=-1), "num_classes=-1: expected an integer >= 0"),
+    ("swin", dict(window_size=2.0), "window_size=2.0: expected a positive integer"),
+])
+def test_constructor_checks_name_the_argument_the_value_and_what_was_expected(family, kwargs, message):
+    from hilovit.models.litv2 import LITv2
+    from hilovit.models.swin import SwinTransformer
+
+    cls = LITv2 if family == "litv2" else SwinTransformer
+    with pytest.raises(ValueError) as info:
+        cls(**kwargs)
+    assert str(info.value) == message

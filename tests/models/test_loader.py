@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -178,12 +179,20 @@ def test_outputs_are_0644_under_the_usual_umask(net, tmp_path):
 
 
 def test_autocast_context_has_one_home():
+    import hilovit.bench.attention as bench_attention
+    import hilovit.bench.models as bench_models
+    import hilovit.bench.seg as bench_seg
     import hilovit.train.engine as engine
     from hilovit.tasks import segmentation_eval
 
     assert engine.autocast_context is autocast_context and segmentation_eval.autocast_context is autocast_context
+    assert all(m.autocast_context is autocast_context for m in (bench_attention, bench_models, bench_seg))
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast_context(torch.device("cpu"), torch.bfloat16):
         assert (a @ b).dtype == torch.bfloat16
     with autocast_context("cpu", None):
         assert (a @ b).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 is full precision: no autocast (and no "not supported" warning)
+        with autocast_context("cpu", torch.float32):
+            assert (a @ b).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")

@@ -311,3 +311,19 @@ def test_losses_decrease_over_a_few_steps_and_reach_the_fpn():
     # gradients reach the FPN map the RoIs read (level 0 for these sizes); the unused levels get zeros
     assert feats[0].grad.abs().sum() > 0 and all(f.grad is not None and f.grad.abs().sum() == 0 for f in feats[1:])
     assert sum(len(s.pos_inds) for s in samples) >= 8
+
+
+def test_head_integer_arguments_are_checked_with_name_value_and_bound():
+    from hilovit.models.heads.retina_head import RetinaHead
+    from hilovit.models.heads.roi_heads import FCNMaskHead
+    from hilovit.models.heads.rpn_head import RPNHead
+
+    cases = [(lambda: RetinaHead(num_classes=3, in_channels=8, stacked_convs=-1),
+              "RetinaHead stacked_convs=-1: expected an integer >= 0"),
+             (lambda: RPNHead(in_channels=0), "RPNHead in_channels=0: expected a positive integer"),
+             (lambda: FCNMaskHead(num_convs=2.0), "num_convs=2.0: expected an integer >= 0"),
+             (lambda: FCNMaskHead(num_classes=True), "num_classes=True: expected a positive integer")]
+    for build, message in cases:
+        with pytest.raises(ValueError) as info:
+            build()
+        assert str(info.value) == message

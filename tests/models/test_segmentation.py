@@ -380,6 +380,20 @@ def test_swin_backbone_keeps_window_and_shift_on_maps_smaller_than_the_window(si
         torch.testing.assert_close(g, r, atol=1e-8, rtol=1e-8)
 
 
+def test_swin_backbone_frozen_stages_follow_the_official_rule():
+    # mmseg's Swin: >= 0 freezes the patch embedding, >= 2 also stages 0 .. frozen_stages - 2
+    bb = SwinSegBackbone(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4, frozen_stages=3)
+    bb.train()
+    frozen = [bb.patch_embed, bb.layers[0], bb.layers[1]]
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    assert not any(m.training for f in frozen for m in f.modules())
+    assert all(p.requires_grad for p in bb.layers[2].parameters()) and bb.layers[2].training
+    none = SwinSegBackbone(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4)
+    assert all(p.requires_grad for p in none.parameters())
+    with pytest.raises(ValueError, match=r"frozen_stages=-2: expected an integer >= -1"):
+        SwinSegBackbone(embed_dim=8, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4, frozen_stages=-2)
+
+
 def test_swin_segmentor_runs_and_loads_its_own_checkpoint(tmp_path):
     cfg = dict(tiny_cfg(), backbone=dict(type="SwinTransformer", embed_dim=8, depths=[2, 2, 2, 2],
                                          num_heads=[1, 2, 2, 4], window_size=4))

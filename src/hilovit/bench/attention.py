@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 
 from hilovit.bench.common import (
-    autocast_context,
     command_line,
     interleaved_timings,
     machine_info,
@@ -32,6 +31,7 @@ from hilovit.flops import count_flops
 from hilovit.layers.attention import Attention, SpatialReductionAttention
 from hilovit.layers.hilo import HiLo
 from hilovit.layers.window_attention import WindowAttention
+from hilovit.runtime import autocast_context
 
 __all__ = ["NaiveHiLo", "MECHANISMS", "build_mechanism", "run_attention_benchmark", "PAPER_CPU_RATIOS"]
 
@@ -199,7 +199,7 @@ def run_attention_benchmark(
                 mod = modules[m.name]
 
                 def fn(mod=mod, dt=dt, x=x):
-                    with torch.inference_mode(), autocast_context(dt, dev):
+                    with torch.inference_mode(), autocast_context(dev, dt):
                         return mod(x)
 
                 fns[(m.name, dname)] = fn

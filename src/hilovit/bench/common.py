@@ -29,7 +29,6 @@ __all__ = [
     "parse_dtype",
     "set_threads",
     "synchronize",
-    "autocast_context",
     "matmul_rate",
     "interleaved_timings",
     "peak_memory_bytes",
@@ -62,14 +61,6 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast_context(dtype: torch.dtype, device: torch.device | str):
-    """``torch.autocast`` for a lower-precision dtype; a no-op context for float32."""
-    device = torch.device(device)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def matmul_rate(

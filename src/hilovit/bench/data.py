@@ -133,6 +133,7 @@ def run_data_benchmark(
         output: prefix of the ``.csv``/``.md`` files (None: write nothing).
     """
     from hilovit.data import AugmentConfig
+    from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     from hilovit.data.folders import ImageFolderDataset
     from hilovit.train.loaders import BatchPipeline
 
@@ -179,7 +180,7 @@ def run_data_benchmark(
 
     # the device-side part of the data path: uint8 batch -> augmented, normalised float batch
     augment = AugmentConfig(scale=(0.08, 1.0), rand_augment=True, random_erasing=0.25)  # the ImageNet recipe
-    pipeline = BatchPipeline(3, img_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), augment).train()
+    pipeline = BatchPipeline(3, img_size, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, augment).train()
     pipeline.augment.crop_in_loader = True  # as crop_in_workers sets it for image folders
     uint8 = torch.randint(0, 256, (batch, 3, img_size, img_size), dtype=torch.uint8)
     with torch.no_grad():

@@ -26,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.bench.common import (
-    autocast_context,
     command_line,
     interleaved_timings,
     machine_info,
@@ -38,6 +37,7 @@ from hilovit.bench.common import (
 )
 from hilovit.flops import count_flops
 from hilovit.models.registry import list_models
+from hilovit.runtime import autocast_context
 from hilovit.train.optim import fused_adamw_supported
 
 __all__ = [
@@ -311,7 +311,7 @@ def run_models_benchmark(
         for dname, dt in dts:
 
             def infer(model=model, xm=xm, dt=dt):
-                with torch.inference_mode(), autocast_context(dt, dev):
+                with torch.inference_mode(), autocast_context(dev, dt):
                     return model(xm)
 
             fns[f"{name}|{dname}|inference"] = infer
@@ -322,7 +322,7 @@ def run_models_benchmark(
             for dname, dt in dts:
 
                 def infer_compiled(cmodel=cmodel, xm=xm, dt=dt):
-                    with torch.inference_mode(), autocast_context(dt, dev):
+                    with torch.inference_mode(), autocast_context(dev, dt):
                         return cmodel(xm)
 
                 log(f"compiling {name} ({dname}) ...")
@@ -343,7 +343,7 @@ def run_models_benchmark(
                 for dname, dt in dts:
 
                     def step(fwd=fwd, opt=opt, xm=xm, dt=dt, target=target):
-                        with autocast_context(dt, dev):
+                        with autocast_context(dev, dt):
                             out = fwd(xm)
                             loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
                         loss.backward()
@@ -412,7 +412,7 @@ def run_models_benchmark(
                 xs = torch.randn(sweep_batch, in_chans, size, size, device=dev)
 
                 def backbone(model=model, xs=xs, dt=dt):
-                    with torch.inference_mode(), autocast_context(dt, dev):
+                    with torch.inference_mode(), autocast_context(dev, dt):
                         return _backbone_fn(model)(xs)
 
                 sfns[name] = backbone

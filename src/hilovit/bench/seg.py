@@ -24,7 +24,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from hilovit.bench.common import (
-    autocast_context,
     command_line,
     interleaved_timings,
     machine_info,
@@ -34,6 +33,7 @@ from hilovit.bench.common import (
     synchronize,
     write_table,
 )
+from hilovit.runtime import autocast_context
 
 __all__ = ["DEFAULT_PAIR", "DEFAULT_SIZES", "COLUMNS", "parse_size", "bf16_skip_reason", "run_seg_benchmark",
            "plot_seg_benchmark"]
@@ -203,7 +203,7 @@ def run_seg_benchmark(
             for role, m in models.items():
 
                 def infer(m=m, x=xs[role], dt=dt):
-                    with torch.inference_mode(), autocast_context(dt, dev):
+                    with torch.inference_mode(), autocast_context(dev, dt):
                         return _network(m)(x)
 
                 fns[role] = infer

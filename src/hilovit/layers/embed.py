@@ -101,7 +101,7 @@ class PatchMerging(nn.Module):
         x = x.view(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)
         if fast.inference_dtype(x, self) == torch.bfloat16:  # no float32 round trip, packed weight
             return fast.linear(fast.norm(self.norm, x.to(torch.bfloat16), torch.bfloat16), self.reduction)
-        return fast.dense(self.reduction, self.norm(x))
+        return fast.dense(self.norm(x), self.reduction)
 
     def flops(self, H: int, W: Optional[int] = None) -> int:
         """Multiply-adds of the reduction (official count: ``(H/2)(W/2) 4C 2C``)."""

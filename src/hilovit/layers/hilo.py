@@ -109,8 +109,8 @@ class HiLo(nn.Module):
             f"l_heads={self.l_heads}, h_heads={self.h_heads}"
         )
 
-    def _linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        return fast.dense(layer, x) if fast.why_not_fast(x, self) else fast.linear(x, layer)
+    def _linear(self, x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+        return fast.dense(x, layer) if fast.why_not_fast(x, self) else fast.linear(x, layer)
 
     def _drop(self) -> float:
         return self.attn_drop if self.training else 0.0
@@ -120,7 +120,7 @@ class HiLo(nn.Module):
         ``ws``) -> ``(B, Hp, Wp, h_dim)`` after ``h_proj``."""
         B, Hp, Wp, _ = x.shape
         s, nh, hd = self.ws, self.h_heads, self.head_dim
-        qkv = self._linear(self.h_qkv, x)  # (B, Hp, Wp, 3 h_dim)
+        qkv = self._linear(x, self.h_qkv)  # (B, Hp, Wp, 3 h_dim)
         if fast.hifi_band_windows(x, Wp // s):  # a band of s rows at a time, windows kept apart by a mask
             bands = qkv.reshape(B * (Hp // s), s * Wp, 3, nh, hd)
             q, k, v = (bands[:, :, i].transpose(1, 2) for i in range(3))  # (B Hp/s, nh, s Wp, hd) views
@@ -132,24 +132,24 @@ class HiLo(nn.Module):
             win = win.reshape(3, B * hg * wg, nh, s * s, hd)
             out = fast.attention(win[0], win[1], win[2], None, self.scale, self._drop())
             out = out.reshape(B, hg, wg, nh, s, s, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, self.h_dim)
-        return self._linear(self.h_proj, out)
+        return self._linear(out, self.h_proj)
 
     def lofi(self, x: torch.Tensor) -> torch.Tensor:
         """Lo-Fi: every position of ``x (B, Hp, Wp, C)`` attends to keys and values of the map
         average-pooled over ``ws x ws`` cells -> ``(B, Hp, Wp, l_dim)`` after ``l_proj``."""
         B, Hp, Wp, _ = x.shape
         nh, hd = self.l_heads, self.head_dim
-        q = self._linear(self.l_q, x).reshape(B, Hp * Wp, nh, hd).transpose(1, 2)  # (B, nh, N, hd)
+        q = self._linear(x, self.l_q).reshape(B, Hp * Wp, nh, hd).transpose(1, 2)  # (B, nh, N, hd)
         k, v = self._lofi_keys(x)
         out = fast.attention(q, k, v, None, self.scale, self._drop())
-        return self._linear(self.l_proj, out.transpose(1, 2).reshape(B, Hp, Wp, self.l_dim))
+        return self._linear(out.transpose(1, 2).reshape(B, Hp, Wp, self.l_dim), self.l_proj)
 
     def _lofi_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``(B, l_heads, M, head_dim)`` of the pooled map (``M = Hp Wp / ws^2``)."""
         if self.ws > 1:  # average pool, channels last in and out
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws).permute(0, 2, 3, 1)
         B, M = x.shape[0], x.shape[1] * x.shape[2]  # explicit sizes: an empty batch has no -1 to infer
-        kv = self._linear(self.l_kv, x.reshape(B, M, self.dim)).view(B, M, 2, self.l_heads, self.head_dim)
+        kv = self._linear(x.reshape(B, M, self.dim), self.l_kv).view(B, M, 2, self.l_heads, self.head_dim)
         return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
     def forward(self, x: torch.Tensor, H: Optional[int] = None, W: Optional[int] = None) -> torch.Tensor:

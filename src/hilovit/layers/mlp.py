@@ -43,7 +43,7 @@ class Mlp(nn.Module):
         """``shortcut``: a tensor of the output's shape added to the result (a block's residual)."""
         if not fast.why_not_fast(x, self):
             return self._forward_fast(x, shortcut)
-        out = self.drop(fast.dense(self.fc2, self.drop(self.act(fast.dense(self.fc1, x)))))
+        out = self.drop(fast.dense(self.drop(self.act(fast.dense(x, self.fc1))), self.fc2))
         return out if shortcut is None else shortcut + out
 
     def _forward_fast(self, x: torch.Tensor, shortcut: Optional[torch.Tensor]) -> torch.Tensor:
@@ -149,9 +149,9 @@ class ConvFFN(Mlp):
         if not fast.why_not_fast(x, self):
             out = self._forward_fast(x, shortcut)
         else:
-            out = fast.dense(self.fc1, x)
+            out = fast.dense(x, self.fc1)
             out = self.drop(self.act(self.dwconv(out)))
-            out = self.drop(fast.dense(self.fc2, out))
+            out = self.drop(fast.dense(out, self.fc2))
             if shortcut is not None:
                 out = shortcut + out
         return out.flatten(1, 2) if flat else out

@@ -296,11 +296,11 @@ class WindowAttention(nn.Module):
             for s, e, t in plan.chunks(self.window_tokens, self.chunk_rows):
                 self.window_attention(fast.linear(rows[s:e], self.qkv), masks[t : t + 1], out=out[s:e])
         else:
-            outs = [self.window_attention(fast.dense(self.qkv, rows[s:e]), masks[t : t + 1]) for s, e, t in plan.groups]
+            outs = [self.window_attention(fast.dense(rows[s:e], self.qkv), masks[t : t + 1]) for s, e, t in plan.groups]
             out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if plan.inv is not None:
             out = out.index_select(0, plan.inv)  # back to the map's order; drops the padding
-        out = fast.linear(out, self.proj) if inference else fast.dense(self.proj, out)
+        out = fast.linear(out, self.proj) if inference else fast.dense(out, self.proj)
         return self.proj_drop(out).view(B, H, W, C)
 
     def forward_windows(self, x: torch.Tensor) -> torch.Tensor:

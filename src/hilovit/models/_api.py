@@ -10,6 +10,8 @@
   ``_run_stage(i, x)`` (-> the stage's output before any merge and the next stage's input):
   ``forward_features``, ``forward_head``, ``forward_intermediates``, ``forward_feature_maps``,
   ``get_classifier``, ``reset_classifier``, and the input check.
+* :func:`freeze_stages`: the official ``frozen_stages`` rule of the detection and segmentation
+  backbones.
 * :func:`init_weights`: the official initialisation of both families (truncated normal linear
   weights, std 0.02, zero biases, unit LayerNorms).
 """
@@ -24,7 +26,7 @@ import torch.nn as nn
 from hilovit.runtime import tune_allocator
 
 __all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "init_weights", "check_image_input",
-           "update_pretrained_cfg"]
+           "update_pretrained_cfg", "freeze_stages"]
 
 Indices = Union[int, Sequence[int], None]
 
@@ -37,18 +39,6 @@ def _as_list(value, name: str, n: Optional[int] = None) -> List:
     if n is not None and len(value) != n:
         raise ValueError(f"{name} must have one entry per stage (len(depths) = {n}), got {value!r}")
     return value
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_rate(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-    return float(value)
 
 
 
@@ -131,6 +121,20 @@ def update_pretrained_cfg(model: nn.Module, base: Optional[Dict[str, Any]] = Non
     cfg.update(changes)
     model.pretrained_cfg = cfg
     return cfg
+
+
+def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
+    """Freeze a backbone's first stages by the official rule of the LITv2 and Swin detection and
+    segmentation backbones: ``frozen_stages >= 0`` freezes ``model.patch_embed``, ``>= 2`` also
+    ``model.layers[0 .. frozen_stages - 2]``; -1 freezes nothing. The frozen modules are put in eval
+    mode and their parameters stop requiring gradients (call it again after every ``train()``)."""
+    mods: List[nn.Module] = [model.patch_embed] if frozen_stages >= 0 else []
+    if frozen_stages >= 2:
+        mods.extend(model.layers[: frozen_stages - 1])
+    for m in mods:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad = False
 
 
 def init_weights(m: nn.Module) -> None:

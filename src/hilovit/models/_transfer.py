@@ -36,6 +36,8 @@ from urllib.parse import urljoin, urlparse
 
 import torch
 
+from hilovit.io import pid_running
+
 __all__ = ["DownloadError", "check_download", "check_whole", "download_max_bytes", "download_timeout", "fetch_hint",
            "partial_path", "sweep_partials", "transfer"]
 
@@ -90,18 +92,6 @@ def fetch_hint(url: str, dest: Path) -> str:
 
 
 # --------------------------------------------------------------------------- partial files
-def _pid_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists but is someone else's, or this system cannot tell
-        return True
-    return True
-
-
 def partial_path(dest: Path) -> Path:
     """A new partial file name beside ``dest``: ``.<name>.<host>.<pid>-<random>.partial``."""
     return dest.with_name(f".{dest.name}.{_HOST}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
@@ -131,7 +121,7 @@ def sweep_partials(folder: Union[str, os.PathLike], timeout: Optional[float] = N
             age = now - entry.stat().st_mtime
         except OSError:
             continue
-        if (m["host"] == _HOST and not _pid_running(int(m["pid"]))) or age > limit:
+        if (m["host"] == _HOST and not pid_running(int(m["pid"]))) or age > limit:
             try:
                 entry.unlink()
                 removed.append(entry)

@@ -22,10 +22,11 @@ from hilovit.models._api import update_pretrained_cfg
 from hilovit.models.det_preprocessor import DetDataPreprocessor, Images, as_image_list, resize_keep_ratio
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.litv2_backbone import LITv2Backbone
+from hilovit.models.pretrained import PretrainedWeights
 from hilovit.models.segmentation import EncoderDecoder, SwinSegBackbone, _check_keys, _merge, _split_type
 
-__all__ = ["BaseDetector", "build_body", "build_part", "check_targets", "create_detector", "det_cfg",
-           "load_backbone_init", "load_into", "load_top_init"]
+__all__ = ["BaseDetector", "build_body", "build_part", "check_targets", "coco_weights", "create_detector", "det_cfg",
+           "litv2_backbone", "load_backbone_init", "load_into", "load_top_init"]
 
 RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
 BACKBONES = {"LITv2": LITv2Backbone, "SwinTransformer": SwinSegBackbone}
@@ -286,3 +287,33 @@ def create_detector(config: Dict[str, Any], cfg_overrides: Dict[str, Any], build
         pcfg["class_names"] = None
     update_pretrained_cfg(model, base=pcfg)
     return model
+
+
+# ---------------------------------------------------------------------------- the official COCO models
+#: The official LITv2 COCO detectors' backbone sizes: ``(embed_dim, depths, num_heads, drop_path_rate)``.
+LITV2_SIZES = {
+    "s": (96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
+    "m": (96, (2, 2, 18, 2), (3, 6, 12, 24), 0.2),
+    "b": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.3),
+}
+
+
+def litv2_backbone(size: str, ws4: bool = False) -> Dict[str, Any]:
+    """The ``backbone`` dict of the official LITv2 COCO detectors (RetinaNet and Mask R-CNN alike) of
+    ``size`` (``'s'``, ``'m'``, ``'b'``): HiLo window 2 in stage 3, or 4 with ``ws4`` (the ``*_ws_4``
+    configs); ``'b'`` trains with activation checkpointing (``use_checkpoint=True``) as its config does."""
+    embed_dim, depths, num_heads, drop_path_rate = LITV2_SIZES[size]
+    return dict(type="LITv2", embed_dim=embed_dim, depths=list(depths), num_heads=list(num_heads), window_size=7,
+                mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
+                drop_path_rate=drop_path_rate, ape=False, patch_norm=True, out_indices=[0, 1, 2, 3],
+                use_checkpoint=size == "b", alpha=0.9, local_ws=[0, 0, 4 if ws4 else 2, 1])
+
+
+def coco_weights(kind: str, size: str, ws4: bool, **aps: float) -> PretrainedWeights:
+    """The published COCO 1x weights of ``{kind}_litv2_{size}[_ws4]`` (ziplab/LITv2 release v1.0,
+    ``{kind}_litv2_{size}_fpn_1x_coco[_ws_4].pth``) with its COCO val2017 ``aps`` (``box_ap``, ``mask_ap``)."""
+    file = f"{kind}_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
+    return PretrainedWeights(model=f"{kind}_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=RELEASE + file,
+                             top1=None, num_classes=80, input_size=(3, 1280, 800), crop_pct=1.0,
+                             interpolation="bilinear", dataset="coco", paper="https://arxiv.org/abs/2205.13213",
+                             metrics=dict(aps), extra=dict(aps))

@@ -26,18 +26,19 @@ import torch.nn as nn
 
 from hilovit.models.det_preprocessor import DetDataPreprocessor
 from hilovit.models.detection_base import (
-    RELEASE,
     BaseDetector,
     Result,
     build_body,
     build_part,
     check_targets,
+    coco_weights,
     create_detector,
+    litv2_backbone,
     load_backbone_init,
 )
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.heads.retina_head import RetinaHead
-from hilovit.models.pretrained import PretrainedWeights, register_weights
+from hilovit.models.pretrained import register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.segmentation import _split_type
 from hilovit.models.two_stage import build_mask_rcnn
@@ -201,62 +202,48 @@ def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> 
     return create_detector(config, cfg_overrides, build_detector, ["bbox_head"], [["bbox_head"]], **kwargs)
 
 
-def _litv2(embed_dim: int, depths: List[int], num_heads: List[int], drop_path_rate: float, local_ws: List[int],
-           use_checkpoint: bool = False) -> Dict[str, Any]:
-    backbone = dict(type="LITv2", embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=7,
-                    mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
-                    drop_path_rate=drop_path_rate, ape=False, patch_norm=True, out_indices=[0, 1, 2, 3],
-                    use_checkpoint=use_checkpoint, alpha=0.9, local_ws=local_ws)
-    return _retinanet_config(backbone, [embed_dim * 2**i for i in range(4)])
-
-
-def _official(size: str, ws4: bool, box_ap: float) -> Dict[str, Any]:
-    """The pretrained_cfg of an official COCO model (its file and box AP are in the weights table below)."""
-    return {}
-
-
-_S = (96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2)
-_M = (96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2)
-_B = (128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3)
+def _litv2(size: str, ws4: bool = False) -> Dict[str, Any]:
+    backbone = litv2_backbone(size, ws4)
+    return _retinanet_config(backbone, [backbone["embed_dim"] * 2**i for i in range(4)])
 
 
 @register_model(task="detection")
 def retinanet_litv2_s(**kwargs) -> RetinaNet:
     """LITv2-S RetinaNet, COCO 1x (official ``retinanet_litv2_s_fpn_1x_coco``): 38,014,252 parameters,
     official 242.39 GFLOPs at 1280 x 800, 44.0 box AP."""
-    return _create(_litv2(*_S, local_ws=[0, 0, 2, 1]), _official("s", False, 44.0), **kwargs)
+    return _create(_litv2("s"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def retinanet_litv2_m(**kwargs) -> RetinaNet:
     """LITv2-M RetinaNet, COCO 1x: 59,000,620 parameters, 348.09 GFLOPs, 46.0 box AP."""
-    return _create(_litv2(*_M, local_ws=[0, 0, 2, 1]), _official("m", False, 46.0), **kwargs)
+    return _create(_litv2("m"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def retinanet_litv2_b(**kwargs) -> RetinaNet:
     """LITv2-B RetinaNet, COCO 1x: 97,139,852 parameters, 481.09 GFLOPs, 46.7 box AP (the official
     config trains with activation checkpointing, ``use_checkpoint=True``)."""
-    return _create(_litv2(*_B, local_ws=[0, 0, 2, 1], use_checkpoint=True), _official("b", False, 46.7), **kwargs)
+    return _create(_litv2("b"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def retinanet_litv2_s_ws4(**kwargs) -> RetinaNet:
     """LITv2-S RetinaNet with HiLo window 4 in stage 3 (``retinanet_litv2_s_fpn_1x_coco_ws_4``):
     official 230 GFLOPs, 43.7 box AP."""
-    return _create(_litv2(*_S, local_ws=[0, 0, 4, 1]), _official("s", True, 43.7), **kwargs)
+    return _create(_litv2("s", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
 def retinanet_litv2_m_ws4(**kwargs) -> RetinaNet:
     """LITv2-M RetinaNet, HiLo window 4: official 312 GFLOPs, 45.8 box AP."""
-    return _create(_litv2(*_M, local_ws=[0, 0, 4, 1]), _official("m", True, 45.8), **kwargs)
+    return _create(_litv2("m", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
 def retinanet_litv2_b_ws4(**kwargs) -> RetinaNet:
     """LITv2-B RetinaNet, HiLo window 4: official 430 GFLOPs, 46.3 box AP."""
-    return _create(_litv2(*_B, local_ws=[0, 0, 4, 1], use_checkpoint=True), _official("b", True, 46.3), **kwargs)
+    return _create(_litv2("b", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
@@ -297,14 +284,6 @@ def retinanet_litv2_nano(**kwargs) -> RetinaNet:
 
 # --------------------------------------------------------------------------- published weights
 # The official COCO 1x models (ziplab/LITv2 detection/README.md, release v1.0): box AP on COCO val2017.
-def _coco_weights(size: str, ws4: bool, box_ap: float) -> PretrainedWeights:
-    file = f"retinanet_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
-    return PretrainedWeights(model=f"retinanet_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=RELEASE + file,
-                             top1=None, num_classes=80, input_size=(3, 1280, 800), crop_pct=1.0,
-                             interpolation="bilinear", dataset="coco", paper="https://arxiv.org/abs/2205.13213",
-                             metrics={"box_ap": box_ap}, extra={"box_ap": box_ap})
-
-
-register_weights(*(_coco_weights(size, ws4, ap) for size, ws4, ap in (
+register_weights(*(coco_weights("retinanet", size, ws4, box_ap=ap) for size, ws4, ap in (
     ("s", False, 44.0), ("m", False, 46.0), ("b", False, 46.7),
     ("s", True, 43.7), ("m", True, 45.8), ("b", True, 46.3))))

@@ -41,8 +41,6 @@ from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
     HierarchicalModel,
     _as_list,
-    _check_int,
-    _check_rate,
     check_image_input,
     feature_take_indices,
     init_weights,
@@ -51,6 +49,7 @@ from hilovit.models._api import (
 from hilovit.models.litv2_blocks import HiLoBlock, LITStage
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
+from hilovit.options import check_fraction, check_int
 
 __all__ = ["LITv2", "param_groups"]
 _RELEASES = "https://github.com/ziplab/LITv2/releases/download/"
@@ -79,7 +78,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 def _check_stages(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], has_msa: Sequence[int],
                   local_ws: Optional[Sequence[int]]) -> Tuple[List[int], List[int], List[int], List[int]]:
     """The per-stage arguments checked and completed: ``(depths, num_heads, has_msa, local_ws)`` as lists."""
-    depths = [_check_int(d, "depths[i]", 1) for d in _as_list(depths, "depths")]
+    depths = [check_int(d, f"depths[{i}]", 1) for i, d in enumerate(_as_list(depths, "depths"))]
     n = len(depths)
     if n < 1:
         raise ValueError("depths must name at least one stage, got []")
@@ -91,8 +90,8 @@ def _check_stages(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int
     for i in range(n):
         dim = embed_dim * 2**i
         if has_msa[i]:
-            _check_int(local_ws[i], f"local_ws[{i}] (HiLo window of attention stage {i})", 1)
-            h = _check_int(num_heads[i], f"num_heads[{i}]", 1)
+            check_int(local_ws[i], f"local_ws[{i}] (HiLo window of attention stage {i})", 1)
+            h = check_int(num_heads[i], f"num_heads[{i}]", 1)
             if dim % h:
                 raise ValueError(f"num_heads[{i}] = {h} must divide the channels of stage {i} ({dim})")
     return depths, num_heads, has_msa, local_ws
@@ -187,16 +186,16 @@ class LITv2(HierarchicalModel):
         self.img_size = to_2tuple(img_size, "img_size")
         if min(self.img_size) < 1:
             raise ValueError(f"img_size must be positive, got {img_size!r}")
-        self.patch_size = _check_int(patch_size, "patch_size", 1)
-        self.in_chans = _check_int(in_chans, "in_chans", 1)
-        self.num_classes = 0 if features_only else _check_int(num_classes, "num_classes", 0)
-        self.embed_dim = _check_int(embed_dim, "embed_dim", 1)
+        self.patch_size = check_int(patch_size, "patch_size", 1)
+        self.in_chans = check_int(in_chans, "in_chans", 1)
+        self.num_classes = 0 if features_only else check_int(num_classes, "num_classes", 0)
+        self.embed_dim = check_int(embed_dim, "embed_dim", 1)
         depths, num_heads, has_msa, local_ws = _check_stages(embed_dim, depths, num_heads, has_msa, local_ws)
         n = len(depths)
         _check_alpha_mlp_ratio(alpha, mlp_ratio, embed_dim)
-        drop_rate = _check_rate(drop_rate, "drop_rate")
-        attn_drop_rate = _check_rate(attn_drop_rate, "attn_drop_rate")
-        drop_path_rate = _check_rate(drop_path_rate, "drop_path_rate")
+        drop_rate = check_fraction(drop_rate, "drop_rate")
+        attn_drop_rate = check_fraction(attn_drop_rate, "attn_drop_rate")
+        drop_path_rate = check_fraction(drop_path_rate, "drop_path_rate")
         if global_pool not in ("avg", ""):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if ape:

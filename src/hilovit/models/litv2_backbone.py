@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from hilovit.models._api import freeze_stages
 from hilovit.models.litv2 import LITv2
+from hilovit.options import check_int
 
 __all__ = ["LITv2Backbone"]
 
@@ -73,34 +75,19 @@ class LITv2Backbone(LITv2):
             norm_layer=norm_layer, ape=ape, patch_norm=patch_norm, use_checkpoint=use_checkpoint, has_msa=has_msa,
             alpha=alpha, local_ws=local_ws, features_only=True, out_indices=out_indices,
         )
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < -1:
-            raise ValueError(f"frozen_stages must be an int >= -1, got {frozen_stages!r}")
+        check_int(frozen_stages, "frozen_stages", -1)
         if init_cfg is not None and not (isinstance(init_cfg, dict) and "checkpoint" in init_cfg):
             raise ValueError(f"init_cfg must be None or a dict with a 'checkpoint' path, got {init_cfg!r}")
         self.pretrain_img_size = self.img_size
         self.window_size = window_size
         self.frozen_stages = frozen_stages
         self.init_cfg = init_cfg
-        self._freeze_stages()
-
-    def _frozen_modules(self) -> List[nn.Module]:
-        mods: List[nn.Module] = []
-        if self.frozen_stages >= 0:
-            mods.append(self.patch_embed)
-        if self.frozen_stages >= 2:
-            mods.extend(self.layers[i] for i in range(min(self.frozen_stages - 1, self.num_layers)))
-        return mods
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze_stages(self, frozen_stages)
 
     def train(self, mode: bool = True) -> LITv2Backbone:
         """Switch mode, keeping the frozen stages in eval mode."""
         super().train(mode)
-        self._freeze_stages()
+        freeze_stages(self, self.frozen_stages)
         return self
 
     def init_weights(self) -> None:

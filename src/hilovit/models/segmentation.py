@@ -27,17 +27,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hilovit.models._api import update_pretrained_cfg
+from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from hilovit.models._api import freeze_stages, update_pretrained_cfg
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.pretrained import PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin import SwinTransformer
+from hilovit.options import check_int
 
 __all__ = ["EncoderDecoder", "LITv2SegBackbone", "SwinSegBackbone", "build_segmentor"]
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
 
 
@@ -124,8 +124,7 @@ class SwinSegBackbone(SwinTransformer):
         out_indices = _check_out_indices(out_indices, len(depths))
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or frozen_stages < -1:
-            raise ValueError(f"frozen_stages must be an int >= -1, got {frozen_stages!r}")
+        check_int(frozen_stages, "frozen_stages", -1)
         # Built for a size whose every stage is larger than the window, so that no block clamps its
         # window or drops its shift (the classification rule); other sizes are padded at run time.
         side = patch_size * 2 ** (len(depths) - 1) * (window_size + 1)
@@ -149,20 +148,11 @@ class SwinSegBackbone(SwinTransformer):
         for i in out_indices:
             self.add_module(f"norm{i}", norm_layer(embed_dim * 2**i))
         self.frozen_stages = frozen_stages
-        self._freeze_stages()
-
-    def _freeze_stages(self) -> None:
-        mods: List[nn.Module] = [self.patch_embed] if self.frozen_stages >= 0 else []
-        if self.frozen_stages >= 2:
-            mods += list(self.layers[: self.frozen_stages - 1])
-        for m in mods:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        freeze_stages(self, frozen_stages)
 
     def train(self, mode: bool = True) -> SwinSegBackbone:
         super().train(mode)
-        self._freeze_stages()
+        freeze_stages(self, self.frozen_stages)
         return self
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:

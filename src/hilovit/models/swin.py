@@ -32,7 +32,6 @@ from hilovit.layers.embed import PatchEmbed, PatchMerging
 from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
     HierarchicalModel,
-    _check_int,
     feature_take_indices,
     init_weights,
     update_pretrained_cfg,
@@ -40,6 +39,7 @@ from hilovit.models._api import (
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin_blocks import BasicLayer, _ceil_div
+from hilovit.options import check_int
 
 __all__ = ["SwinTransformer"]
 _RELEASES = "https://github.com/SwinTransformer/storage/releases/download/"
@@ -298,8 +298,8 @@ class SwinTransformer(HierarchicalModel):
 def _check_args(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, window_size) -> None:
     for name, value in (("patch_size", patch_size), ("in_chans", in_chans), ("embed_dim", embed_dim),
                         ("window_size", window_size)):
-        _check_int(value, name, 1)
-    _check_int(num_classes, "num_classes", 0)
+        check_int(value, name, 1)
+    check_int(num_classes, "num_classes", 0)
     if min(img_size) < patch_size:
         raise ValueError(f"img_size {img_size} is smaller than patch_size={patch_size}")
     if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):

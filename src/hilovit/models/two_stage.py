@@ -31,20 +31,21 @@ import torch.nn.functional as F
 from hilovit.models._api import update_pretrained_cfg
 from hilovit.models.det_preprocessor import DetDataPreprocessor
 from hilovit.models.detection_base import (
-    RELEASE,
     BaseDetector,
     Result,
     build_body,
     build_part,
     check_targets,
+    coco_weights,
     create_detector,
+    litv2_backbone,
     load_backbone_init,
 )
 from hilovit.models.heads.anchor_head import check_test_cfg
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.heads.roi_heads import RoIHead
 from hilovit.models.heads.rpn_head import RPNHead
-from hilovit.models.pretrained import PretrainedWeights, register_weights
+from hilovit.models.pretrained import register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.segmentation import _split_type
 
@@ -359,64 +360,48 @@ def _create(config: Dict[str, Any], cfg_overrides: Dict[str, Any], **kwargs) -> 
                            [["roi_head", "bbox_head"], ["roi_head", "mask_head"]], **kwargs)
 
 
-def _litv2(embed_dim: int, depths: List[int], num_heads: List[int], drop_path_rate: float, local_ws: List[int],
-           use_checkpoint: bool = False) -> Dict[str, Any]:
-    backbone = dict(type="LITv2", embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=7,
-                    mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
-                    drop_path_rate=drop_path_rate, ape=False, patch_norm=True, out_indices=[0, 1, 2, 3],
-                    use_checkpoint=use_checkpoint, alpha=0.9, local_ws=local_ws)
-    return _mask_rcnn_config(backbone, [embed_dim * 2**i for i in range(4)])
-
-
-def _official(size: str, ws4: bool, box_ap: float, mask_ap: float) -> Dict[str, Any]:
-    """The pretrained_cfg of an official COCO model (its file and APs are in the weights table below)."""
-    return {}
-
-
-_S = (96, [2, 2, 6, 2], [3, 6, 12, 24], 0.2)
-_M = (96, [2, 2, 18, 2], [3, 6, 12, 24], 0.2)
-_B = (128, [2, 2, 18, 2], [4, 8, 16, 32], 0.3)
+def _litv2(size: str, ws4: bool = False) -> Dict[str, Any]:
+    backbone = litv2_backbone(size, ws4)
+    return _mask_rcnn_config(backbone, [backbone["embed_dim"] * 2**i for i in range(4)])
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_s(**kwargs) -> MaskRCNN:
     """LITv2-S Mask R-CNN, COCO 1x (official ``mask_rcnn_litv2_s_fpn_1x_coco``): 47,350,056 parameters,
     44.9 box AP, 40.8 mask AP (official README: 261 GFLOPs)."""
-    return _create(_litv2(*_S, local_ws=[0, 0, 2, 1]), _official("s", False, 44.9, 40.8), **kwargs)
+    return _create(_litv2("s"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_m(**kwargs) -> MaskRCNN:
     """LITv2-M Mask R-CNN, COCO 1x: 68,336,424 parameters, 46.8 box AP, 42.3 mask AP (README: 367 GFLOPs)."""
-    return _create(_litv2(*_M, local_ws=[0, 0, 2, 1]), _official("m", False, 46.8, 42.3), **kwargs)
+    return _create(_litv2("m"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_b(**kwargs) -> MaskRCNN:
     """LITv2-B Mask R-CNN, COCO 1x: 105,894,024 parameters, 47.3 box AP, 42.6 mask AP (README: 500 GFLOPs;
     the official config trains with activation checkpointing, ``use_checkpoint=True``)."""
-    return _create(_litv2(*_B, local_ws=[0, 0, 2, 1], use_checkpoint=True), _official("b", False, 47.3, 42.6),
-                   **kwargs)
+    return _create(_litv2("b"), {}, **kwargs)
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_s_ws4(**kwargs) -> MaskRCNN:
     """LITv2-S Mask R-CNN with HiLo window 4 in stage 3 (``mask_rcnn_litv2_s_fpn_1x_coco_ws_4``): 44.7 box AP,
     40.7 mask AP (README: 249 GFLOPs)."""
-    return _create(_litv2(*_S, local_ws=[0, 0, 4, 1]), _official("s", True, 44.7, 40.7), **kwargs)
+    return _create(_litv2("s", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_m_ws4(**kwargs) -> MaskRCNN:
     """LITv2-M Mask R-CNN, HiLo window 4: 46.5 box AP, 42.0 mask AP (README: 315 GFLOPs)."""
-    return _create(_litv2(*_M, local_ws=[0, 0, 4, 1]), _official("m", True, 46.5, 42.0), **kwargs)
+    return _create(_litv2("m", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
 def mask_rcnn_litv2_b_ws4(**kwargs) -> MaskRCNN:
     """LITv2-B Mask R-CNN, HiLo window 4: 46.8 box AP, 42.3 mask AP (README: 449 GFLOPs)."""
-    return _create(_litv2(*_B, local_ws=[0, 0, 4, 1], use_checkpoint=True), _official("b", True, 46.8, 42.3),
-                   **kwargs)
+    return _create(_litv2("b", ws4=True), {}, **kwargs)
 
 
 @register_model(task="detection")
@@ -463,16 +448,7 @@ def mask_rcnn_litv2_nano(**kwargs) -> MaskRCNN:
 
 # --------------------------------------------------------------------------- published weights
 # The official COCO 1x models (ziplab/LITv2 detection/README.md, release v1.0): box and mask AP on COCO val2017.
-def _coco_weights(size: str, ws4: bool, box_ap: float, mask_ap: float) -> PretrainedWeights:
-    file = f"mask_rcnn_litv2_{size}_fpn_1x_coco{'_ws_4' if ws4 else ''}.pth"
-    return PretrainedWeights(model=f"mask_rcnn_litv2_{size}{'_ws4' if ws4 else ''}", tag="coco", url=RELEASE + file,
-                             top1=None, num_classes=80, input_size=(3, 1280, 800), crop_pct=1.0,
-                             interpolation="bilinear", dataset="coco", paper="https://arxiv.org/abs/2205.13213",
-                             metrics={"box_ap": box_ap, "mask_ap": mask_ap},
-                             extra={"box_ap": box_ap, "mask_ap": mask_ap})
-
-
-register_weights(*(_coco_weights(size, ws4, box, mask) for size, ws4, box, mask in (
+register_weights(*(coco_weights("mask_rcnn", size, ws4, box_ap=box, mask_ap=mask) for size, ws4, box, mask in (
     ("s", False, 44.9, 40.8),
     ("m", False, 46.8, 42.3),
     ("b", False, 47.3, 42.6),

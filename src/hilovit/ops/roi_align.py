@@ -24,7 +24,8 @@ share one sample layout), the four neighbours are gathered from a channels-last 
 features, and only the reduction over a bin's samples runs as a sequence of tensor additions (the
 kernel's summation order, so float32 results agree bit for bit). Gradients reach ``features``
 through autograd. When ``torchvision`` imports, its ``torchvision.ops.roi_align`` (the same
-Detectron2 arithmetic) serves ``pool_mode='avg'``; :data:`BACKEND` says which is active.
+Detectron2 arithmetic) serves ``pool_mode='avg'`` outside tracing and ONNX export
+(:func:`hilovit.layers.fast.tracing`); :data:`BACKEND` says which is active.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from hilovit.layers import fast
 
 try:  # optional compiled kernel with the same arithmetic ('avg' only)
     from torchvision.ops import roi_align as _tv_roi_align
@@ -143,7 +146,7 @@ def roi_align(
     _check_rois(rois, features.shape[0], scale, aligned)
     if rois.shape[0] == 0:
         return features.new_zeros((0, features.shape[1], ph, pw))
-    if pool_mode == "avg" and _tv_roi_align is not None and not torch.onnx.is_in_onnx_export():
+    if pool_mode == "avg" and _tv_roi_align is not None and not fast.tracing():
         out = _tv_roi_align(feats, rois, (ph, pw), scale, sampling_ratio, aligned)
     else:
         out = _roi_align_pytorch(feats, rois, (ph, pw), scale, sampling_ratio, aligned, pool_mode == "max")

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from hilovit.data.folders import check_normalization, open_image, preprocess_image
+from hilovit.models._api import update_pretrained_cfg
 from hilovit.models._builder import pretrained_model
 
 __all__ = ["Prediction", "Predictor", "format_predictions", "preprocess_image", "predict_files", "load_model"]
@@ -70,12 +71,18 @@ def load_model(
         if name is None:
             raise ValueError("give a model name or a checkpoint")
         model = create_model(name, **overrides)
-        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        cfg.update({k: tuple(float(x) for x in v) for k, v in (("mean", mean), ("std", std)) if v is not None})
-        model.pretrained_cfg = cfg
+        _given_normalization(model, mean, std)
         return model.eval().to(device), None
     model, info = _load(checkpoint, name, device=device, mean=mean, std=std, **overrides)
     return model, info["classes"]
+
+
+def _given_normalization(model: nn.Module, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> None:
+    """Overlay the ``mean``/``std`` given (None: keep the model's) on ``model.pretrained_cfg``, through its
+    one writer."""
+    given = {k: tuple(float(x) for x in v) for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if given:
+        update_pretrained_cfg(model, **given)
 
 
 # --------------------------------------------------------------------------- predictions
@@ -285,9 +292,7 @@ def predict_files(
         if model is None:
             raise ValueError("pretrained weights need a model name (--model)")
         net = pretrained_model(model, pretrained, device=device)
-        if mean is not None or std is not None:
-            net.pretrained_cfg = {**net.pretrained_cfg, **{k: tuple(float(x) for x in v)
-                                                           for k, v in (("mean", mean), ("std", std)) if v is not None}}
+        _given_normalization(net, mean, std)
         predictor = Predictor(net, device=device)
     else:
         predictor = Predictor.from_checkpoint(model, checkpoint, device=device, mean=mean, std=std)

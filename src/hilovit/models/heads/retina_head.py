@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from hilovit.models.heads.anchor_head import AnchorHead
 from hilovit.models.heads.fpn import ConvModule
+from hilovit.options import check_int
 
 __all__ = ["RetinaHead"]
 
@@ -23,12 +24,6 @@ _ANCHORS = dict(type="AnchorGenerator", octave_base_scale=4, scales_per_octave=3
                 strides=[8, 16, 32, 64, 128])
 _CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4)
 _FOCAL = dict(type="FocalLoss", use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0)
-
-
-def _pos_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"RetinaHead {name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class RetinaHead(AnchorHead):
@@ -58,9 +53,9 @@ class RetinaHead(AnchorHead):
                  test_cfg: Optional[Mapping[str, Any]] = None, init_cfg: Any = None):
         super().__init__(num_classes, anchor_generator or _ANCHORS, bbox_coder or _CODER, loss_cls or _FOCAL,
                          loss_bbox or dict(type="L1Loss", loss_weight=1.0), train_cfg, test_cfg, reg_decoded_bbox)
-        self.in_channels = _pos_int(in_channels, "in_channels")
-        self.stacked_convs = _pos_int(stacked_convs, "stacked_convs", 0)
-        self.feat_channels = _pos_int(feat_channels, "feat_channels")
+        self.in_channels = check_int(in_channels, "RetinaHead in_channels", 1)
+        self.stacked_convs = check_int(stacked_convs, "RetinaHead stacked_convs", 0)
+        self.feat_channels = check_int(feat_channels, "RetinaHead feat_channels", 1)
         for name, cfg in (("conv_cfg", conv_cfg), ("norm_cfg", norm_cfg)):
             if cfg is not None:
                 raise ValueError(f"RetinaHead {name}={cfg!r} is not supported; the official configs use None")

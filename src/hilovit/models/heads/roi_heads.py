@@ -26,6 +26,7 @@ from ...ops.boxes import DeltaXYWHBBoxCoder, scale_boxes
 from ...ops.masks import mask_targets, paste_masks
 from ...ops.nms import multiclass_nms
 from ...ops.roi_align import RoIAlign, bbox2roi
+from ...options import check_int
 from .fpn import ConvModule, _cfg_type
 from .roi_targets import SamplingResult, assign_and_sample, bbox_targets, check_rcnn_train_cfg
 
@@ -38,17 +39,11 @@ Heads = Callable[[Optional[Tensor], Optional[Tensor]], Sequence[Any]]
 _RCNN_CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[0.1, 0.1, 0.2, 0.2])
 
 
-def _pos_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _size_pair(value, name: str) -> Tuple[int, int]:
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return _pos_int(pair[0], name), _pos_int(pair[1], name)
+    return check_int(pair[0], name, 1), check_int(pair[1], name, 1)
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: Sequence[str], what: str) -> Dict[str, Any]:
@@ -63,7 +58,7 @@ def map_roi_levels(rois: Tensor, num_levels: int, finest_scale: float = 56) -> T
     ``[0, num_levels - 1]`` (``w = x2 - x1``, ``h = y2 - y1``). ``rois`` ``(K, 5)`` -> int64 ``(K,)``."""
     if not isinstance(rois, Tensor) or rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be a (K, 5) tensor, got {getattr(rois, 'shape', rois)!r}")
-    _pos_int(num_levels, "num_levels")
+    check_int(num_levels, "num_levels", 1)
     scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
     levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
     return levels.clamp(min=0, max=num_levels - 1).long()
@@ -93,11 +88,11 @@ class SingleRoIExtractor(nn.Module):
         layer.pop("type")
         if "output_size" not in layer:
             raise ValueError(f"roi_layer needs output_size, got {dict(roi_layer)!r}")
-        self.out_channels = _pos_int(out_channels, "out_channels")
+        self.out_channels = check_int(out_channels, "out_channels", 1)
         if isinstance(featmap_strides, (str, bytes)) or not isinstance(featmap_strides, Sequence) \
                 or not featmap_strides:
             raise ValueError(f"featmap_strides must be a non-empty list of strides, got {featmap_strides!r}")
-        self.featmap_strides = [_pos_int(s, "featmap_strides entries") for s in featmap_strides]
+        self.featmap_strides = [check_int(s, "featmap_strides entries", 1) for s in featmap_strides]
         self.finest_scale = finest_scale
         self.roi_layers = nn.ModuleList(RoIAlign(spatial_scale=1 / s, **layer) for s in self.featmap_strides)
 
@@ -166,9 +161,9 @@ class Shared2FCBBoxHead(nn.Module):
                  loss_cls: Optional[Mapping[str, Any]] = None, loss_bbox: Optional[Mapping[str, Any]] = None,
                  init_cfg: Optional[Mapping[str, Any]] = None):
         super().__init__()
-        self.in_channels = _pos_int(in_channels, "in_channels")
+        self.in_channels = check_int(in_channels, "in_channels", 1)
         self.roi_feat_size = _size_pair(roi_feat_size, "roi_feat_size")
-        self.num_classes = _pos_int(num_classes, "num_classes")
+        self.num_classes = check_int(num_classes, "num_classes", 1)
         self.reg_class_agnostic = bool(reg_class_agnostic)
         if reg_decoded_bbox:
             raise ValueError("reg_decoded_bbox=True (losses on decoded boxes) is not supported")
@@ -183,7 +178,7 @@ class Shared2FCBBoxHead(nn.Module):
         _check_keys(bbox_loss, ["loss_weight", "beta", "reduction"], "loss_bbox")
         self.loss_bbox_cfg = bbox_loss
         flat = self.in_channels * self.roi_feat_size[0] * self.roi_feat_size[1]
-        self.fc_out_channels = _pos_int(fc_out_channels, "fc_out_channels")
+        self.fc_out_channels = check_int(fc_out_channels, "fc_out_channels", 1)
         self.shared_fcs = nn.ModuleList([nn.Linear(flat, fc_out_channels), nn.Linear(fc_out_channels, fc_out_channels)])
         self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)
         self.fc_reg = nn.Linear(fc_out_channels, 4 if self.reg_class_agnostic else 4 * num_classes)
@@ -291,18 +286,17 @@ class FCNMaskHead(nn.Module):
                  predictor_cfg: Optional[Mapping[str, Any]] = None, loss_mask: Optional[Mapping[str, Any]] = None,
                  init_cfg: Optional[Mapping[str, Any]] = None):
         super().__init__()
-        if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs < 0:
-            raise ValueError(f"num_convs must be an int >= 0, got {num_convs!r}")
-        self.in_channels = _pos_int(in_channels, "in_channels")
-        self.conv_out_channels = _pos_int(conv_out_channels, "conv_out_channels")
-        self.num_classes = _pos_int(num_classes, "num_classes")
+        check_int(num_convs, "num_convs", 0)
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.conv_out_channels = check_int(conv_out_channels, "conv_out_channels", 1)
+        self.num_classes = check_int(num_classes, "num_classes", 1)
         self.roi_feat_size = _size_pair(roi_feat_size, "roi_feat_size")
         self.class_agnostic = bool(class_agnostic)
-        k = _pos_int(conv_kernel_size, "conv_kernel_size")
+        k = check_int(conv_kernel_size, "conv_kernel_size", 1)
         up = dict(type="deconv", scale_factor=2) if upsample_cfg is None else dict(upsample_cfg)
         _cfg_type(up, "upsample_cfg", ["deconv"])
         _check_keys(up, ["scale_factor"], "upsample_cfg")
-        self.scale_factor = _pos_int(up.get("scale_factor", 2), "upsample_cfg scale_factor")
+        self.scale_factor = check_int(up.get("scale_factor", 2), "upsample_cfg scale_factor", 1)
         if conv_cfg is not None:
             raise ValueError(f"conv_cfg={conv_cfg!r} is not supported; use None")
         if predictor_cfg is not None:

@@ -23,18 +23,13 @@ import torch.nn.functional as F
 from hilovit.models.heads.anchor_head import AnchorHead, check_test_cfg
 from hilovit.models.heads.fpn import ConvModule
 from hilovit.ops.nms import batched_nms
+from hilovit.options import check_int
 
 __all__ = ["RPNHead"]
 
 _ANCHORS = dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
 _CODER = dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4)
 _BCE = dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0)
-
-
-def _pos_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"RPNHead {name} must be a positive int, got {value!r}")
-    return value
 
 
 class RPNHead(AnchorHead):
@@ -72,9 +67,9 @@ class RPNHead(AnchorHead):
             raise ValueError(f"RPNHead num_classes must be 1 (objectness), got {num_classes!r}")
         super().__init__(1, anchor_generator or _ANCHORS, bbox_coder or _CODER, loss_cls or _BCE,
                          loss_bbox or dict(type="L1Loss", loss_weight=1.0), train_cfg, test_cfg, reg_decoded_bbox)
-        self.in_channels = _pos_int(in_channels, "in_channels")
-        self.feat_channels = _pos_int(feat_channels, "feat_channels")
-        self.num_convs = _pos_int(num_convs, "num_convs")
+        self.in_channels = check_int(in_channels, "RPNHead in_channels", 1)
+        self.feat_channels = check_int(feat_channels, "RPNHead feat_channels", 1)
+        self.num_convs = check_int(num_convs, "RPNHead num_convs", 1)
         if num_convs == 1:
             self.rpn_conv: nn.Module = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         else:
