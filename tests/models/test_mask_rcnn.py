@@ -18,7 +18,7 @@ from hilovit.ops.roi_align import bbox2roi
 FIXTURE = "maskrcnn_litv2_e16_262x305_201x263_a0.9_ws0042"
 NAMES = ["mask_rcnn_litv2_s", "mask_rcnn_litv2_m", "mask_rcnn_litv2_b", "mask_rcnn_litv2_s_ws4",
          "mask_rcnn_litv2_m_ws4", "mask_rcnn_litv2_b_ws4", "mask_rcnn_swin_t", "mask_rcnn_litv2_nano"]
-MAX_DIFF = {}  # stage -> max |ours - official|, printed by test_report_max_differences (-s)
+MAX_DIFF = {}  # stage -> max |ours - official|, printed after the module's tests (-s)
 
 
 @pytest.fixture(scope="module")
@@ -212,8 +212,10 @@ def test_predict_on_rgb_images_equals_the_official_detections(fixture):
         assert r["masks"].shape == io[f"det.img{i}.masks"].shape
 
 
-def test_report_max_differences():
-    """Prints the largest differences met in the fixture tests above (run with -s)."""
+@pytest.fixture(scope="module", autouse=True)
+def report_max_differences():
+    """After this module's tests, prints the largest differences they met (visible with -s)."""
+    yield
     for name, value in sorted(MAX_DIFF.items()):
         print(f"  {name:50s} {value:.3g}")
 
