@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hilovit-installed
 # The CPU wheel; anything newer pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: install data demo demo-results test lint bench bench-seg clean
+.PHONY: install data demo demo-results demo-dense test lint bench bench-seg bench-det clean
 
 install: $(STAMP)
 
@@ -39,6 +39,25 @@ demo-results: demo
 	cp $(DEMO_OUT)/summary.json $(DEMO_OUT)/metrics.csv benchmarks/demo/
 	$(BIN)/python scripts/readme_figures.py
 
+# The dense-prediction demos on fashion-scenes, their results recorded under benchmarks/ and the README's
+# figures refreshed from them (about an hour on 2 cores): the classifier whose backbone the others start from,
+# Semantic FPN from scratch and from that backbone, RetinaNet, Mask R-CNN; each run's predictions.png goes to docs/.
+DENSE_RUNS := backbone seg_demo seg_transfer det_demo maskrcnn_demo
+demo-dense: $(STAMP) data
+	$(BIN)/hilovit train --config fashion-mnist-backbone --output runs/backbone --overwrite --progress log
+	$(BIN)/hilovit train --config fashion-scenes --output runs/seg_demo --overwrite --progress log
+	$(BIN)/hilovit train --config fashion-scenes --pretrained runs/backbone --output runs/seg_transfer \
+		--overwrite --progress log
+	$(BIN)/hilovit train --config fashion-scenes-det --pretrained runs/backbone --output runs/det_demo \
+		--overwrite --progress log
+	$(BIN)/hilovit train --config fashion-scenes-mask --pretrained runs/backbone --output runs/maskrcnn_demo \
+		--overwrite --progress log
+	for r in $(DENSE_RUNS); do mkdir -p benchmarks/$$r && cp runs/$$r/summary.json runs/$$r/metrics.csv benchmarks/$$r/; done
+	cp runs/seg_demo/predictions.png docs/seg_predictions.png
+	cp runs/det_demo/predictions.png docs/det_predictions.png
+	cp runs/maskrcnn_demo/predictions.png docs/maskrcnn_predictions.png
+	$(BIN)/python scripts/readme_figures.py
+
 # bfloat16 rows only where the CPU (or GPU) computes bfloat16 natively: emulated bfloat16 times the emulation.
 BENCH_DTYPES = $(shell $(BIN)/python -c "import torch; from hilovit.bench.seg import bf16_skip_reason as r; \
 	print('float32' if r(torch.device('cpu')) else 'float32,bfloat16')")
@@ -62,6 +81,14 @@ bench: $(STAMP)
 # Semantic FPN: semfpn_litv2_s vs semfpn_swin_t at 512x512, 1024x1024 and 2048x512, batch 1 (several minutes).
 bench-seg: $(STAMP)
 	$(BIN)/hilovit bench seg --repeats 5 --warmup 1 --output benchmarks/seg
+	$(BIN)/python scripts/readme_figures.py
+
+# RetinaNet and Mask R-CNN, LITv2-S against Swin-T at 1333x800, float32, inference (the network to its raw head
+# outputs; a two-stage detector with 1000 boxes through its box head and 100 through its mask head).
+bench-det: $(STAMP)
+	$(BIN)/hilovit bench det --repeats 5 --warmup 1 --threads 2 --output benchmarks/det_retinanet
+	$(BIN)/hilovit bench det --model mask_rcnn_litv2_s --baseline mask_rcnn_swin_t --repeats 5 --warmup 1 \
+		--threads 2 --output benchmarks/det_mask_rcnn
 	$(BIN)/python scripts/readme_figures.py
 
 clean:

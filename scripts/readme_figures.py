@@ -249,7 +249,8 @@ def _run_value(r: Results, run: str, key: str) -> float:
 
 def _dense_runs(f: Dict[str, Callable[[Results], str]]) -> None:
     """The committed runs of the dense demos: seg_transfer, det_demo, maskrcnn_demo, and the classifier
-    (backbone/) they start from: ``RUN.KEY`` for the test metrics (percent), ``RUN.minutes``."""
+    (backbone/) they start from: ``RUN.KEY`` for the test metrics (percent), ``RUN.minutes``, ``RUN.curve``
+    (the main metric after each epoch, from metrics.csv)."""
     metrics = {"seg_transfer": ("miou", "macc", "aacc"), "det_demo": ("ap", "ap50", "ap75"),
                "maskrcnn_demo": ("ap", "ap50", "mask_ap", "mask_ap50")}
     for run, keys in metrics.items():
@@ -258,6 +259,9 @@ def _dense_runs(f: Dict[str, Callable[[Results], str]]) -> None:
     for run in (*metrics, "backbone"):
         f[f"{run}.minutes"] = lambda r, u=run: f"{_run_value(r, u, 'wall_seconds') / 60:.1f} min"
     f["backbone.top1"] = lambda r: _pct(_run_value(r, "backbone", "test_top1") / 100, 2)
+    for run, col in (("seg_demo", "eval_miou"), ("seg_transfer", "eval_miou"), ("det_demo", "eval_ap50"),
+                     ("maskrcnn_demo", "eval_mask_ap50")):
+        f[f"{run}.curve"] = lambda r, u=run, c=col: ", ".join(f"{float(x[c]):.1f}" for x in r.csv(f"{u}/metrics"))
     f["seg_transfer.gain"] = lambda r: (
         f"{_run_value(r, 'seg_transfer', 'test_miou') - _run_value(r, 'seg_demo', 'test_miou'):+.1f} points")
 
@@ -273,8 +277,12 @@ def _det_bench(f: Dict[str, Callable[[Results], str]]) -> None:
         f[f"det.{pair}.ratio"] = lambda r, g=row: _x(float(g(r)["speed_ratio"]))
         f[f"det.{pair}.litv2_share"] = lambda r, g=row: _pct(float(g(r)["model_share_of_fp32_matmul"]))
         f[f"det.{pair}.swin_share"] = lambda r, g=row: _pct(float(g(r)["baseline_share_of_fp32_matmul"]))
-        f[f"det.{pair}.litv2_mem"] = lambda r, g=row: f"{float(g(r)['model_peak_memory_MB']) / 1024:.1f} GiB"
-        f[f"det.{pair}.swin_mem"] = lambda r, g=row: f"{float(g(r)['baseline_peak_memory_MB']) / 1024:.1f} GiB"
+        f[f"det.{pair}.litv2_mem"] = lambda r, g=row: f"{float(g(r)['model_peak_memory_MB']):.0f} MB"
+        f[f"det.{pair}.swin_mem"] = lambda r, g=row: f"{float(g(r)['baseline_peak_memory_MB']):.0f} MB"
+        f[f"det.{pair}.litv2_gmacs"] = lambda r, g=row: f"{float(g(r)['model_counted_gmacs']):.1f} G"
+        f[f"det.{pair}.swin_gmacs"] = lambda r, g=row: f"{float(g(r)['baseline_counted_gmacs']):.1f} G"
+        f[f"det.{pair}.bf16_ratio"] = lambda r, p=pair: _x(float(
+            r.row(f"det_{p}", img_size="1333x800", dtype="bfloat16")["speed_ratio"]))
         f[f"det.{pair}.work_saved"] = lambda r, g=row: _pct(
             1 - float(g(r)["model_counted_gmacs"]) / float(g(r)["baseline_counted_gmacs"]))
 
