@@ -25,8 +25,9 @@ import torch.nn as nn
 
 from hilovit.runtime import tune_allocator
 
-__all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "init_weights", "check_image_input",
-           "update_pretrained_cfg", "freeze_stages"]
+__all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "PretrainedCfgMixin", "init_weights",
+           "check_image_input", "update_pretrained_cfg", "freeze_stages", "global_pool_nhwc", "check_global_pool",
+           "GLOBAL_POOLS", "CFG_FIELDS"]
 
 Indices = Union[int, Sequence[int], None]
 
@@ -113,14 +114,56 @@ class FeatureInfo(list):
         return [dict(e) if keys is None else {k: e[k] for k in keys} for e in self]
 
 
+# The ``pretrained_cfg`` fields users of timm read, present in every model's configuration (None where
+# unknown): the registered name, the weights tag, the weights' Hugging Face repository, the size the
+# weights are best evaluated at, the evaluation crop, the class names and the licence of the weights.
+CFG_FIELDS = ("architecture", "tag", "hf_hub_id", "test_input_size", "crop_mode", "label_names", "license")
+
+
 def update_pretrained_cfg(model: nn.Module, base: Optional[Dict[str, Any]] = None, **changes: Any) -> Dict[str, Any]:
     """The one writer of ``model.pretrained_cfg``: ``base`` (default: the current one) updated with
     ``changes``, set on the model and returned. Families, the model builder, loading and
-    ``reset_classifier`` all go through here, so the configuration is never half-replaced."""
+    ``reset_classifier`` all go through here, so the configuration is never half-replaced. Every
+    field of :data:`CFG_FIELDS` is present afterwards (None where nothing set it)."""
     cfg = dict(getattr(model, "pretrained_cfg", None) or {}) if base is None else dict(base)
     cfg.update(changes)
+    for key in CFG_FIELDS:
+        cfg.setdefault(key, None)
     model.pretrained_cfg = cfg
     return cfg
+
+
+class PretrainedCfgMixin:
+    """``model.default_cfg``: timm's older name of ``model.pretrained_cfg``, a read-only alias (the same
+    dict; change the configuration through ``pretrained_cfg``)."""
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:
+        return self.pretrained_cfg
+
+
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")
+
+
+def global_pool_nhwc(x: torch.Tensor, pool_type: str) -> torch.Tensor:
+    """timm's global pooling of a channels-last map ``(B, H, W, C)``: ``'avg'`` (mean), ``'max'``,
+    ``'avgmax'`` (the mean of the two) give ``(B, C)``; ``''`` returns the map unpooled."""
+    if pool_type == "avg":
+        return x.mean(dim=(1, 2))
+    if pool_type == "max":
+        return x.amax(dim=(1, 2))
+    if pool_type == "avgmax":
+        return 0.5 * (x.mean(dim=(1, 2)) + x.amax(dim=(1, 2)))
+    if pool_type == "":
+        return x
+    raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {pool_type!r}")
+
+
+def check_global_pool(global_pool: Any) -> str:
+    """``global_pool`` checked against :data:`GLOBAL_POOLS` (ValueError naming the value and the choices)."""
+    if not isinstance(global_pool, str) or global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS} ('' = no pooling), got {global_pool!r}")
+    return global_pool
 
 
 def freeze_stages(model: nn.Module, frozen_stages: int) -> None:
@@ -186,17 +229,18 @@ def check_image_input(model: nn.Module, x: Any, min_size: int = 1, min_reason: s
         )
 
 
-class HierarchicalModel(nn.Module):
+class HierarchicalModel(PretrainedCfgMixin, nn.Module):
     """What LITv2 and Swin share above their stages.
 
     A family sets ``in_chans``, ``num_classes``, ``num_layers``, ``num_features``,
     ``features_only``, ``out_indices``, ``global_pool``, ``feature_info``, ``norm`` (the final
-    norm), ``head``, and defines ``_stem(x)``, ``_run_stage(i, x) -> (out, next)``,
+    norm), ``head_drop`` (dropout before the head), ``head``, and defines ``_stem(x)``,
+    ``_run_stage(i, x) -> (out, next)``,
     ``min_input_size`` (smallest image side) and, for backbones, ``_feature_norm(i, out)``.
     Token maps are channels last ``(B, H, W, C)``.
     """
 
-    _POOLS = ("avg", "")
+    _POOLS = GLOBAL_POOLS
 
     def __init__(self) -> None:
         super().__init__()
@@ -236,9 +280,7 @@ class HierarchicalModel(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         if global_pool is not None:
-            if global_pool not in self._POOLS:
-                raise ValueError(f"global_pool must be one of {self._POOLS}, got {global_pool!r}")
-            self.global_pool = global_pool
+            self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes
         ref = next(self.parameters())
         if num_classes > 0:
@@ -260,9 +302,10 @@ class HierarchicalModel(nn.Module):
         return self.norm(out)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool the ``(B, h, w, C)`` map (``global_pool='avg'``) and classify; ``pre_logits``: pooled features."""
-        if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
+        """Pool the ``(B, h, w, C)`` map (``global_pool``: ``'avg'``, ``'max'``, ``'avgmax'`` -> ``(B, C)``;
+        ``''`` keeps the map, as timm's), apply ``head_drop`` and classify (``''``: the head on every
+        position, ``(B, h, w, num_classes)``); ``pre_logits``: the pooled features, after the dropout."""
+        x = self.head_drop(global_pool_nhwc(x, self.global_pool))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor):

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from hilovit.data.constants import COCO_CLASSES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.models._api import update_pretrained_cfg
+from hilovit.models._api import PretrainedCfgMixin, update_pretrained_cfg
 from hilovit.models.det_preprocessor import DetDataPreprocessor, Images, as_image_list, resize_keep_ratio
 from hilovit.models.heads.fpn import FPN
 from hilovit.models.litv2_backbone import LITv2Backbone
@@ -53,7 +53,7 @@ def check_targets(targets: Any, batch: int, num_classes: int) -> List[Mapping[st
     return list(targets)
 
 
-class BaseDetector(nn.Module):
+class BaseDetector(PretrainedCfgMixin, nn.Module):
     """Preprocessor -> backbone -> neck, and prediction on raw images, shared by the detectors.
 
     Args:

@@ -41,6 +41,7 @@ from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
     HierarchicalModel,
     _as_list,
+    check_global_pool,
     check_image_input,
     feature_take_indices,
     init_weights,
@@ -67,7 +68,8 @@ def _cfg(**kwargs) -> Dict[str, Any]:
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
-        "license": "apache-2.0",
+        "crop_mode": "center",
+        "license": "apache-2.0",  # ziplab/LITv2 is released under the Apache 2.0 licence
         "paper": "https://arxiv.org/abs/2205.13213",
         "source": "https://github.com/ziplab/LITv2",
     }
@@ -139,7 +141,10 @@ class LITv2(HierarchicalModel):
             the official detection backbone's (see :class:`LITv2Backbone`).
         out_indices: stages whose outputs ``features_only`` returns (default all; negative ones
             counted from the end, see :func:`~hilovit.models._api.feature_take_indices`).
-        global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (no pooling: :meth:`forward_head`
+            applies the head at every position, ``(B, h, w, num_classes)``, as timm's).
+        head_drop_rate: dropout before the head (timm's ``drop_rate``; ``create_model(drop_rate=...)``
+            sets this one).
 
     Shape:
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, any ``H, W`` at least
@@ -181,6 +186,7 @@ class LITv2(HierarchicalModel):
         features_only: bool = False,
         out_indices: Optional[Sequence[int]] = None,
         global_pool: str = "avg",
+        head_drop_rate: float = 0.0,
     ):
         super().__init__()
         self.img_size = to_2tuple(img_size, "img_size")
@@ -196,8 +202,8 @@ class LITv2(HierarchicalModel):
         drop_rate = check_fraction(drop_rate, "drop_rate")
         attn_drop_rate = check_fraction(attn_drop_rate, "attn_drop_rate")
         drop_path_rate = check_fraction(drop_path_rate, "drop_path_rate")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        check_global_pool(global_pool)
+        head_drop_rate = check_fraction(head_drop_rate, "head_drop_rate")
         if ape:
             warnings.warn("LITv2: ape=True is ignored, as in the official code (no absolute position embedding)",
                           stacklevel=2)
@@ -215,6 +221,7 @@ class LITv2(HierarchicalModel):
 
         self.patch_embed = PatchEmbed(self.patch_size, in_chans, embed_dim, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)
+        self.head_drop = nn.Dropout(head_drop_rate)
         self.layers = self._build_stages(qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, norm_layer)
         self._build_outputs(norm_layer)
         reduction = [self.patch_size * 2**i for i in range(n)]

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.models._api import freeze_stages, update_pretrained_cfg
+from hilovit.models._api import PretrainedCfgMixin, freeze_stages, update_pretrained_cfg
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.pretrained import PretrainedWeights, register_weights
@@ -196,7 +196,7 @@ def _check_test_cfg(test_cfg: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     return cfg
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(PretrainedCfgMixin, nn.Module):
     r"""Backbone -> FPN neck -> FPN head -> bilinear resize: mmseg 0.x's ``EncoderDecoder``.
 
     Args:

@@ -32,6 +32,7 @@ from hilovit.layers.embed import PatchEmbed, PatchMerging
 from hilovit.layers.windows import to_2tuple
 from hilovit.models._api import (
     HierarchicalModel,
+    check_global_pool,
     feature_take_indices,
     init_weights,
     update_pretrained_cfg,
@@ -39,7 +40,7 @@ from hilovit.models._api import (
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin_blocks import BasicLayer, _ceil_div
-from hilovit.options import check_int
+from hilovit.options import check_fraction, check_int
 
 __all__ = ["SwinTransformer"]
 _RELEASES = "https://github.com/SwinTransformer/storage/releases/download/"
@@ -76,7 +77,10 @@ class SwinTransformer(HierarchicalModel):
             W_i)`` of ``out_indices`` (no final norm, no head); see ``feature_info``.
         out_indices: stages returned by a ``features_only`` model (default: all; negative ones
             counted from the end, see :func:`~hilovit.models._api.feature_take_indices`).
-        global_pool: ``'avg'`` or ``''`` (no pooling in :meth:`forward_head`).
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (no pooling: :meth:`forward_head`
+            applies the head at every position, ``(B, h, w, num_classes)``, as timm's).
+        head_drop_rate: dropout before the head (timm's ``drop_rate``; ``create_model(drop_rate=...)``
+            sets this one).
 
     Shape:
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)``, any H, W not smaller than the patch;
@@ -116,6 +120,7 @@ class SwinTransformer(HierarchicalModel):
         features_only: bool = False,
         out_indices: Optional[Sequence[int]] = None,
         global_pool: str = "avg",
+        head_drop_rate: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__()
@@ -138,9 +143,7 @@ class SwinTransformer(HierarchicalModel):
         self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
         self.features_only = features_only
         self.grad_checkpointing = use_checkpoint
-        if global_pool not in self._POOLS:
-            raise ValueError(f"global_pool must be one of {self._POOLS}, got {global_pool!r}")
-        self.global_pool = global_pool
+        self.global_pool = check_global_pool(global_pool)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer=norm_layer if patch_norm else None)
         res = (_ceil_div(img_size[0], patch_size), _ceil_div(img_size[1], patch_size))
@@ -159,6 +162,7 @@ class SwinTransformer(HierarchicalModel):
         self.feature_info = self._build_feature_info(
             dims, reductions, self.out_indices if features_only else range(self.num_layers)
         )
+        self.head_drop = nn.Dropout(check_fraction(head_drop_rate, "head_drop_rate"))
         if features_only:
             self.norm = nn.Identity()
             self.head = nn.Identity()
@@ -324,6 +328,8 @@ def _default_cfg(img_size: Tuple[int, int], num_classes: int, in_chans: int) -> 
         "first_conv": "patch_embed.proj",
         "classifier": "head",
         "fixed_input_size": False,
+        "crop_mode": "center",
+        "license": "mit",  # microsoft/Swin-Transformer is released under the MIT licence
     }
 
 
