@@ -170,7 +170,7 @@ def test_reset_and_get_classifier(name):
         with pytest.raises(ValueError, match="num_classes"):
             model.reset_classifier(bad)
     with pytest.raises(ValueError, match="global_pool"):
-        model.reset_classifier(3, global_pool="max")
+        model.reset_classifier(3, global_pool="catavgmax")
 
 
 @pytest.mark.parametrize("name", ["litv2_nano", "swin_nano"])

@@ -65,10 +65,15 @@ def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
 def create_model(
     name: str,
     pretrained: Union[bool, str, os.PathLike, None] = False,
+    pretrained_cfg: Union[str, Dict[str, Any], None] = None,
     pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
+    checkpoint_path: Union[str, os.PathLike, None] = None,
+    scriptable: Optional[bool] = None,
+    exportable: Optional[bool] = None,
+    no_jit: Optional[bool] = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model, with timm's meaning of ``pretrained``.
+    """Build a registered model, with timm's meaning of ``pretrained`` and timm's keywords.
 
     Args:
         name: a registered name or alias (see :func:`list_models`), optionally with a weights tag:
@@ -80,16 +85,33 @@ def create_model(
             an ``alpha=`` argument), downloaded once into the torch hub cache
             (``$TORCH_HOME/hub/checkpoints``). A path, an ``http(s)://`` URL or
             ``'hf-hub:org/name'``: that file. ``HILOVIT_OFFLINE=1`` never downloads.
+        pretrained_cfg: a tag (``'ms_in22k_ft_in1k'``): that tag's weights and configuration, taking
+            priority over a tag in ``name`` as in timm; or a dict laid over the model's default
+            ``pretrained_cfg`` (timm builds a whole config from such a dict; here the keys it does not
+            name keep the model's values). Source keys in it (``url``, ``file``, ``hf_hub_id``) are
+            where ``pretrained=True`` loads from.
         pretrained_cfg_overlay: entries that replace the weights' config, as timm's: ``url``,
             ``file`` (a local path), ``hf_hub_id``, ``sha256``, or preprocessing keys (``crop_pct``,
-            ``mean``, ...).
+            ``mean``, ...); applied after ``pretrained_cfg``.
+        checkpoint_path: a checkpoint loaded after the model is built (and after ``pretrained``), as
+            timm's: strictly, through :func:`hilovit.load_checkpoint` (every key must fit, a classifier of
+            another size included).
+        scriptable, exportable, no_jit: accepted for timm's signature and ignored: hilovit has no
+            layer variants to switch (no scripted layers; every model traces and exports to ONNX as
+            built).
         **kwargs: constructor arguments (``num_classes=10``, ``in_chans=1``, ``img_size=384``,
             ``window_size=12``, ``drop_path_rate=0.1``, ...). Weights are adapted as timm does: a
             classifier of another size is re-initialised (a warning names it), the stem is summed
-            for one input channel, Swin's relative-position tables are resized bicubically.
+            for one input channel, Swin's relative-position tables are resized bicubically. timm's
+            keywords keep timm's meaning for the classifiers: ``global_pool`` (``'avg'``, ``'max'``,
+            ``'avgmax'``, ``''``), ``drop_rate`` (dropout before the classifier; the constructors'
+            ``head_drop_rate``), ``proj_drop_rate`` (the official models' ``drop_rate``: dropout in
+            the blocks). As in timm, these keywords given as None are dropped (the model's default).
 
     Raises:
-        ValueError: an unknown name or tag, or no published weights fit the arguments.
+        ValueError: an unknown name or tag, no published weights fit the arguments, or a bad
+            ``global_pool``/``drop_rate``/``pretrained_cfg`` value. TypeError: an argument of the
+            wrong type. CheckpointError: a ``checkpoint_path`` that does not fit.
         hilovit.models.hub.DownloadError: the weights cannot be fetched (the message says how to
             fetch them by hand).
 
@@ -98,25 +120,40 @@ def create_model(
         >>> model = create_model("litv2_s", pretrained=True)              # official ImageNet-1k weights
         >>> model = create_model("litv2_s", alpha=0.5, pretrained=True)   # the alpha = 0.5 checkpoint
         >>> model = create_model("swin_t", pretrained=True, num_classes=10, in_chans=1)
+        >>> model = create_model("swin_t", pretrained_cfg="ms_in22k_ft_in1k", global_pool="avgmax", drop_rate=0.1)
+        >>> model = create_model("litv2_s", num_classes=10, checkpoint_path="runs/fashion/best.safetensors")
     """
-    from hilovit.models import hub
-    from hilovit.models import pretrained as weights
-
-    if pretrained_cfg_overlay is not None and not isinstance(pretrained_cfg_overlay, dict):
-        raise TypeError(f"pretrained_cfg_overlay must be a dict, got {type(pretrained_cfg_overlay).__name__}")
-    overlay = dict(pretrained_cfg_overlay or {})
+    _check_no_ops(scriptable=scriptable, exportable=exportable, no_jit=no_jit)
+    cfg_tag, overlay = _cfg_arguments(pretrained_cfg, pretrained_cfg_overlay)
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
         raise TypeError(
             "pretrained must be False, True, a file path, an http(s):// URL or 'hf-hub:org/name', "
             f"got {type(pretrained).__name__}"
         )
+    checkpoint_path = _check_checkpoint_path(checkpoint_path)
     base, tag = resolve_name(name)
+    model = _build(name, base, cfg_tag if cfg_tag is not None else tag, pretrained, overlay,
+                   _timm_kwargs(base, kwargs))
+    if checkpoint_path is not None:
+        from hilovit.models.checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint_path, strict=True, allow_new_classifier=False)
+    return model
+
+
+def _build(name: str, base: str, tag: Optional[str], pretrained, overlay: Dict[str, Any],
+           kwargs: Dict[str, Any]) -> nn.Module:
+    """:func:`create_model` once its arguments are checked: the weights fetched (before building: fail
+    fast), the model built, its ``pretrained_cfg`` set and the weights loaded."""
+    from hilovit.models import hub
+    from hilovit.models import pretrained as weights
+
     wants_official = pretrained is True and not any(overlay.get(k) for k in _SOURCE_KEYS)
     entry = weights.get_pretrained(base, tag, kwargs, required=wants_official)
     path = source = None
     if pretrained is not None and pretrained is not False:
         source, sha256, file_name = _pretrained_source(pretrained, entry, overlay, name)
-        path = hub.fetch(source, sha256=sha256, file_name=file_name)  # before building: fail fast
+        path = hub.fetch(source, sha256=sha256, file_name=file_name)
     args = dict(entry.model_args) if entry is not None else {}
     if entry is not None:
         args.update(entry.variant_args)
@@ -124,11 +161,95 @@ def create_model(
     model = model_entrypoint(base)(**args)
     if entry is not None:
         apply_cfg(model, entry)
+    _complete_cfg(model, base)
     if overlay:
         update_pretrained_cfg(model, **overlay)
     if path is not None:
         weights.load_file(model, path, origin=source)
     return model
+
+
+# timm's create_model drops keywords given as None so that the model's default applies; these are the ones
+# a timm script passes that way (its argparse defaults).
+_NONE_MEANS_DEFAULT = ("global_pool", "drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
+                       "num_classes", "in_chans", "img_size")
+
+
+def _timm_kwargs(base: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The constructor arguments for timm's keywords: None dropped; for a classifier, timm's ``drop_rate``
+    (before the head) becomes ``head_drop_rate`` and ``proj_drop_rate`` the official ``drop_rate``."""
+    from hilovit.models.registry import model_task
+
+    kwargs = {k: v for k, v in kwargs.items() if not (v is None and k in _NONE_MEANS_DEFAULT)}
+    if model_task(base) != "classification":
+        return kwargs
+    if "drop_rate" in kwargs and "head_drop_rate" in kwargs:
+        raise ValueError(f"drop_rate={kwargs['drop_rate']!r} and head_drop_rate={kwargs['head_drop_rate']!r} name "
+                         "the same dropout before the classifier; give one")
+    if "drop_rate" in kwargs:
+        kwargs["head_drop_rate"] = kwargs.pop("drop_rate")
+    if "proj_drop_rate" in kwargs:
+        kwargs["drop_rate"] = kwargs.pop("proj_drop_rate")
+    return kwargs
+
+
+def _check_no_ops(**flags: Any) -> None:
+    for key, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{key} must be None, True or False (accepted for timm's signature, no effect), "
+                            f"got {value!r}")
+
+
+def _cfg_arguments(pretrained_cfg: Any, overlay: Any) -> Tuple[Optional[str], Dict[str, Any]]:
+    """``(tag, entries)`` from ``pretrained_cfg`` (a tag or a dict) and ``pretrained_cfg_overlay`` (a dict,
+    laid over the first)."""
+    tag, entries = None, {}
+    if isinstance(pretrained_cfg, str):
+        if not pretrained_cfg or "." in pretrained_cfg:
+            raise ValueError(f"pretrained_cfg={pretrained_cfg!r}: expected a weights tag such as 'in1k' "
+                             "(see hilovit models --pretrained) or a dict")
+        tag = pretrained_cfg
+    elif isinstance(pretrained_cfg, Mapping):
+        entries = dict(pretrained_cfg)
+    elif pretrained_cfg is not None:
+        raise TypeError(f"pretrained_cfg must be a tag (str), a dict or None, got {type(pretrained_cfg).__name__}")
+    if overlay is not None and not isinstance(overlay, Mapping):
+        raise TypeError(f"pretrained_cfg_overlay must be a dict, got {type(overlay).__name__}")
+    entries.update(overlay or {})
+    bad = [k for k in entries if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"pretrained_cfg keys must be str, got {bad!r}")
+    mode = entries.get("crop_mode")
+    if mode is not None and mode not in _CROP_MODES:
+        raise ValueError(f"pretrained_cfg['crop_mode'] = {mode!r}; expected one of {_CROP_MODES}")
+    return tag, entries
+
+
+_CROP_MODES = ("center", "squash")
+
+
+def _check_checkpoint_path(path: Any) -> Optional[str]:
+    if path is None or (isinstance(path, str) and not path):  # timm's default is ''
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint_path must be a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint_path={path!r} does not exist")
+    return path
+
+
+def _complete_cfg(model: nn.Module, base: str) -> None:
+    """``architecture`` (the registered name), a dense model's ``license`` from its backbone and its
+    ``label_names`` from its class names."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    changes: Dict[str, Any] = {"architecture": base}
+    backbone_cfg = getattr(getattr(model, "backbone", None), "pretrained_cfg", None) or {}
+    if cfg.get("license") is None and backbone_cfg.get("license") is not None:
+        changes["license"] = backbone_cfg["license"]
+    if cfg.get("label_names") is None and cfg.get("class_names"):
+        changes["label_names"] = tuple(cfg["class_names"])
+    update_pretrained_cfg(model, **changes)
 
 
 def apply_cfg(model: nn.Module, entry) -> None:
