@@ -1,6 +1,8 @@
 """Data: IDX files (Fashion-MNIST) and image folders as uint8 samples, batch transforms, Mixup/CutMix,
-the ImageNet-1k class names, detection datasets (fashion-scenes instances, COCO folders)."""
+the ImageNet-1k class names, detection datasets (fashion-scenes instances, COCO folders), and timm's
+``resolve_data_config`` / ``create_transform`` for inference on PIL images."""
 
+from hilovit.data.config import resolve_data_config, resolve_model_data_config
 from hilovit.data.datasets import (
     DEFAULT_IDX_DIR,
     ENV_DATA_DIR,
@@ -23,6 +25,7 @@ from hilovit.data.datasets import (
 from hilovit.data.detection import DetDatasetInfo, build_det_datasets, detection_collate
 from hilovit.data.folders import decode_image, pil_interpolation, random_resized_crop_box, resize_center_crop
 from hilovit.data.idx import read_idx, write_idx
+from hilovit.data.image_transforms import ImageTransform, create_transform
 from hilovit.data.imagenet import imagenet_class_names, imagenet_label_indices, imagenet_wnids
 from hilovit.data.mixup import MixParams, Mixup, smooth_one_hot, soft_target_cross_entropy
 from hilovit.data.transforms import AugmentConfig, BatchAugment, Normalize, match_channels, to_float_batch
@@ -34,6 +37,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMG_EXTENSIONS",
+    "ImageTransform",
     "AugmentConfig",
     "BatchAugment",
     "DatasetInfo",
@@ -48,6 +52,7 @@ __all__ = [
     "build_det_datasets",
     "check_image",
     "compute_mean_std",
+    "create_transform",
     "decode_image",
     "detection_collate",
     "find_idx_dir",
@@ -59,6 +64,8 @@ __all__ = [
     "pil_interpolation",
     "random_resized_crop_box",
     "read_idx",
+    "resolve_data_config",
+    "resolve_model_data_config",
     "resize_center_crop",
     "scan_image_folder",
     "smooth_one_hot",

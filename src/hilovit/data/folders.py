@@ -6,7 +6,8 @@
   to decode is skipped when it is met: the next sample is used, and the skipped path is handed
   back through :meth:`ImageFolderDataset.load_with_skips` so the training loop can report it at the
   end of the epoch (:func:`hilovit.train.loaders.report_skipped_images`), workers included.
-* Two ways to make a sample, both on the full decoded image (Pillow, uint8 out):
+* Two ways to make a sample, both on the full decoded image (Pillow, uint8 out; the geometry lives in
+  :mod:`hilovit.data.image_transforms`):
   training, :func:`random_resized_crop_box` + a resize to ``img_size`` (the random-resized crop of
   the whole picture); evaluation, :func:`resize_center_crop`, the official protocol: the shorter
   side to ``int(img_size / crop_pct)`` with the configured interpolation, then the centre
@@ -21,13 +22,25 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hilovit.data.image_transforms import (  # noqa: F401  (the per-image transforms live in image_transforms.py)
+    CROP_MODES,
+    PIL_INTERPOLATION,
+    _check_crop_mode,
+    _check_crop_pct,
+    _check_range,
+    normalization_problem,
+    pil_interpolation,
+    preprocess_image,
+    random_resized_crop_box,
+    resize_center_crop,
+)
 from hilovit.data.images import (  # noqa: F401  (decoding lives in images.py; these names stay importable here)
     LargeImageWarning,
     _jpeg_complete,
@@ -56,113 +69,6 @@ def _image_extensions() -> frozenset:
 
 
 IMG_EXTENSIONS = _image_extensions()
-
-# Interpolation names of the pretrained configs -> Pillow's resampling filters.
-PIL_INTERPOLATION = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
-
-
-def pil_interpolation(name: str) -> Image.Resampling:
-    """``'bicubic'`` -> ``Image.Resampling.BICUBIC`` (also bilinear, nearest, lanczos, box, hamming)."""
-    if not isinstance(name, str) or name.lower() not in PIL_INTERPOLATION:
-        raise ValueError(f"interpolation={name!r}; expected one of {', '.join(PIL_INTERPOLATION)}")
-    return PIL_INTERPOLATION[name.lower()]
-
-
-def _check_crop_pct(crop_pct) -> float:
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < float(crop_pct) <= 1.0:
-        raise ValueError(f"crop_pct={crop_pct!r}; expected a fraction in (0, 1]")
-    return float(crop_pct)
-
-
-CROP_MODES = ("center", "squash")
-
-
-def _check_crop_mode(crop_mode) -> str:
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"crop_mode={crop_mode!r}; expected one of {', '.join(map(repr, CROP_MODES))}")
-    return crop_mode
-
-
-def _check_range(name: str, value) -> Tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}; expected a pair (low, high)") from None
-    if not 0 < lo <= hi:
-        raise ValueError(f"{name}=({lo}, {hi}); expected 0 < low <= high")
-    return lo, hi
-
-
-# ----------------------------------------------------------------------------- sample geometry
-def resize_center_crop(image: Image.Image, size: Union[int, Tuple[int, int]], crop_pct: float = 1.0,
-                       interpolation: str = "bilinear", crop_mode: str = "center") -> Image.Image:
-    """The evaluation protocol of the official models (and timm's ``crop_mode``) on a PIL image.
-
-    ``crop_mode='center'``: for a square ``size`` S, resize so the shorter side is
-    ``int(S / crop_pct)`` (the longer one ``int(short * long / shorter)``, keeping the aspect
-    ratio), then crop the centre S x S (offsets ``round((side - S) / 2)``); ``crop_pct=1`` keeps
-    the largest centred square. ``crop_mode='squash'`` (and any ``size=(H, W)`` with H != W):
-    resize both sides to ``int(H / crop_pct)``, ``int(W / crop_pct)``, ignoring the aspect
-    ratio, then crop the centre; with ``crop_pct=1`` the whole image is resized to H x W (the
-    official evaluation of the 384 models).
-    """
-    H, W = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
-    if H < 1 or W < 1:
-        raise ValueError(f"size={size!r}; expected positive sides")
-    crop_pct = _check_crop_pct(crop_pct)
-    squash = _check_crop_mode(crop_mode) == "squash"
-    resample = pil_interpolation(interpolation)
-    w, h = image.size
-    if H == W and not squash:
-        short = int(H / crop_pct)
-        new = (short, max(1, int(short * h / w))) if w <= h else (max(1, int(short * w / h)), short)
-    else:
-        new = (int(W / crop_pct), int(H / crop_pct))
-    if new != (w, h):
-        image = image.resize(new, resample)
-    w, h = image.size
-    top, left = int(round((h - H) / 2.0)), int(round((w - W) / 2.0))
-    return image.crop((left, top, left + W, top + H))
-
-
-def random_resized_crop_box(width: int, height: int, scale: Tuple[float, float] = (0.08, 1.0),
-                            ratio: Tuple[float, float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
-    """A random crop ``(left, top, w, h)`` of a ``width`` x ``height`` image: area a fraction in
-    ``scale`` of the whole, aspect ratio ``w / h`` log-uniform in ``ratio``.
-
-    Up to ten draws; when none fits inside the image, the centred crop of the whole image with its
-    aspect ratio clamped into ``ratio``. Random numbers come from torch's global generator (seeded
-    per DataLoader worker by torch).
-    """
-    scale, ratio = _check_range("scale", scale), _check_range("ratio", ratio)
-    area = width * height
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        u = torch.rand(2).tolist()
-        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
-        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,)))
-            left = int(torch.randint(0, width - w + 1, (1,)))
-            return left, top, w, h
-    aspect = width / height
-    if aspect < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif aspect > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
-
 
 # ----------------------------------------------------------------------------- files
 class UnreadableImageError(ValueError):
@@ -223,64 +129,6 @@ def scan_image_folder(
     return classes, samples
 
 
-_RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")  # hilovit.data.PIL_INTERPOLATION
-
-
-def _cfg_value(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = cfg.get(key)
-    return default if value is None else value
-
-
-def preprocess_image(image, cfg: Mapping[str, Any]) -> torch.Tensor:
-    """A PIL image -> the normalised ``(C, H, W)`` float tensor that ``cfg`` (a ``pretrained_cfg``) asks for.
-
-    timm's evaluation transform: resize to ``floor(size / crop_pct)`` (``cfg['crop_mode']``
-    ``'center'``, the default, with a square input size: the shorter side, keeping the aspect
-    ratio; ``'squash'`` or a non-square input size: both sides) with ``cfg['interpolation']``,
-    centre crop to ``input_size``, scale to [0, 1] and normalise with ``mean``/``std``.
-
-    Raises:
-        ValueError: a ``cfg`` value that cannot be used, before any pixel is touched: a ``mean`` or
-            ``std`` of other than 1 or C values, not finite, or a std not above 0 (which would make
-            the input NaN or infinite); a crop_pct outside (0, 1]; an unknown interpolation or crop mode.
-    """
-    C, H, W = (int(v) for v in _cfg_value(cfg, "input_size", (3, 224, 224)))
-    mean, std = _stats(cfg, "mean", 0.0, C), _stats(cfg, "std", 1.0, C)
-    crop_pct = float(_cfg_value(cfg, "crop_pct", 1.0))
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"pretrained_cfg['crop_pct'] must be in (0, 1], got {crop_pct}")
-    interp = str(_cfg_value(cfg, "interpolation", "bilinear"))
-    if interp not in _RESAMPLE:
-        raise ValueError(f"pretrained_cfg['interpolation'] = {interp!r}; expected one of {', '.join(_RESAMPLE)}")
-    crop_mode = _cfg_value(cfg, "crop_mode", "center")
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"pretrained_cfg['crop_mode'] = {crop_mode!r}; expected one of {', '.join(CROP_MODES)}")
-    image = resize_center_crop(image, H if H == W else (H, W), crop_pct, interp, crop_mode)
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr.copy())
-    x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-    if x.shape[0] != C:
-        raise ValueError(f"prepared image has {x.shape[0]} channels but the model expects {C}")
-    return (x - mean) / std
-
-
-def normalization_problem(values: Any, kind: str, channels: int) -> Optional[str]:
-    """What is wrong with ``values`` as the per-channel ``kind`` (``'mean'`` or ``'std'``) of a
-    ``channels``-channel model, or None: finite numbers, 1 or ``channels`` of them, a std above 0."""
-    try:
-        numbers = [float(v) for v in values]
-    except (TypeError, ValueError):
-        numbers = []
-    count = "1 value" + (f" or {channels} values" if channels != 1 else "")
-    if not numbers or len(numbers) not in (1, channels):
-        return f"expected {count} for a {channels}-channel model"
-    if not all(math.isfinite(v) for v in numbers):
-        return f"expected finite numbers ({count})"
-    if kind == "std" and min(numbers) <= 0:
-        return f"expected numbers above 0 ({count}): the input is divided by the std"
-    return None
-
-
 def check_normalization(mean: Any, std: Any, channels: int) -> None:
     """Refuse a normalisation that would make the model's input NaN or of the wrong width: ``mean`` and
     ``std`` (None: not given) must each hold 1 or ``channels`` finite numbers, ``std`` above 0.
@@ -297,16 +145,6 @@ def check_normalization(mean: Any, std: Any, channels: int) -> None:
         if problem is not None:
             shown = tuple(values) if isinstance(values, (list, tuple)) else values
             raise OptionError(f"{{{kind}}}={shown!r}: {problem}")
-
-
-def _stats(cfg: Mapping[str, Any], key: str, default: float, C: int) -> torch.Tensor:
-    """``cfg[key]`` as a ``(C, 1, 1)`` tensor (1 value or C; finite; a std above 0)."""
-    values = _cfg_value(cfg, key, (default,) * C)
-    problem = normalization_problem(values, key, C)
-    if problem is not None:
-        raise ValueError(f"pretrained_cfg[{key!r}] = {values!r}: {problem}")
-    numbers = [float(v) for v in values]
-    return torch.tensor(numbers * (C if len(numbers) == 1 else 1), dtype=torch.float32).view(C, 1, 1)
 
 
 def load_image(path: PathLike, img_size: int, crop_pct: float = 1.0, interpolation: str = "bilinear",
