@@ -187,7 +187,9 @@ def _timm_kwargs(base: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"drop_rate={kwargs['drop_rate']!r} and head_drop_rate={kwargs['head_drop_rate']!r} name "
                          "the same dropout before the classifier; give one")
     if "drop_rate" in kwargs:
-        kwargs["head_drop_rate"] = kwargs.pop("drop_rate")
+        from hilovit.options import check_fraction
+
+        kwargs["head_drop_rate"] = check_fraction(kwargs.pop("drop_rate"), "drop_rate (dropout before the classifier)")
     if "proj_drop_rate" in kwargs:
         kwargs["drop_rate"] = kwargs.pop("proj_drop_rate")
     return kwargs
