@@ -13,7 +13,8 @@ path, a URL or ``'hf-hub:org/name'``; keyword arguments are the model's (``num_c
 import os as _os
 import sys as _sys
 
-dependencies = ["torch", "numpy", "tqdm", "safetensors"]
+# The modules of every runtime dependency in pyproject.toml (torch.hub checks that each imports).
+dependencies = ["torch", "safetensors", "numpy", "PIL", "kornia", "tqdm", "yaml", "matplotlib", "pycocotools"]
 
 _SRC = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "src")
 if _os.path.isdir(_os.path.join(_SRC, "hilovit")) and _SRC not in _sys.path:
