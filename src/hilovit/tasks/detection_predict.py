@@ -78,7 +78,8 @@ class DetPredictor:
 
     def predict_file(self, image: PathLike, output: PathLike) -> Dict[str, Any]:
         """Detect in ``image``; write ``output/STEM_detections.png`` and ``output/STEM_detections.json``."""
-        from hilovit.train.state import check_writable_dir, write_json
+        from hilovit.io import check_writable_dir
+        from hilovit.train.state import write_json
         from hilovit.viz.detection import save_detection_picture
 
         x = self._read(image)

@@ -135,8 +135,7 @@ class SegPredictor:
 
     def predict_file(self, image: PathLike, output: PathLike) -> Dict[str, Any]:
         """Predict ``image`` and write ``output/STEM_labels.png`` (palette) and ``output/STEM_overlay.png``."""
-        from hilovit.io import atomic_write
-        from hilovit.train.state import check_writable_dir
+        from hilovit.io import atomic_write, check_writable_dir
         from hilovit.viz.segmentation import overlay
 
         x = self._load(image)
@@ -161,7 +160,7 @@ def predict_files(images: Sequence[PathLike], model=None, checkpoint=None, pretr
     """``hilovit predict`` with a segmenter: for each image its label map (palette PNG) and overlay in
     ``output``; an image that cannot be read or predicted (too large without an eval scale, see
     :class:`SegPredictor`) gets ``error`` set and the others still run."""
-    from hilovit.train.state import check_creatable_dir
+    from hilovit.io import check_creatable_dir
 
     check_creatable_dir(output, "output folder")  # a bad folder is one error, not one per image; created when used
     predictor = SegPredictor(checkpoint, model=model, device=device, eval_scale=eval_scale, pretrained=pretrained,
