@@ -495,9 +495,14 @@ def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size
     import numpy as np
 
     from hilovit.data.folders import open_image, preprocess_image
-    from hilovit.tasks.classification_predict import load_model
+    from hilovit.models._builder import create_model, load_model
 
-    net, _ = load_model(model, checkpoint)
+    if checkpoint is None:
+        if model is None:
+            raise ValueError("give a model name or a checkpoint")
+        net = create_model(model).eval()
+    else:
+        net, _ = load_model(checkpoint, model)  # sized from the checkpoint, in eval mode
     cfg = dict(net.pretrained_cfg)
     C = int(cfg["input_size"][0])
     if img_size is not None:
