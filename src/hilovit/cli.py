@@ -280,6 +280,30 @@ def _run_viz_attention(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- app
+def _add_app(commands) -> None:
+    p = commands.add_parser(
+        "app",
+        help="a local page (Gradio) to look at predictions: drop an image, see the classes, overlay or boxes",
+        description="Serves a page on http://HOST:PORT: drop an image to see what the model predicts (a classifier's "
+        "top-5 classes, a segmenter's overlay, a detector's boxes and masks) and, for LITv2 classifiers, what "
+        "HiLo's Hi-Fi and Lo-Fi branches see (hilovit viz hilo). Needs the extra: pip install 'hilovit[app]'.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_NAME",
+                   help="a training output folder, a checkpoint file, or a registered model name (published weights)")
+    p.add_argument("--model", default=None, help="registered model name (default: the one the checkpoint records)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=None, help="port (default: the first free from 7860)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu (default), cuda, cuda:N")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    from hilovit.app.page import serve
+
+    serve(args.checkpoint, model=args.model, host=args.host, port=args.port, device=args.device)
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 def _add_train(commands) -> None:
     p = commands.add_parser(
@@ -456,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)
+    _add_app(commands)
     _add_train(commands)
     _add_eval(commands)
     _add_models(commands)
