@@ -83,8 +83,10 @@ def build_page(predictor: AppPredictor):
             with gr.Column(scale=2):
                 picture = gr.Image(label="Input" if task == "classification" else "Prediction", type="numpy",
                                    interactive=False, elem_id="picture")
-                hilo = gr.Image(label="HiLo: Hi-Fi and Lo-Fi branches (hilovit viz hilo)", type="numpy",
-                                interactive=False, elem_id="hilo", visible=predictor.has_hilo)
+                gr.Markdown("**HiLo: what the Hi-Fi and Lo-Fi branches see** (hilovit viz hilo)",
+                            visible=predictor.has_hilo)
+                hilo = gr.Image(show_label=False, type="numpy", interactive=False, elem_id="hilo",
+                                visible=predictor.has_hilo)  # no label over the picture's own title
         upload.change(_handler(predictor), inputs=upload, outputs=[status, top, picture, hilo])
     return page
 
