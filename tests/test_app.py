@@ -79,7 +79,7 @@ def _predict_json(capsys, *args):
 # --------------------------------------------------------------------------- the same results as predict / viz
 def test_classification_top5_and_hilo_are_predict_and_viz(checkpoints, images, capsys, tmp_path):
     ckpt, image = checkpoints["classification"], images["grey"]
-    app = AppPredictor(ckpt)
+    app = AppPredictor(ckpt, hilo_size=112)
     assert app.task == "classification" and app.has_hilo
     result = app.predict(image)
     assert result.ok and result.task == "classification" and result.source == "item.png"
@@ -99,8 +99,9 @@ def test_classification_top5_and_hilo_are_predict_and_viz(checkpoints, images, c
     np.testing.assert_allclose(list(result.top.values()), probs[order], atol=2e-3)
     # the picture `hilovit viz hilo` writes for the same checkpoint and image, pixel for pixel
     out = tmp_path / "hilo.png"
-    assert main(["viz", "hilo", str(image), "--model", "litv2_nano", "--checkpoint", str(ckpt), "--output",
-                 str(out)]) == 0
+    assert main(["viz", "hilo", str(image), "--model", "litv2_nano", "--checkpoint", str(ckpt), "--img-size", "112",
+                 "--output", str(out)]) == 0
+    assert "14x14 tokens" in capsys.readouterr().out and result.notes == []  # 112 px: no small-map warning
     np.testing.assert_array_equal(result.hilo, _png(out))
     with Image.open(image) as im:  # the input, each pixel shown as 8x8 (224 px)
         np.testing.assert_array_equal(result.picture, np.kron(np.asarray(im.convert("RGB")), np.ones((8, 8, 1),
@@ -191,3 +192,8 @@ def test_without_gradio_the_command_says_how_to_install(checkpoints, monkeypatch
     assert main(["app", "--checkpoint", str(checkpoints["classification"])]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'hilovit[app]'" in err and "Traceback" not in err
+
+
+def test_a_bad_hilo_size_is_refused_before_anything_loads(capsys):
+    assert main(["app", "--checkpoint", "runs/nothing", "--hilo-size", "1", "2", "3"]) == 2
+    assert "--hilo-size takes H or H W, got 3 values" in capsys.readouterr().err

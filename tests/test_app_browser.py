@@ -80,7 +80,7 @@ def server(run, tmp_path_factory):
     env = {**os.environ, "GRADIO_TEMP_DIR": str(log.parent / "uploads"), "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hilovit", "app", "--checkpoint", str(run), "--port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 str(port), "--hilo-size", "112"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + WAIT_S

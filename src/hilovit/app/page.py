@@ -92,12 +92,13 @@ def build_page(predictor: AppPredictor):
 
 
 def serve(source, model: Optional[str] = None, host: str = "127.0.0.1", port: Optional[int] = None,
-          device: str = "cpu", block: bool = True):
+          device: str = "cpu", hilo_size=None, block: bool = True):
     """``hilovit app``: load ``source`` (a run, a checkpoint file or a model name, see
     :class:`AppPredictor`) and serve its page on ``http://host:port`` (``port`` None: Gradio's first
-    free port from 7860). ``block`` False returns the running page (``page.close()`` stops it)."""
+    free port from 7860). ``hilo_size``: the HiLo picture's input size (see :class:`AppPredictor`). ``block``
+    False returns the running page (``page.close()`` stops it)."""
     gr = import_gradio()  # before the model is loaded: a missing extra is said at once
-    predictor = AppPredictor(source, model=model, device=device)
+    predictor = AppPredictor(source, model=model, device=device, hilo_size=hilo_size)
     page = build_page(predictor)
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])  # no web fonts: the page works offline

@@ -114,6 +114,8 @@ class AppPredictor:
         device: where to run (``'cpu'``, ``'cuda'``).
         topk: classes listed for a classifier.
         score_thr: the lowest detection score drawn and listed.
+        hilo_size: the input size ``H`` or ``(H, W)`` of the HiLo picture (``hilovit viz hilo --img-size``;
+            default the model's own: a larger one gives the branches a larger token map to compare).
 
     Raises:
         ValueError / FileNotFoundError: a source that is neither a checkpoint nor a model name, a checkpoint
@@ -121,7 +123,7 @@ class AppPredictor:
     """
 
     def __init__(self, source: PathLike, model: Optional[str] = None, device: str = "cpu", topk: int = 5,
-                 score_thr: float = 0.3) -> None:
+                 score_thr: float = 0.3, hilo_size=None) -> None:
         from hilovit.tasks import resolve_task
 
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
@@ -130,6 +132,7 @@ class AppPredictor:
         name = model or (str(source) if pretrained else None)
         self.task = resolve_task(None, checkpoint=checkpoint, model=name).name
         self.topk = topk
+        self.hilo_size = hilo_size
         self.name = name or _recorded_model(checkpoint) or "model"
         self.title = f"{self.name} ({'published weights' if pretrained else checkpoint})"
         self.weights = "published weights" if pretrained else "trained weights"  # as hilovit viz titles them
@@ -204,7 +207,7 @@ class AppPredictor:
         with tempfile.TemporaryDirectory(prefix="hilovit-app-") as folder:
             try:
                 path, branches = hilo_picture(self.predictor.model, image, Path(folder) / "hilo.png",
-                                              f"{self.name} ({self.weights})")
+                                              f"{self.name} ({self.weights})", img_size=self.hilo_size)
             except ValueError as e:
                 return None, str(e)
             return _read_picture(path), branches.warning
