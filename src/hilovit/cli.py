@@ -250,21 +250,22 @@ def _add_viz(commands) -> None:
     p.set_defaults(func=_run_viz_attention)
 
 
-def _viz_size(args):
-    if args.img_size is not None and len(args.img_size) > 2:
-        raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
-    if args.img_size is not None:
+def _viz_size(sizes, name: str = "img_size"):
+    """``--img-size H [W]`` (or the option ``name``) checked before the model is built."""
+    if sizes is not None and len(sizes) > 2:
+        raise ValueError(f"--{name.replace('_', '-')} takes H or H W, got {len(sizes)} values")
+    if sizes is not None:
         from hilovit.options import check_image_size
 
-        check_image_size(args.img_size * (3 - len(args.img_size)), "img_size")  # before the model is built
-    return args.img_size
+        check_image_size(sizes * (3 - len(sizes)), name)
+    return sizes
 
 
 def _run_viz_hilo(args) -> int:
     from hilovit.viz import viz_hilo
 
     path, branches = viz_hilo(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
-                              img_size=_viz_size(args), cutoff=args.cutoff)
+                              img_size=_viz_size(args.img_size), cutoff=args.cutoff)
     print(branches.summary())
     print(f"wrote {path}")
     return 0
@@ -274,9 +275,36 @@ def _run_viz_attention(args) -> int:
     from hilovit.viz import viz_attention
 
     path, amap = viz_attention(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
-                               img_size=_viz_size(args), query=args.query, heads=args.heads)
+                               img_size=_viz_size(args.img_size), query=args.query, heads=args.heads)
     print(amap.summary())
     print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- app
+def _add_app(commands) -> None:
+    p = commands.add_parser(
+        "app",
+        help="a local page (Gradio) to look at predictions: drop an image, see the classes, overlay or boxes",
+        description="Serves a page on http://HOST:PORT: drop an image to see what the model predicts (a classifier's "
+        "top-5 classes, a segmenter's overlay, a detector's boxes and masks) and, for LITv2 classifiers, what "
+        "HiLo's Hi-Fi and Lo-Fi branches see (hilovit viz hilo). Needs the extra: pip install 'hilovit[app]'.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_NAME",
+                   help="a training output folder, a checkpoint file, or a registered model name (published weights)")
+    p.add_argument("--model", default=None, help="registered model name (default: the one the checkpoint records)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=None, help="port (default: the first free from 7860)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--hilo-size", type=positive_int, nargs="+", metavar=("H", "W"), default=None,
+                   help="input size of the HiLo picture, as hilovit viz hilo --img-size (default: the model's)")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    from hilovit.app.page import serve
+
+    serve(args.checkpoint, model=args.model, host=args.host, port=args.port, device=args.device,
+          hilo_size=_viz_size(args.hilo_size, "hilo_size"))
     return 0
 
 
@@ -456,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)
+    _add_app(commands)
     _add_train(commands)
     _add_eval(commands)
     _add_models(commands)
