@@ -6,6 +6,8 @@
   ``pretrained_cfg`` applied (:func:`apply_cfg`) and the weights adapted and loaded
   (:func:`hilovit.models.pretrained.load_file`: input channels, a new classifier, an mmdet/mmseg
   checkpoint's backbone, a classifier's backbone into a segmenter or detector).
+* A model repository as the name (``hf-hub:org/name``, ``local-dir:PATH``): its ``config.json``
+  names the architecture, classes and preprocessing (:mod:`hilovit.models.repo`), as in timm.
 * :func:`pretrained_model`: ``create_model`` where ``pretrained`` may also be a tag, and where a file,
   local or fetched from a URL, sizes the model first.
 * :func:`load_model` (``hilovit.load_model``): the model a checkpoint or a training run was made as,
@@ -64,7 +66,7 @@ def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
 
 def create_model(
     name: str,
-    pretrained: Union[bool, str, os.PathLike, None] = False,
+    pretrained: Union[bool, str, os.PathLike, None] = None,
     pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
     **kwargs,
 ) -> nn.Module:
@@ -74,8 +76,14 @@ def create_model(
         name: a registered name or alias (see :func:`list_models`), optionally with a weights tag:
             ``'litv2_s.alpha_0_5'``, ``'swin_tiny_patch4_window7_224.ms_in22k_ft_in1k'`` (see
             ``hilovit models --pretrained``). A tag sets the model's ``pretrained_cfg`` and the
-            arguments the weights need (``alpha``, ``num_classes=21841`` for ImageNet-22k).
-        pretrained: ``False`` (or None): random initialisation. ``True``: the official weights of
+            arguments the weights need (``alpha``, ``num_classes=21841`` for ImageNet-22k). Or a
+            model repository, ``'hf-hub:org/name[@revision]'`` or ``'local-dir:PATH'``: its
+            ``config.json`` names the architecture, ``num_classes``, constructor arguments
+            (``model_args``) and ``pretrained_cfg`` (``label_names``, mean/std, input size), and its
+            weights are loaded unless ``pretrained=False``; ``kwargs`` override the arguments (another
+            ``num_classes`` re-initialises the classifier).
+        pretrained: ``None`` (the default) or ``False``: random initialisation (a repository name:
+            its weights, unless ``False``). ``True``: the official weights of
             the tag (default: the model's first published weights; for ``litv2_s`` the file matching
             an ``alpha=`` argument), downloaded once into the torch hub cache
             (``$TORCH_HOME/hub/checkpoints``). A path, an ``http(s)://`` URL or
@@ -89,7 +97,9 @@ def create_model(
             for one input channel, Swin's relative-position tables are resized bicubically.
 
     Raises:
-        ValueError: an unknown name or tag, or no published weights fit the arguments.
+        ValueError: an unknown name or tag, or no published weights fit the arguments; a
+            repository without ``config.json`` or naming an unknown architecture.
+        hilovit.CheckpointError: a repository's weights do not fit its ``config.json``.
         hilovit.models.hub.DownloadError: the weights cannot be fetched (the message says how to
             fetch them by hand).
 
@@ -98,6 +108,7 @@ def create_model(
         >>> model = create_model("litv2_s", pretrained=True)              # official ImageNet-1k weights
         >>> model = create_model("litv2_s", alpha=0.5, pretrained=True)   # the alpha = 0.5 checkpoint
         >>> model = create_model("swin_t", pretrained=True, num_classes=10, in_chans=1)
+        >>> model = create_model("hf-hub:org/litv2-fashion")                # architecture from config.json
     """
     from hilovit.models import hub
     from hilovit.models import pretrained as weights
@@ -110,6 +121,8 @@ def create_model(
             "pretrained must be False, True, a file path, an http(s):// URL or 'hf-hub:org/name', "
             f"got {type(pretrained).__name__}"
         )
+    if isinstance(name, str) and name.startswith((hub.HF_HUB_PREFIX, hub.LOCAL_DIR_PREFIX)):
+        return _create_from_repo(name, pretrained, overlay, kwargs)
     base, tag = resolve_name(name)
     wants_official = pretrained is True and not any(overlay.get(k) for k in _SOURCE_KEYS)
     entry = weights.get_pretrained(base, tag, kwargs, required=wants_official)
@@ -122,12 +135,51 @@ def create_model(
         args.update(entry.variant_args)
     args.update(kwargs)
     model = model_entrypoint(base)(**args)
+    update_pretrained_cfg(model, architecture=base)  # the registered name, as timm records it (config.json's)
     if entry is not None:
         apply_cfg(model, entry)
     if overlay:
         update_pretrained_cfg(model, **overlay)
     if path is not None:
         weights.load_file(model, path, origin=source)
+    return model
+
+
+def _create_from_repo(source: str, pretrained, overlay: Dict[str, Any], kwargs: Dict[str, Any]) -> nn.Module:
+    """:func:`create_model` of ``'hf-hub:org/name'`` / ``'local-dir:PATH'``: the architecture, arguments and
+    ``pretrained_cfg`` of its ``config.json``, then (unless ``pretrained`` is False) its weights, strictly."""
+    from hilovit.models import hub, repo
+
+    if pretrained is not None and not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained={pretrained!r} with the model repository {source!r}: the repository holds its "
+                         "own weights; pass pretrained=True (the default for a repository) or False")
+    cfg = repo.read_repo_config(source)
+    path = repo.repo_weights_file(source) if pretrained is not False else None  # before building: fail fast
+    args = dict(cfg.model_args)
+    if cfg.num_classes is not None:
+        args["num_classes"] = cfg.num_classes
+    args.update(kwargs)
+    model = create_model(cfg.architecture, **args)
+    pcfg = dict(cfg.pretrained_cfg, architecture=cfg.architecture)
+    if source.startswith(hub.HF_HUB_PREFIX):
+        pcfg["hf_hub_id"] = source[len(hub.HF_HUB_PREFIX):]
+    if "num_classes" in kwargs and kwargs["num_classes"] != cfg.num_classes:  # a new classifier: names no longer fit
+        pcfg.pop("label_names", None)
+        pcfg.pop("label_descriptions", None)
+        pcfg["num_classes"] = kwargs["num_classes"]
+    in_chans = getattr(model, "in_chans", None)
+    if "in_chans" in kwargs and in_chans is not None:
+        for key in ("mean", "std"):
+            if pcfg.get(key):
+                pcfg[key] = _cfg_stats(tuple(pcfg[key]), int(in_chans))
+        if pcfg.get("input_size"):
+            pcfg["input_size"] = (int(in_chans), *pcfg["input_size"][1:])
+    for key in ("input_size", "mean", "std", "test_scale"):
+        if isinstance(pcfg.get(key), list):
+            pcfg[key] = tuple(pcfg[key])
+    update_pretrained_cfg(model, **{**pcfg, **overlay})
+    if path is not None:
+        repo.load_repo_weights(model, path, source, allow_new_classifier="num_classes" in kwargs)
     return model
 
 
@@ -150,22 +202,30 @@ def apply_cfg(model: nn.Module, entry) -> None:
 
 
 def _is_remote(text: str) -> bool:
-    return "://" in text or text.startswith("hf-hub:")
+    return "://" in text or text.startswith(("hf-hub:", "local-dir:"))
 
 
-def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True,
+def pretrained_model(name: Optional[str], pretrained: Union[bool, str, os.PathLike] = True,
                      device: Union[str, torch.device] = "cpu", **kwargs) -> nn.Module:
     """``create_model(name, pretrained=...)`` in eval mode, where ``pretrained`` may also be a tag of
     ``name``'s published weights (``'alpha_0_5'``, ``'ms_in22k_ft_in1k'``): True, a tag, a file path,
-    an ``http(s)://`` URL or ``'hf-hub:org/name'``. ``model.pretrained_cfg`` carries the weights'
-    preprocessing (input size, crop_pct, interpolation, mean/std). A file, local or fetched from a
-    URL, sizes the classifier (``num_classes``), the stem (``in_chans``) and the recorded constructor
-    arguments from its shapes and metadata unless ``kwargs`` name them.
+    an ``http(s)://`` URL, ``'hf-hub:org/name'`` or ``'local-dir:PATH'``. ``model.pretrained_cfg``
+    carries the weights' preprocessing (input size, crop_pct, interpolation, mean/std). A file, local
+    or fetched from a URL, sizes the classifier (``num_classes``), the stem (``in_chans``) and the
+    recorded constructor arguments from its shapes and metadata unless ``kwargs`` name them. With
+    ``name`` None, ``pretrained`` must be a model repository: its ``config.json`` names the model
+    (see :func:`create_model`); with a name, only a repository's weights are read.
 
     Raises:
         ValueError: a string that is neither a file, a URL, ``hf-hub:`` nor a published tag (the
-            message lists the tags); FileNotFoundError: a path that does not exist.
+            message lists the tags); no name, with weights that are no model repository.
+        FileNotFoundError: a path that does not exist.
     """
+    if name is None:
+        if not (isinstance(pretrained, str) and pretrained.startswith(("hf-hub:", "local-dir:"))):
+            raise ValueError(f"pretrained={pretrained!r} needs a model name (--model); only a model repository "
+                             "('hf-hub:org/name', 'local-dir:PATH') names its own architecture")
+        return create_model(pretrained, pretrained=True, **kwargs).eval().to(device)
     if isinstance(pretrained, str) and pretrained and not _is_remote(pretrained):
         looks_like_path = (os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES)
                            or os.path.exists(pretrained))
