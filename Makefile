@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hilovit-installed
 # The CPU wheel; anything newer pulls several GB of CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: install data demo demo-results demo-dense test lint bench bench-seg bench-det clean
+.PHONY: install data browser demo demo-results demo-dense test lint bench bench-seg bench-det clean
 
 install: $(STAMP)
 
@@ -20,10 +20,14 @@ $(STAMP): pyproject.toml
 data:
 	@bash scripts/ensure-fashion-mnist.sh
 
+# Chromium and its WebDriver from Debian, for the browser test of `hilovit app`; skipped when they cannot be installed.
+browser:
+	@bash scripts/ensure-chromium.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(STAMP) data lint
+test: $(STAMP) data browser lint
 	$(BIN)/python -m pytest
 
 # Train litv2_nano on all of Fashion-MNIST (recipe src/hilovit/train/recipes/fashion-mnist.yaml), then

@@ -35,6 +35,8 @@ _EXPORTS = {
     "MaskRCNN": "hilovit.models.two_stage",
     "Predictor": "hilovit.tasks.classification_predict",
     "train": "hilovit.train.engine",
+    "save_pretrained": "hilovit.publish",
+    "push_to_hub": "hilovit.publish",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -74,7 +74,8 @@ def _add_predict(commands) -> None:
                          help="model.safetensors, last.pt, any state-dict file, or a training output folder")
     weights.add_argument("--pretrained", nargs="?", const=True, metavar="TAG|FILE|URL",
                          help="published weights instead of a checkpoint: alone the model's default (downloaded "
-                         "once), or a tag (alpha_0_5, ms_in22k_ft_in1k), a file, a URL or hf-hub:org/name")
+                         "once), or a tag (alpha_0_5, ms_in22k_ft_in1k), a file, a URL, or a model repository "
+                         "(hf-hub:org/name, local-dir:PATH), whose config.json names the model")
     p.add_argument("--device", type=device_name, help="cpu (default), cuda, cuda:N")
     p.add_argument("--json", action="store_true", default=False, help="print one JSON document instead of text")
     g = p.add_argument_group("classification")
@@ -119,7 +120,8 @@ def _run_predict(args) -> int:
 
     given = _given(args)
     images = given.pop("images")
-    task = resolve_task(args.task, checkpoint=given.get("checkpoint"), model=given.get("model"))
+    task = resolve_task(args.task, checkpoint=given.get("checkpoint"), model=given.get("model"),
+                        pretrained=given.get("pretrained"))
     _predict_normalisation(given)
     options = _task_options(task, given, task.predict_options, "predict")
     with warnings.catch_warnings(record=True) as notes:
@@ -148,19 +150,27 @@ def _source_of(result) -> str:
 def _add_export(commands) -> None:
     p = commands.add_parser(
         "export",
-        help="export a model to ONNX and verify it with onnxruntime",
+        help="export a model to ONNX (verified with onnxruntime) or a Hugging Face model repository",
         description="Exports with torch.onnx (TorchScript tracer), checks the file with onnxruntime against PyTorch "
         "on random inputs and prints the largest difference. A classifier has its input size fixed in the graph; "
         "a segmenter has symbolic batch, height and width, verified at sizes that are multiples of neither 32 nor "
         "the windows; so has a detector, whose graph ends at its raw head maps (Mask R-CNN: the RPN maps and the "
         "FPN maps, with its box and mask heads in a second file, OUTPUT with .onnx replaced by .roi_heads.onnx). "
         "The files are written only when every difference is at most --atol (exit status 1 otherwise), all or "
-        "none, and existing files only with --overwrite.")
+        "none, and existing files only with --overwrite. --format hub writes a model repository folder instead "
+        "(config.json, model.safetensors, README.md model card from the run's summary.json and config.yaml), which "
+        "create_model('local-dir:OUTPUT') and predict --pretrained local-dir:OUTPUT read; --push org/name uploads it "
+        "to the Hugging Face hub (needs huggingface_hub: pip install 'hilovit[hub]').")
     _task_option(p, "the checkpoint or the model")
     p.add_argument("--model", default=None, help="registered model name (default: the one the checkpoint records)")
     p.add_argument("--checkpoint", default=None, help="weights to export (default: random initialisation)")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--format", default="onnx", choices=["onnx", "hub"],
+                   help="onnx (default): an ONNX graph; hub: a model repository folder (config.json, "
+                   "model.safetensors, README.md)")
+    p.add_argument("--output", default=None, help="the .onnx file to write (hub: the folder)")
+    p.add_argument("--push", metavar="ORG/NAME", default=None,
+                   help="hub: upload the repository to the Hugging Face hub (HF_TOKEN or a stored login)")
+    p.add_argument("--private", action="store_true", help="hub: create the --push repository private")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="symbolic batch dimension (verified at batch 1 and 3); default: batch 1")
@@ -175,9 +185,46 @@ def _add_export(commands) -> None:
     p.set_defaults(func=_run_export)
 
 
+def _run_export_hub(args) -> int:
+    """``export --format hub``: a model repository folder (``--output``) and/or an upload (``--push``)."""
+    from hilovit import publish
+
+    onnx_only = {"--img-size": args.img_size is not None, "--sizes": args.sizes is not None,
+                 "--dynamic-batch": args.dynamic_batch, "--no-verify": args.no_verify, "--opset": args.opset != 17,
+                 "--atol": args.atol != 1e-4}
+    given = [flag for flag, on in onnx_only.items() if on]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not an option of export --format hub (ONNX only)")
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint: export --format hub needs a training run or checkpoint to publish")
+    if args.output is None and args.push is None:
+        raise ValueError("--output: export --format hub needs --output DIR, --push ORG/NAME, or both")
+    from hilovit.tasks import resolve_task
+
+    resolve_task(args.task, checkpoint=args.checkpoint)  # --task against what the checkpoint records
+    if args.model is not None:
+        from hilovit.models._builder import load_model
+
+        load_model(args.checkpoint, args.model)  # --model against the recorded name (aliases accepted)
+    if args.output is not None:
+        folder = publish.save_pretrained(args.checkpoint, args.output, overwrite=args.overwrite)
+        print(f"wrote {folder} (config.json, model.safetensors, README.md); load it with "
+              f"hilovit.create_model('local-dir:{folder}')")
+    if args.push is not None:
+        url = publish.push_to_hub(args.checkpoint, args.push, private=args.private)
+        print(f"uploaded to {url}; load it with hilovit.create_model('hf-hub:{args.push}')")
+    return 0
+
+
 def _run_export(args) -> int:
     import hilovit.export as ex
 
+    if args.format == "hub":
+        return _run_export_hub(args)
+    if args.push is not None or args.private:
+        raise ValueError("--push/--private: options of export --format hub")
+    if args.output is None:
+        raise ValueError("--output: export needs the .onnx file to write")
     if args.img_size is not None and len(args.img_size) > 2:
         raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
     if args.img_size is not None and args.sizes is not None:
@@ -250,21 +297,22 @@ def _add_viz(commands) -> None:
     p.set_defaults(func=_run_viz_attention)
 
 
-def _viz_size(args):
-    if args.img_size is not None and len(args.img_size) > 2:
-        raise ValueError(f"--img-size takes H or H W, got {len(args.img_size)} values")
-    if args.img_size is not None:
+def _viz_size(sizes, name: str = "img_size"):
+    """``--img-size H [W]`` (or the option ``name``) checked before the model is built."""
+    if sizes is not None and len(sizes) > 2:
+        raise ValueError(f"--{name.replace('_', '-')} takes H or H W, got {len(sizes)} values")
+    if sizes is not None:
         from hilovit.options import check_image_size
 
-        check_image_size(args.img_size * (3 - len(args.img_size)), "img_size")  # before the model is built
-    return args.img_size
+        check_image_size(sizes * (3 - len(sizes)), name)
+    return sizes
 
 
 def _run_viz_hilo(args) -> int:
     from hilovit.viz import viz_hilo
 
     path, branches = viz_hilo(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
-                              img_size=_viz_size(args), cutoff=args.cutoff)
+                              img_size=_viz_size(args.img_size), cutoff=args.cutoff)
     print(branches.summary())
     print(f"wrote {path}")
     return 0
@@ -274,9 +322,36 @@ def _run_viz_attention(args) -> int:
     from hilovit.viz import viz_attention
 
     path, amap = viz_attention(args.image, args.model, args.output, checkpoint=args.checkpoint, layer=args.layer,
-                               img_size=_viz_size(args), query=args.query, heads=args.heads)
+                               img_size=_viz_size(args.img_size), query=args.query, heads=args.heads)
     print(amap.summary())
     print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- app
+def _add_app(commands) -> None:
+    p = commands.add_parser(
+        "app",
+        help="a local page (Gradio) to look at predictions: drop an image, see the classes, overlay or boxes",
+        description="Serves a page on http://HOST:PORT: drop an image to see what the model predicts (a classifier's "
+        "top-5 classes, a segmenter's overlay, a detector's boxes and masks) and, for LITv2 classifiers, what "
+        "HiLo's Hi-Fi and Lo-Fi branches see (hilovit viz hilo). Needs the extra: pip install 'hilovit[app]'.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_NAME",
+                   help="a training output folder, a checkpoint file, or a registered model name (published weights)")
+    p.add_argument("--model", default=None, help="registered model name (default: the one the checkpoint records)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=None, help="port (default: the first free from 7860)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--hilo-size", type=positive_int, nargs="+", metavar=("H", "W"), default=None,
+                   help="input size of the HiLo picture, as hilovit viz hilo --img-size (default: the model's)")
+    p.set_defaults(func=_run_app)
+
+
+def _run_app(args) -> int:
+    from hilovit.app.page import serve
+
+    serve(args.checkpoint, model=args.model, host=args.host, port=args.port, device=args.device,
+          hilo_size=_viz_size(args.hilo_size, "hilo_size"))
     return 0
 
 
@@ -456,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_export(commands)
     _add_viz(commands)
+    _add_app(commands)
     _add_train(commands)
     _add_eval(commands)
     _add_models(commands)

@@ -38,9 +38,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from hilovit.io import check_writable_dir, missing_folders, remove_empty_folders
 from hilovit.options import OptionError, check_image_size
 from hilovit.tasks.base import ExportSpec, image_export_spec
-from hilovit.train.state import check_writable_dir, missing_folders, remove_empty_folders
 
 __all__ = ["ExportResult", "ExportVerificationError", "export_graph", "export_onnx", "export_model", "verify_onnx",
            "check_output_file", "check_opset", "companion_path", "DEFAULT_ATOL", "DEFAULT_OPSET", "MIN_OPSET"]
@@ -108,7 +108,7 @@ def check_output_file(output: PathLike, overwrite: bool = False, suffix: str = "
         OptionError: a directory, an existing file without ``overwrite``, a file on the way to the folder,
             or a folder that cannot be written (each named).
     """
-    from hilovit.train.state import check_creatable_dir
+    from hilovit.io import check_creatable_dir
 
     output = Path(output).expanduser()
     if output.is_dir():

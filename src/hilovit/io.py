@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import IO, Iterator, Union
 
-__all__ = ["atomic_write", "pid_running", "remove_stale_temporaries", "temporary_name"]
+__all__ = ["atomic_write", "check_creatable_dir", "check_writable_dir", "missing_folders", "pid_running",
+           "remove_empty_folders", "remove_stale_temporaries", "temporary_name"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _MODES = ("w", "wb")
@@ -99,3 +100,65 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str = "utf-8") -> I
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+# --------------------------------------------------------------------------- output folders
+def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove it writable by writing and removing a probe file.
+
+    Raises:
+        ValueError: it cannot be created or written (names the folder and the reason: a file in the
+            way, a folder without write permission, ...).
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} exists and is not a directory")
+    for parent in path.parents:  # "File exists" from mkdir would not say which file is in the way
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} is not writable: {e.strerror or e}") from e
+    return path
+
+
+def check_creatable_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Check that ``path`` is a writable folder, or one that can be created, without touching anything: the
+    nearest existing folder on the way must be a folder this process may write into (``os.access``). A
+    command checks its output this way first and creates the folder (:func:`check_writable_dir`, which
+    proves it with a probe file) only when it writes.
+
+    Raises:
+        ValueError: a file in the way, or a folder that cannot be written (both named).
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} exists and is not a directory")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (in {str(existing)!r})"
+        raise ValueError(f"{what} {str(path)!r} is not writable{where}: permission denied")
+    return path
+
+
+def missing_folders(path: PathLike) -> list:
+    """The folders of ``path`` (itself included) that do not exist yet, deepest first: what creating it makes."""
+    path = Path(path).expanduser()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty_folders(folders) -> None:
+    """Remove each of ``folders`` (deepest first) that is an empty folder; the others stay."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone
+            pass

@@ -1,11 +1,16 @@
-"""Model families; importing this package registers every named config."""
+"""Model families; importing this package registers every named config.
 
-from hilovit.models import swin  # noqa: F401  (registers swin_*)
+A family declares everything in its own files (entry points with ``register_model``, published weights with
+``register_weights``, its dense-prediction backbone with ``register_dense_backbone``, its checkpoints' marks
+with ``register_family``); the one line here imports it.
+"""
+
+from hilovit.models import swin_backbone  # noqa: F401  (registers swin_* and the 'SwinTransformer' backbone)
 from hilovit.models._builder import create_model, load_model
 from hilovit.models.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from hilovit.models.detector import build_detector  # noqa: F401  (registers retinanet_*)
 from hilovit.models.litv2 import LITv2  # registers litv2_*
-from hilovit.models.litv2_backbone import LITv2Backbone
+from hilovit.models.litv2_backbone import LITv2Backbone  # registers the 'LITv2' backbones
 from hilovit.models.registry import list_models, register_model
 from hilovit.models.segmentation import build_segmentor  # noqa: F401  (registers semfpn_*)
 from hilovit.models.swin import SwinTransformer

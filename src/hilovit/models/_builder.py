@@ -6,6 +6,8 @@
   ``pretrained_cfg`` applied (:func:`apply_cfg`) and the weights adapted and loaded
   (:func:`hilovit.models.pretrained.load_file`: input channels, a new classifier, an mmdet/mmseg
   checkpoint's backbone, a classifier's backbone into a segmenter or detector).
+* A model repository as the name (``hf-hub:org/name``, ``local-dir:PATH``): its ``config.json``
+  names the architecture, classes and preprocessing (:mod:`hilovit.models.repo`), as in timm.
 * :func:`pretrained_model`: ``create_model`` where ``pretrained`` may also be a tag, and where a file,
   local or fetched from a URL, sizes the model first.
 * :func:`load_model` (``hilovit.load_model``): the model a checkpoint or a training run was made as,
@@ -64,7 +66,7 @@ def _pretrained_source(pretrained, entry, overlay: Dict[str, Any], name: str):
 
 def create_model(
     name: str,
-    pretrained: Union[bool, str, os.PathLike, None] = False,
+    pretrained: Union[bool, str, os.PathLike, None] = None,
     pretrained_cfg: Union[str, Dict[str, Any], None] = None,
     pretrained_cfg_overlay: Optional[Dict[str, Any]] = None,
     checkpoint_path: Union[str, os.PathLike, None] = None,
@@ -79,8 +81,14 @@ def create_model(
         name: a registered name or alias (see :func:`list_models`), optionally with a weights tag:
             ``'litv2_s.alpha_0_5'``, ``'swin_tiny_patch4_window7_224.ms_in22k_ft_in1k'`` (see
             ``hilovit models --pretrained``). A tag sets the model's ``pretrained_cfg`` and the
-            arguments the weights need (``alpha``, ``num_classes=21841`` for ImageNet-22k).
-        pretrained: ``False`` (or None): random initialisation. ``True``: the official weights of
+            arguments the weights need (``alpha``, ``num_classes=21841`` for ImageNet-22k). Or a
+            model repository, ``'hf-hub:org/name[@revision]'`` or ``'local-dir:PATH'``: its
+            ``config.json`` names the architecture, ``num_classes``, constructor arguments
+            (``model_args``) and ``pretrained_cfg`` (``label_names``, mean/std, input size), and its
+            weights are loaded unless ``pretrained=False``; ``kwargs`` override the arguments (another
+            ``num_classes`` re-initialises the classifier).
+        pretrained: ``None`` (the default) or ``False``: random initialisation (a repository name:
+            its weights, unless ``False``). ``True``: the official weights of
             the tag (default: the model's first published weights; for ``litv2_s`` the file matching
             an ``alpha=`` argument), downloaded once into the torch hub cache
             (``$TORCH_HOME/hub/checkpoints``). A path, an ``http(s)://`` URL or
@@ -110,8 +118,10 @@ def create_model(
 
     Raises:
         ValueError: an unknown name or tag, no published weights fit the arguments, or a bad
-            ``global_pool``/``drop_rate``/``pretrained_cfg`` value. TypeError: an argument of the
-            wrong type. CheckpointError: a ``checkpoint_path`` that does not fit.
+            ``global_pool``/``drop_rate``/``pretrained_cfg`` value; a repository without ``config.json``
+            or naming an unknown architecture. TypeError: an argument of the wrong type.
+        hilovit.CheckpointError: a ``checkpoint_path`` that does not fit; a repository's weights do not fit
+            its ``config.json``.
         hilovit.models.hub.DownloadError: the weights cannot be fetched (the message says how to
             fetch them by hand).
 
@@ -122,7 +132,10 @@ def create_model(
         >>> model = create_model("swin_t", pretrained=True, num_classes=10, in_chans=1)
         >>> model = create_model("swin_t", pretrained_cfg="ms_in22k_ft_in1k", global_pool="avgmax", drop_rate=0.1)
         >>> model = create_model("litv2_s", num_classes=10, checkpoint_path="runs/fashion/best.safetensors")
+        >>> model = create_model("hf-hub:org/litv2-fashion")                # architecture from config.json
     """
+    from hilovit.models import hub
+
     _check_no_ops(scriptable=scriptable, exportable=exportable, no_jit=no_jit)
     cfg_tag, overlay = _cfg_arguments(pretrained_cfg, pretrained_cfg_overlay)
     if pretrained is not None and not isinstance(pretrained, (bool, str, os.PathLike)):
@@ -131,9 +144,12 @@ def create_model(
             f"got {type(pretrained).__name__}"
         )
     checkpoint_path = _check_checkpoint_path(checkpoint_path)
-    base, tag = resolve_name(name)
-    model = _build(name, base, cfg_tag if cfg_tag is not None else tag, pretrained, overlay,
-                   _timm_kwargs(base, kwargs))
+    if isinstance(name, str) and name.startswith((hub.HF_HUB_PREFIX, hub.LOCAL_DIR_PREFIX)):
+        model = _create_from_repo(name, pretrained, overlay, kwargs)
+    else:
+        base, tag = resolve_name(name)
+        model = _build(name, base, cfg_tag if cfg_tag is not None else tag, pretrained, overlay,
+                       _timm_kwargs(base, kwargs))
     if checkpoint_path is not None:
         from hilovit.models.checkpoint import load_checkpoint
 
@@ -254,6 +270,44 @@ def _complete_cfg(model: nn.Module, base: str) -> None:
     update_pretrained_cfg(model, **changes)
 
 
+def _create_from_repo(source: str, pretrained, overlay: Dict[str, Any], kwargs: Dict[str, Any]) -> nn.Module:
+    """:func:`create_model` of ``'hf-hub:org/name'`` / ``'local-dir:PATH'``: the architecture, arguments and
+    ``pretrained_cfg`` of its ``config.json``, then (unless ``pretrained`` is False) its weights, strictly."""
+    from hilovit.models import hub, repo
+
+    if pretrained is not None and not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained={pretrained!r} with the model repository {source!r}: the repository holds its "
+                         "own weights; pass pretrained=True (the default for a repository) or False")
+    cfg = repo.read_repo_config(source)
+    path = repo.repo_weights_file(source) if pretrained is not False else None  # before building: fail fast
+    args = dict(cfg.model_args)
+    if cfg.num_classes is not None:
+        args["num_classes"] = cfg.num_classes
+    args.update(kwargs)
+    model = create_model(cfg.architecture, **args)
+    pcfg = dict(cfg.pretrained_cfg, architecture=cfg.architecture)
+    if source.startswith(hub.HF_HUB_PREFIX):
+        pcfg["hf_hub_id"] = source[len(hub.HF_HUB_PREFIX):]
+    if "num_classes" in kwargs and kwargs["num_classes"] != cfg.num_classes:  # a new classifier: names no longer fit
+        pcfg.pop("label_names", None)
+        pcfg.pop("label_descriptions", None)
+        pcfg["num_classes"] = kwargs["num_classes"]
+    in_chans = getattr(model, "in_chans", None)
+    if "in_chans" in kwargs and in_chans is not None:
+        for key in ("mean", "std"):
+            if pcfg.get(key):
+                pcfg[key] = _cfg_stats(tuple(pcfg[key]), int(in_chans))
+        if pcfg.get("input_size"):
+            pcfg["input_size"] = (int(in_chans), *pcfg["input_size"][1:])
+    for key in ("input_size", "mean", "std", "test_scale"):
+        if isinstance(pcfg.get(key), list):
+            pcfg[key] = tuple(pcfg[key])
+    update_pretrained_cfg(model, **{**pcfg, **overlay})
+    if path is not None:
+        repo.load_repo_weights(model, path, source, allow_new_classifier="num_classes" in kwargs)
+    return model
+
+
 def apply_cfg(model: nn.Module, entry) -> None:
     """Set ``model.pretrained_cfg`` from ``entry``, keeping what the model's own arguments decide
     (``num_classes``, ``input_size``; ``mean``/``std`` fitted to its input channels)."""
@@ -273,22 +327,30 @@ def apply_cfg(model: nn.Module, entry) -> None:
 
 
 def _is_remote(text: str) -> bool:
-    return "://" in text or text.startswith("hf-hub:")
+    return "://" in text or text.startswith(("hf-hub:", "local-dir:"))
 
 
-def pretrained_model(name: str, pretrained: Union[bool, str, os.PathLike] = True,
+def pretrained_model(name: Optional[str], pretrained: Union[bool, str, os.PathLike] = True,
                      device: Union[str, torch.device] = "cpu", **kwargs) -> nn.Module:
     """``create_model(name, pretrained=...)`` in eval mode, where ``pretrained`` may also be a tag of
     ``name``'s published weights (``'alpha_0_5'``, ``'ms_in22k_ft_in1k'``): True, a tag, a file path,
-    an ``http(s)://`` URL or ``'hf-hub:org/name'``. ``model.pretrained_cfg`` carries the weights'
-    preprocessing (input size, crop_pct, interpolation, mean/std). A file, local or fetched from a
-    URL, sizes the classifier (``num_classes``), the stem (``in_chans``) and the recorded constructor
-    arguments from its shapes and metadata unless ``kwargs`` name them.
+    an ``http(s)://`` URL, ``'hf-hub:org/name'`` or ``'local-dir:PATH'``. ``model.pretrained_cfg``
+    carries the weights' preprocessing (input size, crop_pct, interpolation, mean/std). A file, local
+    or fetched from a URL, sizes the classifier (``num_classes``), the stem (``in_chans``) and the
+    recorded constructor arguments from its shapes and metadata unless ``kwargs`` name them. With
+    ``name`` None, ``pretrained`` must be a model repository: its ``config.json`` names the model
+    (see :func:`create_model`); with a name, only a repository's weights are read.
 
     Raises:
         ValueError: a string that is neither a file, a URL, ``hf-hub:`` nor a published tag (the
-            message lists the tags); FileNotFoundError: a path that does not exist.
+            message lists the tags); no name, with weights that are no model repository.
+        FileNotFoundError: a path that does not exist.
     """
+    if name is None:
+        if not (isinstance(pretrained, str) and pretrained.startswith(("hf-hub:", "local-dir:"))):
+            raise ValueError(f"pretrained={pretrained!r} needs a model name (--model); only a model repository "
+                             "('hf-hub:org/name', 'local-dir:PATH') names its own architecture")
+        return create_model(pretrained, pretrained=True, **kwargs).eval().to(device)
     if isinstance(pretrained, str) and pretrained and not _is_remote(pretrained):
         looks_like_path = (os.sep in pretrained or "/" in pretrained or pretrained.lower().endswith(_WEIGHT_SUFFIXES)
                            or os.path.exists(pretrained))

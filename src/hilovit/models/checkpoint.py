@@ -6,9 +6,11 @@
   (model name, classes, input size, mean/std; :func:`parse_metadata` types it).
 * :func:`load_checkpoint` loads a state dict into a model, checking every key and shape. A family
   adapts foreign layouts with ``model.checkpoint_filter_fn(state_dict)`` (see
-  :mod:`hilovit.models.convert`). A classifier of another size is left newly initialised with a
-  warning (fine-tuning), unless ``allow_new_classifier=False``; anything else that does not fit
-  raises :class:`CheckpointError` listing the shape mismatches, missing and unexpected keys.
+  :mod:`hilovit.models.convert`) and declares what its checkpoints look like with
+  :func:`register_family` (the keys that name it in errors, its stem). A classifier of another
+  size is left newly initialised with a warning (fine-tuning), unless ``allow_new_classifier=False``;
+  anything else that does not fit raises :class:`CheckpointError` listing the shape mismatches,
+  missing and unexpected keys.
 Building the registered model a checkpoint was trained as is :func:`hilovit.models._builder.load_model`
 (``hilovit.load_model``), sized through :func:`sizes_from_checkpoint`.
 """
@@ -20,10 +22,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from hilovit.models._prefix import backbone_key, has_backbone_keys
 
 __all__ = [
     "CheckpointError",
@@ -33,7 +37,9 @@ __all__ = [
     "parse_metadata",
     "resolve_checkpoint",
     "load_checkpoint",
+    "register_family",
     "save_safetensors",
+    "unregister_family",
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -311,19 +317,51 @@ def _fmt(keys: List[str], limit: int = 30) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-# Keys that only one family has: name the architecture a foreign checkpoint was made for.
-_FAMILY_MARKERS = (
-    ("relative_position_bias_table", "a Swin Transformer"),
-    ("conv_offset", "a LITv2"),
-    ("attn.l_q", "a LITv2"),
-)
+# What each family declares about its checkpoints (register_family, called in the family's own file).
+_FAMILIES: Dict[str, Tuple[Tuple[str, ...], Optional[str]]] = {}  # name -> (marker key parts, stem weight key)
+
+
+def register_family(name: str, markers: Sequence[str] = (), stem: Optional[str] = None) -> None:
+    """Declare what a model family's checkpoints look like, for :func:`load_checkpoint`'s messages and
+    :func:`sizes_from_checkpoint`.
+
+    Args:
+        name: how an error names the architecture a foreign checkpoint was made for (``'a LITv2'``:
+            "it looks like a LITv2 checkpoint").
+        markers: parts of state dict keys that only this family's checkpoints have
+            (``'relative_position_bias_table'``); families are tried in the order they register.
+        stem: the key of the stem convolution's weight (``'patch_embed.proj.weight'``), whose input
+            channels give ``in_chans``; the same key under ``backbone.`` (a detector's or segmentor's
+            checkpoint) is read too.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_family: name must be a non-empty str, got {name!r}")
+    if isinstance(markers, str) or not all(isinstance(m, str) and m for m in markers):
+        raise ValueError(f"register_family: markers must be a sequence of non-empty str, got {markers!r}")
+    if stem is not None and (not isinstance(stem, str) or not stem):
+        raise ValueError(f"register_family: stem must be None or a non-empty str, got {stem!r}")
+    if name in _FAMILIES:
+        raise ValueError(f"model family {name!r} is registered twice")
+    _FAMILIES[name] = (tuple(markers), stem)
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family declared with :func:`register_family` (``KeyError`` if there is none)."""
+    del _FAMILIES[name]
 
 
 def _family_of(keys) -> Optional[str]:
-    for marker, family in _FAMILY_MARKERS:
-        if any(marker in k for k in keys):
+    keys = list(keys)
+    for family, (markers, _) in _FAMILIES.items():
+        if any(marker in k for marker in markers for k in keys):
             return family
     return None
+
+
+def _stem_keys() -> List[str]:
+    """The stem weight keys the families declare, then the same under ``backbone.``."""
+    stems = list(dict.fromkeys(stem for _, stem in _FAMILIES.values() if stem))
+    return stems + [backbone_key(s) for s in stems]
 
 
 def _source_name(source: Any) -> str:
@@ -402,7 +440,6 @@ def _load_into(model: nn.Module, sd: StateDict, strict: bool, allow_new_classifi
 
 
 _CLASSIFIER_KEYS = ("head.weight", "head.fc.weight", "decode_head.conv_seg.weight")
-_STEM_KEYS = ("patch_embed.proj.weight", "backbone.patch_embed.proj.weight")
 
 
 def _sizes_from_state_dict(sd: StateDict) -> Dict[str, int]:
@@ -415,9 +452,9 @@ def _sizes_from_state_dict(sd: StateDict) -> Dict[str, int]:
             out["num_classes"] = int(w.shape[0])
             break
     else:
-        if not any(k.startswith("head.") for k in sd) and not any(k.startswith("backbone.") for k in sd):
+        if not any(k.startswith("head.") for k in sd) and not has_backbone_keys(sd):
             out["num_classes"] = 0
-    for key in _STEM_KEYS:
+    for key in _stem_keys():
         w = sd.get(key)
         if w is not None and w.dim() == 4:
             out["in_chans"] = int(w.shape[1])

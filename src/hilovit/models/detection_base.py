@@ -19,17 +19,17 @@ import torch.nn as nn
 
 from hilovit.data.constants import COCO_CLASSES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.models._api import PretrainedCfgMixin, update_pretrained_cfg
+from hilovit.models._prefix import backbone_key, has_backbone_keys
 from hilovit.models.det_preprocessor import DetDataPreprocessor, Images, as_image_list, resize_keep_ratio
 from hilovit.models.heads.fpn import FPN
-from hilovit.models.litv2_backbone import LITv2Backbone
 from hilovit.models.pretrained import PretrainedWeights
-from hilovit.models.segmentation import EncoderDecoder, SwinSegBackbone, _check_keys, _merge, _split_type
+from hilovit.models.registry import dense_backbones
+from hilovit.models.segmentation import EncoderDecoder, _check_keys, _merge, _split_type
 
 __all__ = ["BaseDetector", "build_body", "build_part", "check_targets", "coco_weights", "create_detector", "det_cfg",
            "litv2_backbone", "load_backbone_init", "load_into", "load_top_init"]
 
 RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
-BACKBONES = {"LITv2": LITv2Backbone, "SwinTransformer": SwinSegBackbone}
 Result = Dict[str, torch.Tensor]
 
 
@@ -164,7 +164,7 @@ def det_cfg(**kwargs) -> Dict[str, Any]:
         "std": IMAGENET_DEFAULT_STD,
         "box_ap": None,
         "classifier": "bbox_head.retina_cls",
-        "first_conv": "backbone.patch_embed.proj",
+        "first_conv": backbone_key("patch_embed.proj"),
     }
     cfg.update(kwargs)
     cfg["input_size"] = (cfg.pop("in_chans", cfg["input_size"][0]), *cfg["input_size"][1:])
@@ -204,12 +204,13 @@ def build_body(top: Dict[str, Any], kind: str, allowed: Sequence[str]):
         if top.get(key) is None:
             raise ValueError(f"model (type={kind!r}) needs a {key!r} dict")
     _, pre, _ = build_part(top["data_preprocessor"], "data_preprocessor", {"DetDataPreprocessor": DetDataPreprocessor})
-    _, backbone, bb_init = build_part(top["backbone"], "backbone", BACKBONES, drop=("init_cfg", "pretrained"))
+    _, backbone, bb_init = build_part(top["backbone"], "backbone", dense_backbones("detection"),
+                                      drop=("init_cfg", "pretrained"))
     if getattr(backbone, "in_chans", pre.in_chans) != pre.in_chans:
         raise ValueError(f"data_preprocessor has {pre.in_chans} channels (mean/std) but the backbone takes "
                          f"in_chans={backbone.in_chans}")
     _, neck, _ = build_part(top["neck"], "neck", {"FPN": FPN})
-    out_channels = [backbone.embed_dim * 2**i for i in backbone.out_indices]
+    out_channels = list(backbone.out_channels)
     if list(neck.in_channels) != out_channels:
         raise ValueError(f"neck in_channels {neck.in_channels} do not match the backbone's output channels "
                          f"{out_channels} (out_indices {list(backbone.out_indices)})")
@@ -236,7 +237,7 @@ def load_top_init(model: nn.Module, init_cfg: Any) -> None:
     from hilovit.models.pretrained import _read_state_dict
 
     sd = _read_state_dict(hub.fetch(init_cfg["checkpoint"]))
-    target = model if any(k.startswith("backbone.") for k in sd) else model.backbone
+    target = model if has_backbone_keys(sd) else model.backbone
     load_into(target, init_cfg, "model init_cfg")
 
 

@@ -142,11 +142,13 @@ def build_detector(cfg: Mapping[str, Any]) -> nn.Module:
     """Build a detector from the ``model`` dict of an official mmdet config, dispatching on ``type``.
 
     ``type='RetinaNet'`` understands ``data_preprocessor=dict(type='DetDataPreprocessor', ...)``,
-    ``backbone`` of type ``'LITv2'`` (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`) or
-    ``'SwinTransformer'`` (the Swin dense-prediction backbone, norms on every output) with the
-    official argument names, ``neck=dict(type='FPN', ...)`` (``start_level``, ``add_extra_convs``,
-    ``num_outs``), ``bbox_head=dict(type='RetinaHead', anchor_generator=..., bbox_coder=...,
-    loss_cls=..., loss_bbox=...)``, ``train_cfg`` (MaxIoUAssigner, PseudoSampler), ``test_cfg``;
+    ``backbone`` of a type registered for detection with
+    :func:`~hilovit.models.registry.register_dense_backbone` (``'LITv2'``:
+    :class:`~hilovit.models.litv2_backbone.LITv2Backbone`; ``'SwinTransformer'``: the Swin
+    dense-prediction backbone, norms on every output) with the official argument names,
+    ``neck=dict(type='FPN', ...)`` (``start_level``, ``add_extra_convs``, ``num_outs``),
+    ``bbox_head=dict(type='RetinaHead', anchor_generator=..., bbox_coder=..., loss_cls=..., loss_bbox=...)``,
+    ``train_cfg`` (MaxIoUAssigner, PseudoSampler), ``test_cfg``;
     ``backbone.init_cfg=dict(type='Pretrained', checkpoint=...)`` (or ``pretrained=path``) loads the
     backbone non-strictly (a path or URL; an ImageNet or a detection checkpoint), and so does a
     model-level ``init_cfg`` (into the whole detector when it is an mmdet checkpoint). Unknown keys,

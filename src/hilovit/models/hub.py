@@ -27,7 +27,8 @@ hash is checked).
 URL and the ``curl`` command that fetches it by hand.
 
 ``hf-hub:org/name`` sources need the optional ``huggingface_hub`` package
-(``pip install 'hilovit[hub]'``), imported only for them.
+(``pip install 'hilovit[hub]'``), imported only for them. ``local-dir:PATH`` (timm's prefix) is the
+same repository layout on disk (``model.safetensors`` or ``pytorch_model.bin``, ``config.json``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from hilovit.models._transfer import (
 __all__ = [
     "DownloadError",
     "HF_HUB_PREFIX",
+    "LOCAL_DIR_PREFIX",
     "cache_dir",
     "cached_path",
     "download",
@@ -71,12 +73,14 @@ __all__ = [
     "fetch",
     "hf_hub_file",
     "is_url",
+    "local_dir_file",
     "offline_reason",
     "sweep_partials",
     "verify_cached",
 ]
 
 HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
 OFFLINE_VARIABLES = ("HILOVIT_OFFLINE", "HF_HUB_OFFLINE")
 # The files a Hugging Face model repository keeps its weights in, in the order they are tried.
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -284,19 +288,22 @@ def _hf_errors():
     return getattr(mod, "EntryNotFoundError", ()), getattr(mod, "LocalEntryNotFoundError", ())
 
 
-def hf_hub_file(source: str) -> Path:
-    """Download (or find in the Hugging Face cache) the weights of ``hf-hub:org/name[@revision]``.
+def hf_hub_file(source: str, names: Tuple[str, ...] = HF_WEIGHT_FILES) -> Path:
+    """Download (or find in the Hugging Face cache) a file of ``hf-hub:org/name[@revision]``: the
+    first of ``names`` the repository holds (default: the weights, ``model.safetensors`` then
+    ``pytorch_model.bin``). ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and ``HF_HOME`` are read at call time;
+    offline (``HF_HUB_OFFLINE=1`` or ``HILOVIT_OFFLINE=1``) only the cache is looked at.
 
-    Tries ``model.safetensors`` then ``pytorch_model.bin``. ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and
-    ``HF_HOME`` are read at call time; offline (``HF_HUB_OFFLINE=1`` or ``HILOVIT_OFFLINE=1``) only
-    the cache is looked at.
+    Raises:
+        ImportError: huggingface_hub is not installed (the message names ``pip install 'hilovit[hub]'``).
+        DownloadError: the repository holds none of ``names``, or it cannot be fetched.
     """
     repo_id, revision = _split_hf(source)
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ImportError(
-            f"pretrained={source!r} needs the huggingface_hub package: pip install 'hilovit[hub]' "
+            f"{source!r} needs the huggingface_hub package: pip install 'hilovit[hub]' "
             "(or pip install huggingface_hub)"
         ) from None
     missing_cls, local_missing_cls = _hf_errors()
@@ -306,11 +313,12 @@ def hf_hub_file(source: str) -> Path:
     )
     reason = offline_reason()
     base = (endpoint or "https://huggingface.co").rstrip("/")
-    url = f"{base}/{repo_id}/resolve/{revision or 'main'}/{HF_WEIGHT_FILES[0]}"
-    hint = (f"Fetch it by hand:\n    curl -fL --create-dirs -o {HF_WEIGHT_FILES[0]} {url}\n"
-            f"and pass the file: pretrained='path/to/{HF_WEIGHT_FILES[0]}'")
+    url = f"{base}/{repo_id}/resolve/{revision or 'main'}/{names[0]}"
+    hint = (f"Fetch it by hand:\n    curl -fL --create-dirs -o {names[0]} {url}\n"
+            + (f"and pass the file: pretrained='path/to/{names[0]}'" if names == HF_WEIGHT_FILES
+               else f"into a folder and pass it as '{LOCAL_DIR_PREFIX}path/to/folder'"))
     tried = []
-    for name in HF_WEIGHT_FILES:
+    for name in names:
         try:
             path = hf_hub_download(repo_id, name, revision=revision, endpoint=endpoint, cache_dir=cache,
                                    local_files_only=reason is not None)
@@ -329,19 +337,40 @@ def hf_hub_file(source: str) -> Path:
     if reason is not None:
         raise DownloadError(f"{HF_HUB_PREFIX}{repo_id} is not in the Hugging Face cache and downloads are off "
                             f"({reason}). " + hint)
-    raise DownloadError(f"{HF_HUB_PREFIX}{repo_id} holds no weights file ({'; '.join(tried)})")
+    what = "weights file" if names == HF_WEIGHT_FILES else " or ".join(names)
+    raise DownloadError(f"{HF_HUB_PREFIX}{repo_id} holds no {what} ({'; '.join(tried)})")
+
+
+def local_dir_file(source: str, names: Tuple[str, ...] = HF_WEIGHT_FILES) -> Path:
+    """The first of ``names`` in the folder of ``local-dir:PATH`` (default: its weights,
+    ``model.safetensors`` then ``pytorch_model.bin``).
+
+    Raises:
+        FileNotFoundError: no such folder, or it holds none of ``names``.
+    """
+    folder = Path(source[len(LOCAL_DIR_PREFIX):] if source.startswith(LOCAL_DIR_PREFIX) else source).expanduser()
+    if not str(folder) or not folder.is_dir():
+        raise FileNotFoundError(f"{source!r}: no folder {str(folder)!r} (expected '{LOCAL_DIR_PREFIX}PATH', a folder "
+                                "laid out as a Hugging Face model repository)")
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    what = "weights file" if names == HF_WEIGHT_FILES else "file"
+    raise FileNotFoundError(f"{source!r}: the folder {str(folder)!r} holds no {what} ({' or '.join(names)})")
 
 
 def fetch(source: Union[str, os.PathLike], sha256: Optional[str] = None, file_name: Optional[str] = None,
           progress: Optional[bool] = None) -> Path:
     """A local file for ``source``: a path (checked), an ``http(s)://`` URL (:func:`download`) or an
-    ``hf-hub:org/name`` repository (:func:`hf_hub_file`)."""
+    ``hf-hub:org/name`` repository (:func:`hf_hub_file`) or a ``local-dir:PATH`` folder (:func:`local_dir_file`)."""
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if not isinstance(source, str):
         raise TypeError(f"a weights source must be a path, a URL or 'hf-hub:org/name', got {type(source).__name__}")
     if source.startswith(HF_HUB_PREFIX):
         path = hf_hub_file(source)
+    elif source.startswith(LOCAL_DIR_PREFIX):
+        path = local_dir_file(source)
     elif is_url(source):
         return download(source, file_name=file_name, sha256=sha256, progress=progress)
     else:

@@ -47,6 +47,9 @@ from hilovit.models._api import (
     init_weights,
     update_pretrained_cfg,
 )
+from hilovit.models._prefix import has_backbone_keys, split_backbone
+from hilovit.models.checkpoint import register_family
+from hilovit.models.convert import drop_classifier
 from hilovit.models.litv2_blocks import HiLoBlock, LITStage
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
@@ -383,10 +386,15 @@ class LITv2(HierarchicalModel):
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Adapt official checkpoints for :func:`hilovit.load_checkpoint` (see :mod:`hilovit.models.convert`)."""
-        from hilovit.models.convert import litv2_filter
-
-        return litv2_filter(self, state_dict)
+        """Adapt an official LITv2 checkpoint for :func:`hilovit.load_checkpoint`: an mmdet checkpoint
+        gives its ``backbone.*`` part (prefix removed); a classification checkpoint loaded into a
+        ``features_only`` model loses its ``norm``/``head``, and the output norms ``norm{i}`` (absent
+        from it) keep their fresh initialisation with a warning (:func:`hilovit.models.convert.drop_classifier`),
+        as the official detection training starts."""
+        sd = dict(state_dict)
+        if has_backbone_keys(sd):
+            sd, _ = split_backbone(sd)
+        return drop_classifier(self, sd) if self.features_only else sd
 
 
 def param_groups(
@@ -533,3 +541,7 @@ register_weights(
     _weights("litv2_b", "in1k", "v1.0/litv2_b.pth", 83.6),
     _weights("litv2_b_384", "in1k", "v1.0/litv2_b_384.pth", 84.7, input_size=(3, 384, 384), **SQUASH),
 )
+
+# The keys that name a LITv2 checkpoint in loading errors (the deformable merge's offsets, HiLo's
+# low-frequency query), and its stem convolution.
+register_family("a LITv2", markers=("conv_offset", "attn.l_q"), stem="patch_embed.proj.weight")

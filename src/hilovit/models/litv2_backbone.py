@@ -1,4 +1,10 @@
-"""The official LITv2 detection backbone (``detection/mmdet/models/backbones/litv2.py``) on :class:`LITv2`."""
+"""The official LITv2 dense-prediction backbones on :class:`LITv2`, registered under the config type ``'LITv2'``.
+
+The official code has one per task: the detection backbone (``detection/mmdet/models/backbones/litv2.py``,
+:class:`LITv2Backbone`) returns stage 0 without a norm; the segmentation backbone
+(``segmentation/mmseg/models/backbones/litv2.py``, :class:`LITv2SegBackbone`) adds ``norm0``. Their
+state dicts differ by that norm, so each is registered for its task (:func:`register_dense_backbone`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,10 @@ import torch.nn as nn
 
 from hilovit.models._api import freeze_stages
 from hilovit.models.litv2 import LITv2
+from hilovit.models.registry import register_dense_backbone
 from hilovit.options import check_int
 
-__all__ = ["LITv2Backbone"]
+__all__ = ["LITv2Backbone", "LITv2SegBackbone"]
 
 
 class LITv2Backbone(LITv2):
@@ -82,6 +89,7 @@ class LITv2Backbone(LITv2):
         self.window_size = window_size
         self.frozen_stages = frozen_stages
         self.init_cfg = init_cfg
+        self.out_channels = [self.embed_dim * 2**i for i in self.out_indices]
         freeze_stages(self, frozen_stages)
 
     def train(self, mode: bool = True) -> LITv2Backbone:
@@ -99,3 +107,30 @@ class LITv2Backbone(LITv2):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(self.forward_feature_maps(x))
+
+
+class LITv2SegBackbone(LITv2Backbone):
+    r"""The official LITv2 *segmentation* backbone (``segmentation/mmseg/models/backbones/litv2.py``).
+
+    The detection backbone (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`, same arguments) plus a
+    LayerNorm ``norm0`` on stage 0: every returned map goes through its ``norm{i}``. State dict keys
+    are the official ones (``norm0``..``norm3`` beside the stages).
+
+    Shape: ``(B, in_chans, H, W) ->`` a tuple of ``(B, embed_dim * 2**i, H_i, W_i)`` for
+    ``i in out_indices`` (strides 4, 8, 16, 32; any ``H, W``, padded as the official code does).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if 0 in self.out_indices:
+            self.norm0 = kwargs.get("norm_layer", nn.LayerNorm)(self.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        outs = list(super().forward(x))  # stage 0 raw, the others through norm1..norm3
+        if 0 in self.out_indices:
+            outs[0] = self.norm0(outs[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # a channel norm on NCHW
+        return tuple(outs)
+
+
+register_dense_backbone("LITv2", LITv2SegBackbone, task="segmentation")
+register_dense_backbone("LITv2", LITv2Backbone, task="detection")

@@ -32,6 +32,7 @@ import torch.nn as nn
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from hilovit.data.constants import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from hilovit.models import hub
+from hilovit.models._prefix import add_backbone_prefix, backbone_key, has_backbone_keys, is_backbone_key, split_backbone
 
 __all__ = [
     "PretrainedWeights",
@@ -223,7 +224,7 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     """Fit a checkpoint's state dict to ``model`` before :func:`hilovit.load_checkpoint`.
 
     * An mmdet/mmseg checkpoint (keys under ``backbone.``) loaded into a backbone or classifier
-      keeps its backbone (the family's filter strips the prefix); a segmentation backbone's
+      keeps its backbone, the prefix removed (:mod:`hilovit.models._prefix`); a segmentation backbone's
       ``norm0`` is dropped with a warning when the model (the detection backbone) has no norm on
       stage 0. Into a detector or segmentor (a model with ``backbone.*`` keys of its own) it loads
       whole.
@@ -236,33 +237,31 @@ def adapt_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     """
     sd = dict(state_dict)
     own = model.state_dict()
-    if sd and any(k.startswith("backbone.") for k in sd) and not any(k.startswith("backbone.") for k in own):
-        sd = {k: v for k, v in sd.items() if k.startswith("backbone.")}
-        prefix = "backbone."
-    else:  # a plain checkpoint, or a whole detector / segmentor's for a model that has a backbone part
-        prefix = ""
-    extra_norm0 = [k for k in sd if k[len(prefix):].startswith("norm0.") and k[len(prefix):] not in own]
+    whole = has_backbone_keys(sd) and not has_backbone_keys(own)
+    if whole:  # a detector's or segmentor's checkpoint for a backbone or classifier: its backbone part
+        sd, _ = split_backbone(sd)
+    extra_norm0 = [k for k in sd if k.startswith("norm0.") and k not in own]
     if extra_norm0 and getattr(model, "features_only", False):
+        named = sorted(backbone_key(k) if whole else k for k in extra_norm0)
         warnings.warn("the checkpoint normalises stage 0 (norm0, a segmentation backbone); this model returns "
-                      f"stage 0 without a norm, so {', '.join(sorted(extra_norm0))} are not loaded", stacklevel=3)
+                      f"stage 0 without a norm, so {', '.join(named)} are not loaded", stacklevel=3)
         for k in extra_norm0:
             del sd[k]
     stem = _stem_key(model)
-    key = prefix + stem if stem else None
-    if key in sd and stem in own:
-        have, want = sd[key], own[stem]
+    if stem in sd and stem in own:
+        have, want = sd[stem], own[stem]
         if have.dim() == 4 and want.dim() == 4 and have.shape[1] != want.shape[1] \
                 and have.shape[0] == want.shape[0] and have.shape[2:] == want.shape[2:]:
             how = "summed over" if want.shape[1] == 1 else "repeated and scaled from"
             warnings.warn(f"{stem}: {want.shape[1]} input channel(s) {how} the checkpoint's {have.shape[1]}",
                           stacklevel=3)
-            sd[key] = _adapt_in_chans(have, int(want.shape[1]))
+            sd[stem] = _adapt_in_chans(have, int(want.shape[1]))
     cfg = getattr(model, "pretrained_cfg", None) or {}
     heads = cfg.get("classifier", "head")
     heads = [heads] if isinstance(heads, str) else list(heads)
     for head in heads:
         if not any(k == head or k.startswith(head + ".") for k in own):
-            for k in [k for k in sd if k[len(prefix):].startswith(head + ".")]:
+            for k in [k for k in sd if k.startswith(head + ".")]:
                 del sd[k]
     return sd
 
@@ -326,7 +325,7 @@ def _load(model: nn.Module, state_dict: Dict[str, torch.Tensor], record: Dict[st
     from hilovit.models.checkpoint import load_checkpoint
 
     own = model.state_dict()
-    if any(k.startswith("backbone.") for k in own) and not any(k.startswith("backbone.") for k in state_dict):
+    if has_backbone_keys(own) and not has_backbone_keys(state_dict):
         result = _load_backbone(model, state_dict)
     else:
         result = load_checkpoint(model, adapt_state_dict(model, state_dict), strict=strict)
@@ -334,7 +333,7 @@ def _load(model: nn.Module, state_dict: Dict[str, torch.Tensor], record: Dict[st
     return result
 
 
-_BACKBONE_NORM = re.compile(r"^backbone\.norm\d+\.")
+_BACKBONE_NORM = re.compile("^" + re.escape(backbone_key("norm")) + r"\d+\.")
 
 
 def _load_backbone(model: nn.Module, state_dict: Dict[str, torch.Tensor]):
@@ -349,12 +348,12 @@ def _load_backbone(model: nn.Module, state_dict: Dict[str, torch.Tensor]):
     from hilovit.models.checkpoint import CheckpointError, load_checkpoint
 
     heads = ("head.", "norm.", "fc.", "classifier.")
-    moved = {"backbone." + k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    moved = add_backbone_prefix({k: v for k, v in state_dict.items() if not k.startswith(heads)})
     left_out = sorted(k for k in state_dict if k.startswith(heads))
     moved = adapt_state_dict(model, moved)
     result = load_checkpoint(model, moved, strict=False)
     own = model.state_dict()
-    missing_backbone = [k for k in own if k.startswith("backbone.") and k not in moved
+    missing_backbone = [k for k in own if is_backbone_key(k) and k not in moved
                         and not _BACKBONE_NORM.match(k)]
     if missing_backbone or result.ignored:
         parts = []
@@ -366,11 +365,10 @@ def _load_backbone(model: nn.Module, state_dict: Dict[str, torch.Tensor]):
                          + (" ..." if len(result.ignored) > 8 else ""))
         raise CheckpointError(f"the checkpoint does not fit the backbone of {type(model).__name__}: "
                               + "; ".join(parts))
-    norms = sorted({m.group(0)[len("backbone."):-1] for k in own if (m := _BACKBONE_NORM.match(k))
-                    and k not in moved})
-    fresh = sorted({k.split(".")[0] for k in own if not k.startswith("backbone.")})
+    norms = sorted({m.group(0)[:-1] for k in own if (m := _BACKBONE_NORM.match(k)) and k not in moved})
+    fresh = sorted({k.split(".")[0] for k in own if not is_backbone_key(k)})
     dropped = ", ".join(sorted({k.split(".")[0] for k in left_out})) or "nothing"
-    afresh = ", ".join([f"backbone.{n}" for n in norms] + fresh)
+    afresh = ", ".join(norms + fresh)
     warnings.warn(f"backbone loaded from the checkpoint ({len(moved)} tensors; its {dropped} left out); "
                   f"initialised afresh: {afresh}", stacklevel=3)
     return result

@@ -29,139 +29,16 @@ import torch.nn.functional as F
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.models._api import PretrainedCfgMixin, freeze_stages, update_pretrained_cfg
+from hilovit.models._prefix import add_backbone_prefix, backbone_key, has_backbone_keys, split_backbone
 from hilovit.models.heads.fpn import FPN, FPNHead
-from hilovit.models.litv2_backbone import LITv2Backbone
+from hilovit.models.litv2_backbone import LITv2SegBackbone  # noqa: F401  (its public name is kept here)
 from hilovit.models.pretrained import PretrainedWeights, register_weights
-from hilovit.models.registry import register_model
-from hilovit.models.swin import SwinTransformer
-from hilovit.options import check_int
+from hilovit.models.registry import dense_backbones, register_model
+from hilovit.models.swin_backbone import SwinSegBackbone  # noqa: F401  (its public name is kept here)
 
 __all__ = ["EncoderDecoder", "LITv2SegBackbone", "SwinSegBackbone", "build_segmentor"]
 
 _RELEASE = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
-
-
-def _norm_nchw(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A channel LayerNorm applied to an NCHW map (through the NHWC view)."""
-    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-def _check_out_indices(out_indices, n: int) -> Tuple[int, ...]:
-    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence) or not out_indices or any(
-        isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in out_indices
-    ):
-        raise ValueError(f"out_indices must be stage indices in [0, {n}), got {out_indices!r}")
-    return tuple(sorted(set(out_indices)))
-
-
-class LITv2SegBackbone(LITv2Backbone):
-    r"""The official LITv2 *segmentation* backbone (``segmentation/mmseg/models/backbones/litv2.py``).
-
-    The detection backbone (:class:`~hilovit.models.litv2_backbone.LITv2Backbone`, same arguments) plus a
-    LayerNorm ``norm0`` on stage 0: every returned map goes through its ``norm{i}``. State dict keys
-    are the official ones (``norm0``..``norm3`` beside the stages).
-
-    Shape: ``(B, in_chans, H, W) ->`` a tuple of ``(B, embed_dim * 2**i, H_i, W_i)`` for
-    ``i in out_indices`` (strides 4, 8, 16, 32; any ``H, W``, padded as the official code does).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if 0 in self.out_indices:
-            self.norm0 = kwargs.get("norm_layer", nn.LayerNorm)(self.embed_dim)
-        self.out_channels = [self.embed_dim * 2**i for i in self.out_indices]
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        outs = list(super().forward(x))  # stage 0 raw, the others through norm1..norm3
-        if 0 in self.out_indices:
-            outs[0] = _norm_nchw(self.norm0, outs[0])
-        return tuple(outs)
-
-
-class SwinSegBackbone(SwinTransformer):
-    r"""The official Swin segmentation backbone (Swin-Transformer-Semantic-Segmentation,
-    ``mmseg/models/backbones/swin_transformer.py``) on :class:`~hilovit.models.swin.SwinTransformer`.
-
-    Every block keeps ``window_size`` and the stages alternate W-MSA and SW-MSA (shift
-    ``window_size // 2``) at every input size: a map smaller than the window is zero-padded to one
-    window and still shifted with the mask, as the official backbone does (no clamping of the
-    window to the map). The image is padded to a multiple of the patch size, odd maps before each
-    merge. The outputs go through LayerNorms ``norm{i}``. State dict: the official keys
-    (``patch_embed.*``, ``layers.*`` with ``relative_position_index``, ``norm{i}.*``; the shift masks
-    are computed, not stored).
-
-    Args (the official ones): pretrain_img_size, patch_size, in_chans, embed_dim, depths, num_heads,
-    window_size, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate,
-    norm_layer, ape (only ``False``), patch_norm, out_indices, frozen_stages, use_checkpoint.
-    """
-
-    def __init__(
-        self,
-        pretrain_img_size: Union[int, Tuple[int, int]] = 224,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        qk_scale: Optional[float] = None,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.2,
-        norm_layer=nn.LayerNorm,
-        ape: bool = False,
-        patch_norm: bool = True,
-        out_indices: Sequence[int] = (0, 1, 2, 3),
-        frozen_stages: int = -1,
-        use_checkpoint: bool = False,
-    ):
-        if ape:
-            raise ValueError("SwinTransformer segmentation backbone: ape=True is not supported (the official "
-                             "ADE20K configs use ape=False)")
-        depths = list(depths)
-        out_indices = _check_out_indices(out_indices, len(depths))
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        check_int(frozen_stages, "frozen_stages", -1)
-        # Built for a size whose every stage is larger than the window, so that no block clamps its
-        # window or drops its shift (the classification rule); other sizes are padded at run time.
-        side = patch_size * 2 ** (len(depths) - 1) * (window_size + 1)
-        super().__init__(
-            img_size=side, patch_size=patch_size, in_chans=in_chans, num_classes=0, embed_dim=embed_dim,
-            depths=depths, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-            qk_scale=qk_scale, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-            norm_layer=norm_layer, ape=False, patch_norm=patch_norm, use_checkpoint=use_checkpoint,
-            features_only=True, out_indices=out_indices,
-        )
-        for m in self.modules():  # the official segmentation backbone stores no shift masks
-            if isinstance(getattr(m, "attn_mask", None), torch.Tensor) and "attn_mask" in dict(
-                m.named_buffers(recurse=False)
-            ):
-                mask = m.attn_mask
-                delattr(m, "attn_mask")
-                m.register_buffer("attn_mask", mask, persistent=False)
-        self.pretrain_img_size = pretrain_img_size
-        self.out_indices = out_indices
-        self.out_channels = [embed_dim * 2**i for i in out_indices]
-        for i in out_indices:
-            self.add_module(f"norm{i}", norm_layer(embed_dim * 2**i))
-        self.frozen_stages = frozen_stages
-        freeze_stages(self, frozen_stages)
-
-    def train(self, mode: bool = True) -> SwinSegBackbone:
-        super().train(mode)
-        freeze_stages(self, self.frozen_stages)
-        return self
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        maps = self.forward_intermediates(x, list(self.out_indices), output_fmt="NHWC", intermediates_only=True)
-        return tuple(getattr(self, f"norm{i}")(m).permute(0, 3, 1, 2) for i, m in zip(self.out_indices, maps))
-
-
-_BACKBONES = {"LITv2": LITv2SegBackbone, "SwinTransformer": SwinSegBackbone}
-_INIT_ONLY = ("init_cfg", "pretrained")  # weights, not structure
 
 
 def _pair(value, name: str) -> Tuple[int, int]:
@@ -315,11 +192,10 @@ class EncoderDecoder(PretrainedCfgMixin, nn.Module):
         """Let the backbone adapt its ``backbone.*`` part (e.g. Swin's derived buffers), for
         :func:`hilovit.load_checkpoint`; the rest is used as it is."""
         fn = getattr(self.backbone, "checkpoint_filter_fn", None)
-        if fn is None or not any(k.startswith("backbone.") for k in state_dict):
+        if fn is None or not has_backbone_keys(state_dict):
             return dict(state_dict)
-        part = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-        out = {k: v for k, v in state_dict.items() if not k.startswith("backbone.")}
-        out.update({"backbone." + k: v for k, v in fn(part).items()})
+        part, out = split_backbone(state_dict)
+        out.update(add_backbone_prefix(fn(part)))
         return out
 
     def flops(self, img_size: Union[int, Tuple[int, int]] = 512, breakdown: bool = False):
@@ -347,7 +223,7 @@ def _seg_cfg(**kwargs) -> Dict[str, Any]:
         "std": IMAGENET_DEFAULT_STD,
         "ignore_index": 255,
         "classifier": "decode_head.conv_seg",
-        "first_conv": "backbone.patch_embed.proj",
+        "first_conv": backbone_key("patch_embed.proj"),
     }
     cfg.update(kwargs)
     cfg["input_size"] = (cfg.pop("in_chans", cfg["input_size"][0]), *cfg["input_size"][1:])
@@ -365,11 +241,20 @@ def _split_type(cfg: Any, what: str, allowed: Sequence[str]) -> Tuple[str, Dict[
     return kind, args
 
 
-def _check_keys(cls: type, args: Mapping[str, Any], what: str) -> None:
+def _named_parameters(cls: type) -> List[str]:
+    """The argument names of ``cls``: of the first constructor on its MRO that names them all (a subclass
+    taking ``*args, **kwargs`` on to its base's is read through to the base)."""
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            params = inspect.signature(klass.__init__).parameters
+            if not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
+                return [n for n in params if n != "self"]
     params = inspect.signature(cls.__init__).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()) and cls is LITv2SegBackbone:
-        params = inspect.signature(LITv2Backbone.__init__).parameters
-    allowed = [n for n in params if n != "self"]
+    return [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def _check_keys(cls: type, args: Mapping[str, Any], what: str) -> None:
+    allowed = _named_parameters(cls)
     unknown = sorted(set(args) - set(allowed))
     if unknown:
         raise TypeError(f"{what} got unknown argument(s) {unknown}; accepted: {', '.join(allowed)}")
@@ -378,9 +263,10 @@ def _check_keys(cls: type, args: Mapping[str, Any], what: str) -> None:
 def build_segmentor(cfg: Mapping[str, Any]) -> EncoderDecoder:
     """Build an :class:`EncoderDecoder` from the ``model`` dict of an official mmseg config.
 
-    Understood: ``type='EncoderDecoder'``; ``backbone`` of type ``'LITv2'`` (the official LITv2
-    segmentation backbone, :class:`LITv2SegBackbone`) or ``'SwinTransformer'``
-    (:class:`SwinSegBackbone`) with the official argument names; ``neck=dict(type='FPN', ...)``;
+    Understood: ``type='EncoderDecoder'``; ``backbone`` of a type registered for segmentation with
+    :func:`hilovit.models.registry.register_dense_backbone` (``'LITv2'``: the official LITv2
+    segmentation backbone, :class:`LITv2SegBackbone`; ``'SwinTransformer'``: :class:`SwinSegBackbone`)
+    with the official argument names; ``neck=dict(type='FPN', ...)``;
     ``decode_head=dict(type='FPNHead', ...)``; ``test_cfg`` (``mode``, ``crop_size``, ``stride``:
     honoured by ``forward``/``predict``); ``pretrained`` (a checkpoint path loaded into the
     backbone, non-strictly, as mmseg's ``init_weights``; ``None``: no weights); ``train_cfg``
@@ -414,8 +300,9 @@ def build_segmentor(cfg: Mapping[str, Any]) -> EncoderDecoder:
     if top.get("init_cfg") is not None:
         raise ValueError(f"model init_cfg={top['init_cfg']!r} is not supported; use 'pretrained' for a backbone path")
 
-    bb_type, bb_args = _split_type(top["backbone"], "backbone", list(_BACKBONES))
-    bb_cls = _BACKBONES[bb_type]
+    backbones = dense_backbones("segmentation")
+    bb_type, bb_args = _split_type(top["backbone"], "backbone", list(backbones))
+    bb_cls = backbones[bb_type]
     bb_pretrained = bb_args.pop("pretrained", None)
     _check_keys(bb_cls, bb_args, f"backbone (type={bb_type!r})")
     backbone = bb_cls(**bb_args)

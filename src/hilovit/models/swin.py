@@ -37,9 +37,11 @@ from hilovit.models._api import (
     init_weights,
     update_pretrained_cfg,
 )
+from hilovit.models.checkpoint import register_family
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
 from hilovit.models.swin_blocks import BasicLayer, _ceil_div
+from hilovit.models.swin_convert import swin_filter
 from hilovit.options import check_fraction, check_int
 
 __all__ = ["SwinTransformer"]
@@ -290,9 +292,7 @@ class SwinTransformer(HierarchicalModel):
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint_filter_fn(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Adapt an official or timm state dict (see :func:`hilovit.models.convert.swin_filter`)."""
-        from hilovit.models.convert import swin_filter
-
+        """Adapt an official or timm state dict (see :func:`hilovit.models.swin_convert.swin_filter`)."""
         return swin_filter(self, state_dict)
 
 
@@ -465,3 +465,6 @@ register_weights(
     _weights("swin_l_384", "ms_in22k", "v1.0.0/swin_large_patch4_window12_384_22k.pth", None,
              "swin_large_patch4_window12_384", input_size=(3, 384, 384)),
 )
+
+# The keys that name a Swin checkpoint in loading errors, and its stem convolution.
+register_family("a Swin Transformer", markers=("relative_position_bias_table",), stem="patch_embed.proj.weight")

@@ -75,11 +75,13 @@ def _resumed_task(options: Mapping[str, Any]) -> Optional[str]:
 
 
 def resolve_task(task: Optional[str] = None, config: Any = None, recipe=None,
-                 options: Optional[Mapping[str, Any]] = None, checkpoint=None, model: Optional[str] = None):
+                 options: Optional[Mapping[str, Any]] = None, checkpoint=None, model: Optional[str] = None,
+                 pretrained=None):
     """The task of a command, from the first of: ``task``; the configuration's class; the recipe's
     ``task:``; the run being resumed (``options['resume']``); the checkpoint's metadata; the model
-    (``model`` or ``options['model']``); else classification. When two sources disagree (``--task
-    classification`` for a segmentation model), the error names both.
+    (``model`` or ``options['model']``), or without one the ``config.json`` of a model repository given
+    as ``pretrained`` (``'hf-hub:org/name'``, ``'local-dir:PATH'``); else classification. When two
+    sources disagree (``--task classification`` for a segmentation model), the error names both.
     """
     options = dict(options or {})
     found = []  # (task, where it was read)
@@ -103,6 +105,10 @@ def resolve_task(task: Optional[str] = None, config: Any = None, recipe=None,
 
         if is_model(name) and task_of_model(name) is not None:
             found.append((task_of_model(name), f"the model {name}"))
+    elif isinstance(pretrained, str) and pretrained.startswith(("hf-hub:", "local-dir:")):
+        from hilovit.models.repo import read_repo_config
+
+        found.append((read_repo_config(pretrained).task, f"the repository {pretrained}"))
     if not found:
         return get_task("classification")
     chosen, where = found[0]

@@ -291,7 +291,7 @@ def _eval_data(data, data_dir, val_split, seed, recorded, net: nn.Module, prep: 
 
 
 def _create_eval_folders(out_dir: Optional[Path], confusion_png: Optional[Path]) -> None:
-    from hilovit.train.state import check_writable_dir
+    from hilovit.io import check_writable_dir
 
     if out_dir is not None:
         check_writable_dir(out_dir)
@@ -368,8 +368,8 @@ def _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_su
 
 def _eval_outputs(checkpoint, output, confusion_png, default_output):
     """``(checkpoint file, report folder or None, confusion picture or None)``; nothing is created here."""
+    from hilovit.io import check_creatable_dir
     from hilovit.models.checkpoint import resolve_checkpoint
-    from hilovit.train.state import check_creatable_dir
 
     ckpt_path = resolve_checkpoint(checkpoint) if checkpoint is not None else None
     if output is None and confusion_png is None and default_output and ckpt_path is not None:

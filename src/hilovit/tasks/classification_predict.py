@@ -121,8 +121,9 @@ class Predictor:
 
     Args:
         model: a classifier with a ``pretrained_cfg`` (any hilovit model); put in eval mode.
-        classes: class names in label order; None names the classes of a 1000-class model by
-            the ImageNet-1k names (:func:`hilovit.data.imagenet_class_names`), others by their indices.
+        classes: class names in label order; None: the ``pretrained_cfg``'s ``label_names``, else the
+            classes of a 1000-class model by the ImageNet-1k names
+            (:func:`hilovit.data.imagenet_class_names`), others by their indices.
         device: where to run (default: where the model is).
 
     Raises:
@@ -156,6 +157,8 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         num_classes = getattr(model, "num_classes", None)
+        if classes is None and cfg.get("label_names"):  # timm's field (a model repository's config.json)
+            classes = cfg["label_names"]
         if classes is None and num_classes == 1000:  # an ImageNet-1k classifier (the official weights)
             from hilovit.data.imagenet import imagenet_class_names
 
@@ -289,9 +292,7 @@ def predict_files(
     if pretrained is not None and pretrained is not False:
         if checkpoint is not None:
             raise ValueError("give a checkpoint or pretrained weights, not both")
-        if model is None:
-            raise ValueError("pretrained weights need a model name (--model)")
-        net = pretrained_model(model, pretrained, device=device)
+        net = pretrained_model(model, pretrained, device=device)  # no model: a repository that names its own
         _given_normalization(net, mean, std)
         predictor = Predictor(net, device=device)
     else:

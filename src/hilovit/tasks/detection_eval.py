@@ -175,6 +175,7 @@ def run_det_eval(checkpoint=None, data: Optional[str] = None, model: Optional[st
     evaluation split of ``data`` (default: the data the checkpoint records); ``eval.json`` into
     ``output`` (default: ``eval/`` beside the checkpoint; the next free name unless ``overwrite``)."""
     from hilovit.data.detection import build_det_datasets
+    from hilovit.io import check_writable_dir
     from hilovit.models._builder import load_model, pretrained_model
     from hilovit.models.checkpoint import read_metadata, resolve_checkpoint
     from hilovit.options import check_image_size
@@ -182,7 +183,7 @@ def run_det_eval(checkpoint=None, data: Optional[str] = None, model: Optional[st
     from hilovit.tasks.classification_eval import _free_name
     from hilovit.tasks.eval_checks import class_order
     from hilovit.train.distributed import resolve_device
-    from hilovit.train.state import check_writable_dir, write_json
+    from hilovit.train.state import write_json
 
     if threads:
         torch.set_num_threads(int(threads))

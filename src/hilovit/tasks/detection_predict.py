@@ -34,7 +34,7 @@ class DetPredictor:
 
         self.device = resolve_device(device)
         if pretrained is not None and pretrained is not False:
-            if checkpoint is not None or model is None:
+            if checkpoint is not None:
                 raise ValueError("give a checkpoint, or a model name with pretrained weights")
             self.model: nn.Module = pretrained_model(model, pretrained, device=self.device)
             meta: Dict[str, Any] = {}
@@ -46,9 +46,11 @@ class DetPredictor:
             raise ValueError(f"score_thr={score_thr!r}: expected a score in [0, 1]")
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
         n = int(self.model.num_classes)
-        self.classes = list(meta.get("classes") or cfg.get("class_names") or [str(i) for i in range(n)])
-        ids = meta.get("category_ids")
-        self.category_ids = [int(v) for v in str(ids).split(",")] if ids else list(range(1, n + 1))
+        self.classes = list(meta.get("classes") or cfg.get("label_names") or cfg.get("class_names")
+                            or [str(i) for i in range(n)])
+        ids = meta.get("category_ids") or cfg.get("category_ids")
+        ids = ids.split(",") if isinstance(ids, str) else ids
+        self.category_ids = [int(v) for v in ids] if ids else list(range(1, n + 1))
         self.scale = tuple(eval_scale) if eval_scale else None
         self.score_thr = float(score_thr)
         self.in_chans = int(self.model.in_chans)
@@ -78,7 +80,8 @@ class DetPredictor:
 
     def predict_file(self, image: PathLike, output: PathLike) -> Dict[str, Any]:
         """Detect in ``image``; write ``output/STEM_detections.png`` and ``output/STEM_detections.json``."""
-        from hilovit.train.state import check_writable_dir, write_json
+        from hilovit.io import check_writable_dir
+        from hilovit.train.state import write_json
         from hilovit.viz.detection import save_detection_picture
 
         x = self._read(image)

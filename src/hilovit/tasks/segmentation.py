@@ -317,7 +317,7 @@ class SegmentationTask(Task):
     eval_options = ("checkpoint", "data", "model", "num_classes", "data_dir", "val_split", "seed", "eval_subset",
                     "batch_size", "eval_scale", "amp", "device", "threads", "workers", "output", "mode", "crop_size",
                     "stride", "overwrite", "progress")
-    predict_options = ("model", "checkpoint", "output", "eval_scale", "device", "max_pixels")
+    predict_options = ("model", "checkpoint", "pretrained", "output", "eval_scale", "device", "max_pixels")
     # traced at the first size, verified at each: multiples of neither 32 nor any window among them
     export_sizes = ((128, 128), (100, 70), (77, 129), (33, 33))
 

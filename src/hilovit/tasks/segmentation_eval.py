@@ -376,10 +376,11 @@ def run_seg_eval(
         ``model``, ``dataset``, ``eval_split``, ``class_order``, ``miou``, ``macc``, ``aacc`` (percent),
         ``loss``, ``per_class_iou`` and ``per_class_acc`` ({class: percent or None}), ``images``, ``seconds``.
     """
+    from hilovit.io import check_creatable_dir, check_writable_dir
     from hilovit.options import check_image_size
     from hilovit.runtime import resolve_amp
     from hilovit.train.distributed import resolve_device
-    from hilovit.train.state import check_creatable_dir, check_writable_dir, write_json
+    from hilovit.train.state import write_json
 
     check_image_size(eval_scale, "eval_scale", allow_none=True)
     check_image_size(crop_size, "crop_size", allow_none=True)

@@ -42,17 +42,17 @@ def save_label_png(labels: torch.Tensor, path: PathLike, num_classes: int) -> Pa
     return Path(path)
 
 
-def _pretrained(model: str, pretrained) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+def _pretrained(model: Optional[str], pretrained) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """A segmenter with published (or given) weights, and the inference facts of its ``pretrained_cfg``."""
     from hilovit.models._builder import pretrained_model
 
     net = pretrained_model(model, pretrained)
     cfg = dict(getattr(net, "pretrained_cfg", None) or {})
     n = int(net.num_classes)
-    classes = list(cfg.get("classes") or [str(i) for i in range(n)])
+    classes = list(cfg.get("label_names") or cfg.get("classes") or [str(i) for i in range(n)])
     scale = cfg.get("test_scale")
     c = int(net.in_chans)
-    return net, {"model": model, "classes": classes, "num_classes": n, "in_chans": c,
+    return net, {"model": model or cfg.get("architecture"), "classes": classes, "num_classes": n, "in_chans": c,
                  "mean": tuple(cfg.get("mean", (0.5,) * c)), "std": tuple(cfg.get("std", (0.5,) * c)),
                  "ignore_index": int(cfg.get("ignore_index", 255)),
                  "eval_scale": tuple(int(v) for v in scale) if scale else None,
@@ -80,7 +80,7 @@ class SegPredictor:
         check_image_size(list(eval_scale) if eval_scale else None, "eval_scale", allow_none=True)
         self.max_pixels = check_int(max_pixels, "max_pixels", minimum=1)
         if pretrained is not None and pretrained is not False:
-            if checkpoint is not None or not isinstance(model, str):
+            if checkpoint is not None or not isinstance(model, (str, type(None))):
                 raise ValueError("give a checkpoint, or a model name with pretrained weights")
             self.model, self.info = _pretrained(model, pretrained)
         else:
@@ -135,8 +135,7 @@ class SegPredictor:
 
     def predict_file(self, image: PathLike, output: PathLike) -> Dict[str, Any]:
         """Predict ``image`` and write ``output/STEM_labels.png`` (palette) and ``output/STEM_overlay.png``."""
-        from hilovit.io import atomic_write
-        from hilovit.train.state import check_writable_dir
+        from hilovit.io import atomic_write, check_writable_dir
         from hilovit.viz.segmentation import overlay
 
         x = self._load(image)
@@ -161,7 +160,7 @@ def predict_files(images: Sequence[PathLike], model=None, checkpoint=None, pretr
     """``hilovit predict`` with a segmenter: for each image its label map (palette PNG) and overlay in
     ``output``; an image that cannot be read or predicted (too large without an eval scale, see
     :class:`SegPredictor`) gets ``error`` set and the others still run."""
-    from hilovit.train.state import check_creatable_dir
+    from hilovit.io import check_creatable_dir
 
     check_creatable_dir(output, "output folder")  # a bad folder is one error, not one per image; created when used
     predictor = SegPredictor(checkpoint, model=model, device=device, eval_scale=eval_scale, pretrained=pretrained,

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import List, Union
 
+from hilovit.io import check_creatable_dir
 from hilovit.options import OptionError
-from hilovit.train.state import check_creatable_dir
 
 __all__ = ["ENGINE_FILES", "RUN_FILES", "RUN_FOLDERS", "check_output", "clear_output", "foreign_entries"]
 

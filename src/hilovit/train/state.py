@@ -17,7 +17,14 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-from hilovit.io import atomic_write
+# The output-folder checks live in hilovit.io (export and the tasks use them too); their names stay importable here.
+from hilovit.io import (  # noqa: F401
+    atomic_write,
+    check_creatable_dir,
+    check_writable_dir,
+    missing_folders,
+    remove_empty_folders,
+)
 
 __all__ = [
     "atomic_torch_save",
@@ -100,67 +107,6 @@ def load_training_state(path: PathLike) -> Dict[str, Any]:
         raise ValueError(f"cannot resume: {str(path)!r} is not a training checkpoint written by `hilovit train` "
                          "(it has no 'model' and 'epoch' entries)")
     return state
-
-
-def check_writable_dir(path: PathLike, what: str = "output folder") -> Path:
-    """Create ``path`` if needed and prove it writable by writing and removing a probe file.
-
-    Raises:
-        ValueError: it cannot be created or written (names the folder and the reason: a file in the
-            way, a folder without write permission, ...).
-    """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} exists and is not a directory")
-    for parent in path.parents:  # "File exists" from mkdir would not say which file is in the way
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{what} {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder")
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"{what} {str(path)!r} is not writable: {e.strerror or e}") from e
-    return path
-
-
-def check_creatable_dir(path: PathLike, what: str = "output folder") -> Path:
-    """Check that ``path`` is a writable folder, or one that can be created, without touching anything: the
-    nearest existing folder on the way must be a folder this process may write into (``os.access``). A
-    command checks its output this way first and creates the folder (:func:`check_writable_dir`, which
-    proves it with a probe file) only when it writes.
-
-    Raises:
-        ValueError: a file in the way, or a folder that cannot be written (both named).
-    """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {str(path)!r} exists and is not a directory")
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ValueError(f"{what} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (in {str(existing)!r})"
-        raise ValueError(f"{what} {str(path)!r} is not writable{where}: permission denied")
-    return path
-
-
-def missing_folders(path: PathLike) -> list:
-    """The folders of ``path`` (itself included) that do not exist yet, deepest first: what creating it makes."""
-    path = Path(path).expanduser()
-    return [p for p in (path, *path.parents) if not p.exists()]
-
-
-def remove_empty_folders(folders) -> None:
-    """Remove each of ``folders`` (deepest first) that is an empty folder; the others stay."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, or gone
-            pass
 
 
 _TEMPORARY = re.compile(r"^\.(?:.+\.tmp|write-test)-(\d+)$")

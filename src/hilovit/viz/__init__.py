@@ -14,7 +14,9 @@ from hilovit.viz.hilo import (
     high_frequency_share,
     hilo_branches,
     hilo_layers,
+    hilo_picture,
     lofi_attention,
+    model_input,
     plot_attention,
     plot_hilo,
     radial_profile,
@@ -37,4 +39,4 @@ __all__ = ["save_figure", "plot_attention_benchmark", "plot_bars", "plot_sweep",
            "plot_confusion_matrix", "hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
            "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "small_map_warning",
            "hilo_branches", "plot_hilo", "lofi_attention", "window_attention", "WindowAttentionInput", "AttentionMap",
-           "attention_map", "plot_attention", "viz_hilo", "viz_attention"]
+           "attention_map", "plot_attention", "model_input", "hilo_picture", "viz_hilo", "viz_attention"]

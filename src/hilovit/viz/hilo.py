@@ -15,7 +15,7 @@ __all__ = ["hilo_layers", "select_hilo", "HiLoCapture", "amplitude_spectrum",
            "high_frequency_share", "radial_profile", "feature_energy", "HiLoBranches", "small_map_warning",
            "hilo_branches", "plot_hilo",
            "lofi_attention", "window_attention", "WindowAttentionInput", "AttentionMap", "attention_map",
-           "plot_attention", "viz_hilo", "viz_attention"]
+           "plot_attention", "model_input", "hilo_picture", "viz_hilo", "viz_attention"]
 
 # =========================================================================== what HiLo sees
 # ``hilovit viz hilo``: the Hi-Fi and Lo-Fi branch outputs of one HiLo layer (feature energy per
@@ -489,15 +489,14 @@ def plot_attention(amap: AttentionMap, image, path: str | os.PathLike, heads: in
 
 
 # --------------------------------------------------------------------------- the viz commands
-def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size=None):
-    """Load ``model`` (sized for ``checkpoint``) and prepare ``image`` as its ``pretrained_cfg`` says
-    (``img_size``: another input size ``H`` or ``(H, W)``). Returns ``(model, x (1, C, H, W), display)``."""
+def model_input(net, image, img_size=None):
+    """Prepare ``image`` (a path, a PIL image or an array) for the classifier ``net`` as its ``pretrained_cfg``
+    says (``img_size``: another input size ``H`` or ``(H, W)``). Returns ``(x (1, C, H, W), display)``:
+    the batch and the same picture un-normalised to [0, 1] for drawing (``(H, W)`` grey or ``(H, W, 3)``)."""
     import numpy as np
 
     from hilovit.data.folders import open_image, preprocess_image
-    from hilovit.tasks.classification_predict import load_model
 
-    net, _ = load_model(model, checkpoint)
     cfg = dict(net.pretrained_cfg)
     C = int(cfg["input_size"][0])
     if img_size is not None:
@@ -510,7 +509,37 @@ def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size
     std = np.asarray(cfg.get("std") or (1.0,) * C, dtype=np.float64).reshape(-1, 1, 1)
     shown = np.clip(x.numpy() * std + mean, 0.0, 1.0)
     display = shown[0] if C == 1 else shown.transpose(1, 2, 0)
-    return net, x.unsqueeze(0), display
+    return x.unsqueeze(0), display
+
+
+def _load_net(model: Optional[str], checkpoint=None):
+    """``model`` with random weights, or the model ``checkpoint`` holds (sized from it), in eval mode."""
+    from hilovit.models._builder import create_model, load_model
+
+    if checkpoint is None:
+        if model is None:
+            raise ValueError("give a model name or a checkpoint")
+        return create_model(model).eval()
+    net, _ = load_model(checkpoint, model)  # sized from the checkpoint, in eval mode
+    return net
+
+
+def _model_input(image: str | os.PathLike, model: str, checkpoint=None, img_size=None):
+    """Load ``model`` (sized for ``checkpoint``) and prepare ``image`` for it (:func:`model_input`).
+    Returns ``(model, x (1, C, H, W), display)``."""
+    net = _load_net(model, checkpoint)
+    return (net, *model_input(net, image, img_size))
+
+
+def hilo_picture(net, image, output, name: str, layer: Optional[int] = None, img_size=None,
+                 cutoff: float = 0.25) -> Tuple[Path, HiLoBranches]:
+    """The picture of a HiLo layer's two branches of the loaded classifier ``net`` for ``image``, titled with
+    ``name`` (the model and its weights); returns ``(path, branches)``. ``layer``, ``img_size`` and ``cutoff``
+    as in :func:`viz_hilo`; the small-map warning is left to the caller (``branches.warning``)."""
+    x, display = model_input(net, image, img_size)
+    param = next(net.parameters(), None)
+    branches = hilo_branches(net, x if param is None else x.to(param.device), layer, cutoff)
+    return plot_hilo(branches, display, output, title=f"{name}\n{branches.summary()}"), branches
 
 
 def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
@@ -522,13 +551,12 @@ def viz_hilo(image, model: str, output, checkpoint=None, layer: Optional[int] = 
     from hilovit.viz.files import image_format
 
     image_format(output)  # refused before the model runs
-    net, x, display = _model_input(image, model, checkpoint, img_size)
-    branches = hilo_branches(net, x, layer, cutoff)
+    net = _load_net(model, checkpoint)
+    weights = "trained weights" if checkpoint else "random weights"
+    path, branches = hilo_picture(net, image, output, f"{model} ({weights})", layer, img_size, cutoff)
     if branches.warning:
         print(f"warning: {branches.warning}", file=sys.stderr)
-    weights = "trained weights" if checkpoint else "random weights"
-    title = f"{model} ({weights})\n{branches.summary()}"
-    return plot_hilo(branches, display, output, title=title), branches
+    return path, branches
 
 
 def viz_attention(image, model: str, output, checkpoint=None, layer: Optional[int] = None, img_size=None,
