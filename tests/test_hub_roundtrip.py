@@ -111,7 +111,7 @@ def test_new_head_and_no_weights(tmp_path):
     assert fresh.num_classes == 7 and not torch.equal(fresh.patch_embed.proj.weight, model.patch_embed.proj.weight)
     with pytest.warns(UserWarning, match="classifier of another size"):
         three = create_model(f"local-dir:{tmp_path / 'repo'}", num_classes=3)
-    assert three.num_classes == 3 and "label_names" not in three.pretrained_cfg
+    assert three.num_classes == 3 and three.pretrained_cfg.get("label_names") is None
     assert torch.equal(three.patch_embed.proj.weight, model.patch_embed.proj.weight)
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from hilovit.models._api import PretrainedCfgMixin, freeze_stages, update_pretrained_cfg
+from hilovit.models._api import PretrainedCfgMixin, update_pretrained_cfg
 from hilovit.models._prefix import add_backbone_prefix, backbone_key, has_backbone_keys, split_backbone
 from hilovit.models.heads.fpn import FPN, FPNHead
 from hilovit.models.litv2_backbone import LITv2SegBackbone  # noqa: F401  (its public name is kept here)
