@@ -495,3 +495,4 @@ def test_cli_predict_of_a_url_prints_what_the_same_file_as_a_path_prints(tmp_pat
     assert printed["url"] == printed["path"]
     (result,) = printed["path"]
     assert sorted(p["index"] for p in result["predictions"]) == list(range(7))
+    assert all(p["label"] == f"kind{p['index']}" for p in result["predictions"])  # the names the file records

@@ -376,8 +376,19 @@ def pretrained_model(name: Optional[str], pretrained: Union[bool, str, os.PathLi
         kwargs = {**sizes_from_checkpoint(path), **kwargs}
         model = create_model(name, **kwargs)
         load_file(model, path, origin=source)
+        _label_names_from(model, path)
         return model.eval().to(device)
     return create_model(name, pretrained=pretrained, **kwargs).eval().to(device)
+
+
+def _label_names_from(model: nn.Module, path) -> None:
+    """The class names a weights file records become ``pretrained_cfg['label_names']`` when they fit the
+    classifier (a path and a URL of the same file name the classes alike)."""
+    from hilovit.models.checkpoint import parse_metadata, read_metadata
+
+    classes = parse_metadata(read_metadata(path))["classes"]
+    if classes and getattr(model, "num_classes", None) == len(classes):
+        update_pretrained_cfg(model, label_names=tuple(classes))
 
 
 def load_model(
