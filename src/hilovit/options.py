@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
@@ -53,10 +54,11 @@ def _fail(name: str, value: Any, expected: str) -> OptionError:
 
 def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
               allow_none: bool = False) -> Optional[int]:
-    """``value`` as an int in ``[minimum, maximum]`` (bools refused); None passes with ``allow_none``."""
+    """``value`` as an int in ``[minimum, maximum]`` (bools refused; NumPy integers, being
+    ``numbers.Integral``, accepted and returned as ``int``); None passes with ``allow_none``."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum) \
             or (maximum is not None and value > maximum):
         if minimum == 1 and maximum is None:
             expected = "a positive integer"

@@ -16,15 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.options import check_int
+
 __all__ = ["Attention", "SpatialReductionAttention", "check_dim_heads", "check_grid", "tokens_to_grid"]
 
 
 def check_dim_heads(dim: int, num_heads: int) -> None:
     """``dim`` and ``num_heads`` positive ints with ``dim % num_heads == 0``, else a ValueError."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+    check_int(dim, "dim", minimum=1)
+    check_int(num_heads, "num_heads", minimum=1)
     if dim % num_heads:
         raise ValueError(f"dim {dim} should be divisible by num_heads {num_heads}")
 
@@ -147,8 +147,7 @@ class SpatialReductionAttention(nn.Module):
     ):
         super().__init__()
         check_dim_heads(dim, num_heads)
-        if isinstance(sr_ratio, bool) or not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
+        check_int(sr_ratio, "sr_ratio", minimum=1)
         self.dim, self.num_heads, self.sr_ratio = dim, num_heads, sr_ratio
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim**-0.5

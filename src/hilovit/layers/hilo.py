@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hilovit.layers import fast
 from hilovit.layers.attention import check_dim_heads, tokens_to_grid
 from hilovit.layers.windows import pad_to_multiple
+from hilovit.options import check_int
 
 __all__ = ["HiLo"]
 
@@ -76,8 +77,7 @@ class HiLo(nn.Module):
     ):
         super().__init__()
         check_dim_heads(dim, num_heads)
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"window_size must be an int >= 1, got {window_size!r}")
+        check_int(window_size, "window_size", minimum=1)
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         head_dim = dim // num_heads
