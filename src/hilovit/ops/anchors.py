@@ -14,6 +14,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from hilovit.options import check_fraction
+
 __all__ = ["AnchorGenerator"]
 
 _Size = Union[Tuple[int, int], torch.Size]
@@ -68,8 +70,7 @@ class AnchorGenerator:
             self.strides.append((int(pair[0]), int(pair[1])))
         if centers is not None:
             raise ValueError("AnchorGenerator centers= is not supported; use center_offset")
-        if isinstance(center_offset, bool) or not isinstance(center_offset, (int, float)) or not 0 <= center_offset < 1:
-            raise ValueError(f"center_offset must be in [0, 1), got {center_offset!r}")
+        check_fraction(center_offset, "center_offset")
         if base_sizes is None:
             base_sizes = [min(s) for s in self.strides]
         self.base_sizes = _pos_numbers(base_sizes, "base_sizes")

@@ -13,13 +13,9 @@ from typing import Tuple, Union
 
 import torch
 
+from hilovit.options import check_number
+
 __all__ = ["max_iou_assign"]
-
-
-def _check_thr(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
 
 
 def max_iou_assign(
@@ -52,13 +48,13 @@ def max_iou_assign(
     if not isinstance(gt_labels, torch.Tensor) or gt_labels.shape != (overlaps.shape[0],):
         got = getattr(gt_labels, "shape", gt_labels)
         raise ValueError(f"gt_labels must be a ({overlaps.shape[0]},) tensor, got {got}")
-    pos_iou_thr, min_pos_iou = _check_thr(pos_iou_thr, "pos_iou_thr"), _check_thr(min_pos_iou, "min_pos_iou")
+    pos_iou_thr, min_pos_iou = check_number(pos_iou_thr, "pos_iou_thr"), check_number(min_pos_iou, "min_pos_iou")
     if isinstance(neg_iou_thr, (tuple, list)):
         if len(neg_iou_thr) != 2:
             raise ValueError(f"neg_iou_thr must be a number or a (lo, hi) pair, got {neg_iou_thr!r}")
-        neg_lo, neg_hi = (_check_thr(v, "neg_iou_thr") for v in neg_iou_thr)
+        neg_lo, neg_hi = (check_number(v, "neg_iou_thr") for v in neg_iou_thr)
     else:
-        neg_lo, neg_hi = 0.0, _check_thr(neg_iou_thr, "neg_iou_thr")
+        neg_lo, neg_hi = 0.0, check_number(neg_iou_thr, "neg_iou_thr")
     G, N = overlaps.shape
     assigned = overlaps.new_full((N,), -1, dtype=torch.long)
     if G == 0 or N == 0:

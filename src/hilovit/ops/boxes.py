@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from hilovit.options import check_number
+
 __all__ = [
     "DeltaXYWHBBoxCoder",
     "bbox2roi",
@@ -155,8 +157,7 @@ class DeltaXYWHBBoxCoder:
             raise ValueError("DeltaXYWHBBoxCoder add_ctr_clamp=True (YOLOF) is not supported")
         if not isinstance(clip_border, bool):
             raise ValueError(f"clip_border must be a bool, got {clip_border!r}")
-        if isinstance(wh_ratio_clip, bool) or not isinstance(wh_ratio_clip, (int, float)) or not 0 < wh_ratio_clip < 1:
-            raise ValueError(f"wh_ratio_clip must be in (0, 1), got {wh_ratio_clip!r}")
+        check_number(wh_ratio_clip, "wh_ratio_clip", minimum=0, maximum=1, min_open=True, max_open=True)
         self.clip_border = clip_border
         self.max_ratio = abs(math.log(wh_ratio_clip))
 

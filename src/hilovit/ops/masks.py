@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hilovit.options import check_number
+
 from .roi_align import roi_align
 
 __all__ = ["mask_targets", "mask_to_rle", "paste_masks", "rle_to_mask"]
@@ -57,8 +59,7 @@ def paste_masks(mask_probs: Tensor, boxes: Tensor, image_shape: Sequence[int],
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape != (mask_probs.shape[0], 4):
         raise ValueError(f"boxes must be ({mask_probs.shape[0]}, 4) to match mask_probs, "
                          f"got {tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-        raise ValueError(f"threshold must be a number or None, got {threshold!r}")
+    check_number(threshold, "threshold", allow_none=True)
     N, device = mask_probs.shape[0], mask_probs.device
     out_dtype = torch.float32 if threshold is None else torch.bool
     out = torch.zeros((N, H, W), dtype=out_dtype, device=device)

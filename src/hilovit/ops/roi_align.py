@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from hilovit.layers import fast
+from hilovit.options import check_int, check_number
 
 try:  # optional compiled kernel with the same arithmetic ('avg' only)
     from torchvision.ops import roi_align as _tv_roi_align
@@ -66,10 +67,8 @@ def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
 
 
 def _check_options(spatial_scale, sampling_ratio, aligned, pool_mode) -> None:
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float)) or not spatial_scale > 0:
-        raise ValueError(f"spatial_scale must be a positive number, got {spatial_scale!r}")
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int) or sampling_ratio < 0:
-        raise ValueError(f"sampling_ratio must be an int >= 0 (0: adaptive), got {sampling_ratio!r}")
+    check_number(spatial_scale, "spatial_scale", minimum=0, min_open=True)
+    check_int(sampling_ratio, "sampling_ratio", minimum=0)  # 0: adaptive
     if not isinstance(aligned, bool):
         raise ValueError(f"aligned must be a bool, got {aligned!r}")
     if pool_mode not in ("avg", "max"):
