@@ -135,7 +135,7 @@ def test_repositories_that_cannot_be_built_are_refused(tmp_path, server):
         ({"num_classes": 5, "label_names": None}, CheckpointError,
          "(?s)does not fit LITv2.*head.weight: checkpoint \\(7, 256\\) vs model \\(5, 256\\)"),
         ({"label_names": ["a", "b"]}, ValueError, "2 label_names for num_classes=7"),
-        ({"num_classes": -1}, ValueError, "num_classes must be an int >= 0"),
+        ({"num_classes": -1}, ValueError, "num_classes=-1: expected an integer >= 0"),
         ({"task": "detection"}, ValueError, "task 'detection' contradicts the architecture 'litv2_nano'"),
         ({"model_args": {"in_chans": 3, "img_size": 28, "depths": [1, 1, 1, 1]}}, CheckpointError,
          "unexpected keys"),

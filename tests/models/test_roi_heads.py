@@ -238,7 +238,7 @@ def test_random_sample_and_sample_rois():
     assert res.pos_is_gt.tolist() == [True, True, False, False]
     assert res.pos_assigned_gt_inds.tolist() == [0, 1, 0, 1] and res.pos_gt_labels.tolist() == [3, 5, 3, 5]
     assert torch.equal(res.priors, torch.cat([gt, props[[0, 2]], props[[1]]]))
-    with pytest.raises(ValueError, match="num must be"):
+    with pytest.raises(ValueError, match="num=0: expected a positive integer"):
         random_sample(few, 0, 0.25)
     with pytest.raises(ValueError, match="refers to ground truth 3"):
         sample_rois(props, torch.tensor([3, 0, 0]), gt, torch.tensor([0, 1]))

@@ -472,12 +472,12 @@ def test_bad_configs_raise_errors_naming_the_problem(change, error, match):
     "head, match",
     [
         (dict(in_channels=[16] * 3), "one entry per in_channels"),
-        (dict(channels=0), "channels must be a positive int"),
+        (dict(channels=0), "FPNHead channels=0: expected a positive integer"),
         (dict(norm_cfg=dict(type="LN")), "norm_cfg type 'LN'"),
         (dict(feature_strides=[4, 8, 12, 32]), "powers of two"),
         (dict(in_channels=[16, 16, 16, 8]), "level 3 reads neck output 3 with 8 channels"),
         (dict(loss_decode=dict(type="FocalLoss")), "loss_decode type 'FocalLoss'"),
-        (dict(dropout_ratio=1.5), r"dropout_ratio must be in \[0, 1\)"),
+        (dict(dropout_ratio=1.5), r"FPNHead dropout_ratio=1\.5: expected a fraction in \[0, 1\)"),
     ],
 )
 def test_bad_head_arguments(head, match):

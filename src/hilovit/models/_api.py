@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from hilovit.options import check_int
 from hilovit.runtime import tune_allocator
 
 __all__ = ["feature_take_indices", "FeatureInfo", "HierarchicalModel", "PretrainedCfgMixin", "init_weights",
@@ -277,8 +278,7 @@ class HierarchicalModel(PretrainedCfgMixin, nn.Module):
         """
         if self.features_only:
             raise ValueError(f"a features_only {type(self).__name__} has no classifier to reset")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=0)
         if global_pool is not None:
             self.global_pool = check_global_pool(global_pool)
         self.num_classes = num_classes

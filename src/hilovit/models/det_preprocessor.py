@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.options import check_int, check_number
+
 __all__ = ["DetDataPreprocessor", "as_image_list", "resize_keep_ratio"]
 
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -110,10 +112,8 @@ class DetDataPreprocessor(nn.Module):
             raise ValueError("bgr_to_rgb and rgb_to_bgr cannot both be True")
         if (bgr_to_rgb or rgb_to_bgr) and len(mean) != 3:
             raise ValueError(f"bgr_to_rgb / rgb_to_bgr need 3 channels; mean has {len(mean)}")
-        if isinstance(pad_size_divisor, bool) or not isinstance(pad_size_divisor, int) or pad_size_divisor < 1:
-            raise ValueError(f"pad_size_divisor must be a positive int, got {pad_size_divisor!r}")
-        if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float)):
-            raise ValueError(f"pad_value must be a number, got {pad_value!r}")
+        check_int(pad_size_divisor, "pad_size_divisor", minimum=1)
+        check_number(pad_value, "pad_value")
         if batch_augments is not None:
             raise ValueError(f"batch_augments={batch_augments!r} is not supported; use None")
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)

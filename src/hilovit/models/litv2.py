@@ -53,7 +53,7 @@ from hilovit.models.convert import drop_classifier
 from hilovit.models.litv2_blocks import HiLoBlock, LITStage
 from hilovit.models.pretrained import SQUASH, PretrainedWeights, register_weights
 from hilovit.models.registry import register_model
-from hilovit.options import check_fraction, check_int
+from hilovit.options import check_fraction, check_int, check_number
 
 __all__ = ["LITv2", "param_groups"]
 _RELEASES = "https://github.com/ziplab/LITv2/releases/download/"
@@ -104,10 +104,11 @@ def _check_stages(embed_dim: int, depths: Sequence[int], num_heads: Sequence[int
 
 def _check_alpha_mlp_ratio(alpha: float, mlp_ratio: float, embed_dim: int) -> None:
     """``alpha`` in [0, 1]; ``mlp_ratio`` a number giving at least one hidden channel."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a float in [0, 1], got {alpha!r}")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or int(embed_dim * mlp_ratio) < 1:
-        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+    check_number(alpha, "alpha", minimum=0, maximum=1)
+    check_number(mlp_ratio, "mlp_ratio", minimum=0, min_open=True)
+    if int(embed_dim * mlp_ratio) < 1:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r}: expected a ratio giving at least one hidden channel "
+                         f"(embed_dim={embed_dim})")
 
 
 class LITv2(HierarchicalModel):

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch.nn as nn
 
 from hilovit.models import hub
+from hilovit.options import check_int
 
 __all__ = ["CONFIG_NAME", "REPO_PREFIXES", "RepoConfig", "is_repo_source", "parse_repo_config",
            "read_repo_config", "repo_weights_file", "load_repo_weights", "label_list"]
@@ -105,9 +106,7 @@ def parse_repo_config(cfg: Any, source: str) -> RepoConfig:
             raise ValueError(f"{where}: {key} must be an object, got {value!r:.120}")
     pcfg = {k: v for k, v in pcfg.items() if k not in SOURCE_KEYS}
     num_classes = cfg.get("num_classes", pcfg.get("num_classes"))
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 0):
-        raise ValueError(f"{where}: num_classes must be an int >= 0, got {num_classes!r}")
+    check_int(num_classes, f"{where}: num_classes", minimum=0, allow_none=True)
     for key in ("label_names", "label_descriptions"):
         if key in cfg:
             pcfg[key] = cfg[key]

@@ -70,8 +70,7 @@ class SwinSegBackbone(SwinTransformer):
                              "ADE20K configs use ape=False)")
         depths = list(depths)
         out_indices = _check_out_indices(out_indices, len(depths))
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        check_int(window_size, "window_size", minimum=1)
         check_int(frozen_stages, "frozen_stages", -1)
         # Built for a size whose every stage is larger than the window, so that no block clamps its
         # window or drops its shift (the classification rule); other sizes are padded at run time.

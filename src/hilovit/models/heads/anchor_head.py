@@ -27,6 +27,7 @@ from hilovit.ops.anchors import AnchorGenerator
 from hilovit.ops.assign import max_iou_assign
 from hilovit.ops.boxes import DeltaXYWHBBoxCoder, bbox_overlaps, scale_boxes
 from hilovit.ops.nms import batched_nms
+from hilovit.options import check_int, check_number
 
 __all__ = ["AnchorHead", "check_test_cfg", "check_train_cfg", "filter_scores_and_topk"]
 
@@ -58,11 +59,9 @@ def check_test_cfg(cfg: Optional[Mapping[str, Any]], what: str = "test_cfg") -> 
     if set(nms) - {"iou_threshold"} or not isinstance(nms.get("iou_threshold"), (int, float)):
         raise ValueError(f"{what} nms must be dict(type='nms', iou_threshold=<number>), got {out.get('nms')!r}")
     for key in ("nms_pre", "max_per_img"):
-        if isinstance(out[key], bool) or not isinstance(out[key], int):
-            raise ValueError(f"{what} {key} must be an int, got {out[key]!r}")
+        check_int(out[key], f"{what} {key}")
     for key in ("score_thr", "min_bbox_size"):
-        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)):
-            raise ValueError(f"{what} {key} must be a number, got {out[key]!r}")
+        check_number(out[key], f"{what} {key}")
     out["nms"] = dict(out["nms"])
     return out
 
@@ -137,8 +136,7 @@ class AnchorHead(nn.Module):
                  loss_cls: Mapping[str, Any], loss_bbox: Mapping[str, Any], train_cfg: Optional[Mapping] = None,
                  test_cfg: Optional[Mapping] = None, reg_decoded_bbox: bool = False):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_int(num_classes, "num_classes", minimum=1)
         if reg_decoded_bbox:
             raise ValueError("reg_decoded_bbox=True (IoU-type box losses) is not supported")
         self.num_classes = num_classes

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.layers import fast
+from hilovit.options import check_fraction, check_int
 
 __all__ = ["ConvModule", "FPN", "FPNHead", "build_norm"]
 
@@ -124,12 +125,6 @@ def _check_channels(value, name: str) -> List[int]:
     return list(value)
 
 
-def _check_pos_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class FPN(nn.Module):
     r"""Feature pyramid network neck (Lin et al., 2017), as mmsegmentation 0.x's ``FPN``.
 
@@ -178,11 +173,10 @@ class FPN(nn.Module):
     ):
         super().__init__()
         self.in_channels = _check_channels(in_channels, "FPN in_channels")
-        self.out_channels = _check_pos_int(out_channels, "FPN out_channels")
-        self.num_outs = _check_pos_int(num_outs, "FPN num_outs")
+        self.out_channels = check_int(out_channels, "FPN out_channels", minimum=1)
+        self.num_outs = check_int(num_outs, "FPN num_outs", minimum=1)
         n = len(self.in_channels)
-        if isinstance(start_level, bool) or not isinstance(start_level, int) or not 0 <= start_level < n:
-            raise ValueError(f"FPN start_level must be in [0, {n}), got {start_level!r}")
+        check_int(start_level, "FPN start_level", minimum=0, maximum=n - 1)
         if end_level == -1:
             self.backbone_end_level = n
         elif isinstance(end_level, int) and start_level < end_level < n:
@@ -289,8 +283,8 @@ class FPNHead(nn.Module):
     ):
         super().__init__()
         self.in_channels = _check_channels(in_channels, "FPNHead in_channels")
-        self.channels = _check_pos_int(channels, "FPNHead channels")
-        self.num_classes = _check_pos_int(num_classes, "FPNHead num_classes")
+        self.channels = check_int(channels, "FPNHead channels", minimum=1)
+        self.num_classes = check_int(num_classes, "FPNHead num_classes", minimum=1)
         n = len(self.in_channels)
         strides = _check_channels(feature_strides, "FPNHead feature_strides")
         if len(strides) != n:
@@ -311,8 +305,7 @@ class FPNHead(nn.Module):
             raise ValueError(f"FPNHead conv_cfg={conv_cfg!r} is not supported; use None")
         if sampler is not None:
             raise ValueError(f"FPNHead sampler={sampler!r} is not supported; use None")
-        if isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float)) or not 0 <= dropout_ratio < 1:
-            raise ValueError(f"FPNHead dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
+        check_fraction(dropout_ratio, "FPNHead dropout_ratio")
         if not isinstance(align_corners, bool):
             raise ValueError(f"FPNHead align_corners must be a bool, got {align_corners!r}")
         self.loss_decode = _check_loss(loss_decode)

@@ -14,6 +14,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
+from hilovit.options import check_number
+
 __all__ = ["check_loss_cfg", "l1_loss", "sigmoid_bce_loss", "sigmoid_focal_loss"]
 
 _EPS = torch.finfo(torch.float32).eps
@@ -110,6 +112,6 @@ def check_loss_cfg(cfg: Optional[Mapping[str, Any]], what: str, allowed: tuple) 
         raise ValueError(f"{what}: CrossEntropyLoss needs use_sigmoid=True, no use_mask and no class_weight here, "
                          f"got {dict(cfg)!r}")
     for key in ("loss_weight", "gamma", "alpha"):
-        if key in out and (isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0):
-            raise ValueError(f"{what}: {key} must be a number >= 0, got {out[key]!r}")
+        if key in out:
+            check_number(out[key], f"{what}: {key}", minimum=0)
     return out

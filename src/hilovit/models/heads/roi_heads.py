@@ -26,7 +26,7 @@ from ...ops.boxes import DeltaXYWHBBoxCoder, scale_boxes
 from ...ops.masks import mask_targets, paste_masks
 from ...ops.nms import multiclass_nms
 from ...ops.roi_align import RoIAlign, bbox2roi
-from ...options import check_int
+from ...options import check_int, check_number
 from .fpn import ConvModule, _cfg_type
 from .roi_targets import SamplingResult, assign_and_sample, bbox_targets, check_rcnn_train_cfg
 
@@ -382,10 +382,8 @@ def _check_rcnn_test_cfg(cfg: Optional[Mapping[str, Any]]) -> Optional[Dict[str,
             or isinstance(nms["iou_threshold"], bool) or not isinstance(nms["iou_threshold"], (int, float)):
         raise ValueError(f"test_cfg rcnn nms must be dict(type='nms', iou_threshold=<number>), got {nms!r}")
     for key in ("score_thr", "mask_thr_binary"):
-        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)):
-            raise ValueError(f"test_cfg rcnn {key} must be a number, got {out[key]!r}")
-    if isinstance(out["max_per_img"], bool) or not isinstance(out["max_per_img"], int):
-        raise ValueError(f"test_cfg rcnn max_per_img must be an int, got {out['max_per_img']!r}")
+        check_number(out[key], f"test_cfg rcnn {key}")
+    check_int(out["max_per_img"], "test_cfg rcnn max_per_img")
     out["nms"] = dict(nms)
     return out
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from hilovit.ops.assign import max_iou_assign
 from hilovit.ops.boxes import DeltaXYWHBBoxCoder, bbox_overlaps
+from hilovit.options import check_fraction, check_int
 
 __all__ = ["SamplingResult", "assign_and_sample", "bbox_targets", "check_rcnn_train_cfg", "random_sample",
            "sample_rois"]
@@ -66,10 +67,8 @@ def random_sample(assigned_gt_inds: Tensor, num: int, pos_fraction: float, neg_p
     if not isinstance(assigned_gt_inds, Tensor) or assigned_gt_inds.dim() != 1 or assigned_gt_inds.is_floating_point():
         shape = getattr(assigned_gt_inds, "shape", None)
         raise ValueError(f"assigned_gt_inds must be a 1-D integer tensor, got {shape}")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be a positive int, got {num!r}")
-    if isinstance(pos_fraction, bool) or not isinstance(pos_fraction, (int, float)) or not 0 <= pos_fraction <= 1:
-        raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction!r}")
+    check_int(num, "num", minimum=1)
+    check_fraction(pos_fraction, "pos_fraction", include_one=True)
     pos = _random_subset(torch.nonzero(assigned_gt_inds > 0).squeeze(1), int(num * pos_fraction), generator)
     num_neg = num - pos.numel()
     if neg_pos_ub >= 0:
