@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hilovit.data.images import _to_tensor, decode_image
+from hilovit.options import check_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -134,9 +135,7 @@ def load_coco_json(path: PathLike) -> Dict[str, Any]:
 
 def _int_field(entry: Any, key: str, where: str) -> int:
     value = entry.get(key) if isinstance(entry, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{where}: {key!r} must be an integer, got {value!r}")
-    return int(value)
+    return check_int(value, f"{where}: {key}")
 
 
 def _parse_categories(data: Dict[str, Any], name: str) -> Tuple[Tuple[int, ...], Tuple[str, ...]]:

@@ -42,6 +42,7 @@ from hilovit.data.idx import (  # noqa: F401  (the IDX dataset lives in idx.py; 
     find_idx_dir,
     read_idx,
 )
+from hilovit.options import check_fraction, check_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -217,14 +218,9 @@ def _check_build_args(data, val_split, train_subset, img_size) -> None:
     """The argument checks of :func:`build_datasets` that need nothing read."""
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"build_datasets: data must be a dataset name or a folder path, got {type(data).__name__}")
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 <= val_split < 1.0:
-        raise ValueError(f"build_datasets: val_split={val_split!r}, expected a fraction in [0, 1)")
-    if train_subset is not None and (
-        isinstance(train_subset, bool) or not isinstance(train_subset, (int, np.integer)) or train_subset < 1
-    ):
-        raise ValueError(f"build_datasets: train_subset={train_subset!r}, expected a positive int or None")
-    if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or img_size < 1:
-        raise ValueError(f"build_datasets: img_size={img_size!r}, expected a positive int")
+    check_fraction(val_split, "build_datasets: val_split")
+    check_int(train_subset, "build_datasets: train_subset", minimum=1, allow_none=True)
+    check_int(img_size, "build_datasets: img_size", minimum=1)
 
 
 def _info(name: str, train_ds, in_chans: int, mean, std, input_size, eval_split: str) -> DatasetInfo:

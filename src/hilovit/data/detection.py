@@ -29,6 +29,7 @@ from hilovit.data.coco import CocoDetection, load_coco_json
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from hilovit.data.det_transforms import DetAugmentConfig, DetAugmentedDataset, DetTrainTransform
 from hilovit.data.fashion_scenes import FashionSceneInstances
+from hilovit.options import check_fraction, check_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -142,8 +143,7 @@ def find_coco_files(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
 def _first(ds: CocoDetection, count: Optional[int], what: str) -> CocoDetection:
     if count is None:
         return ds
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
-        raise ValueError(f"build_det_datasets: {what}={count!r}, expected a positive int or None")
+    check_int(count, f"build_det_datasets: {what}", minimum=1)
     return ds.select(np.arange(min(int(count), len(ds))))
 
 
@@ -213,8 +213,7 @@ def build_det_datasets(
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"build_det_datasets: data must be a dataset name, a folder or a file, got "
                         f"{type(data).__name__}")
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 <= val_split < 1.0:
-        raise ValueError(f"build_det_datasets: val_split={val_split!r}, expected a fraction in [0, 1)")
+    check_fraction(val_split, "build_det_datasets: val_split")
     key = str(data).strip().lower()
     if key in _FASHION_KEYS:
         if val_split > 0:

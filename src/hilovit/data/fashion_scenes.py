@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from hilovit.data.coco import CocoGroundTruth
 from hilovit.data.datasets import FASHION_MNIST_CLASSES, IdxDataset, compute_mean_std
 from hilovit.ops.masks import mask_to_rle
+from hilovit.options import check_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,12 +99,9 @@ class FashionScenes(Dataset):
             raise ValueError(f"FashionScenes: split={split!r}, expected 'train' or 'test'")
         if num_scenes is None:
             num_scenes = DEFAULT_NUM_SCENES[split]
-        if isinstance(num_scenes, bool) or not isinstance(num_scenes, (int, np.integer)) or num_scenes < 1:
-            raise ValueError(f"FashionScenes: num_scenes={num_scenes!r}, expected a positive int")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"FashionScenes: seed={seed!r}, expected a non-negative int")
-        if isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)) or canvas < 8:
-            raise ValueError(f"FashionScenes: canvas={canvas!r}, expected an int >= 8")
+        check_int(num_scenes, "FashionScenes: num_scenes", minimum=1)
+        check_int(seed, "FashionScenes: seed", minimum=0)
+        check_int(canvas, "FashionScenes: canvas", minimum=8)
         lo, hi = items
         if not (isinstance(lo, (int, np.integer)) and isinstance(hi, (int, np.integer)) and 1 <= lo <= hi):
             raise ValueError(f"FashionScenes: items={items!r}, expected (least, most) with 1 <= least <= most")
@@ -262,8 +260,7 @@ class FashionSceneInstances(CocoGroundTruth, FashionScenes):
                  root: Optional[PathLike] = None, canvas: int = 128, items: Tuple[int, int] = (2, 5),
                  item_scale: Tuple[float, float] = (0.25, 0.5), threshold: int = 25,
                  source: Optional[IdxDataset] = None, min_visible: int = 8) -> None:
-        if isinstance(min_visible, bool) or not isinstance(min_visible, (int, np.integer)) or min_visible < 1:
-            raise ValueError(f"FashionSceneInstances: min_visible={min_visible!r}, expected an int >= 1")
+        check_int(min_visible, "FashionSceneInstances: min_visible", minimum=1)
         super().__init__(split, num_scenes, seed, root, canvas, items, item_scale, threshold, source)
         self.min_visible = int(min_visible)
         self.classes = self.classes[1:]  # no background class

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from hilovit.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from hilovit.options import check_number
 
 __all__ = ["create_transform", "ImageTransform", "preprocess_image", "resize_center_crop", "random_resized_crop_box",
            "pil_interpolation", "normalization_problem", "PIL_INTERPOLATION", "CROP_MODES", "DEFAULT_CROP_PCT",
@@ -49,9 +50,7 @@ def pil_interpolation(name: str) -> Image.Resampling:
 
 
 def _check_crop_pct(crop_pct) -> float:
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0.0 < float(crop_pct) <= 1.0:
-        raise ValueError(f"crop_pct={crop_pct!r}; expected a fraction in (0, 1]")
-    return float(crop_pct)
+    return check_number(crop_pct, "crop_pct", minimum=0, maximum=1, min_open=True)
 
 
 CROP_MODES = ("center", "squash")

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hilovit.options import check_int
+
 
 def smooth_one_hot(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -144,8 +146,7 @@ class Mixup:
                 raise ValueError(f"Mixup: {name}={value!r}, expected a probability in [0, 1]")
         if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
             raise ValueError(f"Mixup: label_smoothing={label_smoothing!r}, expected a value in [0, 1)")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"Mixup: num_classes={num_classes!r}, expected a positive int")
+        check_int(num_classes, "Mixup: num_classes", minimum=1)
         self.mixup_alpha = float(mixup_alpha)
         self.cutmix_alpha = float(cutmix_alpha)
         self.prob = float(prob)

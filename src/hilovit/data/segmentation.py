@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from hilovit.data.datasets import IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS
 from hilovit.data.images import _to_rgb, apply_orientation, open_image_file
+from hilovit.options import check_fraction, check_int
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -211,8 +212,7 @@ class SegmentationFolder(Dataset):
         channels: int = 3,
         root: Optional[PathLike] = None,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-            raise ValueError(f"{type(self).__name__}: num_classes={num_classes!r}, expected a positive int")
+        check_int(num_classes, f"{type(self).__name__}: num_classes", minimum=1)
         if not isinstance(ignore_index, (int, np.integer)) or 0 <= ignore_index < num_classes:
             raise ValueError(f"{type(self).__name__}: ignore_index={ignore_index!r} must be an int outside "
                              f"[0, num_classes={num_classes})")
@@ -431,8 +431,7 @@ def build_seg_datasets(
     """
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"build_seg_datasets: data must be a dataset name or a folder, got {type(data).__name__}")
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 <= val_split < 1.0:
-        raise ValueError(f"build_seg_datasets: val_split={val_split!r}, expected a fraction in [0, 1)")
+    check_fraction(val_split, "build_seg_datasets: val_split")
     key = str(data).strip().lower()
     path = Path(data).expanduser()
     if key in ("fashion-scenes", "fashion_scenes", "fashionscenes"):
