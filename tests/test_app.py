@@ -175,7 +175,7 @@ def test_source_is_a_checkpoint_or_a_model_name(checkpoints, tmp_path):
     assert resolve_source("litv2_nano") == (None, True)
     with pytest.raises(ValueError, match=r"--checkpoint 'runs/nothing'.*not a registered model name"):
         resolve_source("runs/nothing")
-    with pytest.raises(ValueError, match="topk must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="topk=0: expected a positive integer"):
         AppPredictor(checkpoints["classification"], topk=0)
 
 

@@ -26,6 +26,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from hilovit.options import check_int
+
 __all__ = ["AppResult", "AppPredictor", "resolve_source", "enlarge"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -126,8 +128,7 @@ class AppPredictor:
                  score_thr: float = 0.3, hilo_size=None) -> None:
         from hilovit.tasks import resolve_task
 
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
+        check_int(topk, "topk", minimum=1)
         checkpoint, pretrained = resolve_source(source, model)
         name = model or (str(source) if pretrained else None)
         self.task = resolve_task(None, checkpoint=checkpoint, model=name).name

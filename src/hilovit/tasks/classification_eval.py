@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilovit.options import check_int, check_number
 from hilovit.runtime import resolve_amp
 from hilovit.tasks.eval_checks import class_order, recorded_data, reorder_classifier
 
@@ -343,11 +344,8 @@ def _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_su
 
     if model is not None:
         model_entrypoint(model.partition(".")[0])  # unknown name: ValueError listing the choices
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected a positive integer")
-    if eval_subset is not None and (isinstance(eval_subset, bool) or not isinstance(eval_subset, int)
-                                    or eval_subset < 1):
-        raise ValueError(f"eval_subset={eval_subset!r}: expected a positive number of images")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(eval_subset, "eval_subset", minimum=1, allow_none=True)
     check_image_size(img_size, "img_size", allow_none=True)
     use_pretrained = pretrained is not None and pretrained is not False
     if use_pretrained == (checkpoint is not None):
@@ -356,9 +354,7 @@ def _check_eval_options(model, checkpoint, pretrained, data, batch_size, eval_su
         raise ValueError("pretrained weights need a model name")
     if use_pretrained and data is None:
         raise ValueError("pretrained weights record no evaluation data: name the data (e.g. an ImageNet val/ folder)")
-    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
-                                 or not 0.0 < crop_pct <= 1.0):
-        raise ValueError(f"crop_pct={crop_pct!r}: expected a fraction in (0, 1]")
+    check_number(crop_pct, "crop_pct", minimum=0, maximum=1, min_open=True, allow_none=True)
     if interpolation is not None:
         from hilovit.data import pil_interpolation
 

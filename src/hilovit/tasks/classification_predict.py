@@ -33,6 +33,7 @@ import torch.nn as nn
 from hilovit.data.folders import check_normalization, open_image, preprocess_image
 from hilovit.models._api import update_pretrained_cfg
 from hilovit.models._builder import pretrained_model
+from hilovit.options import check_int
 
 __all__ = ["Prediction", "Predictor", "format_predictions", "preprocess_image", "predict_files", "load_model"]
 
@@ -224,10 +225,8 @@ class Predictor:
     ) -> List[Prediction]:
         """One :class:`Prediction` per image, in order. An image that cannot be read gets its
         ``error`` set (unless ``raise_errors``) and the others are still predicted."""
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_int(topk, "topk", minimum=1)
+        check_int(batch_size, "batch_size", minimum=1)
         results: List[Prediction] = []
         pending: List[Tuple[Prediction, torch.Tensor]] = []
         for image in images:

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from hilovit.options import check_int
 from hilovit.train.distributed import all_reduce_sum
 
 __all__ = ["SegMetric", "intersect_and_union", "metrics_from_areas"]
@@ -135,8 +136,7 @@ class SegMetric:
 
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names: Optional[Sequence[str]] = None,
                  device: Optional[torch.device] = None) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"SegMetric: num_classes={num_classes!r}, expected a positive int")
+        check_int(num_classes, "SegMetric: num_classes", minimum=1)
         if not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
             raise ValueError(f"SegMetric: ignore_index={ignore_index!r} must be an int outside [0, {num_classes})")
         if class_names is not None and len(class_names) != num_classes:

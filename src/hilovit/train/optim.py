@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from hilovit.options import check_number
+
 __all__ = ["fused_adamw_supported",
            "scale_lr", "build_param_groups", "build_optimizer", "CosineWarmupSchedule", "PolySchedule", "StepSchedule",
            "layer_ids", "apply_layer_decay", "optimizer_step"]
@@ -115,8 +117,7 @@ def apply_layer_decay(model: nn.Module, groups: List[Dict[str, Any]], lr: float,
     """Split each group by layer id: the part of group ``g`` in layer ``i`` becomes ``'{g}.layer{i}'`` with
     ``lr_scale = g['lr_scale'] * layer_decay ** (num_layers + 1 - i)`` and ``lr = lr * lr_scale`` (other
     settings, e.g. the group's weight decay, kept). See :func:`layer_ids`."""
-    if isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)) or not 0 < layer_decay <= 1:
-        raise ValueError(f"layer_decay={layer_decay!r}: expected a number in (0, 1]")
+    check_number(layer_decay, "layer_decay", minimum=0, maximum=1, min_open=True)
     ids, num_layers = layer_ids(model)
     name_of = {id(p): n for n, p in model.named_parameters()}
     out = []

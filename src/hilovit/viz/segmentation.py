@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from hilovit.options import check_int
+
 __all__ = ["seg_palette", "colorize", "overlay", "save_segmentation_figure", "save_segmentation_grid"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -21,8 +23,7 @@ def seg_palette(num_classes: int) -> np.ndarray:
     Colours come from the bits of the class index spread over the three channels (the PASCAL VOC
     scheme), so class ``k`` has the same colour for any ``num_classes``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"seg_palette: num_classes={num_classes!r}, expected a positive int")
+    check_int(num_classes, "seg_palette: num_classes", minimum=1)
     pal = np.zeros((num_classes, 3), dtype=np.uint8)
     for k in range(num_classes):
         c, r, g, b = k, 0, 0, 0
