@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from collections import abc
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
-__all__ = ["OptionError", "check_int", "check_number", "check_choice", "check_bool", "check_pair", "check_str",
-           "check_fraction", "check_image_size", "input_tokens", "MAX_INPUT_TOKENS"]
+__all__ = ["OptionError", "check_int", "check_ints", "check_number", "check_choice", "check_bool", "check_pair",
+           "check_str", "check_fraction", "check_image_size", "input_tokens", "MAX_INPUT_TOKENS"]
 
 _FIELD = re.compile(r"\{([a-z_][a-z0-9_.]*)\}")
 
@@ -58,16 +59,42 @@ def check_int(value: Any, name: str, minimum: Optional[int] = None, maximum: Opt
     ``numbers.Integral``, accepted and returned as ``int``); None passes with ``allow_none``."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum) \
-            or (maximum is not None and value > maximum):
-        if minimum == 1 and maximum is None:
-            expected = "a positive integer"
-        elif minimum is not None:
-            expected = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
-        else:
-            expected = "an integer" + (f" <= {maximum}" if maximum is not None else "")
-        raise _fail(name, value, expected)
+    if not _is_int(value, minimum, maximum):
+        raise _fail(name, value, _integers(minimum, maximum))
     return int(value)
+
+
+def check_ints(values: Any, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
+               length: Optional[int] = None, allow_empty: bool = False) -> List[int]:
+    """``values`` (a list, tuple or other sequence, not a string) as a list of ints, each in
+    ``[minimum, maximum]`` as :func:`check_int` takes them: exactly ``length`` of them when given,
+    else at least one unless ``allow_empty``."""
+    sized = isinstance(values, abc.Sequence) and not isinstance(values, (str, bytes))
+    if not sized or (len(values) != length if length is not None else not (values or allow_empty)) \
+            or not all(_is_int(v, minimum, maximum) for v in values):
+        kind = f"a list of {length}" if length is not None else "a list of" if allow_empty else "a non-empty list of"
+        expected = f"{kind} {_integers(minimum, maximum, plural=True)}"
+        raise _fail(name, values, expected)
+    return [int(v) for v in values]
+
+
+def _is_int(value: Any, minimum: Optional[int], maximum: Optional[int]) -> bool:
+    """An integer (bools refused, ``numbers.Integral`` such as NumPy's accepted) within the bounds."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral) \
+        and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def _integers(minimum: Optional[int], maximum: Optional[int], plural: bool = False) -> str:
+    """What :func:`check_int` and :func:`check_ints` expect, in words (``a positive integer``, ``integers in
+    [0, 3]``)."""
+    if minimum == 1 and maximum is None:
+        return "positive integers" if plural else "a positive integer"
+    noun = "integers" if plural else "an integer"
+    if minimum is not None and maximum is not None:
+        return f"{noun} in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f"{noun} >= {minimum}"
+    return noun + (f" <= {maximum}" if maximum is not None else "")
 
 
 def check_number(value: Any, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None,

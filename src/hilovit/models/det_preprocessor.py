@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hilovit.options import check_int, check_number
+from hilovit.options import check_int, check_ints, check_number
 
 __all__ = ["DetDataPreprocessor", "as_image_list", "resize_keep_ratio"]
 
@@ -53,9 +53,7 @@ def resize_keep_ratio(image: torch.Tensor,
     edges, as mmcv's ``imrescale``: factor ``min(long / max(H, W), short / min(H, W))``, new size
     ``int(W * f + 0.5) x int(H * f + 0.5)``. Returns the image and mmdet's ``scale_factor``
     ``(new_W / W, new_H / H)``."""
-    if (isinstance(scale, (str, bytes)) or not isinstance(scale, Sequence) or len(scale) != 2
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scale)):
-        raise ValueError(f"scale must be a (long_edge, short_edge) pair of positive ints, got {scale!r}")
+    check_ints(scale, "scale", minimum=1, length=2)  # (long edge, short edge), either order
     h, w = int(image.shape[-2]), int(image.shape[-1])
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     new_w, new_h = max(int(w * factor + 0.5), 1), max(int(h * factor + 0.5), 1)

@@ -13,17 +13,9 @@ import torch.nn as nn
 from hilovit.models._api import freeze_stages
 from hilovit.models.registry import register_dense_backbone
 from hilovit.models.swin import SwinTransformer
-from hilovit.options import check_int
+from hilovit.options import check_int, check_ints
 
 __all__ = ["SwinSegBackbone"]
-
-
-def _check_out_indices(out_indices, n: int) -> Tuple[int, ...]:
-    if isinstance(out_indices, (str, bytes)) or not isinstance(out_indices, Sequence) or not out_indices or any(
-        isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in out_indices
-    ):
-        raise ValueError(f"out_indices must be stage indices in [0, {n}), got {out_indices!r}")
-    return tuple(sorted(set(out_indices)))
 
 
 class SwinSegBackbone(SwinTransformer):
@@ -69,7 +61,7 @@ class SwinSegBackbone(SwinTransformer):
             raise ValueError("SwinTransformer segmentation backbone: ape=True is not supported (the official "
                              "ADE20K configs use ape=False)")
         depths = list(depths)
-        out_indices = _check_out_indices(out_indices, len(depths))
+        out_indices = tuple(sorted(set(check_ints(out_indices, "out_indices", minimum=0, maximum=len(depths) - 1))))
         check_int(window_size, "window_size", minimum=1)
         check_int(frozen_stages, "frozen_stages", -1)
         # Built for a size whose every stage is larger than the window, so that no block clamps its

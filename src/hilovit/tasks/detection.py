@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hilovit.options import OptionError
+from hilovit.options import OptionError, check_ints
 from hilovit.tasks.base import ExportSpec, MicroBatch, Run, Task
 from hilovit.train.config import (
     TrainConfig,
@@ -44,10 +44,7 @@ FASHION_SCENES_NAMES = ("fashion-scenes", "fashion_scenes", "fashionscenes")
 def _epochs(value: Any, name: str) -> Optional[Tuple[int, ...]]:
     if value is None:
         return None
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-        raise OptionError(f"{{{name}}}={value!r}: expected a list of epochs (positive integers)")
-    return tuple(sorted(value))
+    return tuple(sorted(check_ints(value, name, minimum=1, allow_empty=True)))  # epochs
 
 
 @dataclass

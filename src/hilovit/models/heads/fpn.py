@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hilovit.layers import fast
-from hilovit.options import check_fraction, check_int
+from hilovit.options import check_fraction, check_int, check_ints
 
 __all__ = ["ConvModule", "FPN", "FPNHead", "build_norm"]
 
@@ -117,14 +117,6 @@ def _extra_convs_mode(add_extra_convs: Any, on_inputs: Optional[bool]):
     return add_extra_convs
 
 
-def _check_channels(value, name: str) -> List[int]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise ValueError(f"{name} must be a non-empty list of ints, got {value!r}")
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in value):
-        raise ValueError(f"{name} must hold positive ints, got {value!r}")
-    return list(value)
-
-
 class FPN(nn.Module):
     r"""Feature pyramid network neck (Lin et al., 2017), as mmsegmentation 0.x's ``FPN``.
 
@@ -172,7 +164,7 @@ class FPN(nn.Module):
         init_cfg: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
-        self.in_channels = _check_channels(in_channels, "FPN in_channels")
+        self.in_channels = check_ints(in_channels, "FPN in_channels", minimum=1)
         self.out_channels = check_int(out_channels, "FPN out_channels", minimum=1)
         self.num_outs = check_int(num_outs, "FPN num_outs", minimum=1)
         n = len(self.in_channels)
@@ -282,11 +274,11 @@ class FPNHead(nn.Module):
         init_cfg: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
-        self.in_channels = _check_channels(in_channels, "FPNHead in_channels")
+        self.in_channels = check_ints(in_channels, "FPNHead in_channels", minimum=1)
         self.channels = check_int(channels, "FPNHead channels", minimum=1)
         self.num_classes = check_int(num_classes, "FPNHead num_classes", minimum=1)
         n = len(self.in_channels)
-        strides = _check_channels(feature_strides, "FPNHead feature_strides")
+        strides = check_ints(feature_strides, "FPNHead feature_strides", minimum=1)
         if len(strides) != n:
             raise ValueError(f"FPNHead feature_strides {strides} must have one entry per in_channels ({n})")
         if min(strides) != strides[0] or any(s & (s - 1) for s in strides):
