@@ -53,3 +53,14 @@ def test_the_command_line_can_show_its_flag():
         check_ints([0], "lr_steps", minimum=1)
     assert err.value.render(lambda name: "--" + name.replace("_", "-")) == \
         "--lr-steps=[0]: expected a non-empty list of positive integers"
+
+
+def test_a_name_given_with_where_it_came_from_keeps_the_option_renamable():
+    with pytest.raises(OptionError) as err:
+        check_int(0, "build_datasets: img_size", minimum=1)
+    assert str(err.value) == "build_datasets: img_size=0: expected a positive integer"
+    assert err.value.render(lambda name: "--" + name.replace("_", "-")) == \
+        "build_datasets: --img-size=0: expected a positive integer"
+    with pytest.raises(OptionError) as err:  # not an option name: written as given
+        check_int(0, "FPN out_channels", minimum=1)
+    assert err.value.render(lambda name: "--" + name) == "FPN out_channels=0: expected a positive integer"

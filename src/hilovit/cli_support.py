@@ -121,6 +121,16 @@ def _without_worker_traceback(text: str) -> str:
     return message.split(": ", 1)[1] if ": " in message.splitlines()[0] else message
 
 
+def _without_internal_prefix(text: str, flags: Dict[str, str]) -> str:
+    """``text`` without a leading ``build_datasets: `` (the function or class that raised); a prefix that
+    names an option becomes its flag."""
+    prefix = _INTERNAL_PREFIX.match(text)
+    if not prefix:
+        return text
+    name = prefix.group(0)[:-2]
+    return (flags[name] + ": " if name in flags else "") + text[prefix.end():]
+
+
 def user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
     """The library's message in the command's words, on one line.
 
@@ -130,15 +140,11 @@ def user_message(error: BaseException, command: argparse.ArgumentParser) -> str:
     flags = _flags(command)
     render = getattr(error, "render", None)
     if callable(render):
-        text = render(lambda name: flags.get(name, name))
+        text = _without_internal_prefix(render(lambda name: flags.get(name, name)), flags)
     elif isinstance(error, OSError) and error.strerror and error.filename:
         text = f"{error.strerror}: {str(error.filename)!r}"  # not "[Errno 13] ..."
     else:
-        text = _without_worker_traceback(str(error))
-        prefix = _INTERNAL_PREFIX.match(text)
-        if prefix:
-            name = prefix.group(0)[:-2]
-            text = (flags[name] + ": " if name in flags else "") + text[prefix.end():]
+        text = _without_internal_prefix(_without_worker_traceback(str(error)), flags)
         names = "|".join(sorted((re.escape(n) for n in flags if n.isidentifier()), key=len, reverse=True))
         if names:
             text = re.sub(rf"(?<![\w.'\"/\\-])({names})=", lambda m: flags[m.group(1)] + "=", text)

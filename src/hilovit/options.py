@@ -44,9 +44,13 @@ class OptionError(ValueError):
 
 
 def _field(name: str) -> str:
-    """``{name}`` for an option the caller may rename; a name that is not one (``depths[2]``, a name
-    with a description) is written as given."""
-    return f"{{{name}}}" if _FIELD.fullmatch(f"{{{name}}}") else name
+    """``{name}`` for an option the caller may rename, ``where: {name}`` for one named after where it was
+    given (``build_datasets: val_split``); a name that is not one (``depths[2]``, ``FPN out_channels``) is
+    written as given."""
+    if _FIELD.fullmatch(f"{{{name}}}"):
+        return f"{{{name}}}"
+    where, sep, option = name.rpartition(": ")
+    return f"{where}: {{{option}}}" if sep and _FIELD.fullmatch(f"{{{option}}}") else name
 
 
 def _fail(name: str, value: Any, expected: str) -> OptionError:

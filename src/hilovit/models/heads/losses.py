@@ -113,5 +113,5 @@ def check_loss_cfg(cfg: Optional[Mapping[str, Any]], what: str, allowed: tuple) 
                          f"got {dict(cfg)!r}")
     for key in ("loss_weight", "gamma", "alpha"):
         if key in out:
-            check_number(out[key], f"{what}: {key}", minimum=0)
+            check_number(out[key], f"{what} {key}", minimum=0)  # a config key, not a flag: no ": "
     return out
