@@ -58,6 +58,15 @@ def test_every_option_of_a_task_is_a_flag(task, command):
     assert not missing, f"{task} {command} takes {missing}, which no flag sets"
 
 
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_names_its_command_functions(task):
+    """eval and predict reach each task's functions through the task's ``entry_points`` strings."""
+    t = get_task(task)
+    assert set(t.entry_points) == {"run_eval", "format_eval", "predict_files"}
+    for name in t.entry_points:
+        assert callable(t._entry(name)), f"{task}: {t.entry_points[name]} is not a function"
+
+
 def _readme_commands():
     """``(command words, flags)`` of every ``hilovit ...`` line in the README's shell blocks."""
     text = README.read_text(encoding="utf-8")

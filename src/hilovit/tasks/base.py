@@ -119,15 +119,19 @@ class Task:
         name: the task's name (``--task NAME``, ``task:`` in recipes and checkpoint metadata).
         config_class: its :class:`~hilovit.train.config.TrainConfig` subclass.
         metric_columns: the columns of ``metrics.csv``.
-        eval_keys: the metrics an evaluation adds to an epoch's row (also kept for the EMA weights).
-        output_files: the files a run of this task writes besides the engine's own.
+        entry_points: ``{"run_eval" | "format_eval" | "predict_files": "module:function"}``, the functions the
+            commands call, imported only when called (``hilovit --help`` imports no task code).
+        eval_options, predict_options: the command-line options ``hilovit eval`` / ``predict`` pass to them.
+        export_sizes: the default (H, W) sizes an export is traced at (the first) and verified at.
     """
 
     name: ClassVar[str] = ""
     config_class: ClassVar[Type[TrainConfig]] = TrainConfig
     metric_columns: ClassVar[List[str]] = []
-    eval_keys: ClassVar[Tuple[str, ...]] = ()
-    output_files: ClassVar[Tuple[str, ...]] = ()
+    entry_points: ClassVar[Dict[str, str]] = {}
+    eval_options: ClassVar[Tuple[str, ...]] = ()
+    predict_options: ClassVar[Tuple[str, ...]] = ()
+    export_sizes: ClassVar[Tuple[Tuple[int, int], ...]] = ()
 
     # ------------------------------------------------------------------ configuration
     def default_recipe(self, options: Mapping[str, Any]) -> Optional[str]:
@@ -225,7 +229,7 @@ class Task:
         raise NotImplementedError
 
     def eval_row(self, result: Mapping[str, Any]) -> Dict[str, Any]:
-        """The ``eval_keys`` of an evaluation, for the epoch's row."""
+        """The metrics of an evaluation, for the epoch's row of ``metrics.csv``."""
         raise NotImplementedError
 
     def describe_epoch(self, run: Run, row: Mapping[str, Any]) -> str:
@@ -254,16 +258,24 @@ class Task:
         """The ONNX export of ``model`` (see :class:`ExportSpec`); ``sizes`` None: the task's defaults."""
         raise NotImplementedError
 
+    def _entry(self, name: str):
+        import importlib
+
+        if name not in self.entry_points:
+            raise NotImplementedError(f"the {self.name} task has no {name}")
+        module, function = self.entry_points[name].split(":")
+        return getattr(importlib.import_module(module), function)
+
     def run_eval(self, **options: Any) -> Dict[str, Any]:
         """``hilovit eval`` of a checkpoint or published weights; the result is what ``eval.json`` holds."""
-        raise NotImplementedError
+        return self._entry("run_eval")(**options)
 
     def format_eval(self, result: Mapping[str, Any]) -> str:
-        raise NotImplementedError
+        return self._entry("format_eval")(result)
 
     def predict_files(self, images: Sequence[Any], **options: Any) -> List[Any]:
         """``hilovit predict``: one result per image (errors per image)."""
-        raise NotImplementedError
+        return self._entry("predict_files")(images, **options)
 
     def format_predictions(self, results: Sequence[Any], as_json: bool = False) -> str:
         raise NotImplementedError

@@ -152,8 +152,9 @@ class ClassificationTask(Task):
     metric_columns = ["epoch", "step", "lr", "train_loss", "train_top1", "eval_loss", "eval_top1", "eval_top5",
                       "eval_top1_ema", "eval_top5_ema", "images_per_second", "train_seconds", "eval_seconds",
                       "wall_seconds"]
-    eval_keys = ("eval_loss", "eval_top1", "eval_top5")
-    output_files = ("confusion.png",)
+    entry_points = {"run_eval": "hilovit.tasks.classification_eval:run_eval",
+                    "format_eval": "hilovit.tasks.classification_eval:format_eval",
+                    "predict_files": "hilovit.tasks.classification_predict:predict_files"}
 
     # ---- data and model
     def build_data(self, cfg: ClassificationConfig):
@@ -348,21 +349,6 @@ class ClassificationTask(Task):
                     "confusion_png", "use_ema", "progress", "default_output", "overwrite", "crop_pct",
                     "interpolation")
     predict_options = ("model", "checkpoint", "pretrained", "topk", "batch_size", "device", "mean", "std")
-
-    def run_eval(self, **options: Any) -> Dict[str, Any]:
-        from hilovit.tasks.classification_eval import run_eval
-
-        return run_eval(**options)
-
-    def format_eval(self, result: Mapping[str, Any]) -> str:
-        from hilovit.tasks.classification_eval import format_eval
-
-        return format_eval(result)
-
-    def predict_files(self, images, **options: Any) -> List[Any]:
-        from hilovit.tasks.classification_predict import predict_files
-
-        return predict_files(images, **options)
 
     def format_predictions(self, results, as_json: bool = False) -> str:
         import json

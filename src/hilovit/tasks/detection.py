@@ -97,8 +97,9 @@ class DetectionTask(Task):
     metric_columns = ["epoch", "step", "lr", "train_loss", "train_loss_cls", "train_loss_bbox", "train_loss_mask",
                       "eval_ap", "eval_ap50", "eval_ap75", "eval_mask_ap", "eval_mask_ap50", "eval_ap_ema",
                       "images_per_second", "train_seconds", "eval_seconds", "wall_seconds"]
-    eval_keys = ("eval_ap", "eval_ap50", "eval_ap75", "eval_mask_ap", "eval_mask_ap50")
-    output_files = ("predictions.png",)
+    entry_points = {"run_eval": "hilovit.tasks.detection_eval:run_det_eval",
+                    "format_eval": "hilovit.tasks.detection_eval:format_det_eval",
+                    "predict_files": "hilovit.tasks.detection_predict:predict_files"}
 
     def default_recipe(self, options: Mapping[str, Any]) -> Optional[str]:
         data = str(options.get("data") or DetectionConfig.data).strip().lower()
@@ -301,21 +302,6 @@ class DetectionTask(Task):
 
     def head_prefixes(self, model: nn.Module) -> List[str]:
         return [name for name in ("neck", "bbox_head", "rpn_head", "roi_head") if hasattr(model, name)]
-
-    def run_eval(self, **options: Any) -> Dict[str, Any]:
-        from hilovit.tasks.detection_eval import run_det_eval
-
-        return run_det_eval(**options)
-
-    def format_eval(self, result: Mapping[str, Any]) -> str:
-        from hilovit.tasks.detection_eval import format_det_eval
-
-        return format_det_eval(result)
-
-    def predict_files(self, images, **options: Any) -> List[Any]:
-        from hilovit.tasks.detection_predict import predict_files
-
-        return predict_files(images, **options)
 
     def format_predictions(self, results, as_json: bool = False) -> str:
         import json

@@ -126,8 +126,9 @@ class SegmentationTask(Task):
     metric_columns = ["epoch", "step", "lr", "train_loss", "train_pixel_acc", "eval_loss", "eval_miou", "eval_macc",
                       "eval_aacc", "eval_miou_ema", "images_per_second", "train_seconds", "eval_seconds",
                       "wall_seconds"]
-    eval_keys = ("eval_loss", "eval_miou", "eval_macc", "eval_aacc")
-    output_files = ("predictions.png",)
+    entry_points = {"run_eval": "hilovit.tasks.segmentation_eval:run_seg_eval",
+                    "format_eval": "hilovit.tasks.segmentation_eval:format_seg_eval",
+                    "predict_files": "hilovit.tasks.segmentation_predict:predict_files"}
 
     def default_recipe(self, options: Mapping[str, Any]) -> Optional[str]:
         data = str(options.get("data") or SegmentationConfig.data).strip().lower()
@@ -320,21 +321,6 @@ class SegmentationTask(Task):
     predict_options = ("model", "checkpoint", "pretrained", "output", "eval_scale", "device", "max_pixels")
     # traced at the first size, verified at each: multiples of neither 32 nor any window among them
     export_sizes = ((128, 128), (100, 70), (77, 129), (33, 33))
-
-    def run_eval(self, **options: Any) -> Dict[str, Any]:
-        from hilovit.tasks.segmentation_eval import run_seg_eval
-
-        return run_seg_eval(**options)
-
-    def format_eval(self, result: Mapping[str, Any]) -> str:
-        from hilovit.tasks.segmentation_eval import format_seg_eval
-
-        return format_seg_eval(result)
-
-    def predict_files(self, images, **options: Any) -> List[Any]:
-        from hilovit.tasks.segmentation_predict import predict_files
-
-        return predict_files(images, **options)
 
     def format_predictions(self, results, as_json: bool = False) -> str:
         import json
