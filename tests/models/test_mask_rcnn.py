@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import hilovit
+from detector_fixtures import dense_outputs, load_detector_fixture
 from hilovit import build_detector, create_model, load_checkpoint
 from hilovit.models.two_stage import MaskRCNN, build_mask_rcnn
 from hilovit.ops.roi_align import bbox2roi
@@ -23,10 +23,7 @@ MAX_DIFF = {}  # stage -> max |ours - official|, printed after the module's test
 
 @pytest.fixture(scope="module")
 def fixture(fixtures_dir):
-    meta = json.loads((fixtures_dir / f"{FIXTURE}.json").read_text())
-    model = build_detector(meta["constructor"]).eval()
-    load_checkpoint(model, fixtures_dir / f"{FIXTURE}.state_dict.safetensors")  # strict
-    return model, load_file(str(fixtures_dir / f"{FIXTURE}.io.safetensors")), meta
+    return load_detector_fixture(fixtures_dir, FIXTURE)
 
 
 def _metas(meta, case):
@@ -63,23 +60,6 @@ def _masks_agree(name, head, ours, theirs, preds, boxes, labels, meta):
     MAX_DIFF[name + " (flipped pixels)"] = MAX_DIFF.get(name + " (flipped pixels)", 0) + int(flips.sum())
 
 
-def dense_outputs(model, inputs):
-    got = {}
-
-    def keep(name):
-        def hook(module, args, out):
-            got.update({f"{name}.out{k}": t for k, t in enumerate(out)})
-        return hook
-    hooks = [model.backbone.register_forward_hook(keep("backbone")), model.neck.register_forward_hook(keep("neck"))]
-    with torch.no_grad():
-        cls, reg = model(inputs)
-    for h in hooks:
-        h.remove()
-    got.update({f"rpn_cls_score.{k}": t for k, t in enumerate(cls)})
-    got.update({f"rpn_bbox_pred.{k}": t for k, t in enumerate(reg)})
-    return got, cls, reg
-
-
 # --------------------------------------------------------------------------- official fixture
 def test_fixture_dense_stages_and_anchors(fixture):
     model, io, meta = fixture
@@ -91,7 +71,7 @@ def test_fixture_dense_stages_and_anchors(fixture):
     assert torch.equal(inputs, io["inputs"])
     for m, ref in zip(metas, meta["derived"]["per_image"]):
         assert {k: list(v) for k, v in m.items()} == {k: list(v) for k, v in ref.items()}
-    got, cls, _ = dense_outputs(model, inputs)
+    got, cls, _ = dense_outputs(model, inputs, head="rpn_")
     assert len(got) == 4 + 5 + 10
     for name, t in got.items():
         _close(name.split(".")[0], t, io[name], 1e-4)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import hilovit
+from detector_fixtures import dense_outputs, load_detector_fixture
 from hilovit import build_detector, create_model, load_checkpoint
 from hilovit.models.det_preprocessor import DetDataPreprocessor, resize_keep_ratio
 from hilovit.models.heads.fpn import FPN
@@ -26,27 +27,7 @@ NAMES = ["retinanet_litv2_s", "retinanet_litv2_m", "retinanet_litv2_b", "retinan
 
 @pytest.fixture(scope="module")
 def fixture(fixtures_dir):
-    meta = json.loads((fixtures_dir / f"{FIXTURE}.json").read_text())
-    model = build_detector(meta["constructor"]).eval()
-    load_checkpoint(model, fixtures_dir / f"{FIXTURE}.state_dict.safetensors")  # strict
-    return model, load_file(str(fixtures_dir / f"{FIXTURE}.io.safetensors")), meta
-
-
-def dense_outputs(model, inputs):
-    got = {}
-
-    def keep(name):
-        def hook(module, args, out):
-            got.update({f"{name}.out{k}": t for k, t in enumerate(out)})
-        return hook
-    hooks = [model.backbone.register_forward_hook(keep("backbone")), model.neck.register_forward_hook(keep("neck"))]
-    with torch.no_grad():
-        cls, reg = model(inputs)
-    for h in hooks:
-        h.remove()
-    got.update({f"cls_score.{k}": t for k, t in enumerate(cls)})
-    got.update({f"bbox_pred.{k}": t for k, t in enumerate(reg)})
-    return got, cls, reg
+    return load_detector_fixture(fixtures_dir, FIXTURE)
 
 
 # --------------------------------------------------------------------------- official fixture
