@@ -262,6 +262,9 @@ def _dense_runs(f: Dict[str, Callable[[Results], str]]) -> None:
     for run, col in (("seg_demo", "eval_miou"), ("seg_transfer", "eval_miou"), ("det_demo", "eval_ap50"),
                      ("maskrcnn_demo", "eval_mask_ap50")):
         f[f"{run}.curve"] = lambda r, u=run, c=col: ", ".join(f"{float(x[c]):.1f}" for x in r.csv(f"{u}/metrics"))
+    # the recipe trials behind the segmentation demo (benchmarks/seg_tuning.csv, one row per run)
+    for run in ("E_lr2e-3", "I1_E_noaug", "J1_noaug_lr3e-3", "J2_noaug_bs8", "J3_noaug_lr1.3e-3", "L2_bs8_28k"):
+        f[f"seg_tuning.{run}"] = lambda r, u=run: _pct(float(r.row("seg_tuning", run=u)["test_miou"]) / 100, 1)
     f["seg_transfer.gain"] = lambda r: (
         f"{_run_value(r, 'seg_transfer', 'test_miou') - _run_value(r, 'seg_demo', 'test_miou'):+.1f} points")
 
